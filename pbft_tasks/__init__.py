@@ -1,0 +1,1 @@
+"""PBFT consensus: the pure core (``pbft_tasks.core``) and its adapters."""

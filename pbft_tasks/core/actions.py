@@ -1,0 +1,66 @@
+"""What the core asks its driver to do: the output of ``Replica.step`` and ``tick``.
+
+Rules (the driver's half of the contract, as etcd raft's ``Ready``/``Advance``):
+- Actions come in this order: at most one ``Persist``, then ``Execute`` in sequence
+  order, then messages (``Send``, ``Broadcast``, ``SendClient``), then ``Evidence``.
+- The driver makes every ``Persist`` and ``Execute`` of one call durable in one
+  transaction *before* it sends any message of that call: a restarted replica must never
+  sign a vote that conflicts with one it already sent.
+- Messages leave the core unsigned (``sig == ""``); the driver signs them.  Ed25519 is
+  deterministic, so the driver can re-sign the core's own commits inside a certificate
+  and obtain the signature it sent.
+- Every action carries ``cause``: the stimulus that produced it, for logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Protocol records to write (value None = delete), keyed by record name."""
+    records: dict
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Sequence number ``seq`` is committed-local and every lower one executed: append
+    ``block`` (see chain.make_block) with ``certificate`` (2f+1 matching Commits) and
+    apply its requests, except indices in ``block['skip']``."""
+    seq: int
+    block: dict
+    certificate: tuple
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: int
+    msg: Any
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send ``msg`` to every replica except this one."""
+    msg: Any
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendClient:
+    client: str
+    msg: Any
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A message from a peer that broke a rule: dropped, logged and counted.  ``reason``
+    is a short slug (it labels a metric); ``detail`` says what exactly."""
+    sender: Any
+    reason: str
+    detail: str
+    cause: str

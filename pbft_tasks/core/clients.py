@@ -1,0 +1,44 @@
+"""The client table: which (client, timestamp) requests have executed, and their results.
+
+Castro and Liskov (sec. 4.1) keep the last reply per client so that a retransmitted
+request is answered again, not executed twice.  Our clients pipeline many requests, so a
+single "last timestamp" would refuse a request that overtook another.  Instead each
+client has a window of the ``window`` most recent executed timestamps with their
+results, and a floor: everything at or below the floor counts as already executed.
+
+The table is part of the replicated state: it changes only when a block executes, the
+same way on every replica, so duplicate-skipping is deterministic.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClientTable:
+    def __init__(self, window: int = 1024):
+        self.window = window
+        self._floor: dict[str, int] = {}
+        self._done: dict[str, dict[int, Any]] = {}
+
+    def executed(self, client: str, ts: int) -> bool:
+        return ts <= self._floor.get(client, -1) or ts in self._done.get(client, ())
+
+    def result(self, client: str, ts: int) -> Any:
+        """The stored result, or None if it fell out of the window (or never ran)."""
+        return self._done.get(client, {}).get(ts)
+
+    def record(self, client: str, ts: int, result: Any) -> None:
+        done = self._done.setdefault(client, {})
+        done[ts] = result
+        if len(done) > self.window:
+            oldest = min(done)
+            del done[oldest]
+            self._floor[client] = max(self._floor.get(client, -1), oldest)
+
+    def to_record(self, client: str) -> dict:
+        return {"floor": self._floor.get(client, -1),
+                "done": [[ts, r] for ts, r in sorted(self._done.get(client, {}).items())]}
+
+    def load_record(self, client: str, rec: dict) -> None:
+        self._floor[client] = rec["floor"]
+        self._done[client] = {ts: r for ts, r in rec["done"]}

@@ -1,0 +1,288 @@
+"""PBFT protocol messages and their one canonical encoding.
+
+Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
+"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), their JSON wire form,
+strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
+
+Rules of this file:
+- Every message is a frozen dataclass with ``__slots__``.  Treat the ``op`` and
+  ``result`` mappings inside messages as read-only.
+- The wire form of a message is a flat JSON object: its fields plus ``"type"`` and
+  ``"sig"``.  The bytes a sender signs are the *canonical encoding* of that object
+  without ``"sig"``: JSON with sorted keys, no whitespace, UTF-8, no NaN/Infinity
+  (``canonical``).  docs/PROTOCOL.md repeats this for other implementations.
+- ``from_wire`` never trusts its input: unknown type, a missing or extra field, a
+  wrong type (a bool is not an int), an oversize string or batch all raise
+  ``MalformedMessage`` with a reason.  Signatures are not checked here (that needs keys,
+  and keys live in the adapter); the core only hashes.
+- ``sig`` never takes part in equality, so the core compares messages by content.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+WIRE_VERSION = 1
+
+# Bounds on untrusted input.  A single message larger than MAX_WIRE_BYTES is refused
+# before it is parsed (the adapter enforces it on the raw body).
+MAX_WIRE_BYTES = 4 * 1024 * 1024
+MAX_BATCH = 4096
+MAX_KEY_LEN = 512
+MAX_CLIENT_LEN = 128
+MAX_VALUE_BYTES = 64 * 1024
+
+
+class MalformedMessage(ValueError):
+    """Input from a peer that is not a well-formed protocol message."""
+
+
+def canonical(obj: Any) -> bytes:
+    """The one canonical encoding: sorted keys, compact separators, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def sha256_hex(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj)).hexdigest()
+
+
+def _sig_field() -> Any:
+    return field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """<REQUEST, o, t, c>: client ``client`` asks for operation ``op`` at timestamp
+    ``timestamp`` (a per-client number that grows; (client, timestamp) names it).
+
+    ``op`` is one of
+      {"op": "put", "key": str, "value": <JSON>, "expires_at": float | null}
+      {"op": "delete", "key": str}
+    ``expires_at`` is absolute Unix time stamped by the client, so every replica
+    applies the same value.
+    """
+    client: str
+    timestamp: int
+    op: dict
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class PrePrepare:
+    """<PRE-PREPARE, v, n, d>_p with the batch it orders; d = batch_digest(batch)."""
+    view: int
+    seq: int
+    digest: str
+    batch: tuple
+    sender: int
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """<PREPARE, v, n, d, i>_i"""
+    view: int
+    seq: int
+    digest: str
+    sender: int
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """<COMMIT, v, n, d, i>_i"""
+    view: int
+    seq: int
+    digest: str
+    sender: int
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """<REPLY, v, t, c, i, r>_i, batched: one reply covers all requests of client
+    ``client`` that the block at ``seq`` executed; ``results`` is a tuple of
+    {"timestamp": t, "result": r}.  A client accepts a result once f+1 distinct
+    replicas sent the same one."""
+    view: int
+    seq: int
+    client: str
+    sender: int
+    results: tuple
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """<CHECKPOINT, n, d, i>_i: i's state digest after executing seq n (sec. 4.3)."""
+    seq: int
+    state_digest: str
+    sender: int
+    sig: str = _sig_field()
+
+
+Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint]
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint)
+}
+
+
+def request_wire(req: Request) -> dict:
+    return {"type": "Request", "client": req.client, "timestamp": req.timestamp,
+            "op": req.op, "sig": req.sig}
+
+
+def to_wire(msg: Message) -> dict:
+    """The JSON object sent on the wire (``sig`` included)."""
+    if isinstance(msg, Request):
+        return request_wire(msg)
+    out: dict[str, Any] = {"type": type(msg).__name__}
+    for f in dataclasses.fields(msg):
+        value = getattr(msg, f.name)
+        if f.name == "batch":
+            value = [request_wire(r) for r in value]
+        elif f.name == "results":
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def signing_bytes(msg: Message) -> bytes:
+    """Exactly the bytes the sender signs: canonical(wire without "sig")."""
+    wire = to_wire(msg)
+    del wire["sig"]
+    return canonical(wire)
+
+
+def batch_digest(batch: tuple) -> str:
+    """d in the pre-prepare: SHA-256 over the canonical list of the requests' wire
+    forms, client signatures included, so a certificate binds what clients signed."""
+    return sha256_hex([request_wire(r) for r in batch])
+
+
+def message_digest(msg: Message) -> str:
+    """Digest of a whole signed message (for evidence and replay detection)."""
+    return sha256_hex(to_wire(msg))
+
+
+# -- strict parsing ---------------------------------------------------------------
+
+def _int(d: dict, name: str, lo: int = 0) -> int:
+    v = d[name]
+    if type(v) is not int or v < lo or v > 2**62:
+        raise MalformedMessage(f"field {name!r} must be an integer >= {lo}")
+    return v
+
+
+def _str(d: dict, name: str, max_len: int, allow_empty: bool = False) -> str:
+    v = d[name]
+    if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
+        raise MalformedMessage(f"field {name!r} must be a non-empty string of at most {max_len} chars")
+    return v
+
+
+def _hex(d: dict, name: str, length: int) -> str:
+    v = d[name]
+    if type(v) is not str or len(v) != length or any(c not in "0123456789abcdef" for c in v):
+        raise MalformedMessage(f"field {name!r} must be {length} lowercase hex chars")
+    return v
+
+
+def _sig(d: dict) -> str:
+    v = d["sig"]
+    if type(v) is not str or len(v) > 256:
+        raise MalformedMessage("field 'sig' must be a hex string")
+    return v
+
+
+def _op(v: Any) -> dict:
+    if type(v) is not dict:
+        raise MalformedMessage("field 'op' must be an object")
+    kind = v.get("op")
+    if kind == "put":
+        if set(v) != {"op", "key", "value", "expires_at"}:
+            raise MalformedMessage("put op needs exactly op, key, value, expires_at")
+        exp = v["expires_at"]
+        if exp is not None and (type(exp) not in (int, float) or exp < 0):
+            raise MalformedMessage("expires_at must be null or a non-negative number")
+        if len(canonical(v["value"])) > MAX_VALUE_BYTES:
+            raise MalformedMessage(f"value larger than {MAX_VALUE_BYTES} bytes")
+    elif kind == "delete":
+        if set(v) != {"op", "key"}:
+            raise MalformedMessage("delete op needs exactly op, key")
+    else:
+        raise MalformedMessage(f"unknown op {kind!r}")
+    _str(v, "key", MAX_KEY_LEN)
+    return v
+
+
+def _results(v: Any) -> tuple:
+    if type(v) is not list or len(v) > MAX_BATCH:
+        raise MalformedMessage("field 'results' must be a list")
+    for r in v:
+        if type(r) is not dict or set(r) != {"timestamp", "result"}:
+            raise MalformedMessage("each result needs exactly timestamp, result")
+        _int(r, "timestamp")
+    return tuple(v)
+
+
+def _request(d: dict) -> Request:
+    return Request(client=_str(d, "client", MAX_CLIENT_LEN), timestamp=_int(d, "timestamp"),
+                   op=_op(d["op"]), sig=_sig(d))
+
+
+_FIELDS = {
+    name: {f.name for f in dataclasses.fields(cls)} | {"type"}
+    for name, cls in MESSAGE_TYPES.items()
+}
+
+
+def from_wire(d: Any) -> Message:
+    """Parse an untrusted wire object; raise MalformedMessage saying why not."""
+    if type(d) is not dict:
+        raise MalformedMessage("message must be a JSON object")
+    kind = d.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise MalformedMessage(f"unknown message type {kind!r}")
+    expected = _FIELDS[kind]
+    if set(d) != expected:
+        missing, extra = sorted(expected - set(d)), sorted(set(d) - expected)
+        raise MalformedMessage(f"{kind}: missing fields {missing}, unexpected fields {extra}")
+    if kind == "Request":
+        return _request(d)
+    if kind == "PrePrepare":
+        batch = d["batch"]
+        if type(batch) is not list or len(batch) > MAX_BATCH:
+            raise MalformedMessage(f"batch must be a list of at most {MAX_BATCH} requests")
+        reqs = []
+        for r in batch:
+            if type(r) is not dict or set(r) != _FIELDS["Request"] or r.get("type") != "Request":
+                raise MalformedMessage("batch entries must be Request objects")
+            reqs.append(_request(r))
+        return PrePrepare(view=_int(d, "view"), seq=_int(d, "seq", 1), digest=_hex(d, "digest", 64),
+                          batch=tuple(reqs), sender=_int(d, "sender"), sig=_sig(d))
+    if kind in ("Prepare", "Commit"):
+        return MESSAGE_TYPES[kind](view=_int(d, "view"), seq=_int(d, "seq", 1),
+                                   digest=_hex(d, "digest", 64), sender=_int(d, "sender"),
+                                   sig=_sig(d))
+    if kind == "Reply":
+        return Reply(view=_int(d, "view"), seq=_int(d, "seq", 1),
+                     client=_str(d, "client", MAX_CLIENT_LEN), sender=_int(d, "sender"),
+                     results=_results(d["results"]), sig=_sig(d))
+    return Checkpoint(seq=_int(d, "seq", 1), state_digest=_hex(d, "state_digest", 64),
+                      sender=_int(d, "sender"), sig=_sig(d))
+
+
+def parse(raw: bytes | str) -> Message:
+    """Parse raw bytes from the network (size-checked first)."""
+    if len(raw) > MAX_WIRE_BYTES:
+        raise MalformedMessage(f"message of {len(raw)} bytes exceeds {MAX_WIRE_BYTES}")
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from None
+    return from_wire(obj)

@@ -1,0 +1,469 @@
+"""The PBFT replica as a pure state machine: normal case and checkpoints.
+
+Implements Castro and Liskov, "Practical Byzantine Fault Tolerance", OSDI 1999:
+sec. 4.2 (normal-case operation: pre-prepare, prepare, commit, in-order execution,
+request batching as in sec. 5.1) and sec. 4.3 (checkpoints, watermarks, garbage
+collection).  View change (sec. 4.4) builds on the view number kept here.
+
+Theory of operation.  A ``Replica`` is fed two kinds of stimulus: ``step(msg)`` for a
+message whose signature the driver has already checked, and ``tick()`` for the passage
+of time (one tick is whatever the driver says; the worker uses a few milliseconds).
+Each call returns a list of actions (see actions.py): persist these records, execute
+these blocks, send these messages, note this evidence.  The replica never touches a
+socket, a file, a clock, a random number or a key; it only hashes.  Given the same
+stimuli it produces the same actions, which is what the scenario scripts and the
+hypothesis tests rely on.
+
+Rules, each tested in tests/core/test_paper.py under the rule's name:
+- n >= 4 replicas, f = (n-1)//3; the primary of view v is v mod n.
+- A backup accepts a pre-prepare only if it is signed by the primary of its view, the
+  view is the replica's current view, h < seq <= h + L, the digest is the batch's
+  digest, and it has not accepted another digest for (view, seq).
+- prepared = pre-prepare + 2f matching prepares from backups; the replica then
+  multicasts a commit.  committed-local = prepared + 2f+1 matching commits.
+- Execution is strictly in sequence order; every seq yields one block.
+- Requests are deduplicated by (client, timestamp) at execution, deterministically, via
+  the client table; the primary also refuses to propose a request twice.
+- Batching: the primary cuts a batch when ``max_batch`` requests wait, or when the
+  oldest waiting request has waited ``batch_timeout_ticks`` ticks.
+- Every K = ``checkpoint_interval`` seqs a replica multicasts CHECKPOINT(n, digest);
+  2f+1 matching make it stable: the low watermark h moves to n, H = h + L, and the log
+  at or below n is garbage-collected.  Messages beyond H are held (bounded) until the
+  window reaches them; messages at or below h are dropped.
+- Persist before send: the records of one call are returned in one Persist action that
+  precedes every message of that call, so a restarted replica (``Replica(records=...)``)
+  resumes and never signs a vote conflicting with one it sent.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from . import quorum as Q
+from .actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
+from .chain import GENESIS, make_block
+from .clients import ClientTable
+from .log import Entry
+from .messages import (MAX_BATCH, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request,
+                       batch_digest, from_wire, to_wire)
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    n: int
+    checkpoint_interval: int = 64
+    log_window: int = 256
+    max_batch: int = 256
+    batch_timeout_ticks: int = 2
+    retransmit_ticks: int = 500
+    client_window: int = 1024
+
+    def __post_init__(self) -> None:
+        Q.max_faulty(self.n)  # raises for n < 4
+        k, L = self.checkpoint_interval, self.log_window
+        if k < 1 or L < 2 * k or L % k:
+            raise ValueError(f"log_window ({L}) must be a multiple of checkpoint_interval "
+                             f"({k}) and at least twice it")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
+        if self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1:
+            raise ValueError("batch_timeout_ticks must be >= 0 and retransmit_ticks >= 1")
+
+
+class Replica:
+    def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None):
+        if not 0 <= node_id < config.n:
+            raise ValueError(f"node id {node_id} not in 0..{config.n - 1}")
+        self.id = node_id
+        self.cfg = config
+        self.n = config.n
+        self.f = Q.max_faulty(self.n)
+        self.quorum = Q.quorum(self.n)
+        self.need_prepares = Q.prepared_quorum(self.n)
+        # Persistent protocol state.
+        self.view = 0
+        self.h = 0                      # low watermark = seq of the last stable checkpoint
+        self.last_exec = 0
+        self.head = GENESIS             # hash of the block at last_exec
+        self.next_seq = 1               # primary: next sequence number to assign
+        self.stable_digest = GENESIS
+        self.log: dict[int, Entry] = {}
+        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
+        self.own_checkpoints: dict[int, str] = {}
+        self.clients = ClientTable(config.client_window)
+        # Volatile state: lost on restart on purpose (clients retransmit).
+        self.pending: list[Request] = []
+        self.in_flight: set[tuple[str, int]] = set()
+        self.pending_since: int | None = None
+        self.now = 0
+        self.last_progress = 0
+        self.held: list[Any] = []
+        self.behind_to = 0              # a stable checkpoint we have not reached yet
+        self._reset_output()
+        if records:
+            self._restore(records)
+
+    # -- public entry points -----------------------------------------------------------
+    @property
+    def primary(self) -> int:
+        return Q.primary(self.view, self.n)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    @property
+    def high(self) -> int:
+        return self.h + self.cfg.log_window
+
+    def step(self, msg: Any) -> list:
+        cause = describe(msg)
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            self._evidence(getattr(msg, "sender", None), "unexpected_type",
+                           f"replicas do not accept {type(msg).__name__}", cause)
+        else:
+            handler(self, msg, cause)
+        return self._finish(cause)
+
+    def tick(self) -> list:
+        self.now += 1
+        cause = f"tick {self.now}"
+        if (self.is_primary and self.pending
+                and self.now - self.pending_since >= self.cfg.batch_timeout_ticks):
+            self._propose(cause, force=True)
+        if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
+            self.last_progress = self.now
+            self._retransmit(cause)
+        return self._finish(cause)
+
+    def resume(self) -> list:
+        """After a restart: re-send own votes for everything not yet executed, since the
+        crash may have come between persisting them and sending them."""
+        self._retransmit("resume")
+        return self._finish("resume")
+
+    # -- requests and batching (sec. 4.2, 5.1) ------------------------------------------
+    def _on_request(self, req: Request, cause: str) -> None:
+        key = (req.client, req.timestamp)
+        if self.clients.executed(*key):
+            result = self.clients.result(*key)
+            if result is not None:  # retransmission: answer again, never re-execute
+                self._msg(SendClient(req.client, Reply(self.view, result["seq"], req.client, self.id,
+                          ({"timestamp": req.timestamp, "result": result},)), cause))
+            return
+        if not self.is_primary:
+            self._msg(Send(self.primary, req, cause))
+            return
+        if key in self.in_flight:
+            return
+        self.in_flight.add(key)
+        self.pending.append(req)
+        if self.pending_since is None:
+            self.pending_since = self.now
+        if len(self.pending) >= self.cfg.max_batch:
+            self._propose(cause, force=False)
+
+    def _propose(self, cause: str, force: bool) -> None:
+        size = self.cfg.max_batch
+        while self.pending and self.next_seq <= self.high:
+            if len(self.pending) < size and not force:
+                break
+            batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
+            seq = self.next_seq
+            self.next_seq += 1
+            pp = PrePrepare(self.view, seq, batch_digest(batch), batch, self.id)
+            entry = self.log.setdefault(seq, Entry(seq))
+            entry.preprepare = pp
+            self._dirty_pp.add(seq)
+            self._dirty_meta = True
+            self._msg(Broadcast(pp, cause))
+            self._check(entry, cause)
+        self.pending_since = self.now if self.pending else None
+
+    # -- normal case (sec. 4.2) ------------------------------------------------------
+    def _on_preprepare(self, pp: PrePrepare, cause: str) -> None:
+        if pp.sender != Q.primary(pp.view, self.n):
+            return self._evidence(pp.sender, "not_primary",
+                                  f"pre-prepare from {pp.sender}, primary of view {pp.view} is "
+                                  f"{Q.primary(pp.view, self.n)}", cause)
+        if not self._admit(pp, cause):
+            return
+        if batch_digest(pp.batch) != pp.digest:
+            return self._evidence(pp.sender, "bad_digest", f"seq {pp.seq}: digest does not match batch", cause)
+        entry = self.log.setdefault(pp.seq, Entry(pp.seq))
+        if entry.preprepare is not None:
+            if entry.preprepare.digest != pp.digest:
+                self._evidence(pp.sender, "conflicting_preprepare",
+                               f"view {pp.view} seq {pp.seq}: second digest {pp.digest[:12]}", cause)
+            return
+        entry.preprepare = pp
+        self._dirty_pp.add(pp.seq)
+        for r in pp.batch:
+            self.in_flight.add((r.client, r.timestamp))
+        if self.id != pp.sender:
+            mine = Prepare(pp.view, pp.seq, pp.digest, self.id)
+            entry.prepares[self.id] = mine
+            self._dirty_votes.add(pp.seq)
+            self._msg(Broadcast(mine, cause))
+        self._check(entry, cause)
+
+    def _on_prepare(self, p: Prepare, cause: str) -> None:
+        if p.sender == Q.primary(p.view, self.n):
+            return self._evidence(p.sender, "prepare_from_primary", f"seq {p.seq}", cause)
+        if self._admit(p, cause):
+            self._vote(p, "prepares", cause)
+
+    def _on_commit(self, c: Commit, cause: str) -> None:
+        if self._admit(c, cause):
+            self._vote(c, "commits", cause)
+
+    def _admit(self, m: Any, cause: str) -> bool:
+        """View and watermark checks shared by pre-prepare, prepare and commit."""
+        if m.sender == self.id:
+            self._evidence(m.sender, "replayed_own", "a message signed by this replica came back", cause)
+            return False
+        if m.view != self.view:
+            self._evidence(m.sender, "wrong_view", f"view {m.view}, current view {self.view}", cause)
+            return False
+        if m.seq <= self.h:
+            return False  # already garbage-collected: a late or repeated message
+        if m.seq > self.high:
+            self._hold(m, cause)
+            return False
+        return True
+
+    def _vote(self, m: Prepare | Commit, kind: str, cause: str) -> None:
+        entry = self.log.setdefault(m.seq, Entry(m.seq))
+        votes = getattr(entry, kind)
+        old = votes.get(m.sender)
+        if old is not None:
+            if old.digest != m.digest:
+                self._evidence(m.sender, "equivocation",
+                               f"{type(m).__name__} seq {m.seq}: digests {old.digest[:12]} and {m.digest[:12]}", cause)
+            return
+        votes[m.sender] = m
+        self._dirty_votes.add(m.seq)
+        self._check(entry, cause)
+
+    def _check(self, entry: Entry, cause: str) -> None:
+        pp = entry.preprepare
+        primary = Q.primary(pp.view, self.n) if pp else self.primary
+        if (pp is not None and self.id not in entry.commits
+                and entry.prepared(primary, self.need_prepares)):
+            mine = Commit(pp.view, pp.seq, pp.digest, self.id)
+            entry.commits[self.id] = mine
+            self._dirty_votes.add(pp.seq)
+            self._msg(Broadcast(mine, cause))
+        if entry.seq == self.last_exec + 1:
+            self._execute_ready(cause)
+
+    def _execute_ready(self, cause: str) -> None:
+        while True:
+            entry = self.log.get(self.last_exec + 1)
+            if entry is None or not entry.committed_local(
+                    Q.primary(entry.preprepare.view, self.n) if entry.preprepare else 0,
+                    self.need_prepares, self.quorum):
+                return
+            self._execute(entry, cause)
+
+    def _execute(self, entry: Entry, cause: str) -> None:
+        pp = entry.preprepare
+        skip: list[int] = []
+        replies: dict[str, list] = defaultdict(list)
+        for i, r in enumerate(pp.batch):
+            key = (r.client, r.timestamp)
+            self.in_flight.discard(key)
+            if self.clients.executed(*key):
+                skip.append(i)
+                result = self.clients.result(*key)
+            else:
+                result = {"seq": pp.seq, "index": i}
+                self.clients.record(r.client, r.timestamp, result)
+                self._dirty_clients.add(r.client)
+            if result is not None:
+                replies[r.client].append({"timestamp": r.timestamp, "result": result})
+        block = make_block(pp.seq, pp.view, pp.digest, self.head, pp.batch, skip)
+        cert = tuple(sorted(entry.matching_commits(), key=lambda c: c.sender)[: self.quorum])
+        self._executes.append(Execute(pp.seq, block, cert, cause))
+        entry.executed = True
+        self.head = block["hash"]
+        self.last_exec = pp.seq
+        self.last_progress = self.now
+        self._dirty_meta = True
+        for client, results in replies.items():
+            self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))
+        if pp.seq % self.cfg.checkpoint_interval == 0:
+            self._take_checkpoint(pp.seq, cause)
+
+    # -- checkpoints and garbage collection (sec. 4.3) -------------------------------------
+    def _take_checkpoint(self, seq: int, cause: str) -> None:
+        self.own_checkpoints[seq] = self.head
+        mine = Checkpoint(seq, self.head, self.id)
+        self.checkpoints.setdefault(seq, {})[self.id] = mine
+        self._dirty_ckpt.add(seq)
+        self._msg(Broadcast(mine, cause))
+        self._check_stable(seq, cause)
+
+    def _on_checkpoint(self, ck: Checkpoint, cause: str) -> None:
+        if ck.sender == self.id:
+            return self._evidence(ck.sender, "replayed_own", "own checkpoint came back", cause)
+        if ck.seq % self.cfg.checkpoint_interval:
+            return self._evidence(ck.sender, "bad_checkpoint_seq", f"seq {ck.seq}", cause)
+        if ck.seq <= self.h:
+            return
+        if ck.seq > self.h + 2 * self.cfg.log_window:
+            return self._evidence(ck.sender, "checkpoint_out_of_range", f"seq {ck.seq}", cause)
+        votes = self.checkpoints.setdefault(ck.seq, {})
+        old = votes.get(ck.sender)
+        if old is not None:
+            if old.state_digest != ck.state_digest:
+                self._evidence(ck.sender, "equivocation", f"checkpoint {ck.seq}", cause)
+            return
+        votes[ck.sender] = ck
+        self._dirty_ckpt.add(ck.seq)
+        self._check_stable(ck.seq, cause)
+
+    def _check_stable(self, seq: int, cause: str) -> None:
+        if seq <= self.h:
+            return
+        counts: dict[str, int] = defaultdict(int)
+        for ck in self.checkpoints.get(seq, {}).values():
+            counts[ck.state_digest] += 1
+        digest = next((d for d, c in counts.items() if c >= self.quorum), None)
+        if digest is None:
+            return
+        if self.last_exec < seq:
+            self.behind_to = max(self.behind_to, seq)  # stable elsewhere: catch up first
+            return
+        if self.own_checkpoints.get(seq) != digest:
+            self._evidence(self.id, "state_divergence",
+                           f"2f+1 replicas agree on {digest[:12]} at {seq}, this replica has "
+                           f"{self.own_checkpoints.get(seq, '?')[:12]}", cause)
+            return
+        self._advance_watermarks(seq, digest, cause)
+
+    def _advance_watermarks(self, seq: int, digest: str, cause: str) -> None:
+        self.h, self.stable_digest = seq, digest
+        self._dirty_meta = True
+        for s in [s for s in self.log if s <= seq]:
+            del self.log[s]
+            self._deleted.update((f"pp/{s}", f"votes/{s}"))
+        for s in [s for s in self.checkpoints if s < seq]:
+            del self.checkpoints[s]
+            self.own_checkpoints.pop(s, None)
+            self._deleted.add(f"ckpt/{s}")
+        held, self.held = self.held, []
+        for m in held:  # the window moved: messages we held may now be in it
+            self._handlers[type(m)](self, m, cause)
+        if self.is_primary:
+            self._propose(cause, force=False)
+
+    def _hold(self, m: Any, cause: str) -> None:
+        limit = 4 * self.cfg.log_window * self.n
+        if m.seq > self.high + self.cfg.log_window or len(self.held) >= limit:
+            self._evidence(m.sender, "outside_watermarks", f"seq {m.seq} beyond {self.high}", cause)
+        else:
+            self.held.append(m)
+
+    # -- retransmission -------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return self.last_exec < max(self.log, default=0) or bool(self.pending)
+
+    def _retransmit(self, cause: str) -> None:
+        for seq in sorted(s for s in self.log if s > self.last_exec):
+            e = self.log[seq]
+            if e.preprepare is not None and e.preprepare.sender == self.id:
+                self._msg(Broadcast(e.preprepare, cause))
+            for votes in (e.prepares, e.commits):
+                if self.id in votes:
+                    self._msg(Broadcast(votes[self.id], cause))
+        for seq, digest in sorted(self.own_checkpoints.items()):
+            if seq > self.h:
+                self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))
+
+    # -- output -------------------------------------------------------------------
+    def _reset_output(self) -> None:
+        self._dirty_meta = False
+        self._dirty_pp: set[int] = set()
+        self._dirty_votes: set[int] = set()
+        self._dirty_ckpt: set[int] = set()
+        self._dirty_clients: set[str] = set()
+        self._deleted: set[str] = set()
+        self._executes: list = []
+        self._messages: list = []
+        self._evidences: list = []
+
+    def _msg(self, action: Any) -> None:
+        self._messages.append(action)
+
+    def _evidence(self, sender: Any, reason: str, detail: str, cause: str) -> None:
+        self._evidences.append(Evidence(sender, reason, detail, cause))
+
+    def _finish(self, cause: str) -> list:
+        records: dict[str, Any] = {k: None for k in self._deleted}
+        if self._dirty_meta:
+            records["meta"] = self.meta_record()
+        for s in self._dirty_pp:
+            if s in self.log:
+                records[f"pp/{s}"] = self.log[s].preprepare_record()
+        for s in self._dirty_votes:
+            if s in self.log:
+                records[f"votes/{s}"] = self.log[s].votes_record()
+        for s in self._dirty_ckpt:
+            if s in self.checkpoints:
+                records[f"ckpt/{s}"] = {"own": self.own_checkpoints.get(s),
+                                        "msgs": [to_wire(c) for _, c in sorted(self.checkpoints[s].items())]}
+        for c in self._dirty_clients:
+            records[f"client/{c}"] = self.clients.to_record(c)
+        out: list = [Persist(records, cause)] if records else []
+        out += self._executes + self._messages + self._evidences
+        self._reset_output()
+        return out
+
+    def meta_record(self) -> dict:
+        return {"view": self.view, "h": self.h, "last_exec": self.last_exec, "head": self.head,
+                "next_seq": self.next_seq, "stable_digest": self.stable_digest}
+
+    def _restore(self, records: dict) -> None:
+        meta = records.get("meta")
+        if meta:
+            self.view, self.h, self.last_exec = meta["view"], meta["h"], meta["last_exec"]
+            self.head, self.next_seq = meta["head"], meta["next_seq"]
+            self.stable_digest = meta["stable_digest"]
+        seqs = {int(k.split("/")[1]) for k in records if k.startswith(("pp/", "votes/"))}
+        for s in seqs:
+            if s > self.h:
+                e = Entry.from_records(s, records.get(f"pp/{s}"), records.get(f"votes/{s}"))
+                e.executed = s <= self.last_exec
+                self.log[s] = e
+        for k, v in records.items():
+            if k.startswith("ckpt/"):
+                s = int(k.split("/")[1])
+                self.checkpoints[s] = {c.sender: c for c in map(from_wire, v["msgs"])}
+                if v["own"]:
+                    self.own_checkpoints[s] = v["own"]
+            elif k.startswith("client/"):
+                self.clients.load_record(k[len("client/"):], v)
+        self.next_seq = max([self.next_seq, self.last_exec + 1] + [s + 1 for s in self.log])
+
+    _handlers = {
+        Request: _on_request,
+        PrePrepare: _on_preprepare,
+        Prepare: _on_prepare,
+        Commit: _on_commit,
+        Checkpoint: _on_checkpoint,
+    }
+
+
+def describe(msg: Any) -> str:
+    """A short name for a stimulus, carried by the actions it causes (for logs)."""
+    kind = type(msg).__name__
+    if isinstance(msg, Request):
+        return f"Request {msg.client}/{msg.timestamp}"
+    if isinstance(msg, Checkpoint):
+        return f"Checkpoint n{msg.seq} from {msg.sender}"
+    if isinstance(msg, (PrePrepare, Prepare, Commit)):
+        return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
+    return kind
