@@ -1,0 +1,490 @@
+"""The mesh's configuration: who the replicas and clients are, their keys, where the broker
+is, and the protocol's tuning knobs.
+
+Owns: ``mesh.json`` (its schema, strict loading, atomic saving), the key directory that
+``hdpbf init`` lays out, loading a node's or client's own private key and checking it
+against the public key everyone else knows it by, and the ``HDPBF_*`` environment.
+
+Rules of this file:
+- Replicas are numbered 0..n-1 (the primary of view v is v mod n, Castro-Liskov 1999
+  sec. 4.1) and n >= 4 = 3f+1 with f >= 1.  No two replicas share a public key: one key
+  behind two ids would count twice towards a 2f+1 quorum.
+- Loading never trusts the file: a wrong type, a duplicate, an unknown key or a broken
+  protocol rule raises ConfigError naming the field and what it should be.  The same
+  checks run when a MeshConfig is built in code.
+- Layout written by ``init_mesh(DIR)``: ``DIR/mesh.json``, ``DIR/keys/`` (mode 0700) with
+  ``node<id>.key`` and ``client-<name>.key`` (mode 0600), and ``data_dir`` = ``DIR/data``
+  with one ``node<id>/`` per replica.  In the file, a ``data_dir`` inside DIR is written
+  relative to DIR, so the directory can be moved or mounted elsewhere as a whole; in
+  memory, after ``load``, ``data_dir`` is always absolute.
+- mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
+  when they do the file is written 0600, else 0644.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from nacl.signing import SigningKey, VerifyKey
+
+from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
+from pbft_tasks.core.quorum import max_faulty
+from pbft_tasks.core.replica import ReplicaConfig
+from pbft_tasks.signing import (KeyFileError, generate_key, public_key_hex, read_key_file,
+                                verify_key_from_hex, write_key_file)
+
+__all__ = [
+    "ConfigError", "NodeInfo", "ClientInfo", "MeshConfig", "init_mesh",
+    "load_node_identity", "load_client_identity", "node_keys", "client_keys",
+    "from_env", "env_key_file", "node_key_path", "client_key_path",
+    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
+]
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/0"
+CONFIG_NAME = "mesh.json"
+KEYS_DIR = "keys"
+FORMAT_VERSION = 1
+MIN_NODES = 4
+_CLIENT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_PUBKEY_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class ConfigError(ValueError):
+    """mesh.json, a key file or the environment is not usable; the message says why."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeInfo:
+    id: int
+    queue: str = ""  # "" means the default, f"node.{id}"
+    public_key: str
+
+    def __post_init__(self) -> None:
+        if not self.queue and type(self.id) is int:
+            object.__setattr__(self, "queue", f"node.{self.id}")
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    name: str
+    public_key: str
+
+
+_INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
+                 "pipeline", "tick_ms")
+_STR_SETTINGS = ("broker_url", "result_backend", "data_dir")
+_TOP_KEYS = {"version", "nodes", "clients", *_STR_SETTINGS, *_INT_SETTINGS}
+
+
+@dataclass
+class MeshConfig:
+    nodes: list[NodeInfo]
+    clients: list[ClientInfo] = field(default_factory=list)
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = DEFAULT_RESULT_BACKEND
+    data_dir: str = "data"
+    checkpoint_interval: int = 64
+    log_window: int = 256
+    max_batch: int = 256
+    batch_timeout_ticks: int = 1
+    pipeline: int = 2
+    tick_ms: int = 2
+    # Where this config was loaded from or saved to; not part of the file.
+    path: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.nodes = list(self.nodes)
+        self.clients = list(self.clients)
+        self.validate()
+
+    # -- derived ----------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def f(self) -> int:
+        return max_faulty(self.n)
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory holding mesh.json (relative paths are resolved against it)."""
+        if self.path is None:
+            raise ConfigError("this mesh config was not loaded from a file; "
+                              "pass explicit paths or save it first")
+        return self.path.parent
+
+    @property
+    def data_path(self) -> Path:
+        p = Path(self.data_dir)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def node_data_dir(self, node_id: int) -> Path:
+        """Where node ``node_id`` keeps its ledger (not created here)."""
+        return self.data_path / f"node{self.node(node_id).id}"
+
+    def replica_config(self) -> ReplicaConfig:
+        """The pure core's settings for this mesh."""
+        return ReplicaConfig(n=self.n, checkpoint_interval=self.checkpoint_interval,
+                             log_window=self.log_window, max_batch=self.max_batch,
+                             batch_timeout_ticks=self.batch_timeout_ticks,
+                             pipeline=self.pipeline)
+
+    def node(self, node_id: int) -> NodeInfo:
+        for info in self.nodes:
+            if info.id == node_id and type(node_id) is int:
+                return info
+        raise ConfigError(f"node {node_id!r} is not in the mesh"
+                          f"{self._where()} (its nodes are 0..{self.n - 1})")
+
+    def client(self, name: str) -> ClientInfo:
+        for info in self.clients:
+            if info.name == name:
+                return info
+        known = ", ".join(c.name for c in self.clients) or "none"
+        raise ConfigError(f"client {name!r} is not in the mesh{self._where()} "
+                          f"(known clients: {known})")
+
+    def _where(self) -> str:
+        return f" of {self.path}" if self.path is not None else ""
+
+    # -- validation -------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ConfigError on the first rule this config breaks."""
+        for name in _INT_SETTINGS:
+            v = getattr(self, name)
+            lo = 0 if name in ("batch_timeout_ticks", "pipeline") else 1  # 0: every tick / no window
+            if type(v) is not int or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        for name in _STR_SETTINGS:
+            v = getattr(self, name)
+            if type(v) is not str or not v:
+                raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+        ci, lw = self.checkpoint_interval, self.log_window
+        if lw % ci or lw < 2 * ci:
+            raise ConfigError(
+                f"log_window ({lw}) must be a multiple of checkpoint_interval ({ci}) and at "
+                f"least twice it, e.g. {2 * ci} or {4 * ci}")
+        if self.max_batch > MAX_BATCH:
+            raise ConfigError(f"max_batch ({self.max_batch}) must be at most {MAX_BATCH}, "
+                              f"the largest batch a replica accepts on the wire")
+        self._validate_nodes()
+        self._validate_clients()
+
+    def _validate_nodes(self) -> None:
+        if len(self.nodes) < MIN_NODES:
+            raise ConfigError(f"a PBFT mesh needs at least {MIN_NODES} nodes (n = 3f+1 "
+                              f"tolerates f faults), got {len(self.nodes)}")
+        seen_keys: dict[str, int] = {}
+        seen_queues: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if not isinstance(node, NodeInfo):
+                raise ConfigError(f"nodes[{i}] must be a NodeInfo, got {type(node).__name__}")
+            if type(node.id) is not int:
+                raise ConfigError(f"nodes[{i}].id must be an integer, got {node.id!r}")
+            if type(node.queue) is not str or not node.queue:
+                raise ConfigError(f"node {node.id}: queue must be a non-empty string")
+            _check_pubkey(node.public_key, f"node {node.id}")
+            if node.public_key in seen_keys:
+                raise ConfigError(f"nodes {seen_keys[node.public_key]} and {node.id} have the "
+                                  f"same public key; every node needs its own key")
+            seen_keys[node.public_key] = node.id
+            if node.queue in seen_queues:
+                raise ConfigError(f"nodes {seen_queues[node.queue]} and {node.id} share the "
+                                  f"queue {node.queue!r}")
+            seen_queues[node.queue] = node.id
+        ids = [node.id for node in self.nodes]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate node ids: {dupes}")
+        if sorted(ids) != list(range(len(ids))):
+            raise ConfigError(f"node ids must be 0..{len(ids) - 1} (the primary of view v is "
+                              f"node v mod n), got {sorted(ids)}")
+        self.nodes.sort(key=lambda node: node.id)
+
+    def _validate_clients(self) -> None:
+        seen: set[str] = set()
+        for i, c in enumerate(self.clients):
+            if not isinstance(c, ClientInfo):
+                raise ConfigError(f"clients[{i}] must be a ClientInfo, got {type(c).__name__}")
+            _check_client_name(c.name, f"clients[{i}].name")
+            if c.name in seen:
+                raise ConfigError(f"duplicate client name {c.name!r}")
+            seen.add(c.name)
+            _check_pubkey(c.public_key, f"client {c.name!r}")
+
+    # -- file -------------------------------------------------------------------------
+    def to_json(self, base_dir: Path | None = None) -> dict:
+        """The file's object; ``data_dir`` inside ``base_dir`` is written relative."""
+        out: dict[str, Any] = {"version": FORMAT_VERSION}
+        out["nodes"] = [{"id": n.id, "queue": n.queue, "public_key": n.public_key}
+                        for n in self.nodes]
+        out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
+        for name in (*_STR_SETTINGS, *_INT_SETTINGS):
+            out[name] = getattr(self, name)
+        data = Path(self.data_dir)
+        if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
+            out["data_dir"] = str(data.relative_to(base_dir)) or "."
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str = "mesh.json") -> "MeshConfig":
+        if type(obj) is not dict:
+            raise ConfigError(f"{source}: the top level must be a JSON object")
+        unknown = sorted(set(obj) - _TOP_KEYS)
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {unknown} (allowed: {sorted(_TOP_KEYS)})")
+        version = obj.get("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION or type(version) is not int:
+            raise ConfigError(f"{source}: version {version!r} is not supported "
+                              f"(this hdpbf reads version {FORMAT_VERSION})")
+        if "nodes" not in obj:
+            raise ConfigError(f"{source}: missing 'nodes'")
+        nodes = _records(obj["nodes"], "nodes", {"id", "public_key"}, {"queue"}, source)
+        clients = _records(obj.get("clients", []), "clients", {"name", "public_key"}, set(),
+                           source)
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS) if k in obj}
+        try:
+            return cls(nodes=[NodeInfo(**r) for r in nodes],
+                       clients=[ClientInfo(**r) for r in clients], **settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MeshConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"mesh config {path} does not exist "
+                              f"(create one with: hdpbf init --dir DIR)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read mesh config {path}: {exc}") from None
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        config = cls.from_json(obj, source=str(path))
+        config.path = path.absolute()
+        config.data_dir = str(config.data_path)
+        return config
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write mesh.json atomically (temp file + rename)."""
+        self.validate()
+        path = Path(path)
+        mode = 0o600 if self._has_secrets() else 0o644
+        base = path.absolute().parent
+        data = (json.dumps(self.to_json(base), indent=2) + "\n").encode("utf-8")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        if self.path is None and not Path(self.data_dir).is_absolute():
+            self.data_dir = str(base / self.data_dir)
+        self.path = path.absolute()
+
+    def _has_secrets(self) -> bool:
+        for url in (self.broker_url, self.result_backend):
+            try:
+                if urlsplit(url).password:
+                    return True
+            except ValueError:
+                return True
+        return False
+
+
+def _check_pubkey(value: Any, who: str) -> None:
+    if type(value) is not str or not _PUBKEY_RE.fullmatch(value):
+        raise ConfigError(f"{who}: public_key must be 64 lowercase hex chars "
+                          f"(a 32-byte Ed25519 public key), got {value!r}")
+
+
+def _check_client_name(value: Any, where: str) -> None:
+    if (type(value) is not str or len(value) > MAX_CLIENT_LEN
+            or not _CLIENT_NAME_RE.fullmatch(value)):
+        raise ConfigError(f"{where} must be 1-{MAX_CLIENT_LEN} letters, digits, '_', '.' or '-' "
+                          f"starting with a letter or digit, got {value!r}")
+
+
+def _records(value: Any, name: str, required: set[str], optional: set[str],
+             source: str) -> list[dict]:
+    if type(value) is not list:
+        raise ConfigError(f"{source}: '{name}' must be a list of objects")
+    out = []
+    for i, rec in enumerate(value):
+        if type(rec) is not dict:
+            raise ConfigError(f"{source}: {name}[{i}] must be an object")
+        missing, extra = sorted(required - set(rec)), sorted(set(rec) - required - optional)
+        if missing or extra:
+            raise ConfigError(f"{source}: {name}[{i}] has missing keys {missing}, "
+                              f"unknown keys {extra}")
+        out.append(rec)
+    return out
+
+
+# -- keys -----------------------------------------------------------------------------
+
+def node_key_path(config_dir: str | os.PathLike, node_id: int) -> Path:
+    return Path(config_dir) / KEYS_DIR / f"node{node_id}.key"
+
+
+def client_key_path(config_dir: str | os.PathLike, name: str) -> Path:
+    return Path(config_dir) / KEYS_DIR / f"client-{name}.key"
+
+
+def node_keys(config: MeshConfig) -> dict[int, VerifyKey]:
+    return {n.id: verify_key_from_hex(n.public_key) for n in config.nodes}
+
+
+def client_keys(config: MeshConfig) -> dict[str, VerifyKey]:
+    return {c.name: verify_key_from_hex(c.public_key) for c in config.clients}
+
+
+def _read_key(path: Path) -> SigningKey:
+    try:
+        return read_key_file(path)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _owner_hint(config: MeshConfig, pub: str) -> str:
+    for n in config.nodes:
+        if n.public_key == pub:
+            return f"; it is node {n.id}'s key"
+    for c in config.clients:
+        if c.public_key == pub:
+            return f"; it is client {c.name!r}'s key"
+    return "; its public key is not in mesh.json at all"
+
+
+def load_node_identity(config: MeshConfig, node_id: int,
+                       key_path: str | os.PathLike | None = None) -> SigningKey:
+    """The private key of ``node_id``, checked against its public key in mesh.json."""
+    info = config.node(node_id)
+    path = Path(key_path) if key_path is not None else node_key_path(config.base_dir, node_id)
+    key = _read_key(path)
+    pub = public_key_hex(key)
+    if pub != info.public_key:
+        raise ConfigError(f"key file {path} belongs to a different node than node {node_id} "
+                          f"in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
+    return key
+
+
+def load_client_identity(config: MeshConfig, name: str,
+                         key_path: str | os.PathLike | None = None) -> SigningKey:
+    """The private key of client ``name``, checked against its public key in mesh.json."""
+    info = config.client(name)
+    path = Path(key_path) if key_path is not None else client_key_path(config.base_dir, name)
+    key = _read_key(path)
+    pub = public_key_hex(key)
+    if pub != info.public_key:
+        raise ConfigError(f"key file {path} belongs to a different identity than client "
+                          f"{name!r} in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
+    return key
+
+
+# -- init -----------------------------------------------------------------------------
+
+def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
+              broker_url: str = DEFAULT_BROKER_URL,
+              result_backend: str = DEFAULT_RESULT_BACKEND,
+              force: bool = False) -> MeshConfig:
+    """Create DIR/mesh.json and a fresh key for every node and client.
+
+    Everything is checked before anything is written.  With ``force`` an existing mesh is
+    replaced: every key is new, so running workers of the old mesh will be rejected."""
+    base = Path(dir)
+    config_path = base / CONFIG_NAME
+    if type(nodes) is not int or nodes < MIN_NODES:
+        raise ConfigError(f"a PBFT mesh needs at least {MIN_NODES} nodes (n = 3f+1 "
+                          f"tolerates f faults), got {nodes}")
+    clients = list(clients)
+    if config_path.exists() and not force:
+        raise ConfigError(f"{config_path} already exists; to replace that mesh and all its keys "
+                          f"run again with --force (force=True from Python)")
+    node_sks = {i: generate_key() for i in range(nodes)}
+    client_sks = {}
+    for name in clients:
+        _check_client_name(name, "client name")
+        if name in client_sks:
+            raise ConfigError(f"duplicate client name {name!r}")
+        client_sks[name] = generate_key()
+    config = MeshConfig(
+        nodes=[NodeInfo(id=i, public_key=public_key_hex(k)) for i, k in node_sks.items()],
+        clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
+        broker_url=broker_url, result_backend=result_backend)
+
+    keys_dir = base / KEYS_DIR
+    keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(keys_dir, 0o700)
+    if force:  # keys of the mesh being replaced must not linger as if still valid
+        keep = {node_key_path(base, i).name for i in node_sks}
+        keep |= {client_key_path(base, c).name for c in client_sks}
+        for old in keys_dir.iterdir():
+            if (old.name not in keep and old.is_file()
+                    and re.fullmatch(r"node\d+\.key|client-.+\.key", old.name)):
+                old.unlink()
+    for i, key in node_sks.items():
+        write_key_file(node_key_path(base, i), key)
+    for name, key in client_sks.items():
+        write_key_file(client_key_path(base, name), key)
+    # mesh.json last: a crash part way leaves no config that points at missing keys.
+    config.save(config_path)
+    return config
+
+
+# -- environment ----------------------------------------------------------------------
+
+ENV_CONFIG = "HDPBF_CONFIG"
+ENV_NODE_ID = "HDPBF_NODE_ID"
+ENV_KEY_FILE = "HDPBF_KEY_FILE"
+
+
+def from_env(environ: dict[str, str] | None = None) -> tuple[MeshConfig, int | None]:
+    """The mesh named by $HDPBF_CONFIG and this process's node from $HDPBF_NODE_ID (None
+    when unset or empty: a client, not a replica)."""
+    env = os.environ if environ is None else environ
+    path = env.get(ENV_CONFIG, "")
+    if not path:
+        raise ConfigError(f"{ENV_CONFIG} is not set; point it at the mesh.json that "
+                          f"'hdpbf init' wrote, e.g. {ENV_CONFIG}=/etc/hdpbf/mesh.json")
+    try:
+        config = MeshConfig.load(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{ENV_CONFIG}={path}: {exc}") from None
+    raw = env.get(ENV_NODE_ID, "").strip()
+    if not raw:
+        return config, None
+    try:
+        node_id = int(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_NODE_ID}={raw!r} is not an integer node id") from None
+    try:
+        config.node(node_id)
+    except ConfigError as exc:
+        raise ConfigError(f"{ENV_NODE_ID}={raw}: {exc}") from None
+    return config, node_id
+
+
+def env_key_file(environ: dict[str, str] | None = None) -> Path | None:
+    """$HDPBF_KEY_FILE, the key path to pass to load_node_identity (None: the default)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_KEY_FILE, "")
+    return Path(raw) if raw else None
