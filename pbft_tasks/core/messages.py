@@ -207,9 +207,14 @@ def _op(v: Any) -> dict:
         if set(v) != {"op", "key", "value", "expires_at"}:
             raise MalformedMessage("put op needs exactly op, key, value, expires_at")
         exp = v["expires_at"]
-        if exp is not None and (type(exp) not in (int, float) or exp < 0):
-            raise MalformedMessage("expires_at must be null or a non-negative number")
-        if len(canonical(v["value"])) > MAX_VALUE_BYTES:
+        # "not 0 <= exp < inf" also refuses NaN, which canonical() cannot encode
+        if exp is not None and (type(exp) not in (int, float) or not 0 <= exp < float("inf")):
+            raise MalformedMessage("expires_at must be null or a finite non-negative number")
+        try:
+            size = len(canonical(v["value"]))
+        except (ValueError, TypeError, RecursionError):
+            raise MalformedMessage("value is not canonical JSON (NaN, Infinity?)") from None
+        if size > MAX_VALUE_BYTES:
             raise MalformedMessage(f"value larger than {MAX_VALUE_BYTES} bytes")
     elif kind == "delete":
         if set(v) != {"op", "key"}:
@@ -246,7 +251,7 @@ def from_wire(d: Any) -> Message:
     if type(d) is not dict:
         raise MalformedMessage("message must be a JSON object")
     kind = d.get("type")
-    if kind not in MESSAGE_TYPES:
+    if type(kind) is not str or kind not in MESSAGE_TYPES:
         raise MalformedMessage(f"unknown message type {kind!r}")
     expected = _FIELDS[kind]
     if set(d) != expected:
@@ -277,12 +282,17 @@ def from_wire(d: Any) -> Message:
                       sender=_int(d, "sender"), sig=_sig(d))
 
 
+def _refuse_constant(name: str) -> Any:
+    """json.loads accepts NaN and Infinity; canonical() cannot encode them."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse(raw: bytes | str) -> Message:
     """Parse raw bytes from the network (size-checked first)."""
     if len(raw) > MAX_WIRE_BYTES:
         raise MalformedMessage(f"message of {len(raw)} bytes exceeds {MAX_WIRE_BYTES}")
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
     return from_wire(obj)

@@ -24,8 +24,12 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 - Execution is strictly in sequence order; every seq yields one block.
 - Requests are deduplicated by (client, timestamp) at execution, deterministically, via
   the client table; the primary also refuses to propose a request twice.
-- Batching: the primary cuts a batch when ``max_batch`` requests wait, or when the
-  oldest waiting request has waited ``batch_timeout_ticks`` ticks.
+- Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait; it
+  cuts a partial batch once the oldest waiting request has waited
+  ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
+  flight (proposed, not yet executed).  Under load requests pile up behind the window
+  and batches grow; at low load a request waits at most the timeout.  pipeline=0 turns
+  the window off (cut on the timeout alone).
 - Every K = ``checkpoint_interval`` seqs a replica multicasts CHECKPOINT(n, digest);
   2f+1 matching make it stable: the low watermark h moves to n, H = h + L, and the log
   at or below n is garbage-collected.  Messages beyond H are held (bounded) until the
@@ -55,7 +59,8 @@ class ReplicaConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
-    batch_timeout_ticks: int = 2
+    batch_timeout_ticks: int = 1
+    pipeline: int = 2
     retransmit_ticks: int = 500
     client_window: int = 1024
 
@@ -67,8 +72,8 @@ class ReplicaConfig:
                              f"({k}) and at least twice it")
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
-        if self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1:
-            raise ValueError("batch_timeout_ticks must be >= 0 and retransmit_ticks >= 1")
+        if self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0:
+            raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks >= 1")
 
 
 class Replica:
@@ -130,9 +135,7 @@ class Replica:
     def tick(self) -> list:
         self.now += 1
         cause = f"tick {self.now}"
-        if (self.is_primary and self.pending
-                and self.now - self.pending_since >= self.cfg.batch_timeout_ticks):
-            self._propose(cause, force=True)
+        self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
             self.last_progress = self.now
             self._retransmit(cause)
@@ -165,11 +168,23 @@ class Replica:
         if len(self.pending) >= self.cfg.max_batch:
             self._propose(cause, force=False)
 
-    def _propose(self, cause: str, force: bool) -> None:
+    def _cut_partial(self, cause: str) -> None:
+        if not (self.is_primary and self.pending
+                and self.now - self.pending_since >= self.cfg.batch_timeout_ticks):
+            return
+        in_flight = self.next_seq - 1 - self.last_exec
+        if self.cfg.pipeline == 0 or in_flight < self.cfg.pipeline:
+            self._propose(cause, force=True, limit=1 if self.cfg.pipeline else None)
+
+    def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
         size = self.cfg.max_batch
         while self.pending and self.next_seq <= self.high:
             if len(self.pending) < size and not force:
                 break
+            if limit is not None:
+                if limit == 0:
+                    break
+                limit -= 1
             batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
             seq = self.next_seq
             self.next_seq += 1
@@ -296,6 +311,7 @@ class Replica:
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))
         if pp.seq % self.cfg.checkpoint_interval == 0:
             self._take_checkpoint(pp.seq, cause)
+        self._cut_partial(cause)  # a slot of the window just freed up
 
     # -- checkpoints and garbage collection (sec. 4.3) -------------------------------------
     def _take_checkpoint(self, seq: int, cause: str) -> None:

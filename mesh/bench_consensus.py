@@ -1,0 +1,133 @@
+"""The consensus benchmark and the demo's workload: figures, never assertions.
+
+``hdpbf bench consensus --nodes 4 --requests 5000`` starts one real Celery worker per
+node on the local RabbitMQ (results in Redis), then measures, in one run:
+
+- low load: requests one at a time; commit latency = submit -> a reply from *every*
+  node (each reply is sent after that node appended the block to its ledger), and
+  submit -> f+1 matching replies (what the client waits for);
+- throughput: ``--requests`` updates kept ``--window`` in flight, bundled as the client
+  does; committed tx/s = requests / (time until every node replied to the last one);
+- messages per committed batch: node-to-node protocol messages sent, over blocks made.
+
+The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p50_ms``,
+``commit_p99_ms``, ``messages_per_batch`` and the details.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+from .client import MeshClient, Pending
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def drive(client: MeshClient, count: int, window: int = 1000, chunk: int = 100,
+          key_prefix: str = "k", every: bool = True, timeout: float = 120.0,
+          progress: Callable[[int], None] | None = None) -> list[Pending]:
+    """Submit ``count`` puts keeping at most ``window`` unfinished; returns them all."""
+    done: list[Pending] = []
+    inflight: list[Pending] = []
+    sent = 0
+    deadline = time.perf_counter() + timeout
+    while sent < count or inflight:
+        while sent < count and len(inflight) < window:
+            n = min(chunk, count - sent, window - len(inflight))
+            inflight += client.submit([client.put_request(f"{key_prefix}{sent + i}", sent + i) for i in range(n)])
+            sent += n
+        head = inflight[: chunk]
+        client.wait(head, timeout=max(0.1, deadline - time.perf_counter()), every=every)
+        finished = [p for p in inflight if (p.all_at if every else p.done_at) is not None]
+        inflight = [p for p in inflight if (p.all_at if every else p.done_at) is None]
+        done += finished
+        client.forget(finished)
+        if progress:
+            progress(len(finished))
+    return done
+
+
+def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
+    return [((p.all_at if every else p.done_at) - p.sent_at) * 1000 for p in batch]
+
+
+def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
+        broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
+        max_batch: int = 256, console: Any = None) -> dict:
+    from pbft_tasks.celery_app import app
+    from pbft_tasks.signing import Verifier
+
+    from .client import BrokerClientTransport
+    from .launcher import LocalMesh
+    from .topology import client_keys, init_mesh, load_client_identity, node_keys
+
+    say = console.print if console is not None else print
+    base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
+    kw = {k: v for k, v in (("broker_url", broker), ("result_backend", backend)) if v}
+    cfg = init_mesh(base, nodes=nodes, force=True, **kw)
+    cfg.max_batch = max_batch
+    cfg.save(f"{base}/mesh.json")
+    mesh = LocalMesh(f"{base}/mesh.json")
+    mesh.purge()
+    t0 = time.perf_counter()
+    mesh.start()
+    try:
+        mesh.wait_ready(timeout=90)
+        say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
+        client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
+                            Verifier(node_keys(cfg), client_keys(cfg)))
+        client.transport = BrokerClientTransport(app, client)
+        drive(client, 50, window=10, chunk=10, key_prefix="warm")
+        # Low load: one request at a time.
+        low = []
+        for i in range(low_load):
+            low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
+            client.forget(low[-1:])
+        low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
+        before = mesh.statuses()
+        t1 = time.perf_counter()
+        loaded = drive(client, requests, window=window, chunk=100)
+        elapsed = max(p.all_at for p in loaded) - t1
+        after = mesh.statuses()
+        blocks = after[0]["height"] - before[0]["height"]
+        msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
+        heads = {s["head"] for s in after.values()}
+        heights = {s["height"] for s in after.values()}
+        load_all = latencies_ms(loaded)
+        result = {
+            "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
+            "tx_per_s": round(requests / elapsed, 1),
+            "elapsed_s": round(elapsed, 3),
+            "commit_p50_ms": round(percentile(low_all, 50), 3),
+            "commit_p99_ms": round(percentile(low_all, 99), 3),
+            "quorum_reply_p50_ms": round(percentile(low_quorum, 50), 3),
+            "loaded_commit_p50_ms": round(percentile(load_all, 50), 3),
+            "loaded_commit_p99_ms": round(percentile(load_all, 99), 3),
+            "blocks": blocks,
+            "mean_batch": round(requests / blocks, 1) if blocks else None,
+            "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
+            "identical_heads": len(heads) == 1 and len(heights) == 1,
+            "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
+        }
+        client.transport.close()
+        return result
+    finally:
+        mesh.stop()
+
+
+def write_json(result: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+
+__all__ = ["drive", "run", "percentile", "latencies_ms", "write_json", "statistics"]

@@ -1,0 +1,150 @@
+"""The per-node driver: feeds one pure ``Replica`` and carries out what it asks.
+
+Owns: the adapter pipeline of STYLE.md sec. 2, identical for every transport
+(Celery queues in production, an in-process queue in embedded mode and tests):
+
+    wire JSON -> parse (MalformedMessage) -> verify signature (Rejected)
+              -> replica.step(msg) -> one ledger transaction -> sign -> send
+
+Rules:
+- No protocol decisions here.  The replica decides; this file only translates.
+- Persist before send: all Persist records and Execute blocks of one step go to the
+  ledger in one transaction (``LedgerStore.apply``) before any message leaves.
+- A bad message from a peer is dropped, logged with its reason and counted in
+  ``rejected``; it never raises out of ``handle``.  Our own bugs do raise.
+- One replica is one state machine: ``handle`` and ``tick`` run under one lock, so a
+  worker may tick from a timer thread while its pool runs tasks.
+- Client requests keep the client's signature when forwarded; every other outgoing
+  message is signed by this node.  Ed25519 is deterministic, so re-signing our own
+  commit for a certificate yields the signature we sent.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, Protocol
+
+from .core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
+from .core.messages import (MAX_WIRE_BYTES, MalformedMessage, Request, from_wire, signing_bytes,
+                            to_wire)
+from .core.replica import Replica, ReplicaConfig, describe
+from .signing import Rejected, Signer, Verifier
+
+log = logging.getLogger("hdpbf.node")
+
+TASK_FOR_TYPE = {
+    "Request": "pbft.request",
+    "PrePrepare": "pbft.preprepare",
+    "Prepare": "pbft.prepare",
+    "Commit": "pbft.commit",
+    "Checkpoint": "pbft.checkpoint",
+}
+
+
+class Transport(Protocol):
+    def send(self, to: int, wire: dict) -> None: ...
+    def send_client(self, client: str, wire: dict) -> None: ...
+
+
+class NodeRuntime:
+    def __init__(self, node_id: int, config: ReplicaConfig, ledger: Any, signer: Signer,
+                 verifier: Verifier, transport: Transport):
+        self.id = node_id
+        self.ledger = ledger
+        self.signer = signer
+        self.verifier = verifier
+        self.transport = transport
+        self.peers = [i for i in range(config.n) if i != node_id]
+        self.replica = Replica(node_id, config, records=ledger.protocol_records())
+        if self.replica.last_exec != ledger.height:
+            raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
+                               f"executed but the ledger holds {ledger.height} blocks")
+        self.lock = threading.RLock()
+        self.rejected: Counter[str] = Counter()
+        self.handled: Counter[str] = Counter()
+        self.sent = 0
+        self.on_execute: list[Callable[[dict, list], None]] = []
+
+    # -- stimuli ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Re-send own votes for everything unexecuted (a crash may have cut them off)."""
+        with self.lock:
+            self._carry_out(self.replica.resume())
+
+    def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
+        """Process one untrusted wire message.  Returns None if it was stepped, else the
+        reason it was rejected."""
+        try:
+            msg = from_wire(wire)
+            if expected_type is not None and type(msg).__name__ != expected_type:
+                raise MalformedMessage(f"a {type(msg).__name__} sent to the {expected_type} task")
+            if len(signing_bytes(msg)) > MAX_WIRE_BYTES:
+                return self._reject("oversize", f"over {MAX_WIRE_BYTES} bytes", wire)
+            self.verifier.check(msg)
+        except MalformedMessage as exc:
+            return self._reject("malformed", str(exc), wire)
+        except Rejected as exc:
+            return self._reject(exc.reason, str(exc), wire)
+        with self.lock:
+            self.handled[type(msg).__name__] += 1
+            self._carry_out(self.replica.step(msg))
+        return None
+
+    def tick(self) -> None:
+        with self.lock:
+            self._carry_out(self.replica.tick())
+
+    # -- carrying out actions ----------------------------------------------------------
+    def _carry_out(self, actions: list) -> None:
+        records: dict[str, Any] = {}
+        blocks: list[dict] = []
+        for a in actions:
+            if isinstance(a, Persist):
+                records.update(a.records)
+            elif isinstance(a, Execute):
+                cert = [to_wire(c if c.sig else self.signer.sign(c)) for c in a.certificate]
+                blocks.append(dict(a.block, certificate=cert))
+        if records or blocks:
+            results = self.ledger.apply(records, blocks)
+            for block, res in zip(blocks, results):
+                for hook in self.on_execute:
+                    hook(block, res)
+        for a in actions:
+            if isinstance(a, Send):
+                self._send(a.to, self._wire(a.msg))
+            elif isinstance(a, Broadcast):
+                wire = self._wire(a.msg)
+                for peer in self.peers:
+                    self._send(peer, wire)
+            elif isinstance(a, SendClient):
+                self.transport.send_client(a.client, self._wire(a.msg))
+            elif isinstance(a, Evidence):
+                self.rejected[a.reason] += 1
+                log.warning("node %s evidence against %s: %s (%s) [cause: %s]",
+                            self.id, a.sender, a.reason, a.detail, a.cause)
+
+    def _wire(self, msg: Any) -> dict:
+        return to_wire(msg if isinstance(msg, Request) else self.signer.sign(msg))
+
+    def _send(self, to: int, wire: dict) -> None:
+        self.sent += 1
+        self.transport.send(to, wire)
+
+    def _reject(self, reason: str, detail: str, wire: Any) -> str:
+        self.rejected[reason] += 1
+        kind = wire.get("type") if isinstance(wire, dict) else type(wire).__name__
+        sender = wire.get("sender", wire.get("client")) if isinstance(wire, dict) else None
+        log.warning("node %s rejected %s from %r: %s: %s", self.id, kind, sender, reason, detail)
+        return reason
+
+    # -- observation --------------------------------------------------------------------
+    def status(self) -> dict:
+        r = self.replica
+        return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
+                "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
+                "handled": dict(self.handled), "sent": self.sent, "time": time.time()}
+
+
+__all__ = ["NodeRuntime", "Transport", "TASK_FOR_TYPE", "describe"]

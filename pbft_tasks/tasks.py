@@ -1,0 +1,55 @@
+"""One Celery task per protocol message type: thin adapters around NodeRuntime.handle.
+
+Each task receives the message's wire object (docs/PROTOCOL.md), hands it to this
+worker's node runtime, and returns nothing: no protocol decision and no exception for a
+bad message escapes a task (the runtime logs and counts it).  ``pbft.request`` also
+accepts a list of requests, so that a client may pipeline several in one message.
+``pbft.status`` is the one task with a result (through the Redis backend).
+"""
+from __future__ import annotations
+
+from .celery_app import app, runtime
+
+_PROTOCOL = {"ignore_result": True, "acks_late": True}
+
+
+def _handle(wire, expected: str) -> None:
+    runtime().handle(wire, expected)
+
+
+@app.task(name="pbft.request", **_PROTOCOL)
+def request(wire) -> None:
+    rt = runtime()
+    if isinstance(wire, list):
+        if len(wire) > 4096:
+            rt._reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
+            return
+        for w in wire:
+            rt.handle(w, "Request")
+    else:
+        rt.handle(wire, "Request")
+
+
+@app.task(name="pbft.preprepare", **_PROTOCOL)
+def preprepare(wire) -> None:
+    _handle(wire, "PrePrepare")
+
+
+@app.task(name="pbft.prepare", **_PROTOCOL)
+def prepare(wire) -> None:
+    _handle(wire, "Prepare")
+
+
+@app.task(name="pbft.commit", **_PROTOCOL)
+def commit(wire) -> None:
+    _handle(wire, "Commit")
+
+
+@app.task(name="pbft.checkpoint", **_PROTOCOL)
+def checkpoint(wire) -> None:
+    _handle(wire, "Checkpoint")
+
+
+@app.task(name="pbft.status", ignore_result=False, acks_late=False)
+def status() -> dict:
+    return runtime().status()
