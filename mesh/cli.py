@@ -30,9 +30,9 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
-def console() -> Console:
+def console(stderr: bool = False) -> Console:
     """A rich console on the current stdout (so click's CliRunner captures it)."""
-    return Console(highlight=False)
+    return Console(highlight=False, stderr=stderr)
 
 
 @click.group(name="hdpbf", context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,9 +77,11 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, backend:
     cfg = shlex.quote(str(config.path))
     out.print("Next, start one worker per node (node 0 shown; repeat for 1.."
               f"{config.n - 1}):", soft_wrap=True)
+    out.print(f"  hdpbf worker --node 0 --config {cfg}    # one per node, or:", soft_wrap=True, markup=False)
     out.print(f"  {topology.ENV_CONFIG}={cfg} {topology.ENV_NODE_ID}=0 celery -A pbft_tasks "
-              f"worker -Q {config.nodes[0].queue} -n node0@%h -P threads -c 1 -E",
+              f"worker -Q {config.nodes[0].queue} -n node0@%h -E -P solo --prefetch-multiplier 64",
               soft_wrap=True, markup=False)
 
 
 # Command modules register themselves on ``main`` when imported; add them here.
+from mesh import commands  # noqa: E402,F401  (registers worker, demo, put, get, bench)
