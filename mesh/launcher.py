@@ -55,10 +55,11 @@ class LocalMesh:
 
     def purge(self) -> None:
         """Empty the node queues: a new mesh must not inherit an old mesh's messages."""
+        from pbft_tasks.transport import declare_mesh
         with self.app.connection_for_write() as conn:
             ch = conn.default_channel
+            declare_mesh(ch, [n.id for n in self.cfg.nodes])
             for info in self.cfg.nodes:
-                ch.queue_declare(info.queue, durable=True, auto_delete=False)
                 ch.queue_purge(info.queue)
 
     def start(self, nodes: list[int] | None = None) -> None:

@@ -92,7 +92,7 @@ class MeshConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
-    batch_timeout_ticks: int = 1
+    batch_timeout_ticks: int = 0
     pipeline: int = 2
     tick_ms: int = 2
     # Where this config was loaded from or saved to; not part of the file.

@@ -235,6 +235,14 @@ class Verifier:
             raise Rejected("unknown_node", f"{name} from unknown node {msg.sender!r}")
         _verify(key, msg, "", f"{name} from node {msg.sender}")
         if isinstance(msg, PrePrepare):
+            if len(msg.batch) >= THREADED_MIN:  # big batches: verify on the thread pool
+                failures = self.check_many(msg.batch)
+                if failures:
+                    i, reason = failures[0]
+                    raise Rejected("batch_" + reason,
+                                   f"PrePrepare v={msg.view} n={msg.seq} from node {msg.sender}, "
+                                   f"batch[{i}] (client {msg.batch[i].client!r})")
+                return
             for i, req in enumerate(msg.batch):
                 self._check_request(
                     req, "batch_",

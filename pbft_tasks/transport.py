@@ -1,8 +1,11 @@
 """Transports that carry signed wire messages between nodes and to clients.
 
 - ``CeleryTransport``: a message to node i is a Celery task message on queue
-  ``node.<i>`` (task name by message type, JSON body); a reply to client c is a plain
-  JSON message on queue ``hdpbf.reply.<c>`` through the default exchange.
+  ``node.<i>`` (task name by message type, JSON body), published on the default
+  exchange.  A broadcast from node i is published once on the direct exchange
+  ``hdpbf.broadcast`` with routing key ``from.<i>``; every other node's queue is bound
+  to that key, so RabbitMQ makes the n-1 copies (one publish instead of n-1).  A reply
+  to client c is a plain JSON message on queue ``hdpbf.reply.<c>``.
 - ``LocalTransport``: the same wire objects through an in-process FIFO, for embedded
   mode and tests.  Each message is JSON-encoded and decoded on the way, so embedded mode
   parses exactly what a broker would deliver.
@@ -18,8 +21,21 @@ from typing import Any, Callable
 from .node import TASK_FOR_TYPE
 
 
+BROADCAST_EXCHANGE = "hdpbf.broadcast"
+
+
 def reply_queue_name(client: str) -> str:
     return f"hdpbf.reply.{client}"
+
+
+def declare_mesh(channel: Any, node_ids: list[int]) -> None:
+    """Declare every node queue (as its worker does) and the broadcast bindings."""
+    channel.exchange_declare(BROADCAST_EXCHANGE, "direct", durable=True, auto_delete=False)
+    for j in node_ids:
+        channel.queue_declare(f"node.{j}", durable=True, auto_delete=False)
+        for i in node_ids:
+            if i != j:
+                channel.queue_bind(f"node.{j}", BROADCAST_EXCHANGE, routing_key=f"from.{i}")
 
 
 class CeleryTransport:
@@ -34,8 +50,7 @@ class CeleryTransport:
         self._local = threading.local()
         if node_ids:
             with app.connection_for_write() as conn:
-                for i in node_ids:
-                    conn.default_channel.queue_declare(f"node.{i}", durable=True, auto_delete=False)
+                declare_mesh(conn.default_channel, node_ids)
 
     def _producer(self) -> Any:
         producer = getattr(self._local, "producer", None)
@@ -50,6 +65,12 @@ class CeleryTransport:
         msg = self.app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {})
         self._producer().publish(msg.body, exchange="", routing_key=f"node.{to}", serializer="json",
                                  headers=msg.headers, retry=True, **msg.properties)
+
+    def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
+        name = TASK_FOR_TYPE[wire["type"]]
+        msg = self.app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {})
+        self._producer().publish(msg.body, exchange=BROADCAST_EXCHANGE, routing_key=f"from.{sender}",
+                                 serializer="json", headers=msg.headers, retry=True, **msg.properties)
 
     def send_client(self, client: str, wire: dict) -> None:
         self._producer().publish(wire, exchange="", routing_key=reply_queue_name(client),
@@ -67,6 +88,10 @@ class LocalTransport:
 
     def send(self, to: int, wire: dict) -> None:
         self.queue.append(("node", to, json.dumps(wire).encode()))
+
+    def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
+        raw = json.dumps(wire).encode()
+        self.queue.extend(("node", p, raw) for p in peers)
 
     def send_client(self, client: str, wire: dict) -> None:
         self.queue.append(("client", client, json.dumps(wire).encode()))

@@ -28,8 +28,9 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   cuts a partial batch once the oldest waiting request has waited
   ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
   flight (proposed, not yet executed).  Under load requests pile up behind the window
-  and batches grow; at low load a request waits at most the timeout.  pipeline=0 turns
-  the window off (cut on the timeout alone).
+  and batches grow; at low load a request waits at most the timeout (with timeout 0 it
+  is proposed on arrival when the window has room).  pipeline=0 turns the window off
+  (cut on the timeout alone).
 - Every K = ``checkpoint_interval`` seqs a replica multicasts CHECKPOINT(n, digest);
   2f+1 matching make it stable: the low watermark h moves to n, H = h + L, and the log
   at or below n is garbage-collected.  Messages beyond H are held (bounded) until the
@@ -59,7 +60,7 @@ class ReplicaConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
-    batch_timeout_ticks: int = 1
+    batch_timeout_ticks: int = 0
     pipeline: int = 2
     retransmit_ticks: int = 500
     client_window: int = 1024
@@ -167,6 +168,8 @@ class Replica:
             self.pending_since = self.now
         if len(self.pending) >= self.cfg.max_batch:
             self._propose(cause, force=False)
+        elif self.cfg.batch_timeout_ticks == 0:
+            self._cut_partial(cause)  # no timeout: propose now if the window has room
 
     def _cut_partial(self, cause: str) -> None:
         if not (self.is_primary and self.pending
