@@ -55,7 +55,7 @@ class LedgerBase:
         """(key, decoded value) for lo <= key < hi, in key order, at most ``limit``."""
         raise NotImplementedError
 
-    def _write(self, puts: dict[str, Any], deletes: list[str]) -> None:
+    def _write(self, puts: dict[str, Any], deletes: list[str], sync: bool = True) -> None:
         """Apply all puts and deletes in ONE atomic, committed transaction."""
         raise NotImplementedError
 
@@ -84,11 +84,13 @@ class LedgerBase:
     # -- writing ------------------------------------------------------------------------
 
     def apply(self, protocol: Optional[dict[str, Any]],
-              blocks: list[dict]) -> list[list[Optional[dict]]]:
+              blocks: list[dict], sync: bool = True) -> list[list[Optional[dict]]]:
         """Persist ``protocol`` records (value ``None`` deletes one) and append
         ``blocks`` in one atomic transaction; return each block's results
         (``state.apply_block``).  Raises ``LedgerError`` and changes nothing if a block
-        does not extend the chain or is malformed."""
+        does not extend the chain or is malformed.  ``sync=False`` lets this one
+        transaction skip the fsync (it still survives a crash of the process, not a
+        power loss); the node uses it only for records no message it sends depends on."""
         self._check_open()
         puts: dict[str, Any] = {}
         deletes: list[str] = []
@@ -123,7 +125,7 @@ class LedgerBase:
         if blocks:
             puts[fmt.HEAD_KEY] = {"height": height, "head": head}
         if puts or deletes:
-            self._write(puts, deletes)
+            self._write(puts, deletes, sync)
         self._height, self._head = height, head
         return results
 

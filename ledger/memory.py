@@ -52,7 +52,7 @@ class MemoryLedger(LedgerBase):
         selected = self._keys[i:j]
         return iter([(k, fmt.decode(self.rows[k])) for k in selected])
 
-    def _write(self, puts: dict[str, Any], deletes: list[str]) -> None:
+    def _write(self, puts: dict[str, Any], deletes: list[str], sync: bool = True) -> None:
         encoded = {k: fmt.encode(v) for k, v in puts.items()}
         for key in deletes:
             self.rows.pop(key, None)

@@ -178,5 +178,4 @@ def _on_worker_shutdown(**_):
     _stop.set()
     if _runtime is not None:
         with _runtime.lock:
-            _runtime.flush()
             _runtime.ledger.close()

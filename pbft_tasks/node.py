@@ -10,12 +10,12 @@ Rules:
 - No protocol decisions here.  The replica decides; this file only translates.
 - Persist before send: all Persist records and Execute blocks of one step go to the
   ledger in one transaction (``LedgerStore.apply``) before any message leaves.
-- Group commit: a step that sends nothing and executes nothing (typically a received
-  vote that completes no quorum) has its records buffered and written with the next
-  transaction that must be durable, or after ``FLUSH_TICKS`` ticks.  Nothing this node
-  signs depends on them (its own votes always leave with a send, so they are always
-  written first); a crash loses only copies of peers' votes, which peers retransmit.
-  This halves the fsyncs per batch.
+- Two strengths of write.  A step that sends or executes commits with an fsync
+  (``synchronous=FULL``): nothing leaves before its records survive a power loss.  A
+  step that sends nothing (typically a received vote that completes no quorum) commits
+  without the fsync: it survives ``kill -9`` (the broker has already been acked for
+  that message), and no message this node signed depends on it.  This halves the
+  fsyncs per batch.
 - A bad message from a peer is dropped, logged with its reason and counted in
   ``rejected``; it never raises out of ``handle``.  Our own bugs do raise.
 - One replica is one state machine: ``handle`` and ``tick`` run under one lock, so a
@@ -39,8 +39,6 @@ from .core.replica import Replica, ReplicaConfig, describe
 from .signing import Rejected, Signer, Verifier
 
 log = logging.getLogger("hdpbf.node")
-
-FLUSH_TICKS = 50
 
 TASK_FOR_TYPE = {
     "Request": "pbft.request",
@@ -75,8 +73,6 @@ class NodeRuntime:
         self.handled: Counter[str] = Counter()
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
-        self._buffered: dict[str, Any] = {}
-        self._ticks_since_flush = 0
 
     # -- stimuli ----------------------------------------------------------------------
     def start(self) -> None:
@@ -106,34 +102,22 @@ class NodeRuntime:
     def tick(self) -> None:
         with self.lock:
             self._carry_out(self.replica.tick())
-            self._ticks_since_flush += 1
-            if self._buffered and self._ticks_since_flush >= FLUSH_TICKS:
-                self.flush()
-
-    def flush(self) -> None:
-        """Write buffered records now (also on shutdown)."""
-        with self.lock:
-            if self._buffered:
-                self.ledger.apply(self._buffered, [])
-                self._buffered = {}
-            self._ticks_since_flush = 0
 
     # -- carrying out actions ----------------------------------------------------------
     def _carry_out(self, actions: list) -> None:
+        records: dict[str, Any] = {}
         blocks: list[dict] = []
         sends = False
         for a in actions:
             if isinstance(a, Persist):
-                self._buffered.update(a.records)
+                records.update(a.records)
             elif isinstance(a, Execute):
                 cert = [to_wire(c if c.sig else self.signer.sign(c)) for c in a.certificate]
                 blocks.append(dict(a.block, certificate=cert))
             elif isinstance(a, (Send, Broadcast, SendClient)):
                 sends = True
-        if blocks or (sends and self._buffered):
-            records, self._buffered = self._buffered, {}
-            self._ticks_since_flush = 0
-            results = self.ledger.apply(records, blocks)
+        if records or blocks:
+            results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
             for block, res in zip(blocks, results):
                 for hook in self.on_execute:
                     hook(block, res)

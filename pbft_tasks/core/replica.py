@@ -35,6 +35,11 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   2f+1 matching make it stable: the low watermark h moves to n, H = h + L, and the log
   at or below n is garbage-collected.  Messages beyond H are held (bounded) until the
   window reaches them; messages at or below h are dropped.
+- Retransmission to a replica that is behind: a replica that has executed seq n and
+  receives a *duplicate* vote or pre-prepare for n (the sender is retransmitting, so it
+  is stuck there) sends that sender its own pre-prepare, prepare and commit for n; a
+  duplicate CHECKPOINT for the stable checkpoint is answered with our own.  Only a
+  replica that is ahead answers, so two replicas never ping-pong.
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
   resumes and never signs a vote conflicting with one it sent.
@@ -215,6 +220,8 @@ class Replica:
             if entry.preprepare.digest != pp.digest:
                 self._evidence(pp.sender, "conflicting_preprepare",
                                f"view {pp.view} seq {pp.seq}: second digest {pp.digest[:12]}", cause)
+            else:
+                self._help_behind(entry, pp.sender, cause)
             return
         entry.preprepare = pp
         self._dirty_pp.add(pp.seq)
@@ -260,6 +267,8 @@ class Replica:
             if old.digest != m.digest:
                 self._evidence(m.sender, "equivocation",
                                f"{type(m).__name__} seq {m.seq}: digests {old.digest[:12]} and {m.digest[:12]}", cause)
+            else:
+                self._help_behind(entry, m.sender, cause)
             return
         votes[m.sender] = m
         self._dirty_votes.add(m.seq)
@@ -331,6 +340,9 @@ class Replica:
         if ck.seq % self.cfg.checkpoint_interval:
             return self._evidence(ck.sender, "bad_checkpoint_seq", f"seq {ck.seq}", cause)
         if ck.seq <= self.h:
+            stable = self.checkpoints.get(ck.seq, {})
+            if ck.seq == self.h and ck.sender in stable and self.id in stable:
+                self._msg(Send(ck.sender, stable[self.id], cause))  # it missed stability
             return
         if ck.seq > self.h + 2 * self.cfg.log_window:
             return self._evidence(ck.sender, "checkpoint_out_of_range", f"seq {ck.seq}", cause)
@@ -387,6 +399,17 @@ class Replica:
             self.held.append(m)
 
     # -- retransmission -------------------------------------------------------------
+    def _help_behind(self, entry: Entry, to: int, cause: str) -> None:
+        """``to`` retransmitted a message for a seq we executed: it is stuck there."""
+        if not entry.executed:
+            return
+        pp = entry.preprepare
+        if pp is not None and pp.sender == self.id:
+            self._msg(Send(to, pp, cause))
+        for votes in (entry.prepares, entry.commits):
+            if self.id in votes:
+                self._msg(Send(to, votes[self.id], cause))
+
     def _has_work(self) -> bool:
         return self.last_exec < max(self.log, default=0) or bool(self.pending)
 
@@ -465,7 +488,11 @@ class Replica:
                     self.own_checkpoints[s] = v["own"]
             elif k.startswith("client/"):
                 self.clients.load_record(k[len("client/"):], v)
-        self.next_seq = max([self.next_seq, self.last_exec + 1] + [s + 1 for s in self.log])
+        # Only seqs with a pre-prepare are taken: an entry holding nothing but peers'
+        # votes (a Byzantine one can vote for any seq in the window) must not make a
+        # restarted primary skip that seq, or execution stalls there for good.
+        self.next_seq = max([self.next_seq, self.last_exec + 1]
+                            + [s + 1 for s, e in self.log.items() if e.preprepare is not None])
 
     _handlers = {
         Request: _on_request,
