@@ -182,6 +182,10 @@ def _str(d: dict, name: str, max_len: int, allow_empty: bool = False) -> str:
     v = d[name]
     if type(v) is not str or len(v) > max_len or (not v and not allow_empty):
         raise MalformedMessage(f"field {name!r} must be a non-empty string of at most {max_len} chars")
+    try:
+        v.encode("utf-8")  # an unpaired surrogate has no canonical encoding
+    except UnicodeEncodeError:
+        raise MalformedMessage(f"field {name!r} is not valid Unicode") from None
     return v
 
 
@@ -228,6 +232,10 @@ def _op(v: Any) -> dict:
 def _results(v: Any) -> tuple:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise MalformedMessage("field 'results' must be a list")
+    try:
+        canonical(v)
+    except (ValueError, TypeError, RecursionError):
+        raise MalformedMessage("results are not canonical JSON (NaN, Infinity, bad Unicode?)") from None
     for r in v:
         if type(r) is not dict or set(r) != {"timestamp", "result"}:
             raise MalformedMessage("each result needs exactly timestamp, result")
