@@ -35,7 +35,7 @@ from nacl.signing import SigningKey, VerifyKey
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
-from pbft_tasks.signing import (KeyFileError, generate_key, public_key_hex, read_key_file,
+from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public_key_hex, read_key_file,
                                 verify_key_from_hex, write_key_file)
 
 __all__ = [
@@ -284,18 +284,7 @@ class MeshConfig:
         mode = 0o600 if self._has_secrets() else 0o644
         base = path.absolute().parent
         data = (json.dumps(self.to_json(base), indent=2) + "\n").encode("utf-8")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, data, mode)
         if self.path is None and not Path(self.data_dir).is_absolute():
             self.data_dir = str(base / self.data_dir)
         self.path = path.absolute()

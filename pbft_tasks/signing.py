@@ -117,15 +117,15 @@ def verify_key_from_hex(text: str) -> VerifyKey:
     return VerifyKey(bytes.fromhex(text))
 
 
-def write_key_file(path: str | os.PathLike, key: SigningKey) -> None:
-    """Write ``key``'s seed as hex to ``path`` with mode 0600 (atomically replacing
-    any existing file)."""
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` via a temp file created with ``mode`` (so it never
+    exists with wider permissions), fsynced, then renamed over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.fchmod(fd, 0o600)  # the umask may have narrowed it; never widened
-        os.write(fd, (bytes(key).hex() + "\n").encode("ascii"))
+        os.fchmod(fd, mode)  # the umask may have narrowed it; never widened
+        os.write(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -133,6 +133,12 @@ def write_key_file(path: str | os.PathLike, key: SigningKey) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def write_key_file(path: str | os.PathLike, key: SigningKey) -> None:
+    """Write ``key``'s seed as hex to ``path`` with mode 0600 (atomically replacing
+    any existing file)."""
+    atomic_write(path, (bytes(key).hex() + "\n").encode("ascii"), 0o600)
 
 
 def read_key_file(path: str | os.PathLike) -> SigningKey:
