@@ -62,7 +62,6 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, console: Any = None) -> dict:
-    from pbft_tasks.celery_app import app
     from pbft_tasks.signing import Verifier
 
     from .client import BrokerClientTransport
@@ -84,7 +83,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
         client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                             Verifier(node_keys(cfg), client_keys(cfg)))
-        client.transport = BrokerClientTransport(app, client)
+        client.transport = BrokerClientTransport(mesh.app, client)
         drive(client, 50, window=10, chunk=10, key_prefix="warm")
         # Low load: one request at a time.
         low = []

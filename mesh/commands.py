@@ -174,8 +174,6 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
     mesh = None
     try:
         if broker:
-            from pbft_tasks.celery_app import app
-
             from .client import BrokerClientTransport
             from .launcher import LocalMesh
             mesh = LocalMesh(path)
@@ -184,7 +182,7 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
             mesh.wait_ready(timeout=90)
             client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                                 Verifier(node_keys(cfg), client_keys(cfg)))
-            client.transport = BrokerClientTransport(app, client)
+            client.transport = BrokerClientTransport(mesh.app, client)
         else:
             from .embedded import EmbeddedMesh
             mesh = EmbeddedMesh(path)

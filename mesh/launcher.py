@@ -44,10 +44,13 @@ class LocalMesh:
         self.config_path = os.path.abspath(config_path)
         self.cfg = MeshConfig.load(self.config_path)
         if app is None:
-            from pbft_tasks.celery_app import app as default_app
-            default_app.conf.update(broker_url=self.cfg.broker_url,
-                                    result_backend=self.cfg.result_backend)
-            app = default_app
+            # An app of its own: Celery caches connection pools per app, so reusing the
+            # global one after changing its broker_url would keep using the old broker.
+            from celery import Celery
+
+            from pbft_tasks.celery_app import celery_settings
+            app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
+            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend))
         self.app = app
         self.log_dir = os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)

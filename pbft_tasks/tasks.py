@@ -13,13 +13,28 @@ from .celery_app import app, runtime
 _PROTOCOL = {"ignore_result": True, "acks_late": True}
 
 
-def _handle(wire, expected: str) -> None:
-    runtime().handle(wire, expected)
+def _one(args: tuple, name: str):
+    """Exactly one positional argument, the wire object; anything else is malformed
+    (counted, never a TypeError out of Celery)."""
+    if len(args) != 1:
+        runtime()._reject("malformed", f"{name} takes one wire object, got {len(args)} arguments",
+                          {"type": name})
+        return None
+    return args[0]
+
+
+def _handle(args: tuple, expected: str) -> None:
+    wire = _one(args, expected)
+    if wire is not None:
+        runtime().handle(wire, expected)
 
 
 @app.task(name="pbft.request", **_PROTOCOL)
-def request(wire) -> None:
+def request(*args, **kwargs) -> None:
     rt = runtime()
+    wire = _one(args, "Request") if not kwargs else _one((), "Request")
+    if wire is None:
+        return
     if isinstance(wire, list):
         if len(wire) > 4096:
             rt._reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
@@ -31,23 +46,23 @@ def request(wire) -> None:
 
 
 @app.task(name="pbft.preprepare", **_PROTOCOL)
-def preprepare(wire) -> None:
-    _handle(wire, "PrePrepare")
+def preprepare(*args) -> None:
+    _handle(args, "PrePrepare")
 
 
 @app.task(name="pbft.prepare", **_PROTOCOL)
-def prepare(wire) -> None:
-    _handle(wire, "Prepare")
+def prepare(*args) -> None:
+    _handle(args, "Prepare")
 
 
 @app.task(name="pbft.commit", **_PROTOCOL)
-def commit(wire) -> None:
-    _handle(wire, "Commit")
+def commit(*args) -> None:
+    _handle(args, "Commit")
 
 
 @app.task(name="pbft.checkpoint", **_PROTOCOL)
-def checkpoint(wire) -> None:
-    _handle(wire, "Checkpoint")
+def checkpoint(*args) -> None:
+    _handle(args, "Checkpoint")
 
 
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)

@@ -27,8 +27,9 @@ from typing import Any, Union
 
 WIRE_VERSION = 1
 
-# Bounds on untrusted input.  A single message larger than MAX_WIRE_BYTES is refused
-# before it is parsed (the adapter enforces it on the raw body).
+# Bounds on untrusted input.  A message whose canonical encoding exceeds MAX_WIRE_BYTES
+# is refused as "oversize" after decoding; the broker's own frame limit bounds the raw
+# body before that (RabbitMQ: max_message_size, 128 MiB by default).
 MAX_WIRE_BYTES = 4 * 1024 * 1024
 MAX_BATCH = 4096
 MAX_KEY_LEN = 512

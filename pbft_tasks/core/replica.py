@@ -37,9 +37,10 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   window reaches them; messages at or below h are dropped.
 - Retransmission to a replica that is behind: a replica that has executed seq n and
   receives a *duplicate* vote or pre-prepare for n (the sender is retransmitting, so it
-  is stuck there) sends that sender its own pre-prepare, prepare and commit for n; a
-  duplicate CHECKPOINT for the stable checkpoint is answered with our own.  Only a
-  replica that is ahead answers, so two replicas never ping-pong.
+  may be stuck there) sends that sender its own pre-prepare, prepare and commit for n; a
+  duplicate CHECKPOINT for the stable checkpoint is answered with our own.  Two
+  replicas that both executed n would answer each other's answers forever, so each
+  peer is helped at most once per (seq, ``retransmit_ticks``).
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
   resumes and never signs a vote conflicting with one it sent.
@@ -111,6 +112,7 @@ class Replica:
         self.last_progress = 0
         self.held: list[Any] = []
         self.behind_to = 0              # a stable checkpoint we have not reached yet
+        self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
         self._reset_output()
         if records:
             self._restore(records)
@@ -341,7 +343,8 @@ class Replica:
             return self._evidence(ck.sender, "bad_checkpoint_seq", f"seq {ck.seq}", cause)
         if ck.seq <= self.h:
             stable = self.checkpoints.get(ck.seq, {})
-            if ck.seq == self.h and ck.sender in stable and self.id in stable:
+            if (ck.seq == self.h and ck.sender in stable and self.id in stable
+                    and self._may_help(ck.sender, ck.seq)):
                 self._msg(Send(ck.sender, stable[self.id], cause))  # it missed stability
             return
         if ck.seq > self.h + 2 * self.cfg.log_window:
@@ -381,6 +384,7 @@ class Replica:
         for s in [s for s in self.log if s <= seq]:
             del self.log[s]
             self._deleted.update((f"pp/{s}", f"votes/{s}"))
+        self.helped = {k: t for k, t in self.helped.items() if k[1] >= seq}
         for s in [s for s in self.checkpoints if s < seq]:
             del self.checkpoints[s]
             self.own_checkpoints.pop(s, None)
@@ -399,9 +403,16 @@ class Replica:
             self.held.append(m)
 
     # -- retransmission -------------------------------------------------------------
+    def _may_help(self, to: int, seq: int) -> bool:
+        last = self.helped.get((to, seq))
+        if last is not None and self.now - last < self.cfg.retransmit_ticks:
+            return False
+        self.helped[(to, seq)] = self.now
+        return True
+
     def _help_behind(self, entry: Entry, to: int, cause: str) -> None:
-        """``to`` retransmitted a message for a seq we executed: it is stuck there."""
-        if not entry.executed:
+        """``to`` retransmitted a message for a seq we executed: it may be stuck there."""
+        if not entry.executed or not self._may_help(to, entry.seq):
             return
         pp = entry.preprepare
         if pp is not None and pp.sender == self.id:

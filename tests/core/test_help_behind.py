@@ -80,3 +80,19 @@ def test_duplicate_checkpoint_for_stable_checkpoint_is_answered():
     sent = [a for a in actions if isinstance(a, Send)]
     assert len(sent) == 1 and sent[0].to == 1 and isinstance(sent[0].msg, Checkpoint)
     assert sent[0].msg.sender == 0 and sent[0].msg.seq == 4
+
+
+def test_a_duplicated_commit_between_two_executed_replicas_does_not_storm():
+    """Found by the integration tests: two replicas that both executed seq n answered
+    each other's answers forever.  Help is rate-limited per (peer, seq)."""
+    # set up: seq 1 executed everywhere
+    c = _cluster()
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    commit = c.nodes[1].replica.log[1].commits[1]
+    # step: the network delivers node 1's commit to node 0 a second time
+    c.inject(0, commit, origin=1)
+    delivered = c.stabilize(max_steps=10_000)
+    # check: a handful of messages, not a storm
+    assert delivered < 20
+    assert len({c.head(i) for i in range(4)}) == 1
