@@ -61,7 +61,7 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
-        max_batch: int = 256, console: Any = None) -> dict:
+        max_batch: int = 256, durability: str = "full", console: Any = None) -> dict:
     from pbft_tasks.signing import Verifier
 
     from .client import BrokerClientTransport
@@ -73,6 +73,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     kw = {k: v for k, v in (("broker_url", broker), ("result_backend", backend)) if v}
     cfg = init_mesh(base, nodes=nodes, force=True, **kw)
     cfg.max_batch = max_batch
+    cfg.durability = durability
     cfg.save(f"{base}/mesh.json")
     mesh = LocalMesh(f"{base}/mesh.json")
     mesh.purge()
@@ -103,6 +104,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         load_all = latencies_ms(loaded)
         result = {
             "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
+            "durability": durability,
             "tx_per_s": round(requests / elapsed, 1),
             "elapsed_s": round(elapsed, 3),
             "commit_p50_ms": round(percentile(low_all, 50), 3),

@@ -29,7 +29,7 @@ class EmbeddedMesh:
         for info in self.cfg.nodes:
             data_dir = self.cfg.node_data_dir(info.id)
             os.makedirs(data_dir, exist_ok=True)
-            ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"))
+            ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=self.cfg.durability)
             rt = NodeRuntime(info.id, self.cfg.replica_config(), ledger,
                              Signer(info.id, load_node_identity(self.cfg, info.id)),
                              self.verifier, self.transport)

@@ -116,7 +116,7 @@ def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
     key = load_node_identity(cfg, node_id, key_file)
     data_dir = cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
-    ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"))
+    ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
                      Verifier(node_keys(cfg), client_keys(cfg)),
                      CeleryTransport(app, [n.id for n in cfg.nodes]))
