@@ -19,6 +19,11 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
+- Readers (optional, top-level ``readers``): the API nodes allowed to open sealed values
+  (mesh/openstack/sealing.py), each a name and an X25519 public key; the private key is
+  ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
+  not signing keys: they never vote and never sign.  A mesh.json without ``readers``
+  loads as a mesh with none.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
@@ -39,8 +45,9 @@ from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public
                                 verify_key_from_hex, write_key_file)
 
 __all__ = [
-    "ConfigError", "NodeInfo", "ClientInfo", "MeshConfig", "init_mesh",
+    "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "MeshConfig", "init_mesh",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
+    "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
     "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
 ]
@@ -76,16 +83,24 @@ class ClientInfo:
     public_key: str
 
 
+@dataclass(frozen=True)
+class ReaderInfo:
+    """An API node allowed to open sealed values: a name and an X25519 public key."""
+    name: str
+    public_key: str
+
+
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
-_STR_SETTINGS = ("broker_url", "result_backend", "data_dir")
-_TOP_KEYS = {"version", "nodes", "clients", *_STR_SETTINGS, *_INT_SETTINGS}
+_STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
+_TOP_KEYS = {"version", "nodes", "clients", "readers", *_STR_SETTINGS, *_INT_SETTINGS}
 
 
 @dataclass
 class MeshConfig:
     nodes: list[NodeInfo]
     clients: list[ClientInfo] = field(default_factory=list)
+    readers: list[ReaderInfo] = field(default_factory=list)
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     data_dir: str = "data"
@@ -95,12 +110,16 @@ class MeshConfig:
     batch_timeout_ticks: int = 0
     pipeline: int = 2
     tick_ms: int = 2
+    # "full": every transaction a vote depends on is fsynced (survives power loss);
+    # "normal": WAL without fsync per commit (survives kill -9, not power loss).
+    durability: str = "full"
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.nodes = list(self.nodes)
         self.clients = list(self.clients)
+        self.readers = list(self.readers)
         self.validate()
 
     # -- derived ----------------------------------------------------------------------
@@ -151,6 +170,14 @@ class MeshConfig:
         raise ConfigError(f"client {name!r} is not in the mesh{self._where()} "
                           f"(known clients: {known})")
 
+    def reader(self, name: str) -> ReaderInfo:
+        for info in self.readers:
+            if info.name == name:
+                return info
+        known = ", ".join(r.name for r in self.readers) or "none"
+        raise ConfigError(f"reader {name!r} is not in the mesh{self._where()} "
+                          f"(known readers: {known}; add one with: hdpbf add-reader {name})")
+
     def _where(self) -> str:
         return f" of {self.path}" if self.path is not None else ""
 
@@ -166,6 +193,8 @@ class MeshConfig:
             v = getattr(self, name)
             if type(v) is not str or not v:
                 raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+        if self.durability not in ("full", "normal"):
+            raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
         if lw % ci or lw < 2 * ci:
             raise ConfigError(
@@ -176,6 +205,7 @@ class MeshConfig:
                               f"the largest batch a replica accepts on the wire")
         self._validate_nodes()
         self._validate_clients()
+        self._validate_readers()
 
     def _validate_nodes(self) -> None:
         if len(self.nodes) < MIN_NODES:
@@ -219,6 +249,24 @@ class MeshConfig:
             seen.add(c.name)
             _check_pubkey(c.public_key, f"client {c.name!r}")
 
+    def _validate_readers(self) -> None:
+        seen: set[str] = set()
+        keys: set[str] = set()
+        for i, r in enumerate(self.readers):
+            if not isinstance(r, ReaderInfo):
+                raise ConfigError(f"readers[{i}] must be a ReaderInfo, got {type(r).__name__}")
+            _check_client_name(r.name, f"readers[{i}].name")
+            if r.name in seen:
+                raise ConfigError(f"duplicate reader name {r.name!r}")
+            seen.add(r.name)
+            if type(r.public_key) is not str or not _PUBKEY_RE.fullmatch(r.public_key):
+                raise ConfigError(f"reader {r.name!r}: public_key must be 64 lowercase hex "
+                                  f"chars (a 32-byte X25519 public key), got {r.public_key!r}")
+            if r.public_key in keys:
+                raise ConfigError(f"reader {r.name!r} has the same public key as another "
+                                  f"reader; every reader needs its own key")
+            keys.add(r.public_key)
+
     # -- file -------------------------------------------------------------------------
     def to_json(self, base_dir: Path | None = None) -> dict:
         """The file's object; ``data_dir`` inside ``base_dir`` is written relative."""
@@ -226,6 +274,8 @@ class MeshConfig:
         out["nodes"] = [{"id": n.id, "queue": n.queue, "public_key": n.public_key}
                         for n in self.nodes]
         out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
+        if self.readers:  # absent when empty: the file stays what older versions wrote
+            out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
         for name in (*_STR_SETTINGS, *_INT_SETTINGS):
             out[name] = getattr(self, name)
         data = Path(self.data_dir)
@@ -249,10 +299,13 @@ class MeshConfig:
         nodes = _records(obj["nodes"], "nodes", {"id", "public_key"}, {"queue"}, source)
         clients = _records(obj.get("clients", []), "clients", {"name", "public_key"}, set(),
                            source)
+        readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
+                           source)
         settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS) if k in obj}
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
-                       clients=[ClientInfo(**r) for r in clients], **settings)
+                       clients=[ClientInfo(**r) for r in clients],
+                       readers=[ReaderInfo(**r) for r in readers], **settings)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -338,12 +391,21 @@ def client_key_path(config_dir: str | os.PathLike, name: str) -> Path:
     return Path(config_dir) / KEYS_DIR / f"client-{name}.key"
 
 
+def reader_key_path(config_dir: str | os.PathLike, name: str) -> Path:
+    return Path(config_dir) / KEYS_DIR / f"reader-{name}.key"
+
+
 def node_keys(config: MeshConfig) -> dict[int, VerifyKey]:
     return {n.id: verify_key_from_hex(n.public_key) for n in config.nodes}
 
 
 def client_keys(config: MeshConfig) -> dict[str, VerifyKey]:
     return {c.name: verify_key_from_hex(c.public_key) for c in config.clients}
+
+
+def reader_keys(config: MeshConfig) -> dict[str, PublicKey]:
+    """Every reader's X25519 public key, by name (empty for a mesh without readers)."""
+    return {r.name: PublicKey(bytes.fromhex(r.public_key)) for r in config.readers}
 
 
 def _read_key(path: Path) -> SigningKey:
@@ -360,6 +422,9 @@ def _owner_hint(config: MeshConfig, pub: str) -> str:
     for c in config.clients:
         if c.public_key == pub:
             return f"; it is client {c.name!r}'s key"
+    for r in config.readers:
+        if r.public_key == pub:
+            return f"; it is reader {r.name!r}'s key"
     return "; its public key is not in mesh.json at all"
 
 
@@ -389,13 +454,77 @@ def load_client_identity(config: MeshConfig, name: str,
     return key
 
 
+def load_reader_identity(config: MeshConfig, name: str,
+                         key_path: str | os.PathLike | None = None) -> PrivateKey:
+    """The X25519 private key of reader ``name``, checked against mesh.json.
+
+    The file has the same shape and mode rules as the Ed25519 key files (64 hex chars,
+    0600, refused when group/world accessible), so ``read_key_file`` checks it; the 32
+    bytes are used as an X25519 secret, never as a signing seed."""
+    info = config.reader(name)
+    path = Path(key_path) if key_path is not None else reader_key_path(config.base_dir, name)
+    raw = bytes(_read_key(path))  # SigningKey's bytes are the 32-byte file contents
+    key = PrivateKey(raw)
+    pub = bytes(key.public_key).hex()
+    if pub != info.public_key:
+        raise ConfigError(f"key file {path} belongs to a different identity than reader "
+                          f"{name!r} in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
+    return key
+
+
+def _write_reader_key(path: Path, key: PrivateKey) -> None:
+    atomic_write(path, (bytes(key).hex() + "\n").encode("ascii"), 0o600)
+
+
+def _new_readers(names: Iterable[str]) -> dict[str, PrivateKey]:
+    out: dict[str, PrivateKey] = {}
+    for name in names:
+        _check_client_name(name, "reader name")
+        if name in out:
+            raise ConfigError(f"duplicate reader name {name!r}")
+        out[name] = PrivateKey.generate()
+    return out
+
+
+def add_readers(config_path: str | os.PathLike, names: Iterable[str],
+                replace: bool = False) -> MeshConfig:
+    """Give readers ``names`` fresh X25519 keys in an existing mesh and save mesh.json.
+
+    An existing reader of the same name keeps its key unless ``replace``; with
+    ``replace`` the mesh's readers become exactly ``names`` (old reader key files are
+    removed).  Workers need no restart (replicas never use reader keys); a compute
+    service seals for the readers it loaded at start, so restart it to include new ones."""
+    path = Path(config_path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    config = MeshConfig.load(path)
+    names = list(names)
+    existing = {} if replace else {r.name: r for r in config.readers}
+    fresh = _new_readers(n for n in names if n not in existing)
+    readers = list(existing.values())
+    readers += [ReaderInfo(name=n, public_key=bytes(k.public_key).hex()) for n, k in fresh.items()]
+    config.readers = readers
+    config.validate()
+    base = config.base_dir
+    for name, key in fresh.items():
+        _write_reader_key(reader_key_path(base, name), key)
+    if replace:
+        keep = {reader_key_path(base, r.name).name for r in readers}
+        for old in (base / KEYS_DIR).glob("reader-*.key"):
+            if old.name not in keep:
+                old.unlink()
+    config.save(path)
+    return config
+
+
 # -- init -----------------------------------------------------------------------------
 
 def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
-              force: bool = False) -> MeshConfig:
-    """Create DIR/mesh.json and a fresh key for every node and client.
+              force: bool = False, readers: Iterable[str] = ()) -> MeshConfig:
+    """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
+    key for every reader (API node allowed to open sealed values; none by default).
 
     Everything is checked before anything is written.  With ``force`` an existing mesh is
     replaced: every key is new, so running workers of the old mesh will be rejected."""
@@ -415,9 +544,12 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         if name in client_sks:
             raise ConfigError(f"duplicate client name {name!r}")
         client_sks[name] = generate_key()
+    reader_sks = _new_readers(readers)
     config = MeshConfig(
         nodes=[NodeInfo(id=i, public_key=public_key_hex(k)) for i, k in node_sks.items()],
         clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
+        readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
+                 for r, k in reader_sks.items()],
         broker_url=broker_url, result_backend=result_backend)
 
     keys_dir = base / KEYS_DIR
@@ -426,14 +558,17 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
     if force:  # keys of the mesh being replaced must not linger as if still valid
         keep = {node_key_path(base, i).name for i in node_sks}
         keep |= {client_key_path(base, c).name for c in client_sks}
+        keep |= {reader_key_path(base, r).name for r in reader_sks}
         for old in keys_dir.iterdir():
             if (old.name not in keep and old.is_file()
-                    and re.fullmatch(r"node\d+\.key|client-.+\.key", old.name)):
+                    and re.fullmatch(r"node\d+\.key|client-.+\.key|reader-.+\.key", old.name)):
                 old.unlink()
     for i, key in node_sks.items():
         write_key_file(node_key_path(base, i), key)
     for name, key in client_sks.items():
         write_key_file(client_key_path(base, name), key)
+    for name, key in reader_sks.items():
+        _write_reader_key(reader_key_path(base, name), key)
     # mesh.json last: a crash part way leaves no config that points at missing keys.
     config.save(config_path)
     return config
