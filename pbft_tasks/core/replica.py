@@ -133,7 +133,11 @@ class Replica:
     def step(self, msg: Any) -> list:
         cause = describe(msg)
         handler = self._handlers.get(type(msg))
-        if handler is None:
+        sender = getattr(msg, "sender", 0)
+        if not isinstance(msg, Request) and not 0 <= sender < self.n:
+            # the adapter's signature check stops this first; the core does not rely on it
+            self._evidence(sender, "unknown_sender", f"sender {sender} not in 0..{self.n - 1}", cause)
+        elif handler is None:
             self._evidence(getattr(msg, "sender", None), "unexpected_type",
                            f"replicas do not accept {type(msg).__name__}", cause)
         else:

@@ -57,9 +57,12 @@ class Cluster:
         self.network.append(Envelope(to, msg, origin))
 
     def deliver(self, index: int = 0) -> None:
+        """Deliver one message; a message to a down node stays queued for it."""
+        node = self.nodes[self.network[index].to]
+        if not node.up:
+            return
         env = self.network.pop(index)
-        node = self.nodes[env.to]
-        if node.up and node.replica is not None and env.to not in self.byzantine:
+        if node.replica is not None and env.to not in self.byzantine:
             self._apply(env.to, node.replica.step(env.msg))
 
     def drop(self, index: int = 0) -> None:
