@@ -24,6 +24,14 @@ from .node import TASK_FOR_TYPE
 BROADCAST_EXCHANGE = "hdpbf.broadcast"
 
 
+def task_message(app: Any, name: str, wire: dict) -> Any:
+    """A Celery protocol-2 message for task ``name`` with one argument, ``wire``.
+    ``ignore_result=True`` travels in the headers: a request's header overrides the
+    task's own setting, and the default (False) would store every protocol message's
+    result in Redis (measured: ~1.6 ms a task)."""
+    return app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {}, ignore_result=True)
+
+
 def reply_queue_name(client: str) -> str:
     return f"hdpbf.reply.{client}"
 
@@ -62,13 +70,13 @@ class CeleryTransport:
 
     def send(self, to: int, wire: dict) -> None:
         name = TASK_FOR_TYPE[wire["type"]]
-        msg = self.app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {})
+        msg = task_message(self.app, name, wire)
         self._producer().publish(msg.body, exchange="", routing_key=f"node.{to}", serializer="json",
                                  headers=msg.headers, retry=True, **msg.properties)
 
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
         name = TASK_FOR_TYPE[wire["type"]]
-        msg = self.app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {})
+        msg = task_message(self.app, name, wire)
         self._producer().publish(msg.body, exchange=BROADCAST_EXCHANGE, routing_key=f"from.{sender}",
                                  serializer="json", headers=msg.headers, retry=True, **msg.properties)
 
