@@ -1,0 +1,16 @@
+"""The OpenStack side of HdPBF: nova-compute's get_vnc_console RPC server that records
+its answers through consensus, and nova-api's two-step reader (PAPER.md, issue 3).
+
+- ``ComputeService`` (compute.py): oslo.messaging RPC server, topic ``compute``.
+- ``ConsoleRecorder`` (recorder.py): step 5a, idempotent retries, invalidation.
+- ``ConsoleReader`` (reader.py): step 1 (local ledger) then step 2 (RPC).
+- ``Sealer`` / ``Opener`` (sealing.py): console tokens sealed per API reader.
+"""
+from .compute import ComputeService, ConsoleTypeInvalid
+from .reader import ConsoleReader, ConsoleUnavailable
+from .recorder import ConsoleRecorder
+from .sealing import Opener, Sealer, SealError, instance_key, open_console, seal_console
+
+__all__ = ["instance_key", "ComputeService", "ConsoleRecorder", "ConsoleReader",
+           "ConsoleUnavailable", "ConsoleTypeInvalid", "Sealer", "Opener", "SealError",
+           "seal_console", "open_console"]
