@@ -18,6 +18,11 @@ Rules of this file:
   re-send.  Pending updates stay queued for as long as that takes, in memory (a compute
   restart forgets them: the next call for that instance is simply a step-2 call again).
 - A put whose token expired before it committed is dropped: it could only be a miss.
+- A queued put that a newer put on the same key overtakes before it was ever sent is
+  dropped (``superseded``): the newer value replaces it anyway.  Back-to-back calls for
+  one instance would otherwise queue one consensus round per call, and that load is
+  what delays the commit that ends the run of step-2 calls.  Deletes are never
+  coalesced, so ``invalidate`` keeps its order and its result.
 - Anything else raised on the thread is our bug: it is logged, stops the recorder, and
   is raised again from ``flush``/``invalidate``/``record``.
 """
@@ -80,6 +85,7 @@ class ConsoleRecorder:
         self.committed = 0      # requests committed (f+1 matching replies)
         self.retries = 0        # requests sent again after a failed attempt
         self.expired = 0        # puts dropped because their token expired first
+        self.superseded = 0     # queued puts replaced by a newer put on the same key
         self.failure: BaseException | None = None
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
@@ -167,6 +173,12 @@ class ConsoleRecorder:
         with self._cond:
             if self._closing:
                 raise RuntimeError("the console recorder is closed")
+            older = next((q for q in reversed(self._queue) if q.key == op.key), None)
+            if op.kind == "put" and older is not None and older.kind == "put" and not older.sent:
+                self._queue.remove(older)
+                self.superseded += 1
+                older.skipped = True
+                older.done.set()
             self._queue.append(op)
             self._cond.notify_all()
 

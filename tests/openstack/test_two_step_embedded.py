@@ -225,3 +225,28 @@ def test_a_missing_ledger_is_a_step_1_miss(tmp_path, kit):
     api = ConsoleReader(tmp_path / "absent.sqlite", kit.url, {}, None)
     assert api.step1("i1") is None
     api.close()
+
+
+def test_queued_put_is_superseded_by_a_newer_put_on_the_same_key():
+    """Back-to-back calls for one instance: only the newest unsent put is submitted."""
+    from mesh.openstack.recorder import ConsoleRecorder
+
+    class _Stalled:  # a client the background thread never gets to use
+        pass
+
+    rec = ConsoleRecorder.__new__(ConsoleRecorder)
+    import threading
+    rec._cond = threading.Condition()
+    rec._queue, rec._inflight, rec._closing, rec.failure = [], {}, False, None
+    rec.superseded = 0
+    from mesh.openstack.recorder import _Op
+    first = _Op("console/i1/novnc", "put", ("i1", "novnc", "h", {"token": "a"}), 1e12)
+    second = _Op("console/i1/novnc", "put", ("i1", "novnc", "h", {"token": "b"}), 1e12)
+    other = _Op("console/i2/novnc", "put", ("i2", "novnc", "h", {"token": "c"}), 1e12)
+    delete = _Op("console/i1/novnc", "delete")
+    third = _Op("console/i1/novnc", "put", ("i1", "novnc", "h", {"token": "d"}), 1e12)
+    for op in (first, other, second, delete, third):
+        rec._enqueue(op)
+    # first was overtaken by second before it was sent; nothing overtakes a delete
+    assert rec._queue == [other, second, delete, third]
+    assert first.skipped and first.done.is_set() and rec.superseded == 1
