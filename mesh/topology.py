@@ -93,7 +93,9 @@ class ReaderInfo:
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", *_STR_SETTINGS, *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", *_STR_SETTINGS,
+             *_INT_SETTINGS}
+DEFAULT_METRICS_PORT_BASE = 9400
 
 
 @dataclass
@@ -113,6 +115,10 @@ class MeshConfig:
     # "full": every transaction a vote depends on is fsynced (survives power loss);
     # "normal": WAL without fsync per commit (survives kill -9, not power loss).
     durability: str = "full"
+    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (mesh/metrics.py;
+    # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
+    # the default, so a file stays what older versions wrote and read.
+    metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -193,6 +199,10 @@ class MeshConfig:
             v = getattr(self, name)
             if type(v) is not str or not v:
                 raise ConfigError(f"{name} must be a non-empty string, got {v!r}")
+        mp = self.metrics_port_base
+        if type(mp) is not int or not (mp == 0 or 1 <= mp <= 65535 - len(self.nodes)):
+            raise ConfigError(f"metrics_port_base must be 0 (no metrics endpoints) or a port "
+                              f"1..{65535 - len(self.nodes)}, got {mp!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -278,6 +288,8 @@ class MeshConfig:
             out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
         for name in (*_STR_SETTINGS, *_INT_SETTINGS):
             out[name] = getattr(self, name)
+        if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
+            out["metrics_port_base"] = self.metrics_port_base
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -301,7 +313,8 @@ class MeshConfig:
                            source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
-        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS) if k in obj}
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base")
+                    if k in obj}
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
@@ -428,17 +441,25 @@ def _owner_hint(config: MeshConfig, pub: str) -> str:
     return "; its public key is not in mesh.json at all"
 
 
+def _checked_signing_key(config: MeshConfig, path: Path, expected_pub: str,
+                         mismatch: str) -> SigningKey:
+    """Read an Ed25519 key file and check it against its public key in mesh.json;
+    ``mismatch`` completes "key file F belongs to ..." when it does not match."""
+    key = _read_key(path)
+    pub = public_key_hex(key)
+    if pub != expected_pub:
+        raise ConfigError(f"key file {path} belongs to {mismatch} "
+                          f"in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
+    return key
+
+
 def load_node_identity(config: MeshConfig, node_id: int,
                        key_path: str | os.PathLike | None = None) -> SigningKey:
     """The private key of ``node_id``, checked against its public key in mesh.json."""
     info = config.node(node_id)
     path = Path(key_path) if key_path is not None else node_key_path(config.base_dir, node_id)
-    key = _read_key(path)
-    pub = public_key_hex(key)
-    if pub != info.public_key:
-        raise ConfigError(f"key file {path} belongs to a different node than node {node_id} "
-                          f"in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
-    return key
+    return _checked_signing_key(config, path, info.public_key,
+                                f"a different node than node {node_id}")
 
 
 def load_client_identity(config: MeshConfig, name: str,
@@ -446,12 +467,8 @@ def load_client_identity(config: MeshConfig, name: str,
     """The private key of client ``name``, checked against its public key in mesh.json."""
     info = config.client(name)
     path = Path(key_path) if key_path is not None else client_key_path(config.base_dir, name)
-    key = _read_key(path)
-    pub = public_key_hex(key)
-    if pub != info.public_key:
-        raise ConfigError(f"key file {path} belongs to a different identity than client "
-                          f"{name!r} in {config.path or 'mesh.json'}{_owner_hint(config, pub)}")
-    return key
+    return _checked_signing_key(config, path, info.public_key,
+                                f"a different identity than client {name!r}")
 
 
 def load_reader_identity(config: MeshConfig, name: str,
