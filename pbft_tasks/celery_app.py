@@ -15,6 +15,8 @@ Settings and why (facts measured in DESIGN.md):
 - ``task_acks_late``: a message is acknowledged only after its effects are in the
   ledger, so a ``kill -9`` redelivers what was in flight; the core drops duplicates.
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
+- Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
+  from a daemon thread started at worker init.
 """
 from __future__ import annotations
 
@@ -144,6 +146,11 @@ def _on_worker_init(sender=None, **_):
             raise ConfigError(f"node {node_id} must consume only its own queue {expected} "
                               f"(-Q {expected}), not {sorted(queues)}")
         cfg, _runtime = build_runtime(path, node_id, os.environ.get("HDPBF_KEY_FILE"))
+        from mesh.metrics import start_node_exporter
+        try:
+            start_node_exporter(_runtime, cfg)  # mesh/metrics.py: port, names, why
+        except ValueError as exc:  # a bad HDPBF_METRICS_PORT
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(f"hdpbf worker: refusing to start: {exc}", file=sys.stderr, flush=True)
         os._exit(78)  # EX_CONFIG; a plain raise here would leave Celery half-started

@@ -73,6 +73,8 @@ class NodeRuntime:
         self.handled: Counter[str] = Counter()
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
+        # Observers of every step's actions once carried out (metrics: commit latency).
+        self.on_actions: list[Callable[[list], None]] = []
 
     # -- stimuli ----------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +135,8 @@ class NodeRuntime:
                 self.rejected[a.reason] += 1
                 log.warning("node %s evidence against %s: %s (%s) [cause: %s]",
                             self.id, a.sender, a.reason, a.detail, a.cause)
+        for hook in self.on_actions:
+            hook(actions)
 
     def _wire(self, msg: Any) -> dict:
         return to_wire(msg if isinstance(msg, Request) else self.signer.sign(msg))

@@ -57,6 +57,7 @@ class ConsoleReader:
         self.rpc_timeout = rpc_timeout
         self.step1_hits = 0
         self.step2_calls = 0
+        self.step2_failures = 0  # step-2 calls that raised ConsoleUnavailable
         self.unreadable = 0  # live entries this reader could not open (not sealed for it)
         self._ledger: LedgerReader | None = None
         self._transport = None
@@ -134,7 +135,11 @@ class ConsoleReader:
             self.step1_hits += 1
             return info, 1
         self.step2_calls += 1
-        return self.step2(instance, console_type), 2
+        try:
+            return self.step2(instance, console_type), 2
+        except ConsoleUnavailable:
+            self.step2_failures += 1
+            raise
 
     def close(self) -> None:
         if self._ledger is not None:

@@ -1,0 +1,84 @@
+"""Every node worker of a real mesh serves its metrics over HTTP, and they tell the truth.
+
+Set up: the session's running 4-node mesh (tests/ops/conftest.py ``stack``), each worker
+exporting on 127.0.0.1:(metrics_port_base + id) as mesh.json says.
+Step: commit UPDATES updates; send node 1 one malformed message and one with an unknown
+task name; read a console record through the API reader (step 1) and fail one step 2.
+Check: by HTTP scrape of each node: heights equal the ledgers', blocks and requests
+counted, commit latency observed once per block, view 0, no view changes or state
+transfers yet, the rejected counter has both reasons on node 1 only; the reader's
+counters are 1/1/1.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mesh.metrics import NODE_METRICS, READER_METRICS, node_url, scrape
+
+from .conftest import BAD_NODE, UPDATES
+from integration.meshkit import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def one(samples: dict, name: str, **labels: str) -> float:
+    found = [v for lab, v in samples.get(name, []) if all(lab.get(k) == w for k, w in labels.items())]
+    assert len(found) == 1, f"{name}{labels}: {len(found)} samples ({samples.get(name)})"
+    return found[0]
+
+
+def test_each_node_endpoint_matches_its_ledger(loaded_stack):
+    mesh = loaded_stack.mesh
+    height, _ = mesh.wait_converged(timeout=60, at_least=1)
+    for i in range(mesh.n):
+        url = node_url(mesh.cfg, i)
+        assert url == loaded_stack.node_url(i)  # where `hdpbf status` looks, by mesh.json
+        node = str(i)
+
+        def caught_up():
+            s = scrape(url)
+            return s if one(s, "hdpbf_ledger_height", node=node) == height else None
+        s = wait_until(caught_up, 30, f"node {i}'s metrics to show height {height}")
+        for name in NODE_METRICS:
+            assert name in s or f"{name}_count" in s, f"node {i}: {name} missing"
+        assert one(s, "hdpbf_ledger_height", node=node) == mesh.tip(i)[0] == height
+        assert one(s, "hdpbf_blocks_committed_total", node=node) == height
+        with mesh.reader(i) as r:
+            executed = sum(len(b["requests"]) - len(b.get("skip", [])) for b in r.iter_blocks())
+        assert one(s, "hdpbf_requests_committed_total", node=node) == executed >= UPDATES
+        assert one(s, "hdpbf_commit_latency_seconds_count", node=node) == height
+        assert 0 < one(s, "hdpbf_commit_latency_seconds_sum", node=node) < 10 * height
+        assert 0 <= one(s, "hdpbf_ledger_head_age_seconds", node=node) < 120
+        assert one(s, "hdpbf_view", node=node) == 0
+        assert one(s, "hdpbf_view_changes_total", node=node) == 0
+        assert one(s, "hdpbf_state_transfers_total", node=node) == 0
+        assert one(s, "hdpbf_stable_checkpoint", node=node) >= 0
+
+
+def test_bad_messages_are_counted_by_reason_on_their_node(loaded_stack):
+    mesh = loaded_stack.mesh
+
+    def counted():
+        s = scrape(loaded_stack.node_url(BAD_NODE))
+        return s if (one(s, "hdpbf_rejected_messages_total", node=str(BAD_NODE), reason="malformed") >= 1
+                     and one(s, "hdpbf_rejected_messages_total", node=str(BAD_NODE),
+                             reason="unknown_task") >= 1) else None
+    s = wait_until(counted, 30, f"node {BAD_NODE} to count the malformed and unknown-task messages")
+    assert one(s, "hdpbf_rejected_messages_total", node=str(BAD_NODE), reason="malformed") == 1
+    assert one(s, "hdpbf_rejected_messages_total", node=str(BAD_NODE), reason="unknown_task") == 1
+    assert sum(v for _, v in s["hdpbf_rejected_messages_total"]) == 2, s["hdpbf_rejected_messages_total"]
+    status = mesh.local.status(BAD_NODE)  # the same counter NodeRuntime keeps
+    assert status["rejected"] == {"malformed": 1, "unknown_task": 1}
+    for i in range(mesh.n):
+        if i != BAD_NODE:
+            other = scrape(loaded_stack.node_url(i))
+            assert sum(v for _, v in other["hdpbf_rejected_messages_total"]) == 0, f"node {i}"
+
+
+def test_api_reader_counts_step1_and_step2(loaded_stack):
+    s = scrape(f"http://127.0.0.1:{loaded_stack.api_port}/metrics")
+    for name in READER_METRICS:
+        assert name in s
+    assert one(s, "hdpbf_step1_answers_total", node="0") == 1
+    assert one(s, "hdpbf_step2_calls_total", node="0") == 1
+    assert one(s, "hdpbf_step2_failures_total", node="0") == 1
