@@ -26,6 +26,7 @@ Rules:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,8 +34,8 @@ from collections import Counter
 from typing import Any, Callable, Protocol
 
 from .core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
-from .core.messages import (MAX_WIRE_BYTES, MalformedMessage, Request, from_wire, signing_bytes,
-                            to_wire)
+from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, MalformedMessage, NewView,
+                            Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .signing import Rejected, Signer, Verifier
 
@@ -46,6 +47,8 @@ TASK_FOR_TYPE = {
     "Prepare": "pbft.prepare",
     "Commit": "pbft.commit",
     "Checkpoint": "pbft.checkpoint",
+    "ViewChange": "pbft.viewchange",
+    "NewView": "pbft.newview",
 }
 
 
@@ -89,8 +92,9 @@ class NodeRuntime:
             msg = from_wire(wire)
             if expected_type is not None and type(msg).__name__ != expected_type:
                 raise MalformedMessage(f"a {type(msg).__name__} sent to the {expected_type} task")
-            if len(signing_bytes(msg)) > MAX_WIRE_BYTES:
-                return self._reject("oversize", f"over {MAX_WIRE_BYTES} bytes", wire)
+            limit = MAX_VIEW_CHANGE_BYTES if isinstance(msg, (ViewChange, NewView)) else MAX_WIRE_BYTES
+            if len(signing_bytes(msg)) > limit:
+                return self._reject("oversize", f"over {limit} bytes", wire)
             self.verifier.check(msg)
         except MalformedMessage as exc:
             return self._reject("malformed", str(exc), wire)
@@ -139,7 +143,24 @@ class NodeRuntime:
             hook(actions)
 
     def _wire(self, msg: Any) -> dict:
-        return to_wire(msg if isinstance(msg, Request) else self.signer.sign(msg))
+        return to_wire(self._signed(msg))
+
+    def _signed(self, msg: Any) -> Any:
+        """``msg`` signed by this node, with its own messages nested in a VIEW-CHANGE or
+        NEW-VIEW signed too (the core keeps them unsigned; Ed25519 is deterministic, so
+        these are the signatures they were sent with).  Others' messages are untouched."""
+        if isinstance(msg, Request) or (msg.sig and msg.sender != self.id):
+            return msg
+        if isinstance(msg, ViewChange):
+            msg = dataclasses.replace(
+                msg, checkpoints=tuple(self._signed(c) for c in msg.checkpoints),
+                prepared=tuple((self._signed(pp), tuple(self._signed(p) for p in ps))
+                               for pp, ps in msg.prepared))
+        elif isinstance(msg, NewView):
+            msg = dataclasses.replace(
+                msg, view_changes=tuple(self._signed(vc) for vc in msg.view_changes),
+                preprepares=tuple(self._signed(pp) for pp in msg.preprepares))
+        return msg if msg.sig else self.signer.sign(msg)
 
     def _send(self, to: int, wire: dict) -> None:
         self.sent += 1

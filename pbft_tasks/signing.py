@@ -39,8 +39,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
-from pbft_tasks.core.messages import (Checkpoint, Commit, Message, PrePrepare, Prepare,
-                                      Reply, Request)
+from pbft_tasks.core.messages import (Checkpoint, Commit, Message, NewView, PrePrepare, Prepare,
+                                      Reply, Request, ViewChange)
 
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
@@ -52,7 +52,7 @@ SIG_HEX_LEN = 128
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
 _SEED_RE = re.compile(r"[0-9a-fA-F]{64}")
 
-_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint)
+_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView)
 
 # Every reason a message can be rejected for.  batch_* mean a request inside a
 # PrePrepare's batch failed the check of the same name.
@@ -240,6 +240,8 @@ class Verifier:
         if key is None or type(msg.sender) is not int:
             raise Rejected("unknown_node", f"{name} from unknown node {msg.sender!r}")
         _verify(key, msg, "", f"{name} from node {msg.sender}")
+        if isinstance(msg, (ViewChange, NewView)):
+            self._check_nested(msg)
         if isinstance(msg, PrePrepare):
             if len(msg.batch) >= THREADED_MIN:  # big batches: verify on the thread pool
                 failures = self.check_many(msg.batch)
@@ -254,6 +256,24 @@ class Verifier:
                     req, "batch_",
                     f"PrePrepare v={msg.view} n={msg.seq} from node {msg.sender}, batch[{i}] "
                     f"(client {req.client!r})")
+
+    def _check_nested(self, msg: ViewChange | NewView) -> None:
+        """Every message inside a VIEW-CHANGE or NEW-VIEW is signed by its own sender
+        (the checkpoint proof, the prepared certificates, the VIEW-CHANGEs of V and the
+        re-proposed pre-prepares of O); one bad signature rejects the whole message."""
+        if isinstance(msg, ViewChange):
+            inner = list(msg.checkpoints)
+            for pp, prepares in msg.prepared:
+                inner.append(pp)
+                inner.extend(prepares)
+        else:
+            inner = list(msg.view_changes) + list(msg.preprepares)
+        for m in inner:
+            try:
+                self.check(m)
+            except Rejected as exc:
+                raise Rejected("nested_" + exc.reason.removeprefix("nested_"),
+                               f"{type(msg).__name__} from node {msg.sender}: inside it, {exc}") from None
 
     def _check_request(self, req: Request, prefix: str, label: str) -> None:
         key = self._clients.get(req.client.partition("/")[0])

@@ -65,6 +65,16 @@ def checkpoint(*args) -> None:
     _handle(args, "Checkpoint")
 
 
+@app.task(name="pbft.viewchange", **_PROTOCOL)
+def viewchange(*args) -> None:
+    _handle(args, "ViewChange")
+
+
+@app.task(name="pbft.newview", **_PROTOCOL)
+def newview(*args) -> None:
+    _handle(args, "NewView")
+
+
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)
 def status() -> dict:
     return runtime().status()

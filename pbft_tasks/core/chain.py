@@ -5,8 +5,11 @@ Owns: the block layout, the block hash, and the state digest used by checkpoints
 Rules:
 - Every sequence number that executes yields exactly one block, even an empty batch
   (a null request), so height == last executed seq and hash links have no gaps.
-- The block hash covers the header only: seq, view, batch digest, previous hash and
-  which requests execution skipped as duplicates.  The batch is bound through its digest.
+- The block hash covers the header only: seq, batch digest, previous hash and which
+  requests execution skipped as duplicates.  The batch is bound through its digest.
+  The view is stored but not hashed: a batch prepared in view v may commit at one
+  replica in v and, re-proposed after a view change (sec. 4.4), at another in v+1 --
+  the same seq and digest, so the same block (found by the view-change hypothesis test).
   The commit certificate is *not* hashed: replicas hold different (equally valid) sets
   of 2f+1 signed commits, yet must agree on the hash.
 - The state digest a checkpoint carries (Castro-Liskov sec. 4.3) is the head hash after
@@ -25,7 +28,7 @@ def block_header(seq: int, view: int, digest: str, prev: str, skip: list[int]) -
 
 
 def block_hash(header: dict) -> str:
-    return sha256_hex({k: header[k] for k in ("seq", "view", "digest", "prev", "skip")})
+    return sha256_hex({k: header[k] for k in ("seq", "digest", "prev", "skip")})
 
 
 def make_block(seq: int, view: int, digest: str, prev: str, batch: tuple,

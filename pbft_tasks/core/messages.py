@@ -126,10 +126,41 @@ class Checkpoint:
     sig: str = _sig_field()
 
 
-Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint]
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """<VIEW-CHANGE, v+1, n, C, P, i>_i (sec. 4.4): i moves to ``new_view``.  ``C`` is
+    ``checkpoints``, the 2f+1 signed CHECKPOINTs proving the stable checkpoint
+    ``stable_seq`` (empty when it is 0); ``P`` is ``prepared``: for every seq above it
+    that i prepared, the signed pre-prepare and 2f matching signed prepares, as pairs
+    (PrePrepare, (Prepare, ...))."""
+    new_view: int
+    stable_seq: int
+    checkpoints: tuple
+    prepared: tuple
+    sender: int
+    sig: str = _sig_field()
+
+
+@dataclass(frozen=True, slots=True)
+class NewView:
+    """<NEW-VIEW, v+1, V, O>_p: the new primary's proof (2f+1 VIEW-CHANGEs, ``V``) and
+    the pre-prepares it re-proposes in the new view (``O``), null batches in gaps."""
+    view: int
+    view_changes: tuple
+    preprepares: tuple
+    sender: int
+    sig: str = _sig_field()
+
+
+Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView]
 MESSAGE_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint)
+    cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint,
+                                  ViewChange, NewView)
 }
+# A view change carries whole pre-prepares (batches included), so it may be larger than
+# a normal-case message.
+MAX_VIEW_CHANGE_BYTES = 64 * 1024 * 1024
+MAX_PROOFS = 4096
 
 
 def request_wire(req: Request) -> dict:
@@ -148,6 +179,11 @@ def to_wire(msg: Message) -> dict:
             value = [request_wire(r) for r in value]
         elif f.name == "results":
             value = list(value)
+        elif f.name in ("checkpoints", "view_changes", "preprepares"):
+            value = [to_wire(m) for m in value]
+        elif f.name == "prepared":
+            value = [{"preprepare": to_wire(pp), "prepares": [to_wire(p) for p in ps]}
+                     for pp, ps in value]
         out[f.name] = value
     return out
 
@@ -287,8 +323,38 @@ def from_wire(d: Any) -> Message:
         return Reply(view=_int(d, "view"), seq=_int(d, "seq", 1),
                      client=_str(d, "client", MAX_CLIENT_LEN), sender=_int(d, "sender"),
                      results=_results(d["results"]), sig=_sig(d))
+    if kind == "ViewChange":
+        prepared = []
+        for item in _list(d, "prepared"):
+            if type(item) is not dict or set(item) != {"preprepare", "prepares"}:
+                raise MalformedMessage("prepared entries need exactly preprepare, prepares")
+            pp = _nested(item["preprepare"], PrePrepare)
+            ps = tuple(_nested(w, Prepare) for w in _list(item, "prepares"))
+            prepared.append((pp, ps))
+        return ViewChange(new_view=_int(d, "new_view", 1), stable_seq=_int(d, "stable_seq"),
+                          checkpoints=tuple(_nested(w, Checkpoint) for w in _list(d, "checkpoints")),
+                          prepared=tuple(prepared), sender=_int(d, "sender"), sig=_sig(d))
+    if kind == "NewView":
+        return NewView(view=_int(d, "view", 1),
+                       view_changes=tuple(_nested(w, ViewChange) for w in _list(d, "view_changes")),
+                       preprepares=tuple(_nested(w, PrePrepare) for w in _list(d, "preprepares")),
+                       sender=_int(d, "sender"), sig=_sig(d))
     return Checkpoint(seq=_int(d, "seq", 1), state_digest=_hex(d, "state_digest", 64),
                       sender=_int(d, "sender"), sig=_sig(d))
+
+
+def _list(d: dict, name: str) -> list:
+    v = d[name]
+    if type(v) is not list or len(v) > MAX_PROOFS:
+        raise MalformedMessage(f"field {name!r} must be a list of at most {MAX_PROOFS} entries")
+    return v
+
+
+def _nested(w: Any, cls: type) -> Any:
+    m = from_wire(w)
+    if type(m) is not cls:
+        raise MalformedMessage(f"expected a {cls.__name__} inside, got {type(m).__name__}")
+    return m
 
 
 def _refuse_constant(name: str) -> Any:

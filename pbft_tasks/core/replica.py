@@ -3,7 +3,7 @@
 Implements Castro and Liskov, "Practical Byzantine Fault Tolerance", OSDI 1999:
 sec. 4.2 (normal-case operation: pre-prepare, prepare, commit, in-order execution,
 request batching as in sec. 5.1) and sec. 4.3 (checkpoints, watermarks, garbage
-collection).  View change (sec. 4.4) builds on the view number kept here.
+collection) and sec. 4.4 (view change; the counting rules are in viewchange.py).
 
 Theory of operation.  A ``Replica`` is fed two kinds of stimulus: ``step(msg)`` for a
 message whose signature the driver has already checked, and ``tick()`` for the passage
@@ -41,6 +41,15 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   duplicate CHECKPOINT for the stable checkpoint is answered with our own.  Two
   replicas that both executed n would answer each other's answers forever, so each
   peer is helped at most once per (seq, ``retransmit_ticks``).
+- View change (sec. 4.4): a replica waiting for a request it knows of (a request it
+  received or a pre-prepare it accepted, not yet executed) for ``view_change_ticks``
+  ticks moves to view v+1: it stops accepting normal-case messages, multicasts a
+  VIEW-CHANGE with its stable-checkpoint proof and prepared certificates, and holds
+  messages of v+1 until the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it
+  has 2f+1 VIEW-CHANGEs; backups check it by recomputing O.  If no NEW-VIEW comes in
+  time it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
+  timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
+  replica join the smallest of them (sec. 4.5.2).
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
   resumes and never signs a vote conflicting with one it sent.
@@ -56,8 +65,9 @@ from .actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
 from .chain import GENESIS, make_block
 from .clients import ClientTable
 from .log import Entry
-from .messages import (MAX_BATCH, Checkpoint, Commit, PrePrepare, Prepare, Reply, Request,
-                       batch_digest, from_wire, to_wire)
+from .messages import (MAX_BATCH, Checkpoint, Commit, NewView, PrePrepare, Prepare, Reply,
+                       Request, ViewChange, batch_digest, from_wire, to_wire)
+from .viewchange import check_new_view, check_view_change, new_view_preprepares
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class ReplicaConfig:
     pipeline: int = 2
     retransmit_ticks: int = 500
     client_window: int = 1024
+    view_change_ticks: int = 500
 
     def __post_init__(self) -> None:
         Q.max_faulty(self.n)  # raises for n < 4
@@ -79,7 +90,8 @@ class ReplicaConfig:
                              f"({k}) and at least twice it")
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
-        if self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0:
+        if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
+                or self.view_change_ticks < 1):
             raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks >= 1")
 
 
@@ -113,6 +125,14 @@ class Replica:
         self.held: list[Any] = []
         self.behind_to = 0              # a stable checkpoint we have not reached yet
         self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
+        # View change.  ``in_view_change`` is persisted with the view; the rest is volatile.
+        self.in_view_change = False
+        self.view_changes: dict[int, dict[int, ViewChange]] = {}
+        self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
+        self.waiting_since: int | None = None
+        self.vc_started_at = 0
+        self.vc_attempts = 0
+        self.held_view: list[Any] = []
         self._reset_output()
         if records:
             self._restore(records)
@@ -147,6 +167,7 @@ class Replica:
     def tick(self) -> list:
         self.now += 1
         cause = f"tick {self.now}"
+        self._view_change_timers(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
             self.last_progress = self.now
@@ -157,6 +178,8 @@ class Replica:
         """After a restart: re-send own votes for everything not yet executed, since the
         crash may have come between persisting them and sending them."""
         self._retransmit("resume")
+        if self.in_view_change:
+            self._start_view_change(self.view, "resume")
         return self._finish("resume")
 
     # -- requests and batching (sec. 4.2, 5.1) ------------------------------------------
@@ -168,6 +191,10 @@ class Replica:
                 self._msg(SendClient(req.client, Reply(self.view, result["seq"], req.client, self.id,
                           ({"timestamp": req.timestamp, "result": result},)), cause))
             return
+        if len(self.awaiting) < 4 * MAX_BATCH:
+            self.awaiting.setdefault(key, req)  # the request timer of sec. 4.4
+        if self.in_view_change:
+            return  # the new primary proposes what is awaited once the view is installed
         if not self.is_primary:
             self._msg(Send(self.primary, req, cause))
             return
@@ -183,7 +210,7 @@ class Replica:
             self._cut_partial(cause)  # no timeout: propose now if the window has room
 
     def _cut_partial(self, cause: str) -> None:
-        if not (self.is_primary and self.pending
+        if not (self.is_primary and self.pending and not self.in_view_change
                 and self.now - self.pending_since >= self.cfg.batch_timeout_ticks):
             return
         in_flight = self.next_seq - 1 - self.last_exec
@@ -255,6 +282,10 @@ class Replica:
         if m.sender == self.id:
             self._evidence(m.sender, "replayed_own", "a message signed by this replica came back", cause)
             return False
+        if m.view == self.view and self.in_view_change:
+            if len(self.held_view) < 4 * self.cfg.log_window * self.n:
+                self.held_view.append(m)  # accepted once the NEW-VIEW installs the view
+            return False
         if m.view != self.view:
             self._evidence(m.sender, "wrong_view", f"view {m.view}, current view {self.view}", cause)
             return False
@@ -308,6 +339,7 @@ class Replica:
         for i, r in enumerate(pp.batch):
             key = (r.client, r.timestamp)
             self.in_flight.discard(key)
+            self.awaiting.pop(key, None)
             if self.clients.executed(*key):
                 skip.append(i)
                 result = self.clients.result(*key)
@@ -321,6 +353,8 @@ class Replica:
         cert = tuple(sorted(entry.matching_commits(), key=lambda c: c.sender)[: self.quorum])
         self._executes.append(Execute(pp.seq, block, cert, cause))
         entry.executed = True
+        self.waiting_since = None  # progress: the request timer restarts if still waiting
+        self.vc_attempts = 0
         self.head = block["hash"]
         self.last_exec = pp.seq
         self.last_progress = self.now
@@ -481,7 +515,8 @@ class Replica:
 
     def meta_record(self) -> dict:
         return {"view": self.view, "h": self.h, "last_exec": self.last_exec, "head": self.head,
-                "next_seq": self.next_seq, "stable_digest": self.stable_digest}
+                "next_seq": self.next_seq, "stable_digest": self.stable_digest,
+                "in_view_change": self.in_view_change}
 
     def _restore(self, records: dict) -> None:
         meta = records.get("meta")
@@ -489,6 +524,7 @@ class Replica:
             self.view, self.h, self.last_exec = meta["view"], meta["h"], meta["last_exec"]
             self.head, self.next_seq = meta["head"], meta["next_seq"]
             self.stable_digest = meta["stable_digest"]
+            self.in_view_change = meta.get("in_view_change", False)
         seqs = {int(k.split("/")[1]) for k in records if k.startswith(("pp/", "votes/"))}
         for s in seqs:
             if s > self.h:
@@ -509,12 +545,145 @@ class Replica:
         self.next_seq = max([self.next_seq, self.last_exec + 1]
                             + [s + 1 for s, e in self.log.items() if e.preprepare is not None])
 
+    # -- view change (sec. 4.4) ---------------------------------------------------------
+    def _waiting(self) -> bool:
+        return bool(self.awaiting) or any(e.preprepare is not None and not e.executed
+                                          for s, e in self.log.items() if s > self.last_exec)
+
+    def _view_change_timers(self, cause: str) -> None:
+        timeout = self.cfg.view_change_ticks << min(self.vc_attempts, 16)
+        if self.in_view_change:
+            if self.now - self.vc_started_at >= timeout:  # no NEW-VIEW in time: next view
+                self.vc_attempts += 1
+                self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
+            return
+        if not self._waiting():
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = self.now
+        elif self.now - self.waiting_since >= timeout:
+            self.vc_attempts += 1
+            self._start_view_change(self.view + 1, f"{cause}: request timer expired in view {self.view}")
+
+    def _own_view_change(self, new_view: int) -> ViewChange:
+        proof = ()
+        if self.h:
+            proof = tuple(c for _, c in sorted(self.checkpoints.get(self.h, {}).items())
+                          if c.state_digest == self.stable_digest)
+        prepared = []
+        for seq in sorted(s for s in self.log if s > self.h):
+            e = self.log[seq]
+            pp = e.preprepare
+            if pp is None or pp.view >= new_view:
+                continue
+            primary = Q.primary(pp.view, self.n)
+            if e.prepared(primary, self.need_prepares):
+                votes = tuple(p for _, p in sorted(e.prepares.items())
+                              if p.view == pp.view and p.digest == pp.digest and p.sender != primary)
+                prepared.append((pp, votes))
+        return ViewChange(new_view, self.h, proof, tuple(prepared), self.id)
+
+    def _start_view_change(self, new_view: int, cause: str) -> None:
+        self.view = new_view
+        self.in_view_change = True
+        self.vc_started_at = self.now
+        self.waiting_since = None
+        self._dirty_meta = True
+        mine = self._own_view_change(new_view)
+        self.view_changes.setdefault(new_view, {})[self.id] = mine
+        self._msg(Broadcast(mine, cause))
+        self._try_new_view(new_view, cause)
+
+    def _on_view_change(self, vc: ViewChange, cause: str) -> None:
+        if vc.sender == self.id:
+            return self._evidence(vc.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
+        if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
+            return  # a view this replica has already left or installed
+        reason = check_view_change(vc, self.n, self.cfg.log_window)
+        if reason:
+            return self._evidence(vc.sender, "bad_view_change", reason, cause)
+        votes = self.view_changes.setdefault(vc.new_view, {})
+        if vc.sender in votes:
+            return
+        votes[vc.sender] = vc
+        # sec. 4.5.2: f+1 replicas want a higher view, so at least one honest one does
+        higher = {s for v, vs in self.view_changes.items() if v > self.view for s in vs}
+        if len(higher) >= Q.weak_quorum(self.n):
+            target = min(v for v, vs in self.view_changes.items() if v > self.view and vs)
+            self._start_view_change(target, cause)
+        self._try_new_view(vc.new_view, cause)
+
+    def _try_new_view(self, view: int, cause: str) -> None:
+        if not (self.in_view_change and view == self.view and Q.primary(view, self.n) == self.id):
+            return
+        votes = self.view_changes.get(view, {})
+        if len(votes) < self.quorum:
+            return
+        chosen = tuple(vc for _, vc in sorted(votes.items())[: self.quorum])
+        min_s, pps = new_view_preprepares(view, chosen, self.n)
+        self._msg(Broadcast(NewView(view, chosen, pps, self.id), cause))
+        self._enter_view(view, pps, min_s, cause)
+
+    def _on_new_view(self, nv: NewView, cause: str) -> None:
+        if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
+            return
+        reason = check_new_view(nv, self.n, self.cfg.log_window)
+        if reason:
+            return self._evidence(nv.sender, "bad_new_view", reason, cause)
+        min_s, _ = new_view_preprepares(nv.view, nv.view_changes, self.n)
+        self._enter_view(nv.view, nv.preprepares, min_s, cause)
+
+    def _enter_view(self, view: int, pps: tuple, min_s: int, cause: str) -> None:
+        self.view = view
+        self.in_view_change = False
+        self._dirty_meta = True
+        self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
+        if min_s > self.last_exec:
+            self.behind_to = max(self.behind_to, min_s)  # needs state transfer to catch up
+        top = max((pp.seq for pp in pps), default=min_s)
+        for seq in [s for s in self.log if s > max(top, self.last_exec)]:
+            del self.log[seq]  # never prepared by a quorum: clients retransmit
+            self._deleted.update((f"pp/{seq}", f"votes/{seq}"))
+        primary = Q.primary(view, self.n)
+        for pp in pps:
+            if pp.seq <= self.h or pp.seq > self.high:
+                continue
+            entry = Entry(pp.seq)
+            entry.executed = pp.seq <= self.last_exec
+            entry.preprepare = pp
+            self.log[pp.seq] = entry
+            self._dirty_pp.add(pp.seq)
+            self._dirty_votes.add(pp.seq)
+            if self.id != primary:
+                mine = Prepare(view, pp.seq, pp.digest, self.id)
+                entry.prepares[self.id] = mine
+                self._msg(Broadcast(mine, cause))
+        if self.id == primary:
+            self.next_seq = max(top, self.last_exec, self.h) + 1
+            proposed = {(r.client, r.timestamp) for pp in pps for r in pp.batch}
+            self.pending = [r for k, r in self.awaiting.items()
+                            if k not in proposed and not self.clients.executed(*k)]
+            self.in_flight = proposed | set(self.awaiting)
+            self.pending_since = self.now if self.pending else None
+        self.waiting_since = None
+        held, self.held_view = self.held_view, []
+        for m in held:
+            if m.view == view:
+                self._handlers[type(m)](self, m, cause)
+        for seq in sorted(self.log):
+            if seq > self.last_exec:
+                self._check(self.log[seq], cause)
+        if self.id == primary:
+            self._cut_partial(cause)
+
     _handlers = {
         Request: _on_request,
         PrePrepare: _on_preprepare,
         Prepare: _on_prepare,
         Commit: _on_commit,
         Checkpoint: _on_checkpoint,
+        ViewChange: _on_view_change,
+        NewView: _on_new_view,
     }
 
 
@@ -525,6 +694,10 @@ def describe(msg: Any) -> str:
         return f"Request {msg.client}/{msg.timestamp}"
     if isinstance(msg, Checkpoint):
         return f"Checkpoint n{msg.seq} from {msg.sender}"
+    if isinstance(msg, ViewChange):
+        return f"ViewChange v{msg.new_view} from {msg.sender}"
+    if isinstance(msg, NewView):
+        return f"NewView v{msg.view} from {msg.sender}"
     if isinstance(msg, (PrePrepare, Prepare, Commit)):
         return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
     return kind

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pbft_tasks.core.messages import (MAX_BATCH, MAX_WIRE_BYTES, Checkpoint, Commit,
+from pbft_tasks.core.messages import (NewView, ViewChange, MAX_BATCH, MAX_WIRE_BYTES, Checkpoint, Commit,
                                       MalformedMessage, MESSAGE_TYPES, PrePrepare, Prepare,
                                       Reply, Request, batch_digest, canonical, from_wire,
                                       message_digest, parse, signing_bytes, to_wire)
@@ -30,6 +30,11 @@ SAMPLES = {
     "Commit": Commit(1, 5, D, 3),
     "Reply": Reply(0, 5, "client-1", 1, ({"timestamp": 7, "result": {"seq": 5, "index": 0}},)),
     "Checkpoint": Checkpoint(64, D, 1, sig="00"),
+    "ViewChange": ViewChange(1, 64, (Checkpoint(64, D, 0), Checkpoint(64, D, 1), Checkpoint(64, D, 2)),
+                             ((PrePrepare(0, 65, batch_digest(BATCH), BATCH, 0, sig="cd"),
+                               (Prepare(0, 65, batch_digest(BATCH), 1), Prepare(0, 65, batch_digest(BATCH), 2))),),
+                             3, sig="11"),
+    "NewView": NewView(1, (ViewChange(1, 0, (), (), 2),), (PrePrepare(1, 1, batch_digest(()), (), 1),), 1),
 }
 
 

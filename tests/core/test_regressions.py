@@ -102,3 +102,13 @@ def test_vote_from_a_sender_outside_the_mesh_is_evidence_not_a_vote():
     out = r.step(Prepare(0, 1, fake_digest("x"), 99))
     assert [a.reason for a in out if type(a).__name__ == "Evidence"] == ["unknown_sender"]
     assert 1 not in r.log or 99 not in r.log[1].prepares
+
+
+def test_a_batch_committed_in_two_views_makes_the_same_block():
+    """Found by ViewChangeSafetyMachine: seq 1 committed at one replica in view 0 and,
+    re-proposed by the new primary, at the others in view 1 -- same seq and digest, but
+    the block hash covered the view, so honest ledgers 'disagreed' at height 1."""
+    from pbft_tasks.core.chain import GENESIS, make_block
+    a = make_block(1, 0, fake_digest("b"), GENESIS, (), [])
+    b = make_block(1, 1, fake_digest("b"), GENESIS, (), [])
+    assert a["hash"] == b["hash"] and a["view"] != b["view"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
@@ -262,7 +262,10 @@ class SafetyMachine(RuleBasedStateMachine):
             for b in self.c.nodes[i].blocks:
                 by_height.setdefault(b["seq"], set()).add(b["hash"])
         forks = {h: s for h, s in by_height.items() if len(s) > 1}
-        assert not forks, f"honest replicas disagree at heights {sorted(forks)}"
+        if forks:
+            detail = {i: [(b["seq"], b["view"], b["digest"][:8]) for b in self.c.nodes[i].blocks]
+                      for i in self.honest()}
+            raise AssertionError(f"honest replicas disagree at heights {sorted(forks)}: {detail}")
 
     @invariant()
     def chains_are_linked(self):
@@ -319,3 +322,19 @@ TestSafety = SafetyMachine.TestCase
 TestSafety.settings = SETTINGS
 TestLiveness = LivenessMachine.TestCase
 TestLiveness.settings = settings(SETTINGS, max_examples=150)
+
+
+class ViewChangeSafetyMachine(SafetyMachine):
+    """The same faults with a request timer of 3 ticks: drops, crashes and an
+    equivocating primary now also trigger view changes (sec. 4.4), often several in a
+    row, and the safety invariants above must still hold across views."""
+    CONFIG = dict(SafetyMachine.CONFIG, view_change_ticks=3)
+
+    def teardown(self):
+        views = [n.replica.view for n in self.c.nodes if n.replica is not None]
+        event(f"highest view reached: {min(max(views, default=0), 3)}{'+' if max(views, default=0) > 3 else ''}")
+        super().teardown()
+
+
+TestViewChangeSafety = ViewChangeSafetyMachine.TestCase
+TestViewChangeSafety.settings = SETTINGS

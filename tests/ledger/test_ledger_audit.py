@@ -26,8 +26,8 @@ def test_good_chain_passes_and_hook_sees_every_block():
 
 def test_changed_header_names_that_block():
     blocks = chain_of(5)
-    blocks[2]["view"] = 7
-    blocks[4]["view"] = 7
+    blocks[2]["skip"] = [0]
+    blocks[4]["skip"] = [0]
     with pytest.raises(LedgerError, match=r"^block 3: hash"):
         audit_chain(blocks)
 
@@ -41,7 +41,7 @@ def test_changed_request_names_that_block():
 
 def test_rehashed_block_breaks_the_next_link():
     blocks = chain_of(5)
-    blocks[2]["view"] = 7
+    blocks[2]["skip"] = [0]
     blocks[2]["hash"] = block_hash(blocks[2])
     with pytest.raises(LedgerError, match=r"^block 4: prev"):
         audit_chain(blocks)

@@ -1,0 +1,185 @@
+"""Paper tests for view change (Castro and Liskov 1999, sec. 4.4 and 4.5.2): set up, step,
+check, on the deterministic in-memory cluster."""
+from __future__ import annotations
+
+from pbft_tasks.core.actions import Evidence
+from pbft_tasks.core.messages import (Commit, NewView, PrePrepare, Prepare, ViewChange,
+                                      batch_digest)
+from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.viewchange import check_view_change, new_view_preprepares
+
+VC_TICKS = 20
+
+
+def cluster(**kw) -> Cluster:
+    cfg = dict(checkpoint_interval=4, log_window=8, max_batch=1, batch_timeout_ticks=0,
+               retransmit_ticks=10_000, view_change_ticks=VC_TICKS)
+    cfg.update(kw)
+    return Cluster(4, **cfg)
+
+
+def views(c: Cluster) -> list:
+    return [n.replica.view if n.replica else None for n in c.nodes]
+
+
+def run_until_quiet(c: Cluster, ticks: int) -> None:
+    for _ in range(ticks):
+        c.tick()
+        c.stabilize()
+
+
+def test_silent_primary_is_replaced_and_the_request_executes_in_the_new_view():
+    """sec. 4.4: backups whose request timer expires move to v+1; the new primary
+    (1 = 1 mod 4) sends NEW-VIEW with 2f+1 VIEW-CHANGEs and the request commits."""
+    # set up: one request executed in view 0, then the primary goes silent
+    c = cluster()
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    c.crash(0)
+    # step: the client sends its next request to every backup (its primary is silent)
+    for to in (1, 2, 3):
+        c.request("a", 2, "k2", 2, to=to)
+    c.stabilize()
+    run_until_quiet(c, VC_TICKS + 5)
+    # check: view 1 installed on the live replicas, the request executed there
+    assert views(c)[1:] == [1, 1, 1]
+    assert [c.height(i) for i in (1, 2, 3)] == [2, 2, 2]
+    assert len({c.head(i) for i in (1, 2, 3)}) == 1
+
+
+def test_a_request_prepared_in_the_old_view_keeps_its_seq_and_digest():
+    """sec. 4.4: a prepared certificate in 2f+1 VIEW-CHANGEs makes the new primary
+    re-propose the same batch at the same seq, so what may have committed somewhere
+    commits everywhere with the same digest."""
+    # set up: seq 1 prepared at the backups, but every commit is lost
+    c = cluster()
+    c.request("a", 1, "k1", 1)
+    while any(c.nodes[e.to].up for e in c.network):
+        if isinstance(c.network[0].msg, Commit):
+            c.drop(0)
+        else:
+            c.deliver(0)
+    pp = c.nodes[1].replica.log[1].preprepare
+    c.crash(0)
+    # step: the request timers expire
+    run_until_quiet(c, VC_TICKS + 5)
+    # check: seq 1 executed in view 1 with the original digest
+    for i in (1, 2, 3):
+        assert c.nodes[i].replica.view == 1
+        block = c.nodes[i].blocks[0]
+        assert block["seq"] == 1 and block["digest"] == pp.digest and block["view"] == 1
+
+
+def test_null_requests_fill_gaps_in_the_new_view():
+    """sec. 4.4: a seq between min-s and max-s with no prepared certificate in V gets a
+    null request, so execution in order never waits on a hole."""
+    # set up: VIEW-CHANGEs in which seq 1 and 3 are prepared and seq 2 is not
+    def prepared(seq, value):
+        from pbft_tasks.core.messages import Request
+        batch = (Request("a", seq, {"op": "put", "key": f"k{seq}", "value": value, "expires_at": None}),)
+        pp = PrePrepare(0, seq, batch_digest(batch), batch, 0)
+        return pp, tuple(Prepare(0, seq, pp.digest, s) for s in (1, 2))
+    vcs = [ViewChange(1, 0, (), (prepared(1, "x"), prepared(3, "y")), s) for s in (1, 2, 3)]
+    # step
+    min_s, pps = new_view_preprepares(1, vcs, 4)
+    # check
+    assert min_s == 0 and [p.seq for p in pps] == [1, 2, 3]
+    assert pps[1].batch == () and pps[1].digest == batch_digest(())
+    assert all(p.view == 1 and p.sender == 1 for p in pps)
+
+
+def test_view_change_timer_doubles_when_the_next_primary_is_silent_too():
+    """sec. 4.5.2: if the NEW-VIEW does not come in time the replica moves to v+2 and
+    waits twice as long, so a run of faulty primaries cannot make the mesh loop."""
+    # set up: primary 0 and the next primary 1 both silent (f = 1 is exceeded for
+    # liveness only: safety is unaffected and the timers must still back off)
+    c = cluster()
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    c.crash(0)
+    c.crash(1)
+    for to in (2, 3):
+        c.request("a", 2, "k2", 2, to=to)
+    c.stabilize()
+    r2 = c.nodes[2].replica
+    # step: first timeout -> view 1; then no NEW-VIEW for 2 x VC_TICKS -> view 2
+    run_until_quiet(c, VC_TICKS + 2)
+    first = r2.view
+    started = r2.vc_started_at
+    run_until_quiet(c, 2 * VC_TICKS + 2)
+    # check
+    assert first == 1 and r2.view == 2 and r2.in_view_change
+    assert r2.vc_started_at - started >= 2 * VC_TICKS
+
+
+def test_view_change_with_a_forged_prepared_certificate_is_evidence():
+    """sec. 4.4: a prepared certificate needs 2f matching prepares from backups."""
+    # set up: a VIEW-CHANGE claiming seq 1 prepared with a single prepare
+    from pbft_tasks.core.replica import Replica, ReplicaConfig
+    batch = ()
+    pp = PrePrepare(0, 1, batch_digest(batch), batch, 0)
+    vc = ViewChange(1, 0, (), ((pp, (Prepare(0, 1, pp.digest, 3),)),), 3)
+    r = Replica(1, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
+    # step
+    out = r.step(vc)
+    # check
+    assert check_view_change(vc, 4, 8) is not None
+    assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_view_change"]
+    assert 3 not in r.view_changes.get(1, {})
+
+
+def test_new_view_whose_preprepares_differ_from_its_view_changes_is_evidence():
+    """sec. 4.4: backups recompute O from V and refuse a NEW-VIEW that re-proposes
+    anything else (a Byzantine new primary cannot smuggle in a batch)."""
+    # set up: three honest VIEW-CHANGEs with nothing prepared, and an O with a request
+    from pbft_tasks.core.messages import Request
+    from pbft_tasks.core.replica import Replica, ReplicaConfig
+    vcs = tuple(ViewChange(1, 0, (), (), s) for s in (0, 2, 3))
+    forged = (Request("evil", 1, {"op": "delete", "key": "k"}),)
+    nv = NewView(1, vcs, (PrePrepare(1, 1, batch_digest(forged), forged, 1),), 1)
+    r = Replica(2, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
+    r.view, r.in_view_change = 1, True
+    # step
+    out = r.step(nv)
+    # check
+    assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_new_view"]
+    assert r.in_view_change and 1 not in r.log
+
+
+def test_f_plus_1_view_changes_make_a_replica_join_the_smallest_higher_view():
+    """sec. 4.5.2: f+1 VIEW-CHANGEs for higher views include an honest replica's, so a
+    replica whose own timer has not expired joins rather than lagging behind."""
+    # set up
+    from pbft_tasks.core.replica import Replica, ReplicaConfig
+    r = Replica(3, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
+    # step: VIEW-CHANGEs for view 2 from 1 and view 3 from 2
+    r.step(ViewChange(2, 0, (), (), 1))
+    out = r.step(ViewChange(3, 0, (), (), 2))
+    # check: it moved to view 2 (the smallest) and said so
+    assert r.view == 2 and r.in_view_change
+    assert any(type(a.msg).__name__ == "ViewChange" and a.msg.new_view == 2
+               for a in out if hasattr(a, "msg"))
+
+
+def test_replica_restarted_during_a_view_change_resumes_it():
+    """Persisted view and view-change state: a restart does not fall back to the old
+    view, and it re-sends its VIEW-CHANGE."""
+    # set up: node 2 is in a view change when it crashes
+    c = cluster()
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    c.crash(0)
+    for to in (1, 2, 3):
+        c.request("a", 2, "k2", 2, to=to)
+    c.stabilize()
+    for _ in range(VC_TICKS + 1):
+        c.tick()
+    assert c.nodes[2].replica.in_view_change
+    c.crash(2)
+    # step
+    c.restart(2)
+    # check: still in view 1 and its VIEW-CHANGE is on the wire again
+    assert c.nodes[2].replica.view == 1
+    assert any(isinstance(e.msg, ViewChange) and e.msg.sender == 2 for e in c.network)
+    run_until_quiet(c, VC_TICKS + 5)
+    assert [c.height(i) for i in (1, 2, 3)] == [2, 2, 2]
