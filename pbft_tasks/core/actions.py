@@ -2,7 +2,8 @@
 
 Rules (the driver's half of the contract, as etcd raft's ``Ready``/``Advance``):
 - Actions come in this order: at most one ``Persist``, then ``Execute`` in sequence
-  order, then messages (``Send``, ``Broadcast``, ``SendClient``), then ``Evidence``.
+  order, then messages (``Send``, ``Broadcast``, ``SendClient``, ``FetchState``), then
+  ``Evidence``.
 - The driver makes every ``Persist`` and ``Execute`` of one call durable in one
   transaction *before* it sends any message of that call: a restarted replica must never
   sign a vote that conflicts with one it already sent.
@@ -53,6 +54,17 @@ class Broadcast:
 class SendClient:
     client: str
     msg: Any
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchState:
+    """State transfer: this replica is behind; ask ``peers`` (in order) for the
+    committed blocks ``from_seq`` .. ``to_seq`` with their certificates, verify every
+    signature, and hand each block to ``Replica.install`` in order."""
+    from_seq: int
+    to_seq: int
+    peers: tuple
     cause: str
 
 

@@ -50,6 +50,13 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   time it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
   timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
   replica join the smallest of them (sec. 4.5.2).
+- State transfer: f+1 matching CHECKPOINTs for a seq this replica has not executed (at
+  least one from an honest replica) make it ask for the missing blocks (``FetchState``,
+  at most once per ``retransmit_ticks``).  ``install`` takes one committed block: it
+  must extend this replica's chain, carry 2f+1 matching commits for its batch, and hash
+  to what this replica computes for it (skip list included) before anything changes;
+  then it executes through the same path as a normal commit.  The adapter checks the
+  signatures first.
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
   resumes and never signs a vote conflicting with one it sent.
@@ -61,8 +68,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import quorum as Q
-from .actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
-from .chain import GENESIS, make_block
+from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
+from .chain import GENESIS, block_hash, block_header, make_block
 from .clients import ClientTable
 from .log import Entry
 from .messages import (MAX_BATCH, Checkpoint, Commit, NewView, PrePrepare, Prepare, Reply,
@@ -133,6 +140,8 @@ class Replica:
         self.vc_started_at = 0
         self.vc_attempts = 0
         self.held_view: list[Any] = []
+        self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
+        self.fetch_asked_at: int | None = None
         self._reset_output()
         if records:
             self._restore(records)
@@ -173,6 +182,68 @@ class Replica:
             self.last_progress = self.now
             self._retransmit(cause)
         return self._finish(cause)
+
+    def install(self, block: dict) -> list:
+        """State transfer: execute one committed block fetched from a peer (its
+        signatures already checked by the adapter).  A block that does not fit is
+        evidence and changes nothing."""
+        cause = f"state transfer n{block.get('seq')}"
+        try:
+            reason, entry = self._check_install(block)
+        except (KeyError, TypeError, ValueError) as exc:
+            reason, entry = f"malformed block: {exc}", None
+        if reason:
+            self._evidence(None, "bad_state_transfer", reason, cause)
+        else:
+            self.log[entry.seq] = entry
+            self._execute(entry, cause)
+            self._execute_ready(cause)
+            if self.behind_to <= self.last_exec:
+                self.fetch_asked_at = None
+        return self._finish(cause)
+
+    def _check_install(self, block: dict) -> tuple[str | None, Entry | None]:
+        seq, view, digest = block["seq"], block["view"], block["digest"]
+        if seq != self.last_exec + 1 or block["prev"] != self.head:
+            return f"block {seq} does not extend this chain at {self.last_exec}", None
+        batch = tuple(from_wire(w) for w in block["requests"])
+        if any(not isinstance(r, Request) for r in batch) or batch_digest(batch) != digest:
+            return f"block {seq}: requests do not match the digest", None
+        cert = [from_wire(w) for w in block["certificate"]]
+        senders = {c.sender for c in cert if isinstance(c, Commit) and c.view == view
+                   and c.seq == seq and c.digest == digest and 0 <= c.sender < self.n}
+        if len(senders) < self.quorum:
+            return f"block {seq}: fewer than 2f+1 matching commits", None
+        skip = self._preview_skip(batch)
+        if block["skip"] != skip:
+            return f"block {seq}: skips {block['skip']}, this replica's client table says {skip}", None
+        expect = block_hash(block_header(seq, view, digest, self.head, skip))
+        if expect != block["hash"]:
+            return f"block {seq}: hashes to {expect[:12]} here, not {block['hash'][:12]}", None
+        entry = Entry(seq)
+        entry.preprepare = PrePrepare(view, seq, digest, batch, Q.primary(view, self.n))
+        entry.commits = {c.sender: c for c in cert if c.sender in senders}
+        return None, entry
+
+    def _preview_skip(self, batch: tuple) -> list[int]:
+        """The skip list _execute would produce for ``batch``, without changing state."""
+        seen: set = set()
+        skip = []
+        for i, r in enumerate(batch):
+            key = (r.client, r.timestamp)
+            if self.clients.executed(*key) or key in seen:
+                skip.append(i)
+            else:
+                seen.add(key)
+        return skip
+
+    def _need_state(self, seq: int, peers: list[int], cause: str) -> None:
+        self.behind_to = max(self.behind_to, seq)
+        if (self.fetch_asked_at is not None
+                and self.now - self.fetch_asked_at < self.cfg.retransmit_ticks):
+            return
+        self.fetch_asked_at = self.now
+        self._msg(FetchState(self.last_exec + 1, self.behind_to, tuple(sorted(peers)), cause))
 
     def resume(self) -> list:
         """After a restart: re-send own votes for everything not yet executed, since the
@@ -386,7 +457,14 @@ class Replica:
                 self._msg(Send(ck.sender, stable[self.id], cause))  # it missed stability
             return
         if ck.seq > self.h + 2 * self.cfg.log_window:
-            return self._evidence(ck.sender, "checkpoint_out_of_range", f"seq {ck.seq}", cause)
+            old = self.far_checkpoints.get(ck.sender)
+            if old is None or ck.seq > old.seq:  # bounded: the newest per sender
+                self.far_checkpoints[ck.sender] = ck
+            same = [c.sender for c in self.far_checkpoints.values()
+                    if (c.seq, c.state_digest) == (ck.seq, ck.state_digest)]
+            if len(same) >= Q.weak_quorum(self.n):
+                self._need_state(ck.seq, same, cause)
+            return
         votes = self.checkpoints.setdefault(ck.seq, {})
         old = votes.get(ck.sender)
         if old is not None:
@@ -395,6 +473,10 @@ class Replica:
             return
         votes[ck.sender] = ck
         self._dirty_ckpt.add(ck.seq)
+        if ck.seq > self.last_exec:
+            same = [c.sender for c in votes.values() if c.state_digest == ck.state_digest]
+            if len(same) >= Q.weak_quorum(self.n):
+                self._need_state(ck.seq, same, cause)
         self._check_stable(ck.seq, cause)
 
     def _check_stable(self, seq: int, cause: str) -> None:
@@ -638,8 +720,9 @@ class Replica:
         self.in_view_change = False
         self._dirty_meta = True
         self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
-        if min_s > self.last_exec:
-            self.behind_to = max(self.behind_to, min_s)  # needs state transfer to catch up
+        if min_s > self.last_exec:  # the new view starts past us: fetch what we lack
+            peers = [s for s in range(self.n) if s != self.id]
+            self._need_state(min_s, peers, cause)
         top = max((pp.seq for pp in pps), default=min_s)
         for seq in [s for s in self.log if s > max(top, self.last_exec)]:
             del self.log[seq]  # never prepared by a quorum: clients retransmit

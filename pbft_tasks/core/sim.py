@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
-from .messages import Request
+from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
+from .messages import Request, to_wire
 from .replica import Replica, ReplicaConfig
 
 
@@ -31,6 +31,7 @@ class SimNode:
     replica: Replica | None
     records: dict = field(default_factory=dict)
     blocks: list = field(default_factory=list)   # executed blocks, in order
+    certs: dict = field(default_factory=dict)    # seq -> the certificate's Commits
     evidence: list = field(default_factory=list)
     up: bool = True
 
@@ -43,6 +44,7 @@ class Cluster:
         self.replies: dict[str, list] = defaultdict(list)
         self.byzantine: set[int] = set()
         self.sent = 0
+        self.fetches: list = []   # (replica, FetchState) waiting for serve_fetches()
 
     # -- stimuli ------------------------------------------------------------------
     def request(self, client: str, ts: int, key: str, value: Any, to: int | None = None,
@@ -77,6 +79,26 @@ class Cluster:
                 if node.up and node.replica is not None and i not in self.byzantine:
                     self._apply(i, node.replica.tick())
 
+    def serve_fetches(self) -> int:
+        """Answer state-transfer requests from the first asked peer that is up and has
+        the blocks (the real adapter also checks every signature first)."""
+        served = 0
+        fetches, self.fetches = self.fetches, []
+        for i, f in fetches:
+            node = self.nodes[i]
+            if not node.up or node.replica is None:
+                continue
+            for peer in f.peers:
+                src = self.nodes[peer]
+                if not src.up or peer in self.byzantine or len(src.blocks) < f.from_seq:
+                    continue
+                for b in src.blocks[f.from_seq - 1: f.to_seq]:
+                    block = dict(b, certificate=[to_wire(c) for c in src.certs[b["seq"]]])
+                    self._apply(i, node.replica.install(block))
+                    served += 1
+                break
+        return served
+
     def crash(self, i: int, lose_queue: bool = False) -> None:
         """Lose everything volatile; keep only the persisted records and blocks.  Messages
         to a down node wait for it, as in its durable RabbitMQ queue, unless
@@ -109,6 +131,7 @@ class Cluster:
         """Deliver and tick until nothing is in flight and no batch is waiting."""
         for _ in range(max_rounds):
             self.stabilize()
+            self.serve_fetches()
             self.tick(self.config.batch_timeout_ticks + 1)
             if not any(self.nodes[e.to].up for e in self.network):
                 return
@@ -140,6 +163,7 @@ class Cluster:
                 assert not sending, "Execute after a send: the core broke its contract"
                 assert a.seq == len(node.blocks) + 1, f"node {i} executed {a.seq} out of order"
                 node.blocks.append(dict(a.block, certificate=[c.sender for c in a.certificate]))
+                node.certs[a.seq] = a.certificate
             elif isinstance(a, Send):
                 sending = True
                 self._send(a.to, a.msg, i)
@@ -153,6 +177,8 @@ class Cluster:
                 self.replies[a.client].append(a.msg)
             elif isinstance(a, Evidence):
                 node.evidence.append(a)
+            elif isinstance(a, FetchState):
+                self.fetches.append((i, a))
 
     def _send(self, to: int, msg: Any, origin: int) -> None:
         self.sent += 1
