@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
-from .core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
+from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, MalformedMessage, NewView,
                             Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
@@ -50,6 +50,11 @@ TASK_FOR_TYPE = {
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
 }
+# State transfer is adapter business: a block is self-certifying (its 2f+1 signed
+# commits), so neither message is signed; both are bounded and checked field by field.
+STATE_TRANSFER_TASKS = {"Fetch": "pbft.fetch", "Blocks": "pbft.blocks"}
+ALL_TASKS = {**TASK_FOR_TYPE, **STATE_TRANSFER_TASKS}
+FETCH_MAX = 64  # blocks per Blocks message
 
 
 class Transport(Protocol):
@@ -76,6 +81,8 @@ class NodeRuntime:
         self.handled: Counter[str] = Counter()
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
+        self._fetches = 0
+        self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
 
@@ -88,6 +95,10 @@ class NodeRuntime:
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
         reason it was rejected."""
+        if isinstance(wire, dict) and wire.get("type") in STATE_TRANSFER_TASKS:
+            if expected_type not in (None, wire["type"]):
+                return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
+            return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
         try:
             msg = from_wire(wire)
             if expected_type is not None and type(msg).__name__ != expected_type:
@@ -103,6 +114,45 @@ class NodeRuntime:
         with self.lock:
             self.handled[type(msg).__name__] += 1
             self._carry_out(self.replica.step(msg))
+        return None
+
+    # -- state transfer -----------------------------------------------------------------
+    def _on_fetch(self, wire: dict) -> str | None:
+        try:
+            lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
+            if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
+                    type(v) is int for v in (lo, hi, who)) or not 1 <= lo <= hi or who not in self.peers:
+                raise ValueError
+        except (KeyError, ValueError):
+            return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
+        with self.lock:
+            top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
+            blocks = list(self.ledger.iter_blocks(lo, top)) if lo <= top else []
+        self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
+        return None
+
+    def _on_blocks(self, wire: dict) -> str | None:
+        blocks = wire.get("blocks")
+        if set(wire) != {"type", "sender", "blocks"} or type(blocks) is not list or len(blocks) > FETCH_MAX:
+            return self._reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
+        for block in blocks:
+            try:  # every signature before the core sees the block
+                if type(block) is not dict:
+                    raise MalformedMessage("a block must be an object")
+                for w in list(block.get("certificate", [])) + list(block.get("requests", [])):
+                    self.verifier.check(from_wire(w))
+            except MalformedMessage as exc:
+                return self._reject("malformed", f"fetched block: {exc}", wire)
+            except Rejected as exc:
+                return self._reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
+            with self.lock:
+                if block.get("seq", 0) <= self.replica.last_exec:
+                    continue  # already have it (a duplicate answer)
+                before = self.replica.last_exec
+                self._carry_out(self.replica.install(block))
+                self.installed += self.replica.last_exec - before
+        with self.lock:
+            self._carry_out(self.replica.request_state())
         return None
 
     def tick(self) -> None:
@@ -135,6 +185,11 @@ class NodeRuntime:
                 self.transport.broadcast(self.id, self.peers, self._wire(a.msg))
             elif isinstance(a, SendClient):
                 self.transport.send_client(a.client, self._wire(a.msg))
+            elif isinstance(a, FetchState):
+                peer = a.peers[self._fetches % len(a.peers)] if a.peers else self.peers[0]
+                self._fetches += 1  # the next request goes to the next peer
+                self._send(peer, {"type": "Fetch", "from_seq": a.from_seq, "to_seq": a.to_seq,
+                                  "requester": self.id})
             elif isinstance(a, Evidence):
                 self.rejected[a.reason] += 1
                 log.warning("node %s evidence against %s: %s (%s) [cause: %s]",
@@ -178,7 +233,8 @@ class NodeRuntime:
         r = self.replica
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
-                "handled": dict(self.handled), "sent": self.sent, "time": time.time()}
+                "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "time": time.time()}
 
 
 __all__ = ["NodeRuntime", "Transport", "TASK_FOR_TYPE", "describe"]

@@ -75,6 +75,22 @@ def newview(*args) -> None:
     _handle(args, "NewView")
 
 
+@app.task(name="pbft.fetch", **_PROTOCOL)
+def fetch(*args) -> None:
+    """State transfer: a peer asks for committed blocks (adapter-level, see node.py)."""
+    wire = _one(args, "Fetch")
+    if wire is not None:
+        runtime().handle(wire, "Fetch")
+
+
+@app.task(name="pbft.blocks", **_PROTOCOL)
+def blocks(*args) -> None:
+    """State transfer: committed blocks with their certificates, checked then installed."""
+    wire = _one(args, "Blocks")
+    if wire is not None:
+        runtime().handle(wire, "Blocks")
+
+
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)
 def status() -> dict:
     return runtime().status()

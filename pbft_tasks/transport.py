@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from typing import Any, Callable
 
-from .node import TASK_FOR_TYPE
+from .node import ALL_TASKS, TASK_FOR_TYPE
 
 
 BROADCAST_EXCHANGE = "hdpbf.broadcast"
@@ -69,7 +69,7 @@ class CeleryTransport:
         return producer
 
     def send(self, to: int, wire: dict) -> None:
-        name = TASK_FOR_TYPE[wire["type"]]
+        name = ALL_TASKS[wire["type"]]
         msg = task_message(self.app, name, wire)
         self._producer().publish(msg.body, exchange="", routing_key=f"node.{to}", serializer="json",
                                  headers=msg.headers, retry=True, **msg.properties)

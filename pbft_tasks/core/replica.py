@@ -52,7 +52,9 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   replica join the smallest of them (sec. 4.5.2).
 - State transfer: f+1 matching CHECKPOINTs for a seq this replica has not executed (at
   least one from an honest replica) make it ask for the missing blocks (``FetchState``,
-  at most once per ``retransmit_ticks``).  ``install`` takes one committed block: it
+  at most once per ``retransmit_ticks``).  So does being stuck: no progress for
+  ``retransmit_ticks`` while f+1 replicas committed a seq it cannot execute (it lost the
+  pre-prepare), or while it dropped messages beyond its window.  ``install`` takes one committed block: it
   must extend this replica's chain, carry 2f+1 matching commits for its batch, and hash
   to what this replica computes for it (skip list included) before anything changes;
   then it executes through the same path as a normal commit.  The adapter checks the
@@ -142,6 +144,8 @@ class Replica:
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.fetch_asked_at: int | None = None
+        self.seen_ahead = 0  # highest seq of a message dropped beyond the window
+        self.fetch_peers: tuple = tuple(i for i in range(config.n) if i != node_id)
         self._reset_output()
         if records:
             self._restore(records)
@@ -177,6 +181,7 @@ class Replica:
         self.now += 1
         cause = f"tick {self.now}"
         self._view_change_timers(cause)
+        self._stuck_check(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
             self.last_progress = self.now
@@ -225,6 +230,18 @@ class Replica:
         entry.commits = {c.sender: c for c in cert if c.sender in senders}
         return None, entry
 
+    def _stuck_check(self, cause: str) -> None:
+        if self.now - self.last_progress < self.cfg.retransmit_ticks:
+            return
+        ahead = self.seen_ahead
+        for seq, e in self.log.items():
+            if seq > self.last_exec and e.preprepare is None:
+                voters = {c.sender for c in e.commits.values()}
+                if len(voters) >= Q.weak_quorum(self.n):  # an honest replica committed it
+                    ahead = max(ahead, seq)
+        if ahead > self.last_exec:
+            self._need_state(ahead, [s for s in range(self.n) if s != self.id], f"{cause}: stuck")
+
     def _preview_skip(self, batch: tuple) -> list[int]:
         """The skip list _execute would produce for ``batch``, without changing state."""
         seen: set = set()
@@ -237,13 +254,21 @@ class Replica:
                 seen.add(key)
         return skip
 
+    def request_state(self) -> list:
+        """After a batch of fetched blocks: ask for the rest if still behind."""
+        if self.behind_to > self.last_exec:
+            self.fetch_asked_at = None
+            self._need_state(self.behind_to, list(self.fetch_peers), "state transfer continues")
+        return self._finish("request_state")
+
     def _need_state(self, seq: int, peers: list[int], cause: str) -> None:
+        self.fetch_peers = tuple(sorted(peers)) or self.fetch_peers
         self.behind_to = max(self.behind_to, seq)
         if (self.fetch_asked_at is not None
                 and self.now - self.fetch_asked_at < self.cfg.retransmit_ticks):
             return
         self.fetch_asked_at = self.now
-        self._msg(FetchState(self.last_exec + 1, self.behind_to, tuple(sorted(peers)), cause))
+        self._msg(FetchState(self.last_exec + 1, self.behind_to, self.fetch_peers, cause))
 
     def resume(self) -> list:
         """After a restart: re-send own votes for everything not yet executed, since the
@@ -518,6 +543,7 @@ class Replica:
     def _hold(self, m: Any, cause: str) -> None:
         limit = 4 * self.cfg.log_window * self.n
         if m.seq > self.high + self.cfg.log_window or len(self.held) >= limit:
+            self.seen_ahead = max(self.seen_ahead, m.seq)
             self._evidence(m.sender, "outside_watermarks", f"seq {m.seq} beyond {self.high}", cause)
         else:
             self.held.append(m)
