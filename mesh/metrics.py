@@ -27,8 +27,8 @@ Metrics of a node (label ``node``):
   ``hdpbf_rejected_messages_total{reason}`` (``NodeRuntime.rejected``: signature and
   parse failures, the core's evidence, and what Celery's consumer drops before a task
   runs), ``hdpbf_view_changes_total`` (increments of the view this worker has seen),
-  ``hdpbf_state_transfers_total`` (``NodeMetrics.count_state_transfer``; 0 until state
-  transfer exists);
+  ``hdpbf_state_transfers_total`` (fetch requests this node sent to a peer because it
+  was behind: one per ``FetchState`` action);
 - ``hdpbf_commit_latency_seconds``: histogram, 1 ms to 10 s, of the time at this node
   from proposing a seq (primary) or accepting its pre-prepare (backup: the step that
   broadcasts its prepare) to executing it.  Measured here, in the adapter, from the
@@ -53,7 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from pbft_tasks.core.actions import Broadcast, Execute
+from pbft_tasks.core.actions import Broadcast, Execute, FetchState
 from pbft_tasks.core.messages import PrePrepare, Prepare
 
 log = logging.getLogger("hdpbf.metrics")
@@ -150,7 +150,9 @@ class NodeMetrics:
         now = time.monotonic()
         pending = self._pending
         for a in actions:
-            if isinstance(a, Execute):
+            if isinstance(a, FetchState):
+                self.count_state_transfer()  # one fetch request sent to a peer
+            elif isinstance(a, Execute):
                 t0 = pending.pop(a.seq, None)
                 if t0 is not None:
                     self.latency.observe(now - t0)
