@@ -236,3 +236,33 @@ def assert_values(mesh: Mesh, expected: dict[str, Any]) -> None:
                      if r.get_value(k, default="<missing>") != v}
         assert not wrong, (f"node {i}: {len(wrong)} of {len(expected)} keys read back wrong, "
                            f"e.g. {dict(list(wrong.items())[:5])}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_block(count: int) -> int:
+    """A base port with ``count`` consecutive free ports from it (e.g. metrics: one per
+    node), away from the default 9400/9500 that other meshes on this machine use."""
+    import random
+    import socket
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no block of {count} free ports found")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
-from integration.meshkit import Mesh, wait_until
+from integration.meshkit import Mesh, free_port, free_port_block, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWER_USER = "ops"
@@ -36,33 +35,6 @@ def quiet_wait(timeout: float = 900.0) -> None:
     deadline = time.monotonic() + timeout
     while os.path.exists("/tmp/hdpbf-quiet") and time.monotonic() < deadline:
         time.sleep(2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_run(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free now."""
-    for _ in range(200):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no run of {count} free ports")
 
 
 def http_get(url: str, timeout: float = 3.0, auth: tuple[str, str] | None = None) -> bytes:
@@ -124,7 +96,7 @@ class Stack:
 
     def __init__(self, base: Path, broker: str):
         self.base = base
-        self.metrics_base = free_port_run(4)
+        self.metrics_base = free_port_block(4)
         self.mesh = Mesh(base / "mesh", 4, broker, metrics_port_base=self.metrics_base)
         self.procs: list[Process] = []
         self.flower_port = self.api_port = self.prom_port = 0

@@ -12,6 +12,7 @@ import socket
 
 import pytest
 
+from integration.meshkit import free_port
 from mesh.embedded import EmbeddedMesh
 from mesh.metrics import (NODE_METRICS, READER_METRICS, NodeMetrics, export_reader,
                           node_metrics_port, reader_registry, scrape, serve)
@@ -32,10 +33,7 @@ def value(registry, name: str, **labels) -> float:
     return v
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 @pytest.fixture

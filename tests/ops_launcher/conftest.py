@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from mesh.topology import DEFAULT_RESULT_BACKEND
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
+from tests.integration.meshkit import free_port, free_port_block
 
 QUIET = "/tmp/hdpbf-quiet"
 HDPBF = [sys.executable, os.path.join(os.path.dirname(sys.executable), "hdpbf")]
@@ -33,33 +33,6 @@ def hdpbf(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
     return subprocess.run([*HDPBF, *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` free ports from it (metrics: one per node + reader),
-    away from the default 9400/9500 other meshes on this machine use."""
-    import random
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 def wait_not_quiet(limit: float = 900.0) -> None:
