@@ -31,7 +31,8 @@ def _check_result(out: dict, png, configs: tuple[str, ...]) -> None:
             assert isinstance(c[key], (int, float)), (name, key)
         assert c["step1"] + c["step2"] == 100, (name, c)
         assert 0 < c["p50_ms"] <= c["p99_ms"]
-        assert c["total_s"] == pytest.approx(c["mean_ms"] * 100 / 1000, rel=1e-3)
+        # total_s is reported to 0.1 ms, so allow that rounding on short runs
+        assert c["total_s"] == pytest.approx(c["mean_ms"] * 100 / 1000, rel=1e-3, abs=1e-4)
     assert out["configs"]["rpc"]["step2"] == 100          # the baseline never answers locally
     hd = out["configs"]["hdpbf"]
     assert hd["step2"] >= 6                                 # every instance's first call
