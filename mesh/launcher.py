@@ -63,6 +63,9 @@ class LocalMesh:
         self.log_dir = log_dir or os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.procs: dict[int, subprocess.Popen] = {}
+        # Extra environment per node (e.g. HDPBF_BYZANTINE for fault tests), kept for
+        # restarts: a restarted worker is the same node with the same settings.
+        self.extra_env: dict[int, dict[str, str]] = {}
 
     def purge(self) -> None:
         """Empty the node queues: a new mesh must not inherit an old mesh's messages."""
@@ -76,7 +79,8 @@ class LocalMesh:
     def start(self, nodes: list[int] | None = None) -> None:
         for i in nodes if nodes is not None else [n.id for n in self.cfg.nodes]:
             logf = open(os.path.join(self.log_dir, f"node{i}.log"), "ab")
-            self.procs[i] = subprocess.Popen(worker_command(i), env=node_env(self.config_path, i),
+            env = {**node_env(self.config_path, i), **self.extra_env.get(i, {})}
+            self.procs[i] = subprocess.Popen(worker_command(i), env=env,
                                              stdout=logf, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
             logf.close()
