@@ -17,6 +17,8 @@ Settings and why (facts measured in DESIGN.md):
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
 - Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
+- ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
+  fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def _initial_settings() -> dict:
     if path and os.path.exists(path):
         from mesh.topology import MeshConfig
         cfg = MeshConfig.load(path)
-        return celery_settings(cfg.broker_url, cfg.result_backend)
+        return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
+                               cfg.result_backend)
     return celery_settings(os.environ.get("HDPBF_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
                            os.environ.get("HDPBF_BACKEND", "redis://127.0.0.1:6379/0"))
 
