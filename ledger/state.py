@@ -19,6 +19,10 @@ Rules of this file:
   written>, "deleted": True}``.  Idempotent deletes then do not grow the state.
 - Requests whose index is in ``block["skip"]`` (duplicates, decided by the core) are not
   executed and their result is ``None``.
+- A get (a read through consensus) writes nothing; its result is the key's record at
+  that point of the chain: ``{"key", "version", "value", "expires_at"}``, or
+  ``{"key", "version", "deleted": True}`` for a deleted or never written key (version 0).
+  Expiry stays the reader's business: the client compares ``expires_at`` with its clock.
 - Several operations on one key in one block see each other, in request order (a local
   overlay in front of ``get``).
 - An operation that is not a well-formed put/delete is our bug (the core parses requests
@@ -47,9 +51,9 @@ def _skipped(block: dict) -> set[int]:
 
 def _op_of(block: dict, i: int, request: Any) -> dict:
     op = request.get("op") if isinstance(request, dict) else None
-    if not isinstance(op, dict) or op.get("op") not in ("put", "delete") \
+    if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "get") \
             or type(op.get("key")) is not str:
-        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete op")
+        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete/get op")
     if op["op"] == "put" and ("value" not in op or "expires_at" not in op):
         raise LedgerError(f"block {block.get('seq')}: put at request {i} lacks value/expires_at")
     return op
@@ -72,7 +76,7 @@ def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optio
     Returns ``(writes, results)``: ``writes`` maps each changed key to its new record
     (the last one if a key changed several times); ``results`` has one entry per
     request: ``{"key", "version"}`` for a put, ``{"key", "version", "deleted": True}``
-    for a delete, ``None`` for a skipped request.  ``get`` is never called twice for
+    for a delete, ``read_result`` for a get, ``None`` for a skipped request.  ``get`` is never called twice for
     the same key and the records it returns are never mutated.
     """
     seq = block.get("seq")
@@ -96,6 +100,9 @@ def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optio
         key = op["key"]
         old = current(key)
         old_version = old["version"] if old is not None else 0
+        if op["op"] == "get":
+            results.append(read_result(key, old))
+            continue
         if op["op"] == "put":
             new = {"value": op["value"], "version": old_version + 1, "block": seq,
                    "expires_at": op["expires_at"]}
@@ -110,3 +117,11 @@ def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optio
         overlay[key] = new
         writes[key] = new
     return writes, results
+
+
+def read_result(key: str, record: Optional[Record]) -> dict:
+    """What a get of ``key`` returns when the key's stored record is ``record``."""
+    if record is None or record.get("deleted"):
+        return {"key": key, "version": record["version"] if record else 0, "deleted": True}
+    return {"key": key, "version": record["version"], "value": record["value"],
+            "expires_at": record["expires_at"]}

@@ -84,6 +84,9 @@ class MeshClient:
     def delete_request(self, key: str) -> Request:
         return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "delete", "key": key}))
 
+    def get_request(self, key: str) -> Request:
+        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "get", "key": key}))
+
     # -- submitting ----------------------------------------------------------------
     def submit(self, requests: Iterable[Request]) -> list[Pending]:
         """Send requests to the primary (bundled) without waiting."""
@@ -125,6 +128,16 @@ class MeshClient:
 
     def delete(self, key: str, timeout: float | None = None) -> dict:
         return self.wait(self.submit([self.delete_request(key)]), timeout)[0].result
+
+    def read(self, key: str, timeout: float | None = None) -> Any:
+        """The value of ``key`` read through consensus: a get, ordered like any request,
+        answered by f+1 matching replies, so no single faulty replica can make it up.
+        None if the key is missing, deleted, or expired by this client's clock."""
+        result = self.wait(self.submit([self.get_request(key)]), timeout)[0].result
+        if result.get("deleted"):
+            return None
+        expires = result.get("expires_at")
+        return None if expires is not None and time.time() >= expires else result["value"]
 
     # -- replies ---------------------------------------------------------------------
     def on_reply(self, wire: Any) -> None:

@@ -63,8 +63,12 @@ class Request:
     ``op`` is one of
       {"op": "put", "key": str, "value": <JSON>, "expires_at": float | null}
       {"op": "delete", "key": str}
+      {"op": "get", "key": str}
     ``expires_at`` is absolute Unix time stamped by the client, so every replica
-    applies the same value.
+    applies the same value.  A get changes nothing; it is ordered like any request so
+    that its result (the key's record at that point of the log) is the same on every
+    correct replica and a client can trust f+1 matching replies (a read through
+    consensus, as in Castro-Liskov sec. 4.1, not the sec. 5.1 read-only optimisation).
     """
     client: str
     timestamp: int
@@ -257,9 +261,9 @@ def _op(v: Any) -> dict:
             raise MalformedMessage("value is not canonical JSON (NaN, Infinity?)") from None
         if size > MAX_VALUE_BYTES:
             raise MalformedMessage(f"value larger than {MAX_VALUE_BYTES} bytes")
-    elif kind == "delete":
+    elif kind in ("delete", "get"):
         if set(v) != {"op", "key"}:
-            raise MalformedMessage("delete op needs exactly op, key")
+            raise MalformedMessage(f"{kind} op needs exactly op, key")
     else:
         raise MalformedMessage(f"unknown op {kind!r}")
     _str(v, "key", MAX_KEY_LEN)

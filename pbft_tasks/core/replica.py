@@ -441,6 +441,8 @@ class Replica:
                 result = self.clients.result(*key)
             else:
                 result = {"seq": pp.seq, "index": i}
+                if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
+                    result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
                 self._dirty_clients.add(r.client)
             if result is not None:

@@ -24,6 +24,7 @@ BATCH = (REQ, Request("c2", 1, DELETE))
 SAMPLES = {
     "Request": REQ,
     "Request-delete": Request("c", 0, DELETE),
+    "Request-get": Request("c", 1, {"op": "get", "key": "k"}),
     "PrePrepare": PrePrepare(0, 1, batch_digest(BATCH), BATCH, 0, sig="cd"),
     "PrePrepare-empty": PrePrepare(3, 9, batch_digest(()), (), 3),
     "Prepare": Prepare(0, 5, D, 2, sig="ef"),
@@ -124,6 +125,9 @@ BAD = {
     "put without expires_at": mutated("Request", op={"op": "put", "key": "k", "value": 1}),
     "put extra key": mutated("Request", op=dict(PUT, ttl=3)),
     "delete with value": mutated("Request", op=dict(DELETE, value=1)),
+    "get with value": mutated("Request", op={"op": "get", "key": "k", "value": 1}),
+    "get without key": mutated("Request", op={"op": "get"}),
+    "get empty key": mutated("Request", op={"op": "get", "key": ""}),
     "key not str": mutated("Request", op={"op": "delete", "key": 5}),
     "empty key": mutated("Request", op={"op": "delete", "key": ""}),
     "oversize key": mutated("Request", op={"op": "delete", "key": "k" * 513}),

@@ -95,3 +95,21 @@ def test_unknown_op_raises():
     block["requests"][0]["op"] = {"op": "incr", "key": "a"}
     with pytest.raises(LedgerError, match="request 0"):
         apply_block({}.get, block)
+
+
+def test_get_reads_the_record_at_its_point_of_the_block_and_writes_nothing():
+    # a read through consensus: ordered like any request, it sees exactly the writes
+    # before it (in earlier blocks and earlier in its own block)
+    state = {"k": {"value": "old", "version": 2, "block": 1, "expires_at": 99.0},
+             "gone": {"deleted": True, "version": 3, "block": 1, "expires_at": None}}
+    get = {"op": "get", "key": "k"}
+    writes, results = run(state, [get, put("k", "new"), get, {"op": "get", "key": "gone"},
+                                  {"op": "get", "key": "never"}], seq=2)
+    assert results == [
+        {"key": "k", "version": 2, "value": "old", "expires_at": 99.0},
+        {"key": "k", "version": 3},
+        {"key": "k", "version": 3, "value": "new", "expires_at": None},
+        {"key": "gone", "version": 3, "deleted": True},
+        {"key": "never", "version": 0, "deleted": True},
+    ]
+    assert set(writes) == {"k"}
