@@ -112,19 +112,24 @@ def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
     from ledger.store import LedgerStore
     from mesh.topology import MeshConfig, client_keys, load_node_identity, node_keys
 
+    from .byzantine import from_environment
     from .core.replica import ReplicaConfig
     from .node import NodeRuntime
     from .signing import Signer, Verifier
     from .transport import CeleryTransport
 
     cfg = MeshConfig.load(config_path)
+    byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
     key = load_node_identity(cfg, node_id, key_file)
     data_dir = cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
     ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
                      Verifier(node_keys(cfg), client_keys(cfg)),
-                     CeleryTransport(app, [n.id for n in cfg.nodes]))
+                     CeleryTransport(app, [n.id for n in cfg.nodes]), byzantine=byzantine)
+    if byzantine is not None:
+        log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
+                    "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))
     return cfg, rt
 
 

@@ -23,6 +23,10 @@ Rules:
 - Client requests keep the client's signature when forwarded; every other outgoing
   message is signed by this node.  Ed25519 is deterministic, so re-signing our own
   commit for a certificate yields the signature we sent.
+- Fault injection for tests (issue 4): a node given ``byzantine`` (core/byzantine.py,
+  switched on only by HDPBF_BYZANTINE) sends what ``byzantine.outgoing`` makes of its
+  honest replica's messages, after the ledger transaction, and signs as it says
+  (pbft_tasks/byzantine.py).  Its own ledger stays honest.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Sen
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, MalformedMessage, NewView,
                             Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
+from .byzantine import signed_as
+from .reads import answer_reads
 from .signing import Rejected, Signer, Verifier
 
 log = logging.getLogger("hdpbf.node")
@@ -65,12 +71,13 @@ class Transport(Protocol):
 
 class NodeRuntime:
     def __init__(self, node_id: int, config: ReplicaConfig, ledger: Any, signer: Signer,
-                 verifier: Verifier, transport: Transport):
+                 verifier: Verifier, transport: Transport, byzantine: Any = None):
         self.id = node_id
         self.ledger = ledger
         self.signer = signer
         self.verifier = verifier
         self.transport = transport
+        self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
         self.replica = Replica(node_id, config, records=ledger.protocol_records())
         if self.replica.last_exec != ledger.height:
@@ -125,6 +132,8 @@ class NodeRuntime:
                 raise ValueError
         except (KeyError, ValueError):
             return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
+        if self.byzantine is not None and self.byzantine.silent:
+            return None
         with self.lock:
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
             blocks = list(self.ledger.iter_blocks(lo, top)) if lo <= top else []
@@ -172,11 +181,15 @@ class NodeRuntime:
                 blocks.append(dict(a.block, certificate=cert))
             elif isinstance(a, (Send, Broadcast, SendClient)):
                 sends = True
+        results: list = []
         if records or blocks:
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
             for block, res in zip(blocks, results):
                 for hook in self.on_execute:
                     hook(block, res)
+        actions = answer_reads(actions, blocks, results, self.ledger)
+        if self.byzantine is not None:
+            actions = self.byzantine.outgoing(actions)
         for a in actions:
             if isinstance(a, Send):
                 self._send(a.to, self._wire(a.msg))
@@ -198,6 +211,8 @@ class NodeRuntime:
             hook(actions)
 
     def _wire(self, msg: Any) -> dict:
+        if self.byzantine is not None:
+            return to_wire(signed_as(self.byzantine, self.id, self._signed(msg)))
         return to_wire(self._signed(msg))
 
     def _signed(self, msg: Any) -> Any:
@@ -234,6 +249,7 @@ class NodeRuntime:
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "time": time.time()}
 
 

@@ -5,16 +5,21 @@ reorders one by one; per-replica persisted records (so a replica can crash and r
 from exactly what it persisted); the executed chain of every replica; client replies.
 
 It plays the driver's part of the contract in actions.py with no signatures (the core
-never checks them) and no I/O.  Byzantine replicas are modelled by the caller injecting
-messages in their name (``inject``); honest ones are the ``Replica`` objects here.
+never checks them) and no I/O.  Byzantine replicas come in two kinds: nodes in
+``byzantine`` do nothing of their own and the caller injects messages in their name
+(``inject``); nodes given ``behaviours`` (byzantine.py) run an honest ``Replica`` whose
+output goes through ``Byzantine.outgoing``.  Their forged or unsigned messages are
+dropped in transit, as a real receiver's verifier rejects them, and counted in
+``rejected`` by (sender, reason).
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
+from .byzantine import Byzantine
 from .messages import Request, to_wire
 from .replica import Replica, ReplicaConfig
 
@@ -37,8 +42,12 @@ class SimNode:
 
 
 class Cluster:
-    def __init__(self, n: int = 4, **cfg: Any):
+    def __init__(self, n: int = 4, behaviours: dict[int, Any] | None = None, seed: int = 0,
+                 **cfg: Any):
         self.config = ReplicaConfig(n=n, **cfg)
+        # node -> its Byzantine output filter (spec: "equivocate,replay" or names)
+        self.faulty = {i: Byzantine(i, n, spec, seed=seed) for i, spec in (behaviours or {}).items()}
+        self.rejected: Counter = Counter()  # (sender, reason) of messages dropped in transit
         self.nodes = [SimNode(Replica(i, self.config)) for i in range(n)]
         self.network: list[Envelope] = []
         self.replies: dict[str, list] = defaultdict(list)
@@ -90,7 +99,8 @@ class Cluster:
                 continue
             for peer in f.peers:
                 src = self.nodes[peer]
-                if not src.up or peer in self.byzantine or len(src.blocks) < f.from_seq:
+                if (not src.up or peer in self.byzantine or len(src.blocks) < f.from_seq
+                        or (peer in self.faulty and self.faulty[peer].silent)):
                     continue
                 for b in src.blocks[f.from_seq - 1: f.to_seq]:
                     block = dict(b, certificate=[to_wire(c) for c in src.certs[b["seq"]]])
@@ -138,7 +148,7 @@ class Cluster:
 
     # -- observations -------------------------------------------------------------
     def honest(self) -> list[int]:
-        return [i for i in range(len(self.nodes)) if i not in self.byzantine]
+        return [i for i in range(len(self.nodes)) if i not in self.byzantine and i not in self.faulty]
 
     def height(self, i: int) -> int:
         return len(self.nodes[i].blocks)
@@ -150,6 +160,8 @@ class Cluster:
     # -- the driver's half of the contract ---------------------------------------------
     def _apply(self, i: int, actions: list) -> None:
         node = self.nodes[i]
+        if i in self.faulty:
+            actions = self.faulty[i].outgoing(actions)
         sending = False
         for a in actions:
             if isinstance(a, Persist):
@@ -174,7 +186,8 @@ class Cluster:
                         self._send(j, a.msg, i)
             elif isinstance(a, SendClient):
                 sending = True
-                self.replies[a.client].append(a.msg)
+                if not self._rejected_in_transit(i, a.msg):
+                    self.replies[a.client].append(a.msg)
             elif isinstance(a, Evidence):
                 node.evidence.append(a)
             elif isinstance(a, FetchState):
@@ -182,4 +195,15 @@ class Cluster:
 
     def _send(self, to: int, msg: Any, origin: int) -> None:
         self.sent += 1
-        self.network.append(Envelope(to, msg, origin))
+        if not self._rejected_in_transit(origin, msg):
+            self.network.append(Envelope(to, msg, origin))
+
+    def _rejected_in_transit(self, origin: int, msg: Any) -> bool:
+        """A forged or unsigned message from a faulty node: every receiver's signature
+        check would reject it (signing.py's reasons), so it is counted and dropped."""
+        byz = self.faulty.get(origin)
+        if byz is None or not byz.signature_mode or isinstance(msg, Request):
+            return False
+        reason = "bad_signature" if byz.signature_mode == "forge" else "missing_signature"
+        self.rejected[(origin, reason)] += 1
+        return True
