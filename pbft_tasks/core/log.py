@@ -3,7 +3,10 @@
 
 Owns: what a replica has accepted for a sequence number in the current view (the
 pre-prepare, prepares and commits, first vote per sender), the predicates ``prepared``
-and ``committed_local``, and the JSON form of an entry for persistence.
+and ``committed_local``, and the JSON form of an entry for persistence.  Also the
+prepared certificate this seq earned in an earlier view (``prior``), kept when a view
+change or state transfer replaces the entry (sec. 4.4: P holds, per seq, the
+certificate of the latest view in which the request prepared).
 
 Rules:
 - One vote per sender per (view, seq): a second vote with another digest is
@@ -20,7 +23,7 @@ from .messages import Commit, PrePrepare, Prepare, from_wire, to_wire
 
 
 class Entry:
-    __slots__ = ("seq", "preprepare", "prepares", "commits", "executed")
+    __slots__ = ("seq", "preprepare", "prepares", "commits", "executed", "prior")
 
     def __init__(self, seq: int):
         self.seq = seq
@@ -28,6 +31,7 @@ class Entry:
         self.prepares: dict[int, Prepare] = {}
         self.commits: dict[int, Commit] = {}
         self.executed = False
+        self.prior: tuple[PrePrepare, tuple[Prepare, ...]] | None = None
 
     def matching_prepares(self, primary: int) -> int:
         pp = self.preprepare
@@ -49,13 +53,25 @@ class Entry:
         return (self.prepared(primary, need_prepares)
                 and len(self.matching_commits()) >= quorum)
 
+    def certificate(self, primary: int, need_prepares: int) -> tuple | None:
+        """The newest prepared certificate held for this seq: (pre-prepare, its 2f
+        matching backup prepares) if it prepared in this entry's view, else ``prior``."""
+        if not self.prepared(primary, need_prepares):
+            return self.prior
+        pp = self.preprepare
+        return pp, tuple(p for s, p in sorted(self.prepares.items())
+                         if s != primary and p.view == pp.view and p.digest == pp.digest)
+
     # -- persistence: the pre-prepare (large, written once) apart from the votes --------
     def preprepare_record(self) -> dict | None:
         return to_wire(self.preprepare) if self.preprepare else None
 
     def votes_record(self) -> dict:
-        return {"prepares": [to_wire(p) for _, p in sorted(self.prepares.items())],
-                "commits": [to_wire(c) for _, c in sorted(self.commits.items())]}
+        out = {"prepares": [to_wire(p) for _, p in sorted(self.prepares.items())],
+               "commits": [to_wire(c) for _, c in sorted(self.commits.items())]}
+        if self.prior is not None:
+            out["prior"] = [to_wire(self.prior[0]), [to_wire(p) for p in self.prior[1]]]
+        return out
 
     @classmethod
     def from_records(cls, seq: int, pp: dict | None, votes: dict | None) -> "Entry":
@@ -68,4 +84,7 @@ class Entry:
         for w in (votes or {}).get("commits", []):
             c = from_wire(w)
             e.commits[c.sender] = c
+        prior = (votes or {}).get("prior")
+        if prior:
+            e.prior = (from_wire(prior[0]), tuple(from_wire(w) for w in prior[1]))
         return e

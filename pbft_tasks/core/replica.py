@@ -49,7 +49,11 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   has 2f+1 VIEW-CHANGEs; backups check it by recomputing O.  If no NEW-VIEW comes in
   time it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
   timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
-  replica join the smallest of them (sec. 4.5.2).
+  replica join the smallest of them (sec. 4.5.2).  A VIEW-CHANGE carries, per seq, the
+  prepared certificate of the *latest view in which that seq prepared here*, not only
+  of the view being left: entering a view (or installing a fetched block) replaces the
+  log entry but keeps its certificate (``Entry.prior``), else a batch committed in v
+  and re-proposed but not yet prepared in v+1 could be replaced by another in v+2.
 - State transfer: f+1 matching CHECKPOINTs for a seq this replica has not executed (at
   least one from an honest replica) make it ask for the missing blocks (``FetchState``,
   at most once per ``retransmit_ticks``).  So does being stuck: no progress for
@@ -200,6 +204,7 @@ class Replica:
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
         else:
+            entry.prior = self._certificate(self.log.get(entry.seq))
             self.log[entry.seq] = entry
             self._execute(entry, cause)
             self._execute_ready(cause)
@@ -682,16 +687,16 @@ class Replica:
                           if c.state_digest == self.stable_digest)
         prepared = []
         for seq in sorted(s for s in self.log if s > self.h):
-            e = self.log[seq]
-            pp = e.preprepare
-            if pp is None or pp.view >= new_view:
-                continue
-            primary = Q.primary(pp.view, self.n)
-            if e.prepared(primary, self.need_prepares):
-                votes = tuple(p for _, p in sorted(e.prepares.items())
-                              if p.view == pp.view and p.digest == pp.digest and p.sender != primary)
-                prepared.append((pp, votes))
+            cert = self._certificate(self.log[seq])
+            if cert is not None and cert[0].view < new_view:
+                prepared.append(cert)
         return ViewChange(new_view, self.h, proof, tuple(prepared), self.id)
+
+    def _certificate(self, e: Entry | None) -> tuple | None:
+        """The newest prepared certificate ``e`` holds, of its own view or an earlier one."""
+        if e is None or e.preprepare is None:
+            return e.prior if e is not None else None
+        return e.certificate(Q.primary(e.preprepare.view, self.n), self.need_prepares)
 
     def _start_view_change(self, new_view: int, cause: str) -> None:
         self.view = new_view
@@ -760,6 +765,7 @@ class Replica:
             if pp.seq <= self.h or pp.seq > self.high:
                 continue
             entry = Entry(pp.seq)
+            entry.prior = self._certificate(self.log.get(pp.seq))  # sec. 4.4: never lost
             entry.executed = pp.seq <= self.last_exec
             entry.preprepare = pp
             self.log[pp.seq] = entry

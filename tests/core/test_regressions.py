@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pbft_tasks.core.messages import MalformedMessage, Prepare, PrePrepare, parse, to_wire
+from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare, PrePrepare,
+                                      parse, to_wire)
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
 
@@ -110,3 +111,71 @@ def test_a_batch_committed_in_two_views_makes_the_same_block():
     a = make_block(1, 0, fake_digest("b"), GENESIS, (), [])
     b = make_block(1, 1, fake_digest("b"), GENESIS, (), [])
     assert a["hash"] == b["hash"] and a["view"] != b["view"]
+
+
+def test_a_batch_committed_in_v_survives_two_view_changes():
+    """Found reviewing the view change for the twins tests (issue 4); no Byzantine node
+    needed.  Seq 1 committed at node 1 only, in view 0.  View 1's NEW-VIEW re-proposed it,
+    but only node 2 saw that NEW-VIEW, so it never prepared in view 1.  Entering view 1
+    replaced each log entry by a fresh one for the re-proposal, discarding its view-0
+    prepared certificate, so the VIEW-CHANGEs of nodes 1, 2 and 3 for view 2 carried
+    none, the NEW-VIEW of view 2 left seq 1 empty, and its primary put another request
+    there: two honest ledgers with different blocks at height 1.  Castro-Liskov sec. 4.4:
+    P holds the certificate of the latest view in which each request prepared."""
+    # set up: view 0, r1 prepares at 0, 1 and 2; only node 1 gets the commits
+    c = Cluster(4, checkpoint_interval=4, log_window=8, max_batch=2, batch_timeout_ticks=0,
+                view_change_ticks=5, retransmit_ticks=1000)
+
+    def flow(lost=lambda e: False):
+        while True:
+            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
+            if k is None:
+                return
+            c.drop(k) if lost(c.network[k]) else c.deliver(k)
+
+    r1 = req("a", 1, "k", "r1")
+    c.inject(0, r1, origin="a")
+    flow(lost=lambda e: e.to == 3 or (isinstance(e.msg, Commit) and e.to != 1))
+    assert [c.height(i) for i in range(4)] == [0, 1, 0, 0]
+    c.crash(0)  # its queue keeps what is sent to it meanwhile
+    # step 1: view 1; its NEW-VIEW (r1 again at seq 1) and prepares reach only 1 and 2
+    c.inject(3, r1, origin="a")
+    for _ in range(50):
+        c.tick()
+        flow(lost=lambda e: isinstance(e.msg, (NewView, Prepare)) and e.to == 3)
+        if (c.nodes[2].replica.view, c.nodes[2].replica.in_view_change) == (1, False):
+            break
+    # check 1: the view-0 certificate for seq 1 is still in the next VIEW-CHANGE
+    for i in (1, 2):  # in memory and after a restart from what it persisted
+        for r in (c.nodes[i].replica, Replica(i, c.config, records=dict(c.nodes[i].records))):
+            vc = r._own_view_change(2)
+            assert [(pp.seq, pp.view) for pp, _ in vc.prepared] == [(1, 0)], f"node {i}"
+    # step 2: view 2 among 1, 2 and 3; node 0 comes back; a new request
+    for _ in range(50):
+        c.tick()
+        flow()
+        if all((n.replica.view, n.replica.in_view_change) == (2, False) for n in c.nodes[1:]):
+            break
+    c.restart(0)
+    c.request("b", 1, "k", "r2", to=2)
+    c.run()
+    # check 2: one chain; r1 stays at seq 1
+    heads = {i: (c.height(i), c.head(i)) for i in range(4)}
+    assert len(set(heads.values())) == 1, heads
+    assert c.nodes[3].blocks[0]["requests"][0]["op"]["value"] == "r1"
+
+
+def test_state_transfer_keeps_the_prepared_certificate_it_replaces():
+    """The same rule for ``install``: a replica that prepared seq 1 and then fetched the
+    committed block still names its prepared certificate in a VIEW-CHANGE."""
+    from pbft_tasks.core.chain import GENESIS, make_block
+    from .helpers import commit, prepare, preprepare
+    r = Replica(1, config())
+    pp = preprepare(1)
+    r.step(pp)
+    r.step(prepare(pp, 2))
+    block = make_block(1, 0, pp.digest, GENESIS, pp.batch, [])
+    r.install(dict(block, certificate=[to_wire(commit(pp, s)) for s in (0, 2, 3)]))
+    assert r.last_exec == 1
+    vc = r._own_view_change(1)
+    assert [(p.seq, p.view, p.digest) for p, _ in vc.prepared] == [(1, 0, pp.digest)]
