@@ -4,7 +4,9 @@ Owns: how a ``celery -A pbft_tasks worker -Q node.<id>`` process becomes node <i
 it reads the mesh configuration (``HDPBF_CONFIG``, ``HDPBF_NODE_ID``, optional
 ``HDPBF_KEY_FILE``), refuses to start on a missing or mismatched key or on a queue that
 is not its own, opens its ledger, builds its ``NodeRuntime`` and ticks it from a timer
-thread.
+thread.  The ledger lives in mesh.json's directory for the node (``node_data_dir``)
+unless ``HDPBF_DATA_DIR`` names another: a second process for one node id (a twin,
+tests/integration/test_twins_mesh.py) must not share the first one's ledger.
 
 Settings and why (facts measured in DESIGN.md):
 - JSON only (``task_serializer``/``accept_content``): pickle from a broker is remote
@@ -139,7 +141,7 @@ def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
     cfg = MeshConfig.load(config_path)
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
     key = load_node_identity(cfg, node_id, key_file)
-    data_dir = cfg.node_data_dir(node_id)
+    data_dir = os.environ.get("HDPBF_DATA_DIR") or cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
     ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
