@@ -1,0 +1,41 @@
+"""Every fault scenario (tests/faults/*.toml) on the real mesh: n Celery workers on the
+real RabbitMQ (marked broker and slow; they FAIL, never skip, without the services).
+The same runner as on the simulator checks the same properties; recovery times are
+printed in seconds (pytest -s) and merged into $HDPBF_FAULTS_REPORT when set.
+
+The broker-restart scenario disturbs everything on this RabbitMQ, so it runs last, in a
+test of its own, and waits while /tmp/hdpbf-quiet exists (someone is benchmarking)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import broker_url, make_mesh, no_stray_workers  # noqa: F401
+
+from .mesh_backend import MeshBackend
+from .runner import play, scenario_files
+from .scenario import load
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+SCENARIOS = [load(p) for p in scenario_files()]
+ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions()]
+BROKER = [s for s in SCENARIOS if "restart_broker" in s.actions()]
+
+
+def _play(sc, make_mesh):  # noqa: F811
+    outcome = play(sc, MeshBackend(sc, make_mesh))
+    assert outcome.ok, outcome.error
+
+
+@pytest.mark.parametrize("sc", ORDINARY, ids=[s.name for s in ORDINARY])
+def test_scenario_on_the_real_mesh(sc, make_mesh):  # noqa: F811
+    _play(sc, make_mesh)
+
+
+def test_broker_restart_scenarios_exist():
+    assert BROKER, "a scenario that restarts RabbitMQ is required (restart_broker.toml)"
+
+
+@pytest.mark.parametrize("sc", BROKER, ids=[s.name for s in BROKER])
+def test_broker_restart_scenario_on_the_real_mesh_last(sc, make_mesh):  # noqa: F811
+    _play(sc, make_mesh)
