@@ -250,6 +250,7 @@ class NodeRuntime:
                 "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
+                "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
                 "time": time.time()}
 
 
