@@ -76,8 +76,8 @@ def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optio
     Returns ``(writes, results)``: ``writes`` maps each changed key to its new record
     (the last one if a key changed several times); ``results`` has one entry per
     request: ``{"key", "version"}`` for a put, ``{"key", "version", "deleted": True}``
-    for a delete, ``read_result`` for a get, ``None`` for a skipped request.  ``get`` is never called twice for
-    the same key and the records it returns are never mutated.
+    for a delete, ``read_result`` for a get, ``None`` for a skipped request.  ``get`` is
+    never called twice for the same key and the records it returns are never mutated.
     """
     seq = block.get("seq")
     if type(seq) is not int:
