@@ -17,6 +17,7 @@ What each action does here (the simulator mirrors it, sim_backend.py):
   client gets a new connection and reply queue (its auto-delete queue died with the
   broker) and sends every unanswered request to every replica.
 - kill_primary: the runner asks the live nodes their view and kills its primary.
+- lose_queue (with restart/resume/heal): ``node.<i>`` is purged just before.
 
 The client (timeout 1 s) sends to the primary it believes in; an update unanswered
 after the timeout goes to every replica, and again every RETRY_S while unanswered (the
@@ -175,6 +176,11 @@ class MeshBackend:
     def heal(self, i: int) -> None:
         self.proxies[i].heal()
         self.cut.discard(i)
+
+    def lose_queue(self, i: int) -> None:
+        """Purge ``node.<i>`` (what it had prefetched, unacknowledged, stays with it)."""
+        with self.mesh.local.app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(f"node.{i}")
 
     def restart_broker(self) -> float:
         """Stop and start RabbitMQ; returns the outage (stop_app -> workers ready)."""

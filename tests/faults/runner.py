@@ -19,7 +19,8 @@ Checked for every scenario, on both backends:
   every honest node that is up at the end, and those nodes have one height and head;
 - liveness after each fault, measured in the backend's unit (ticks or seconds):
   kill_primary -> the first update acknowledged in a newer view; restart / resume /
-  heal -> the node reaches the height the others had when it came back; broker
+  heal -> the node reaches the height the others had when it came back (by state
+  transfer, blocks installed, when the step says ``lose_queue``); broker
   restart -> first acknowledgement, and every node at the height of the moment the
   broker came back;
 - the file's ``[expect]``: ``view_at_least`` / ``view_at_most`` for every honest live node.
@@ -118,6 +119,7 @@ class Runner:
         self.inflight: list = []
         self.sent = 0
         self.killed_primary: int | None = None
+        self.lost_queue: set[int] = set()   # nodes that must catch up by state transfer
         k = scenario.settings.get("checkpoint_interval", 64)
         self.probe_chunk = probe_chunk or max(1, min(scenario.window, k))
 
@@ -237,11 +239,15 @@ class Runner:
             b.cut_off(node)
         elif step.do in ("restart", "resume", "heal"):
             target = self._lead(exclude=node)
+            if step.lose_queue:
+                b.lose_queue(node)
+                self.lost_queue.add(node)
             began = b.now()
             getattr(b, step.do)(node)
             verb = {"restart": "restart", "resume": "SIGCONT", "heal": "reconnect"}[step.do]
+            lost = ", queue lost" if step.lose_queue else ""
             self.out.recoveries.append(Recovery(
-                f"{step.do} {node}", f"{verb} of node {node} -> at height {target}",
+                f"{step.do} {node}", f"{verb} of node {node}{lost} -> at height {target}",
                 "catch_up", node, began, target=target))
         elif step.do == "restart_broker":
             began = b.now()
@@ -341,6 +347,11 @@ class Runner:
         missing = [r.measure for r in self.out.recoveries if not r.done]
         if missing:
             raise self._fail(f"not measured: {missing}")
+        installed = self.b.installed()
+        for i in sorted(self.lost_queue & set(live)):
+            if not installed.get(i):
+                raise self._fail(f"node {i} lost its queue but installed no block by state "
+                                 f"transfer (installed: {installed})")
 
 
 def write_report(outcome: Outcome, path: str | None = None) -> None:

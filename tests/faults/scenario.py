@@ -19,6 +19,11 @@ Format (TOML, read with the standard library's tomllib)::
     after = 100           # fires once this many updates are acknowledged (f+1 replies)
     do = "kill"           # see ACTIONS
     node = 2
+    [[step]]
+    after = 200
+    do = "restart"
+    node = 2
+    lose_queue = true     # optional, restart/resume/heal only: its queue is purged first
     [expect]              # optional
     view_at_least = 1
 
@@ -32,7 +37,10 @@ Rules checked here:
 - at no moment are more than f nodes faulty (Byzantine, down, paused or cut; the node a
   ``kill_primary`` takes counts as one more, since which node it is is known only at run
   time), so the scenario is one PBFT must survive, safely and live;
-- no node is still paused or cut at the end (a killed node may stay down).
+- no node is still paused or cut at the end (a killed node may stay down);
+- ``lose_queue`` only on restart, resume or heal.  A node's durable queue normally
+  keeps all it missed, so it catches up by working through it; a lost queue (purged, as
+  after losing the broker's disk) leaves state transfer as its only way back.
 
 Timing is in acknowledged updates, not wall-clock time, so one file means the same on
 the in-process simulator and on the real mesh (tests/faults/runner.py).
@@ -60,7 +68,8 @@ MESH_ONLY_SETTINGS = ("tick_ms",)
 KILLED_PRIMARY = "killed_primary"
 TOP_KEYS = {"description", "nodes", "requests", "window", "settings", "byzantine", "step",
             "expect"}
-STEP_KEYS = {"after", "do", "node"}
+STEP_KEYS = {"after", "do", "node", "lose_queue"}
+RETURNS = ("restart", "resume", "heal")   # the actions that may take lose_queue
 EXPECT_KEYS = {"view_at_least", "view_at_most"}
 DEFAULT_WINDOW = 30
 
@@ -74,9 +83,11 @@ class Step:
     after: int
     do: str
     node: int | str | None = None   # an id, KILLED_PRIMARY, or None (kill_primary, broker)
+    lose_queue: bool = False        # restart/resume/heal: the node's queue is purged first
 
     def label(self) -> str:
-        return self.do if self.node is None else f"{self.do} {self.node}"
+        label = self.do if self.node is None else f"{self.do} {self.node}"
+        return label + (" (queue lost)" if self.lose_queue else "")
 
 
 @dataclass
@@ -207,10 +218,15 @@ def parse(data: dict, name: str, path: Path | None = None) -> Scenario:
                 node = integer(node, f"{fld}.node", 0, n - 1)
         elif node is not None:
             raise fail(f"{fld}.node", f"{do} takes no node")
+        lose = raw.get("lose_queue", False)
+        if type(lose) is not bool:
+            raise fail(f"{fld}.lose_queue", f"must be true or false, got {lose!r}")
+        if lose and do not in RETURNS:
+            raise fail(f"{fld}.lose_queue", f"only {', '.join(RETURNS)} can lose the queue")
         if sc.steps and after < sc.steps[-1].after:
             raise fail(f"{fld}.after", f"steps must be in order of 'after' ({after} < "
                                        f"{sc.steps[-1].after})")
-        sc.steps.append(Step(after, do, node))
+        sc.steps.append(Step(after, do, node, lose))
     _check_states(sc, fail)
 
     expect = data.get("expect", {})

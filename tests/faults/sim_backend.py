@@ -16,6 +16,7 @@ What each action means here, and why it matches the real mesh (tests/faults/mesh
 - restart_broker: every connection drops; queues are durable and messages persistent,
   so nothing queued is lost, and every node gets its unacknowledged messages again.
 - kill_primary: kill the primary of the view most live honest replicas are in.
+- lose_queue (with restart/resume/heal): everything waiting for the node is dropped.
 
 Time is ticks: one round delivers everything deliverable in FIFO order, answers
 state-transfer fetches and ticks every running replica once.  The client here behaves
@@ -217,6 +218,11 @@ class SimBackend:
         self.c.redeliver(i)
         self.c.nodes[i].up = True
         self.cut.discard(i)
+
+    def lose_queue(self, i: int) -> None:
+        """Everything waiting for node i is gone (its queue purged)."""
+        self.c.network = [e for e in self.c.network if e.to != i]
+        self.c.recent[i].clear()
 
     def restart_broker(self) -> None:
         for i in range(self.sc.nodes):

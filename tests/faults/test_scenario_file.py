@@ -86,6 +86,10 @@ def test_bad_top_level_fields_are_refused(over, field):
     ([{"after": 1, "do": "restart", "node": KILLED_PRIMARY}], r"step\[0\].node: no node killed by kill_primary"),
     ([{"after": 1, "do": "pause", "node": 2}], r"step: node 2 is still paused at the end; add a resume"),
     ([{"after": 1, "do": "cut", "node": 2}], r"step: node 2 is still cut at the end; add a heal"),
+    ([{"after": 1, "do": "kill", "node": 2, "lose_queue": True}],
+     r"step\[0\].lose_queue: only restart, resume, heal can lose the queue"),
+    ([{"after": 1, "do": "pause", "node": 2}, {"after": 2, "do": "resume", "node": 2, "lose_queue": 1}],
+     r"step\[1\].lose_queue: must be true or false"),
 ])
 def test_bad_steps_are_refused(steps, field):
     refused(field, steps=steps)
@@ -97,6 +101,12 @@ def test_a_byzantine_node_and_a_crash_are_two_faults_too_many_for_n4_but_not_n7(
             byzantine={"3": "equivocate"}, steps=steps)
     sc = scenario(nodes=7, byzantine={"3": "equivocate"}, steps=steps)
     assert sc.f == 2
+
+
+def test_a_returning_node_may_lose_its_queue():
+    sc = scenario(steps=[{"after": 1, "do": "cut", "node": 2},
+                         {"after": 2, "do": "heal", "node": 2, "lose_queue": True}])
+    assert [s.label() for s in sc.steps] == ["cut 2", "heal 2 (queue lost)"]
 
 
 def test_killing_a_byzantine_node_counts_it_once():
