@@ -35,9 +35,10 @@ Metrics of a node (label ``node``):
   actions each step returns: the core has no clock.
 
 Metrics of an API reader (label ``node``: the node whose ledger it reads):
-``hdpbf_step1_answers_total``, ``hdpbf_step2_calls_total``,
-``hdpbf_step2_failures_total`` (summed over every ``ConsoleReader`` given to
-``export_reader`` in the process).
+``hdpbf_step1_answers_total`` (from the ledger), ``hdpbf_step1_own_answers_total``
+(from the reader's own step-2 answer while consensus is committing it; never counted as
+a ledger answer), ``hdpbf_step2_calls_total``, ``hdpbf_step2_failures_total`` (summed
+over every ``ConsoleReader`` given to ``export_reader`` in the process).
 """
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ NODE_METRICS = (
     "hdpbf_rejected_messages_total", "hdpbf_view_changes_total",
     "hdpbf_state_transfers_total",
 )
-READER_METRICS = ("hdpbf_step1_answers_total", "hdpbf_step2_calls_total",
-                  "hdpbf_step2_failures_total")
+READER_METRICS = ("hdpbf_step1_answers_total", "hdpbf_step1_own_answers_total",
+                  "hdpbf_step2_calls_total", "hdpbf_step2_failures_total")
 
 # Commit-latency start times are kept per seq until it executes; a seq that never does
 # here (discarded by a view change) is dropped once this many newer ones are waiting.
@@ -261,6 +262,9 @@ class _ReaderCollector(Collector):
         for name, attr, doc in (
                 ("hdpbf_step1_answers", "step1_hits", "get_vnc_console answered from the "
                  "local ledger (step 1)"),
+                ("hdpbf_step1_own_answers", "step1_own_answers", "get_vnc_console answered "
+                 "from this API node's own step-2 answer before the ledger had it (not a "
+                 "ledger hit)"),
                 ("hdpbf_step2_calls", "step2_calls", "get_vnc_console that went to compute "
                  "over RabbitMQ (step 2)"),
                 ("hdpbf_step2_failures", "step2_failures", "step-2 calls that failed "

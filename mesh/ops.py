@@ -642,9 +642,12 @@ def down(data_dir: str, timeout: float) -> None:
               help="step-2 RPC timeout in seconds")
 @click.option("--transport-url", default=None, metavar="URL",
               help="oslo.messaging URL (default: the mesh's RabbitMQ as rabbit://)")
+@click.option("--own-answers/--no-own-answers", default=True, show_default=True,
+              help="serve this process's own step-2 answers (step \"1o\") until the "
+                   "ledger has them; off: the ledger alone, the paper's design")
 @config_option
 def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
-        transport_url: str | None, config: str | None) -> None:
+        transport_url: str | None, own_answers: bool, config: str | None) -> None:
     """Serve nova-api's two-step get_vnc_console over HTTP:
     GET /console/<instance>?host=<compute host> -> {"connect_info", "step"}."""
     from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -662,7 +665,8 @@ def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
     except (ConfigError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     # One HTTP thread, one ConsoleReader: its sqlite connection belongs to that thread.
-    console_reader = ConsoleReader(ledger, url, {}, opener, rpc_timeout=timeout)
+    console_reader = ConsoleReader(ledger, url, {}, opener, rpc_timeout=timeout,
+                                   own_answers=own_answers)
     try:  # hdpbf_step1_answers_total etc. on $HDPBF_METRICS_PORT (mesh/metrics.py)
         metrics.export_reader(console_reader, node_id, metrics.reader_metrics_port())
     except ValueError as exc:
@@ -686,6 +690,7 @@ def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
             if parts.path == "/healthz":
                 return self._reply(200, {"ok": True, "node": node_id, "reader": reader,
                                          "step1_hits": console_reader.step1_hits,
+                                         "step1_own_answers": console_reader.step1_own_answers,
                                          "step2_calls": console_reader.step2_calls})
             if len(segs) != 2 or segs[0] != "console" or not segs[1]:
                 return self._reply(404, {"error": "GET /console/<instance>?host=<compute host>"})

@@ -3,14 +3,15 @@ its answers through consensus, and nova-api's two-step reader (PAPER.md, issue 3
 
 - ``ComputeService`` (compute.py): oslo.messaging RPC server, topic ``compute``.
 - ``ConsoleRecorder`` (recorder.py): step 5a, idempotent retries, invalidation.
-- ``ConsoleReader`` (reader.py): step 1 (local ledger) then step 2 (RPC).
+- ``ConsoleReader`` (reader.py): step 1 (local ledger, or its own recent step-2 answer
+  while the ledger does not have it yet: ``STEP_OWN``) then step 2 (RPC).
 - ``Sealer`` / ``Opener`` (sealing.py): console tokens sealed per API reader.
 """
 from .compute import ComputeService, ConsoleTypeInvalid
-from .reader import ConsoleReader, ConsoleUnavailable
+from .reader import STEP_OWN, ConsoleReader, ConsoleUnavailable
 from .recorder import ConsoleRecorder
 from .sealing import Opener, Sealer, SealError, instance_key, open_console, seal_console
 
 __all__ = ["instance_key", "ComputeService", "ConsoleRecorder", "ConsoleReader",
-           "ConsoleUnavailable", "ConsoleTypeInvalid", "Sealer", "Opener", "SealError",
+           "ConsoleUnavailable", "ConsoleTypeInvalid", "STEP_OWN", "Sealer", "Opener", "SealError",
            "seal_console", "open_console"]

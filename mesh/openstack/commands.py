@@ -104,9 +104,12 @@ def compute(host: str, config: str | None, service_ms: float, token_ttl: float,
 @transport_option
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print {step, connect_info, ms} as JSON")
+@click.option("--own-answers/--no-own-answers", default=True, show_default=True,
+              help="serve this reader's own step-2 answers until the ledger has them "
+                   "(one call per process here, so it only matters in the Python API)")
 def console_cmd(instance: str, host: str, node_id: int, reader: str | None, console_type: str,
                 timeout: float, transport_url: str | None, config: str | None,
-                as_json: bool) -> None:
+                as_json: bool, own_answers: bool) -> None:
     """nova-api's two-step get_vnc_console: local ledger first, RPC on a miss."""
     from .reader import ConsoleReader, ConsoleUnavailable
     from .sealing import Opener
@@ -120,7 +123,7 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
         raise BadInput(str(exc)) from None
     url = _transport_url(cfg, transport_url)
     with ConsoleReader(os.path.join(data_dir, "ledger.sqlite"), url, {instance: host},
-                       opener, rpc_timeout=timeout) as api:
+                       opener, rpc_timeout=timeout, own_answers=own_answers) as api:
         t0 = time.perf_counter()
         try:
             info, step = api.get_vnc_console(instance, console_type)
@@ -134,8 +137,9 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
         click.echo(json.dumps({"step": step, "ms": round(ms, 3), "connect_info": info},
                               sort_keys=True))
         return
-    how = (f"step 1: node {node_id}'s local ledger" if step == 1
-           else f"step 2: RPC to compute {host} through RabbitMQ")
+    how = {1: f"step 1: node {node_id}'s local ledger",
+           2: f"step 2: RPC to compute {host} through RabbitMQ"}.get(
+        step, "this API process's own earlier step-2 answer (not yet in the ledger)")
     out = console()
     out.print(f"answered by {how} in {ms:.2f} ms", soft_wrap=True)
     if unreadable:

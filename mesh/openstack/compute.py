@@ -14,6 +14,10 @@ Rules of this file:
 - ``service_ms`` sleeps before answering, standing in for the hypervisor's own work.
 - ``recorder.record`` only queues: sealing and consensus happen on the recorder's
   thread, after the reply is on its way.
+- A compute with a recorder adds the token's expiry to its reply
+  (``rpc.EXPIRES_AT_FIELD``) so the API node can serve the answer itself until the
+  ledger has it (reader.py, "own answers"); ``served`` and the ledger keep nova's keys
+  only.  A compute without one is nova-compute as shipped: nova's keys, nothing else.
 - ``served`` keeps every answer as returned, so a benchmark can check that no step-1
   answer ever differed from what compute returned for that token's life.
 """
@@ -99,9 +103,10 @@ class ComputeService:
             self.served.append({"instance": instance, "console_type": console_type,
                                 "connect_info": dict(info), "expires_at": expires_at,
                                 "time": time.time()})
-        if self.recorder is not None:
-            self.recorder.record(instance, console_type, info, expires_at, host=self.host)
-        return info
+        if self.recorder is None:
+            return info
+        self.recorder.record(instance, console_type, info, expires_at, host=self.host)
+        return {**info, rpc.EXPIRES_AT_FIELD: expires_at}
 
     # -- lifetime -----------------------------------------------------------------------
     def start(self) -> "ComputeService":

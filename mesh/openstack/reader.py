@@ -1,4 +1,5 @@
-"""nova-api's two-step ``get_vnc_console`` (paper Figs. 8 and 9, steps 2a-2c).
+"""nova-api's two-step ``get_vnc_console`` (paper Figs. 8 and 9, steps 2a-2c), and the
+API node reading its own RPC answers while consensus is still committing them.
 
 Owns: the read path on an API node.  Step 1 reads the node's own ledger copy (local
 SQLite, read-only, no broker); only on a miss does step 2 call the owning compute over
@@ -6,9 +7,9 @@ RabbitMQ, exactly as nova-api does (``prepare(server=host).call(ctxt,
 "get_vnc_console", instance=..., console_type=...)``).
 
 Rules of this file:
-- A step-1 hit is a live record (``LedgerReader.get``: expired and deleted entries read
-  as missing) that this reader can open (``sealing.open_console``) and that was served
-  by the instance's current compute host (``hosts``): an entry from a host the
+- A step-1 hit is a live record (expired and deleted entries read as missing, like
+  ``LedgerReader.get``) that this reader can open (``sealing.open_console``) and that was
+  served by the instance's current compute host (``hosts``): an entry from a host the
   instance has left is a miss, whether or not its delete has committed yet.
 - A ledger that does not exist yet (node not started) is a miss, not an error.
 - Step 2 fails fast: ``rpc_timeout`` bounds the call and sending is not retried
@@ -22,16 +23,46 @@ Rules of this file:
 - ``hosts`` is used by reference: a caller that updates the mapping (an instance moved)
   is seen by the next read.
 - One reader per thread (sqlite3 connections belong to their thread).
+
+Own answers ("read your own RPC", ``own_answers=True``, the default).  A step-2 answer
+reaches the ledger only after consensus (tens of ms), while nova-api's calls can come a
+few ms apart; without this every call in between would be another RPC.  So the reader
+keeps each step-2 answer in a table of its own (LRU, ``own_answers_max`` entries) and
+serves it as step ``STEP_OWN`` ("1o"), never counted as a ledger hit (``step1_hits``),
+under these rules:
+- Kept only when compute says when its token expires (``rpc.EXPIRES_AT_FIELD`` in the
+  reply, sent only by a compute that records its answers in the ledger; the field is
+  removed before the answer is returned, so callers get nova's keys only).  With it we
+  keep the host the call went to and the ledger version of the instance's key read
+  *before* the call was sent (``base``; 0 if none).
+- Every version of a key after ``base`` was committed after our call left: compute's
+  put of our own answer, a delete (tombstone, ``ledger/state.py``), a move's delete, or
+  another put.  So once the key's version in the ledger is above ``base``, the own
+  answer is dropped for good and the ledger alone decides (rule 1 above): a committed
+  delete or move wins, and a committed put of our own answer is served as a ledger hit.
+- While the key's version is still ``base``, the own answer is served if its token is
+  unexpired (``expires_at`` against this node's clock, as for ledger entries) and the
+  instance's current host is the one that served it (same rule as ledger entries);
+  otherwise it is dropped.
+- Known gap, shared with the ledger: a delete committed by another client while the
+  instance holds no live record is a no-op (``state.py``: no tombstone), so a put still
+  in flight lands after it.  Readers then serve that put from the ledger; an own answer
+  of the same token serves nothing the ledger would not.  ``ConsoleRecorder.invalidate``
+  (same queue as the puts) has no such race.
+- Own answers live in this process only: other API nodes, and this one after a
+  restart, get the answer from the ledger.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Union
 
 from ledger import LedgerReader
+from ledger import format as fmt
 from ledger.format import LedgerNotFound
 
 from . import rpc
@@ -39,26 +70,54 @@ from .sealing import Opener, SealError, instance_key, open_console
 
 log = logging.getLogger("hdpbf.api")
 
+STEP_OWN = "1o"          # answered from this reader's own recent step-2 answer
+OWN_ANSWERS_MAX = 4096
+Step = Union[int, str]   # 1 (ledger), STEP_OWN, 2 (RPC)
+
 
 class ConsoleUnavailable(RuntimeError):
     """Step 2 could not get a console from compute (broker down, timeout, compute error)."""
 
 
+class _Own:
+    """One step-2 answer kept until the ledger has something at least as new."""
+    __slots__ = ("info", "host", "expires_at", "base")
+
+    def __init__(self, info: dict, host: str, expires_at: float, base: int):
+        self.info, self.host, self.expires_at, self.base = info, host, expires_at, base
+
+
+def split_reply(reply: Any) -> tuple[dict, float | None]:
+    """(connect_info with nova's keys only, the token's expiry if compute sent it)."""
+    info = dict(reply)
+    expires_at = info.pop(rpc.EXPIRES_AT_FIELD, None)
+    if type(expires_at) not in (int, float):
+        expires_at = None
+    return info, expires_at
+
+
 class ConsoleReader:
     def __init__(self, ledger_path: str | os.PathLike, transport_url: str | None,
                  hosts: dict[str, str], opener: Opener | None = None,
-                 rpc_timeout: float = 5.0):
+                 rpc_timeout: float = 5.0, own_answers: bool = True,
+                 own_answers_max: int = OWN_ANSWERS_MAX):
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be positive")
+        if own_answers_max < 1:
+            raise ValueError("own_answers_max must be at least 1")
         self.ledger_path = os.fspath(ledger_path)
         self.transport_url = transport_url or rpc.DEFAULT_TRANSPORT_URL
         self.hosts = hosts
         self.opener = opener
         self.rpc_timeout = rpc_timeout
-        self.step1_hits = 0
+        self.own_answers = own_answers
+        self.own_answers_max = own_answers_max
+        self.step1_hits = 0          # answered from the local ledger
+        self.step1_own_answers = 0   # answered from this reader's own step-2 answers
         self.step2_calls = 0
         self.step2_failures = 0  # step-2 calls that raised ConsoleUnavailable
         self.unreadable = 0  # live entries this reader could not open (not sealed for it)
+        self._own: collections.OrderedDict[str, _Own] = collections.OrderedDict()
         self._ledger: LedgerReader | None = None
         self._transport = None
         self._client = None
@@ -73,14 +132,13 @@ class ConsoleReader:
                 return None
         return self._ledger
 
-    def step1(self, instance: str, console_type: str = "novnc") -> dict | None:
-        """connect_info from the local ledger, or None (missing, expired, deleted, from
-        another host, or not readable with this reader's key)."""
+    def _record(self, key: str) -> dict | None:
+        """The key's raw record (tombstones and expired ones too), None if none/no ledger."""
         ledger = self._ledger or self._open_ledger()
-        if ledger is None:
-            return None
-        record = ledger.get(instance_key(instance, console_type))
-        if record is None:
+        return None if ledger is None else ledger.get_record(key)
+
+    def _from_ledger(self, instance: str, record: dict | None, now: float) -> dict | None:
+        if not fmt.is_live(record, now):
             return None
         value = record["value"]
         host = self.hosts.get(instance)
@@ -93,6 +151,50 @@ class ConsoleReader:
             log.debug("step 1 cannot use %s: %s", instance, exc)
             return None
 
+    def step1(self, instance: str, console_type: str = "novnc") -> dict | None:
+        """connect_info from the local ledger, or None (missing, expired, deleted, from
+        another host, or not readable with this reader's key).  Own answers are not
+        looked at: this is the ledger alone."""
+        record = self._record(instance_key(instance, console_type))
+        return self._from_ledger(instance, record, time.time())
+
+    def _local(self, instance: str, console_type: str) -> tuple[dict | None, Step, int]:
+        """(answer, step, ledger version of the key): the ledger or an own answer."""
+        key = instance_key(instance, console_type)
+        record = self._record(key)
+        version = record["version"] if record is not None else 0
+        now = time.time()
+        own = self._own.get(key)
+        if own is not None:
+            if version == own.base:
+                host = self.hosts.get(instance)
+                if own.expires_at > now and (host is None or host == own.host):
+                    self._own.move_to_end(key)
+                    return dict(own.info), STEP_OWN, version
+            del self._own[key]  # the ledger moved past it, or expired, or moved host
+        return self._from_ledger(instance, record, now), 1, version
+
+    def own_answer(self, instance: str, console_type: str = "novnc") -> dict | None:
+        """The own answer step 1 would serve now, or None (dropping it if it is done)."""
+        info, step, _ = self._local(instance, console_type)
+        return info if step == STEP_OWN else None
+
+    def has_own(self, instance: str, console_type: str = "novnc") -> bool:
+        """Whether an own answer is kept for the instance (judged only when read)."""
+        return instance_key(instance, console_type) in self._own
+
+    @property
+    def own_size(self) -> int:
+        return len(self._own)
+
+    def _keep(self, key: str, info: dict, host: str, expires_at: float, base: int) -> None:
+        if expires_at <= time.time():
+            return
+        self._own[key] = _Own(dict(info), host, expires_at, base)
+        self._own.move_to_end(key)
+        while len(self._own) > self.own_answers_max:
+            self._own.popitem(last=False)
+
     # -- step 2 ---------------------------------------------------------------------------
     def _rpc(self):
         if self._client is None:
@@ -102,7 +204,15 @@ class ConsoleReader:
         return self._client
 
     def step2(self, instance: str, console_type: str = "novnc") -> dict:
-        """The RPC to the instance's compute host; ConsoleUnavailable on any failure."""
+        """The RPC to the instance's compute host; ConsoleUnavailable on any failure.
+        With own answers on, the answer is kept (see the module's rules)."""
+        base = None
+        if self.own_answers:
+            record = self._record(instance_key(instance, console_type))
+            base = record["version"] if record is not None else 0
+        return self._step2(instance, console_type, base)
+
+    def _step2(self, instance: str, console_type: str, base: int | None) -> dict:
         oslo_messaging = rpc.oslo()
         host = self.hosts.get(instance)
         if host is None:
@@ -114,7 +224,7 @@ class ConsoleReader:
             cctxt = self._rpc().prepare(server=host, timeout=self.rpc_timeout, retry=0)
             future = self._pool.submit(cctxt.call, {}, "get_vnc_console", instance=instance,
                                        console_type=console_type)
-            return future.result(timeout=self.rpc_timeout + 0.25)
+            reply = future.result(timeout=self.rpc_timeout + 0.25)
         except (oslo_messaging.MessagingTimeout, concurrent.futures.TimeoutError):
             raise ConsoleUnavailable(
                 f"compute {host!r} did not answer get_vnc_console for {instance!r} within "
@@ -126,17 +236,29 @@ class ConsoleReader:
             raise ConsoleUnavailable(
                 f"get_vnc_console for {instance!r} via RabbitMQ failed after "
                 f"{time.monotonic() - t0:.2f}s: {type(exc).__name__}: {exc}") from None
+        info, expires_at = split_reply(reply)
+        if base is not None and expires_at is not None:
+            self._keep(instance_key(instance, console_type), info, host, expires_at, base)
+        return info
 
     # -- both -----------------------------------------------------------------------------
-    def get_vnc_console(self, instance: str, console_type: str = "novnc") -> tuple[dict, int]:
-        """(connect_info, step): step 1 answered from the local ledger, step 2 by RPC."""
-        info = self.step1(instance, console_type)
+    def get_vnc_console(self, instance: str, console_type: str = "novnc") -> tuple[dict, Step]:
+        """(connect_info, step): step 1 answered from the local ledger, ``STEP_OWN``
+        ("1o") from this reader's own step-2 answer not yet in the ledger, 2 by RPC."""
+        if self.own_answers:
+            info, step, version = self._local(instance, console_type)
+        else:
+            info, step, version = self.step1(instance, console_type), 1, 0
         if info is not None:
-            self.step1_hits += 1
-            return info, 1
+            if step == 1:
+                self.step1_hits += 1
+            else:
+                self.step1_own_answers += 1
+            return info, step
         self.step2_calls += 1
         try:
-            return self.step2(instance, console_type), 2
+            return self._step2(instance, console_type,
+                               version if self.own_answers else None), 2
         except ConsoleUnavailable:
             self.step2_failures += 1
             raise
@@ -145,6 +267,7 @@ class ConsoleReader:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
+        self._own.clear()
         self._client = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

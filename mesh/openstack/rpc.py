@@ -12,6 +12,9 @@ Rules of this file:
   they share it: fake transports are cached per URL here (``fake:`` and ``fake:/other``
   are two separate buses).  Real transports are not shared; each side owns its own.
 - The target is nova's: topic ``compute``, one server per compute host, version "6.0".
+- A compute that records its answers in the ledger adds ``EXPIRES_AT_FIELD`` (the
+  token's expiry, compute's wall clock) to its reply, a key nova's client never reads;
+  ``ConsoleReader`` removes it before returning nova's ``connect_info``.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 DEFAULT_TRANSPORT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 TOPIC = "compute"
 VERSION = "6.0"
+EXPIRES_AT_FIELD = "hdpbf_expires_at"
 
 _fake: dict[str, object] = {}
 _fake_lock = threading.Lock()
