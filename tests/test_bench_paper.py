@@ -2,8 +2,9 @@
 
 The embedded run (one process, no broker) is fast and runs everywhere; the broker run
 starts real workers and compute processes on the local RabbitMQ (a private vhost) and
-Redis.  Both check the JSON's shape, the step counts of the two-step read, that no
-answer was stale, and that the plot is a PNG.
+Redis.  Both check the JSON's shape, the step counts of the two-step read (with own
+answers, ``hdpbf``, and from the ledger alone, ``hdpbf-ledger``), that no answer was
+stale (own answers included), and that the plot is a PNG.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from mesh.bench_paper import CallRecord, check_answers
 from mesh.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-CONFIG_FIELDS = ("mean_ms", "p50_ms", "p99_ms", "total_s", "step1", "step2")
+CONFIG_FIELDS = ("mean_ms", "p50_ms", "p99_ms", "total_s", "step1", "own_answers", "step2")
+TWO_STEP = ("hdpbf", "hdpbf-ledger")
 
 
 def _check_result(out: dict, png, configs: tuple[str, ...]) -> None:
@@ -29,17 +31,26 @@ def _check_result(out: dict, png, configs: tuple[str, ...]) -> None:
         c = out["configs"][name]
         for key in CONFIG_FIELDS:
             assert isinstance(c[key], (int, float)), (name, key)
-        assert c["step1"] + c["step2"] == 100, (name, c)
+        assert c["step1"] + c["own_answers"] + c["step2"] == 100, (name, c)
+        if name not in TWO_STEP:
+            assert c["own_answers"] == 0, (name, c)
         assert 0 < c["p50_ms"] <= c["p99_ms"]
         # total_s is reported to 0.1 ms, so allow that rounding on short runs
         assert c["total_s"] == pytest.approx(c["mean_ms"] * 100 / 1000, rel=1e-3, abs=1e-4)
     assert out["configs"]["rpc"]["step2"] == 100          # the baseline never answers locally
-    hd = out["configs"]["hdpbf"]
-    assert hd["step2"] >= 6                                 # every instance's first call
+    for name in TWO_STEP:
+        hd = out["configs"][name]
+        assert hd["step2"] >= 6                             # every instance's first call
+        assert hd["step2_at_first_calls"] == 6
     assert out["hdpbf_step2_at_first_calls"] == 6
-    assert out["stale_answers"] == 0
+    assert out["configs"]["hdpbf-ledger"]["own_answers"] == 0    # the switch is off there
+    assert out["stale_answers"] == 0 and out["stale_own_answers"] == 0
     assert all(c["stale"] == 0 for c in out["configs"].values())
     calls = out["calls"]
+    assert {c["step"] for c in calls} <= {1, "1o", 2}
+    for c in calls:
+        if c["step"] == "1o":
+            assert c["config"] == "hdpbf", c
     for name in configs:
         mine = [c for c in calls if c["config"] == name]
         assert [c["call"] for c in mine] == list(range(1, 101))
@@ -59,12 +70,12 @@ def test_embedded_run_through_the_cli(tmp_path):
     out = json.loads(js.read_text())
     assert out["mode"] == "embedded" and "EMBEDDED" in out["label"]
     assert out["compute"] == "threads"
-    configs = ("rpc", "hdpbf") if out["skipped"] else ("rpc", "redis", "hdpbf")
+    configs = ("rpc", *TWO_STEP) if out["skipped"] else ("rpc", "redis", *TWO_STEP)
     _check_result(out, png, configs)
 
 
-def _record(answer, t_end, instance="i-1"):
-    return CallRecord("hdpbf", 1, 1, 1, 0.01, 1, instance, t_end - 0.001, t_end, answer)
+def _record(answer, t_end, instance="i-1", step=1):
+    return CallRecord("hdpbf", 1, 1, 1, 0.01, step, instance, t_end - 0.001, t_end, answer)
 
 
 def test_an_answer_no_live_token_matches_is_stale():
@@ -76,8 +87,10 @@ def test_an_answer_no_live_token_matches_is_stale():
                             _record(a, 111.0),        # A expired: stale
                             _record(b, 104.0),        # B not served yet: stale
                             _record({"token": "X"}, 106.0),           # never served: stale
-                            _record(a, 104.0, instance="i-2")], served)  # other instance: stale
-    assert checks["hdpbf"] == {"stale": 4, "older_token": 1}
+                            _record(a, 104.0, instance="i-2"),        # other instance: stale
+                            _record(b, 106.0, step="1o"),             # own answer, live: fine
+                            _record(a, 112.0, step="1o")], served)    # own answer, dead: stale
+    assert checks["hdpbf"] == {"stale": 5, "stale_own": 1, "older_token": 1}
 
 
 # -- the real broker ---------------------------------------------------------------------
@@ -114,10 +127,13 @@ def test_broker_run_through_the_cli(tmp_path, private_vhost):
     out = json.loads(js.read_text())
     assert out["mode"] == "broker" and out["compute"] == "processes"
     assert out["skipped"] == {}
-    _check_result(out, png, ("rpc", "redis", "hdpbf"))
+    _check_result(out, png, ("rpc", "redis", *TWO_STEP))
     assert out["redis_get_p50_us"] > 0
-    # The cache is written before the next call, so it misses exactly once per instance.
-    # How many hdpbf calls step 1 answers depends on how fast consensus commits compared
-    # with back-to-back calls (a figure, not asserted); but it must answer some.
+    # The cache is written before the next call, so it misses exactly once per instance;
+    # so are own answers: kept before the call returns, served from the next call on.
     assert out["configs"]["redis"]["step2"] == 6
+    assert out["configs"]["hdpbf"]["step2"] == 6
+    # How many calls the ledger answers depends on how fast consensus commits compared
+    # with back-to-back calls (a figure, not asserted); but it must answer some.
     assert out["configs"]["hdpbf"]["step1"] > 0
+    assert out["configs"]["hdpbf-ledger"]["step1"] > 0
