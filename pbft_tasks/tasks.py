@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from .celery_app import app, runtime
 
-_PROTOCOL = {"ignore_result": True, "acks_late": True}
+# Protocol tasks run through a lean execution strategy (pbft_tasks/strategy.py: no
+# Request object, pool or tracer; one monitoring event instead of three).
+_PROTOCOL = {"ignore_result": True, "acks_late": True, "Strategy": "pbft_tasks.strategy:protocol"}
 
 
 def _one(args: tuple, name: str):
