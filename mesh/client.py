@@ -191,7 +191,8 @@ class BrokerClientTransport:
 
     def send_requests(self, to: int, wires: list[dict]) -> None:
         self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
-                           ignore_result=True, producer=self.producer)
+                           ignore_result=True, producer=self.producer,
+                           argsrepr=f"[{len(wires)} requests from {self.client.name}]", kwargsrepr="{}")
 
     def poll(self, timeout: float) -> None:
         try:

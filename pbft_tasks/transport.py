@@ -18,6 +18,8 @@ import uuid
 from collections import deque
 from typing import Any, Callable
 
+from celery.utils.nodenames import anon_nodename
+
 from .node import ALL_TASKS, TASK_FOR_TYPE
 
 
@@ -29,7 +31,25 @@ def task_message(app: Any, name: str, wire: dict) -> Any:
     ``ignore_result=True`` travels in the headers: a request's header overrides the
     task's own setting, and the default (False) would store every protocol message's
     result in Redis (measured: ~1.6 ms a task)."""
-    return app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {}, ignore_result=True)
+    return app.amqp.create_task_message(str(uuid.uuid4()), name, [wire], {}, ignore_result=True,
+                                        argsrepr=describe_wire(wire), kwargsrepr="{}", origin=_ORIGIN)
+
+
+# Celery would otherwise put ``saferepr`` of the whole wire object in every message's
+# ``argsrepr`` header (what Flower shows): a large string, and measured at ~5 % of a
+# worker's CPU.  A short summary names the message instead.
+_ORIGIN = anon_nodename()
+
+
+def describe_wire(wire: Any) -> str:
+    if not isinstance(wire, dict):
+        return f"[{type(wire).__name__}]"
+    parts = [str(wire.get("type", "?"))]
+    for field, tag in (("view", "v"), ("seq", "n"), ("sender", "from "), ("client", "client "),
+                       ("requester", "for ")):
+        if field in wire:
+            parts.append(f"{tag}{wire[field]}")
+    return "[" + " ".join(parts)[:120] + "]"
 
 
 def reply_queue_name(client: str) -> str:
