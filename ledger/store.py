@@ -18,9 +18,11 @@ Rules of this file:
                         already sent, even on power loss.
     durability="normal" WAL + NORMAL: survives kill -9 of the process; power loss may
                         lose the last commits (fsync only at checkpoints).
-- One ``apply`` = one SQLite transaction.  Statements go through sqlitedict's thread
-  asynchronously and that thread keeps executing after a failed statement, so before
-  COMMIT a synchronous barrier query surfaces any earlier error and we ROLLBACK instead.
+- One ``apply`` = one SQLite transaction: a multi-row DELETE, then a multi-row REPLACE
+  (500 rows a statement), so a usual write is two round trips to sqlitedict's thread.
+  Statements go through that thread asynchronously and it keeps executing after a
+  failed statement, so the last statement is waited for (a barrier that surfaces any
+  earlier error) and we ROLLBACK instead of COMMIT.
   COMMIT/ROLLBACK are issued as SQL through ``select_one`` so that an error comes back
   to us (sqlitedict's own ``commit()`` kills its thread on error and the caller hangs).
 - Reads here (``get``: 50-110 us, a round trip through sqlitedict's thread) are for the
@@ -60,7 +62,11 @@ DURABILITY = {"full": 2, "normal": 1}   # PRAGMA synchronous values
 _FETCH_CHUNK = 500                      # SQLite's host-parameter limit is far above this
 
 _SELECT_RANGE = f'SELECT key, value FROM "{fmt.TABLE}" WHERE key >= ? AND key < ? ORDER BY key'
-_DELETE = f'DELETE FROM "{fmt.TABLE}" WHERE key = ?'
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class LedgerStore(LedgerBase):
@@ -130,13 +136,21 @@ class LedgerStore(LedgerBase):
         if relax:  # only outside a transaction; queued, so it costs no round trip
             conn.execute(f"PRAGMA synchronous={DURABILITY['normal']}")
         try:
-            # sqlitedict encodes every value before it queues the first statement, so
-            # a value that is not JSON raises here with nothing written.
-            if puts:
-                self._db.update(puts.items())
-            for key in deletes:
-                conn.execute(_DELETE, (key,))
-            conn.select_one("SELECT 1")         # barrier: raises any queued error
+            # Every value is encoded before the first statement is queued, so a value
+            # that is not JSON raises here with nothing written.
+            rows = [(self._db.encode_key(k), self._db.encode(v)) for k, v in puts.items()]
+            statements = [(f'DELETE FROM "{fmt.TABLE}" WHERE key IN ({",".join("?" * len(c))})', tuple(c))
+                          for c in _chunks(deletes, _FETCH_CHUNK)]
+            statements += [(f'REPLACE INTO "{fmt.TABLE}" (key, value) VALUES '
+                            f'{",".join(["(?,?)"] * len(c))}', tuple(x for row in c for x in row))
+                           for c in _chunks(rows, _FETCH_CHUNK)]
+            # Each statement is one request to sqlitedict's thread (its own executemany
+            # is one request, and one wake-up of that thread, per row).  The last one is
+            # waited for: it surfaces the error of any statement before we COMMIT.
+            for sql, args in statements[:-1]:
+                conn.execute(sql, args)
+            if statements:
+                conn.select_one(*statements[-1])
             conn.select_one("COMMIT")
         except BaseException:
             self._rollback()

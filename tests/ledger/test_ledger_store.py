@@ -162,7 +162,8 @@ def test_failure_inside_the_transaction_rolls_back(store, db_path, monkeypatch):
     real_execute = conn.execute
 
     def failing(sql, arg=None, res=None):
-        # The error happens in sqlitedict's thread, after the REPLACEs already ran.
+        # The error happens in sqlitedict's thread, in the first of two statements;
+        # the REPLACE after it still runs there, and must not be committed.
         if sql.startswith("DELETE"):
             sql = sql.replace(fmt.TABLE, "no_such_table")
         return real_execute(sql, arg, res)
@@ -178,6 +179,30 @@ def test_failure_inside_the_transaction_rolls_back(store, db_path, monkeypatch):
         assert again.height == 2 and again.get("a") == {"value": 5, "version": 2, "block": 2,
                                                         "expires_at": None}
         assert again.protocol_records() == {"gone": 1}
+
+
+def test_failure_of_a_one_statement_write_commits_nothing(store, db_path, monkeypatch):
+    """The usual write is one multi-row REPLACE: its error must come back with its own
+    message, and nothing of it may be committed."""
+    append(store, [put("a", 1)], protocol={"keep": 1})
+    conn = store._db.conn
+    real_execute = conn.execute
+
+    def failing(sql, arg=None, res=None):
+        if sql.startswith("REPLACE"):
+            sql = sql.replace(fmt.TABLE, "no_such_table")
+        return real_execute(sql, arg, res)
+    monkeypatch.setattr(conn, "execute", failing)
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        store.apply({"keep": 2, "new": 1}, [build_block(2, store.head, [put("a", 2)])])
+    monkeypatch.undo()
+    assert store.height == 1 and store.get("a")["value"] == 1
+    assert store.protocol_records() == {"keep": 1}
+    append(store, [put("a", 5)])
+    store.close()
+    with LedgerStore(db_path) as again:
+        assert again.height == 2 and again.get("a")["value"] == 5
+        assert again.protocol_records() == {"keep": 1}
 
 
 # -- restart ------------------------------------------------------------------------------
