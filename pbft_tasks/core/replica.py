@@ -409,7 +409,11 @@ class Replica:
                 self._help_behind(entry, m.sender, cause)
             return
         votes[m.sender] = m
-        self._dirty_votes.add(m.seq)
+        # Not persisted on its own: a vote short of a quorum commits this replica to
+        # nothing, and if a crash loses it, peers send it again (resume / help-behind).
+        # The votes are written with the step that completes a certificate (our commit
+        # after a prepared certificate, sec. 4.2) and in the executed block's 2f+1 commits;
+        # that is what view change (sec. 4.4) and restart need.  Half the writes per batch.
         self._check(entry, cause)
 
     def _check(self, entry: Entry, cause: str) -> None:
