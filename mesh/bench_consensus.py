@@ -8,7 +8,10 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   submit -> f+1 matching replies (what the client waits for);
 - throughput: ``--requests`` updates kept ``--window`` in flight, bundled as the client
   does; committed tx/s = requests / (time until every node replied to the last one);
-- messages per committed batch: node-to-node protocol messages sent, over blocks made.
+- messages per committed batch: node-to-node protocol messages sent, over blocks made;
+- CPU per request at low load (``low_load_cpu_ms_per_request``): all workers together,
+  the client, and RabbitMQ when it runs on this machine.  With two cores, half their sum
+  is a floor under the low-load latency.
 
 The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p50_ms``,
 ``commit_p99_ms``, ``messages_per_batch`` and the details.
@@ -16,6 +19,7 @@ The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -86,11 +90,19 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
                             Verifier(node_keys(cfg), client_keys(cfg)))
         client.transport = BrokerClientTransport(mesh.app, client)
         drive(client, 50, window=10, chunk=10, key_prefix="warm")
-        # Low load: one request at a time.
+        # Low load: one request at a time, with the CPU it costs (where it can be read).
+        pids = {i: p.pid for i, p in mesh.procs.items()}
+        broker_pids = local_broker_pids()
+        cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
+        broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
         low = []
         for i in range(low_load):
             low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
             client.forget(low[-1:])
+        cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
+               "client": round((time.process_time() - client0) / low_load * 1000, 2)}
+        if broker_pids:
+            cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
         t1 = time.perf_counter()
@@ -110,6 +122,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "commit_p50_ms": round(percentile(low_all, 50), 3),
             "commit_p99_ms": round(percentile(low_all, 99), 3),
             "quorum_reply_p50_ms": round(percentile(low_quorum, 50), 3),
+            "low_load_cpu_ms_per_request": cpu,
             "loaded_commit_p50_ms": round(percentile(load_all, 50), 3),
             "loaded_commit_p99_ms": round(percentile(load_all, 99), 3),
             "blocks": blocks,
@@ -122,6 +135,38 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         return result
     finally:
         mesh.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM on this machine (owned by the rabbitmq user), if any."""
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() == "beam.smp" and os.stat(f"/proc/{entry}").st_uid == _uid("rabbitmq"):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _uid(user: str) -> int | None:
+    try:
+        import pwd
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ImportError):
+        return None
 
 
 def write_json(result: dict, path: str | None) -> None:

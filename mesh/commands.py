@@ -259,6 +259,8 @@ def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_loa
                        ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
                        ("identical heads", "identical_heads")):
         table.add_row(label, str(r[key]))
+    for who, ms in r["low_load_cpu_ms_per_request"].items():
+        table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
     console().print(table)
     bc.write_json(r, json_path)
 
