@@ -1,5 +1,7 @@
 """The two-step read on real RabbitMQ: 4 Celery workers (LocalMesh), compute services as
-oslo.messaging RPC servers on the rabbit driver, one ConsoleReader per API node.
+oslo.messaging RPC servers on the rabbit driver, one ConsoleReader per API node (own
+answers on, the default; a ``Gate`` holds compute's records back where a test needs "before
+the commit" to be certain).
 
 Marked ``broker``: needs RabbitMQ and Redis and FAILS (never skips) without them (the
 fixtures of tests/integration/conftest.py).  The mesh and the compute services are
@@ -20,12 +22,14 @@ import time
 import pytest
 
 from ledger import LedgerReader
-from mesh.openstack import (ComputeService, ConsoleReader, ConsoleRecorder, ConsoleUnavailable,
-                            Opener, Sealer, instance_key)
+from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleRecorder,
+                            ConsoleUnavailable, Opener, Sealer, instance_key)
 from mesh.openstack.rpc import transport_url_from_broker
 from mesh.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
 from tests.integration.meshkit import Mesh, wait_until
+
+from .test_own_answers import Gate
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -163,6 +167,58 @@ def test_sealed_token_unreadable_without_the_key(rig):
         raw = open(path, "rb").read()
         assert info["token"].encode() not in raw, f"{path} holds the token in clear"
     assert rig.api(1, "api0").step1("vm-seal") == info
+
+
+# -- own answers: what this API node got from compute, before the ledger has it -----------
+
+def _gated_compute(rig, host):
+    gate = Gate(rig.recorder)
+    return gate, ComputeService(host, rig.url, recorder=gate).start()
+
+
+def test_own_answer_before_the_commit_then_the_ledger_and_never_another_nodes(rig):
+    gate, svc = _gated_compute(rig, "cmp-gate")
+    try:
+        rig.hosts["vm-own"] = "cmp-gate"
+        api0, api1 = rig.api(0), rig.api(1)
+        mine, step = api0.get_vnc_console("vm-own")
+        assert step == 2
+        assert api0.get_vnc_console("vm-own") == (mine, STEP_OWN)   # the commit is held back
+        # another API node: its ledger has nothing and my own answers are not its own
+        assert api1.step1("vm-own") is None and api1.own_answer("vm-own") is None
+        theirs, step = api1.get_vnc_console("vm-own")
+        assert step == 2 and theirs["token"] != mine["token"]
+        assert api1.get_vnc_console("vm-own") == (theirs, STEP_OWN)
+        assert api0.get_vnc_console("vm-own") == (mine, STEP_OWN)
+        gate.release()                       # both puts go to consensus, in order
+        rig.recorder.flush(30)
+        rig.wait_everywhere("vm-own", theirs)  # the newest put is what the ledger keeps
+        # the ledger moved past both own answers: they are dropped, step 1 is the ledger
+        assert api0.get_vnc_console("vm-own") == (theirs, 1) and not api0.has_own("vm-own")
+        assert api1.get_vnc_console("vm-own") == (theirs, 1) and not api1.has_own("vm-own")
+        assert [s["connect_info"] for s in svc.served] == [mine, theirs]
+    finally:
+        svc.stop()
+
+
+def test_delete_after_an_own_answer_is_never_served_again(rig):
+    gate, svc = _gated_compute(rig, "cmp-gate2")
+    try:
+        rig.hosts["vm-own-del"] = "cmp-gate2"
+        api = rig.api(2)
+        mine, step = api.get_vnc_console("vm-own-del")
+        assert step == 2 and api.get_vnc_console("vm-own-del") == (mine, STEP_OWN)
+        gate.release()
+        rig.recorder.invalidate("vm-own-del")   # after the put, on the same queue
+        rig.wait_everywhere("vm-own-del", None)
+        again, step = api.get_vnc_console("vm-own-del")
+        assert step == 2 and again["token"] != mine["token"]
+        rig.recorder.flush(30)
+        rig.wait_everywhere("vm-own-del", again)
+        for node in range(rig.mesh.n):
+            assert rig.api(node).get_vnc_console("vm-own-del") == (again, 1), f"node {node}"
+    finally:
+        svc.stop()
 
 
 # -- broker stop/start (last: it disturbs everything) -------------------------------------
