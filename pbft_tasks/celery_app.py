@@ -87,11 +87,14 @@ class NodeConsumer(Consumer):
 
     def connect(self):
         conn = super().connect()
+        if not _broker_up.is_set():
+            log.warning("broker connection up: node timers running")
         _broker_up.set()
         return conn
 
     def on_connection_error_after_connected(self, exc):
         _broker_up.clear()
+        log.warning("broker connection lost: node timers paused until it is back")
         super().on_connection_error_after_connected(exc)
 
     def on_decode_error(self, message, exc):

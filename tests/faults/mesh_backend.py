@@ -51,7 +51,7 @@ QUIET = "/tmp/hdpbf-quiet"
 class MeshBackend:
     name = "mesh"
     unit = "s"
-    time_limit = 120.0     # seconds a phase may take before the scenario fails
+    time_limit = 60.0      # seconds without an acknowledgement, or to settle, before failing
     quiet_rounds = 10      # rounds (~POLL_S each) without convergence before a nudge
 
     def __init__(self, scenario, make_mesh):
@@ -240,6 +240,27 @@ class MeshBackend:
         got = self.mesh.local.poll_statuses(timeout=3.0)
         return {i: s["installed"] for i, s in got.items()
                 if s is not None and i in live and s["installed"]}
+
+    def diagnose(self) -> str:
+        """Each node's status and the last warnings of its log (the pytest temp dir
+        holding the logs is gone a few sessions later)."""
+        got = self.mesh.local.poll_statuses(timeout=2.0)
+        lines = []
+        for i in range(self.sc.nodes):
+            s = got.get(i)
+            state = ("down" if i in self.down else "paused" if i in self.paused
+                     else "cut" if i in self.cut else "up")
+            info = (f"view {s['view']} height {s['height']} h {s['h']} rejected {s['rejected']}"
+                    if s else "no status")
+            lines.append(f"  node {i} ({state}): {info}")
+            try:
+                warn = [ln for ln in self.mesh.log_text(i).splitlines()
+                        if "WARNING/" in ln or "ERROR/" in ln or "CRITICAL/" in ln]
+            except OSError:
+                warn = []
+            lines += [f"    {ln[:200]}" for ln in warn[-4:]]
+        lines.append(f"  logs: {self.mesh.local.log_dir}")
+        return "\n".join(lines)
 
     def audit(self, i: int) -> None:
         try:

@@ -133,9 +133,10 @@ class Runner:
             self._check()
             self.out.ok = True
         except AssertionError as exc:  # ScenarioFailed, or a backend's own check
-            self.out.error = str(exc)
+            self.out.error = str(exc) + self._diagnosis()
         except Exception as exc:  # e.g. a worker that does not come back: still reported
-            self.out.error = f"{self.sc.name} on {self.b.name}: {type(exc).__name__}: {exc}"
+            self.out.error = (f"{self.sc.name} on {self.b.name}: {type(exc).__name__}: {exc}"
+                              + self._diagnosis())
         finally:
             self.out.duration = self.b.now() - t0
             try:
@@ -144,6 +145,12 @@ class Runner:
                 self.out.installed = {"error": repr(exc)}
             self.b.stop()
         return self.out
+
+    def _diagnosis(self) -> str:
+        try:
+            return "\n" + self.b.diagnose()
+        except Exception as exc:
+            return f"\n(no diagnosis: {exc!r})"
 
     def _fail(self, msg: str) -> ScenarioFailed:
         return ScenarioFailed(f"{self.sc.name} on {self.b.name}: {msg}")
@@ -187,15 +194,19 @@ class Runner:
         while True:
             while steps and steps[0].after <= self.out.acknowledged:
                 self._do(steps.pop(0))
+                start = self.b.now()  # a step may take long (a restart, a broker outage)
             if self.out.acknowledged >= self.sc.requests and not steps:
                 return
             room = self.sc.window - len(self.inflight)
             todo = self.sc.requests - self.sent
             if room > 0 and todo > 0:
                 self._submit(min(room, todo), "u")
-            self.out.acknowledged += self._advance()
-            self._deadline_check(start, f"{self.sc.requests} updates acknowledged "
-                                        f"(got {self.out.acknowledged})")
+            acked = self._advance()
+            if acked:
+                self.out.acknowledged += acked
+                start = self.b.now()  # the limit is on a stall, not on the whole load
+            self._deadline_check(start, f"new acknowledgement (got {self.out.acknowledged} "
+                                        f"of {self.sc.requests})")
 
     def _settle(self) -> None:
         """Probe updates while a recovery is pending; then wait for one head."""

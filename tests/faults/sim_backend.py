@@ -108,7 +108,7 @@ class SimPending:
 class SimBackend:
     name = "sim"
     unit = "ticks"
-    time_limit = 5000      # ticks a phase may take before the scenario fails
+    time_limit = 2000      # ticks without an acknowledgement, or to settle, before failing
     quiet_rounds = 40      # rounds without convergence before a nudge of probe updates
 
     def __init__(self, scenario):
@@ -259,6 +259,19 @@ class SimBackend:
 
     def installed(self) -> dict[int, int]:
         return {i: self.c.installed[i] for i in range(self.sc.nodes) if self.c.installed[i]}
+
+    def diagnose(self) -> str:
+        lines = []
+        for i, node in enumerate(self.c.nodes):
+            r = node.replica
+            state = ("down" if i in self.down else "paused" if i in self.paused
+                     else "cut" if i in self.cut else "up")
+            detail = (f"view {r.view}{' (changing)' if r.in_view_change else ''} executed "
+                      f"{r.last_exec} h {r.h}" if r is not None else "no replica")
+            lines.append(f"  node {i} ({state}): {detail}, {len(node.evidence)} evidence")
+        lines.append(f"  in flight: {len(self.c.network)} messages, "
+                     f"{len(self.pending)} updates unanswered")
+        return "\n".join(lines)
 
     def audit(self, i: int) -> None:
         prev = GENESIS

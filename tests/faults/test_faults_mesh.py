@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import broker_url, make_mesh, no_stray_workers  # noqa: F401
 
-from .mesh_backend import MeshBackend
+from .mesh_backend import MeshBackend, wait_not_quiet
 from .runner import play, scenario_files
 from .scenario import load
 
@@ -38,4 +38,5 @@ def test_broker_restart_scenarios_exist():
 
 @pytest.mark.parametrize("sc", BROKER, ids=[s.name for s in BROKER])
 def test_broker_restart_scenario_on_the_real_mesh_last(sc, make_mesh):  # noqa: F811
+    wait_not_quiet()  # before the mesh starts, not with updates in flight
     _play(sc, make_mesh)
