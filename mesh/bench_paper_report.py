@@ -185,7 +185,8 @@ def plot(result: dict, path: str) -> None:
     bars = bx.bar(configs, means, color=[COLORS.get(c) for c in configs])
     for b, c in zip(bars, configs):
         red = result["configs"][c]["reduction_vs_rpc_pct"]
-        txt = f"{b.get_height():.3g} ms" + (f"\n{red:.1f}% less" if c != "rpc" else "")
+        txt = f"{b.get_height():.3g} ms" + ("" if c == "rpc" else f"\n{red:.1f}% less" if red >= 0
+                                            else f"\n{-red:.1f}% more")
         bx.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                     va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
     bx.tick_params(axis="x", labelrotation=20, labelsize=8)
