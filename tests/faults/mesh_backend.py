@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from typing import Any
@@ -38,7 +37,7 @@ from mesh.client import BrokerClientTransport
 from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.messages import to_wire
 
-from tests.integration.meshkit import audit_node
+from tests.integration.meshkit import audit_node, broker_port_open
 
 from .proxy import CuttableProxy
 
@@ -189,13 +188,13 @@ class MeshBackend:
         old = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             rabbitmqctl("stop_app")
-            if _port_open():
+            if broker_port_open():
                 raise AssertionError("RabbitMQ still listens after stop_app")
         finally:
             rabbitmqctl("start_app")
             signal.signal(signal.SIGTERM, old)
         deadline = time.monotonic() + 60
-        while not _port_open():
+        while not broker_port_open():
             if time.monotonic() > deadline:
                 raise AssertionError("RabbitMQ does not listen on 5672 60 s after start_app")
             time.sleep(0.1)
@@ -289,14 +288,6 @@ def wait_not_quiet(limit: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{QUIET} still exists after {limit}s; not restarting RabbitMQ")
         time.sleep(20)
-
-
-def _port_open() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _raise_interrupt(*_):

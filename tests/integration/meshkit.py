@@ -3,6 +3,7 @@ the ledger checks (identical tips, values on every node, audited certified chain
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -238,9 +239,17 @@ def assert_values(mesh: Mesh, expected: dict[str, Any]) -> None:
                            f"e.g. {dict(list(wrong.items())[:5])}")
 
 
+def broker_port_open(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    """Whether RabbitMQ listens (the broker stop/start tests wait on it)."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -250,7 +259,6 @@ def free_port_block(count: int) -> int:
     """A base port with ``count`` consecutive free ports from it (e.g. metrics: one per
     node), away from the default 9400/9500 that other meshes on this machine use."""
     import random
-    import socket
     for _ in range(200):
         base = random.randrange(20000, 60000 - count)
         socks = []

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -27,7 +26,7 @@ from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleReco
 from mesh.openstack.rpc import transport_url_from_broker
 from mesh.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
-from tests.integration.meshkit import Mesh, wait_until
+from tests.integration.meshkit import Mesh, broker_port_open, wait_until
 
 from .test_own_answers import Gate
 
@@ -234,14 +233,6 @@ def _rabbitmqctl(*args: str) -> None:
                     pytrace=False)
 
 
-def _port_open() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(rig, caplog):
     caplog.set_level(logging.CRITICAL, logger="oslo.messaging")  # reconnect chatter
     rig.hosts.update({"vm-out": "cmp1", "vm-down": "cmp1", "vm-during": "cmp1", "vm-after": "cmp2"})
@@ -257,7 +248,7 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         _rabbitmqctl("stop_app")
-        assert not _port_open()
+        assert not broker_port_open()
         for node in range(rig.mesh.n):  # step 1 is local SQLite: the broker is irrelevant
             assert rig.api(node).get_vnc_console("vm-out") == (before, 1)
         # step 2 fails fast, for a client that has called before and for one that has not
@@ -278,7 +269,7 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
         _rabbitmqctl("start_app")
         signal.signal(signal.SIGTERM, old_handler)
         cold.close()
-    wait_until(_port_open, 60, "RabbitMQ to listen on 5672 again")
+    wait_until(broker_port_open, 60, "RabbitMQ to listen on 5672 again")
     rig.mesh.local.wait_ready(timeout=90)  # every worker answers pbft.status again
     rig.recorder.flush(90)                  # the update kept during the outage commits
     assert rig.recorder.retries >= 1
