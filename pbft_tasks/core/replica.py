@@ -47,7 +47,9 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   VIEW-CHANGE with its stable-checkpoint proof and prepared certificates, and holds
   messages of v+1 until the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it
   has 2f+1 VIEW-CHANGEs; backups check it by recomputing O.  If no NEW-VIEW comes in
-  time it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
+  time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the timer starts then, so a
+  replica that timed out alone does not climb views on its own) it moves on to v+2
+  with the timeout doubled, so the mesh does not loop; the
   timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
   replica join the smallest of them (sec. 4.5.2).  A VIEW-CHANGE carries, per seq, the
   prepared certificate of the *latest view in which that seq prepared here*, not only
@@ -144,6 +146,7 @@ class Replica:
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
         self.waiting_since: int | None = None
         self.vc_started_at = 0
+        self.vc_quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for self.view were in
         self.vc_attempts = 0
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
@@ -672,7 +675,16 @@ class Replica:
     def _view_change_timers(self, cause: str) -> None:
         timeout = self.cfg.view_change_ticks << min(self.vc_attempts, 16)
         if self.in_view_change:
-            if self.now - self.vc_started_at >= timeout:  # no NEW-VIEW in time: next view
+            # Sec. 4.5.2: the timer for moving on to v+2 starts only once 2f+1 replicas
+            # asked for v+1.  A replica that timed out alone (slow, or cut off) stays at
+            # v+1 instead of climbing views nobody else will reach; it is back in the
+            # normal case at the mesh's next view change (and keeps its ledger up to date
+            # by state transfer meanwhile).
+            if len(self.view_changes.get(self.view, {})) < self.quorum:
+                return
+            if self.vc_quorum_at is None:
+                self.vc_quorum_at = self.now
+            if self.now - self.vc_quorum_at >= timeout:  # no NEW-VIEW in time: next view
                 self.vc_attempts += 1
                 self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
             return
@@ -706,6 +718,7 @@ class Replica:
         self.view = new_view
         self.in_view_change = True
         self.vc_started_at = self.now
+        self.vc_quorum_at: int | None = None
         self.waiting_since = None
         self._dirty_meta = True
         mine = self._own_view_change(new_view)

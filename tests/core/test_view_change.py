@@ -88,28 +88,69 @@ def test_null_requests_fill_gaps_in_the_new_view():
     assert all(p.view == 1 and p.sender == 1 for p in pps)
 
 
+def run_dropping(c: Cluster, ticks: int, lost) -> None:
+    """Tick and deliver in FIFO order, losing every message for which ``lost(envelope)``."""
+    for _ in range(ticks):
+        c.tick()
+        while True:
+            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
+            if k is None:
+                break
+            (c.drop if lost(c.network[k]) else c.deliver)(k)
+
+
+def run_dropping_new_views(c: Cluster, ticks: int, sender: int) -> None:
+    """A new primary that joins the view change but whose NEW-VIEW never arrives."""
+    run_dropping(c, ticks, lambda e: isinstance(e.msg, NewView) and e.msg.sender == sender)
+
+
 def test_view_change_timer_doubles_when_the_next_primary_is_silent_too():
-    """sec. 4.5.2: if the NEW-VIEW does not come in time the replica moves to v+2 and
-    waits twice as long, so a run of faulty primaries cannot make the mesh loop."""
-    # set up: primary 0 and the next primary 1 both silent (f = 1 is exceeded for
-    # liveness only: safety is unaffected and the timers must still back off)
+    """sec. 4.5.2: once 2f+1 replicas asked for v+1, a replica that gets no NEW-VIEW in
+    time moves to v+2 and waits twice as long, so a run of faulty primaries cannot make
+    the mesh loop."""
+    # set up: primary 0 crashed; the next primary (1) takes part in the view change,
+    # but its NEW-VIEW never arrives
     c = cluster()
     c.request("a", 1, "k1", 1)
     c.stabilize()
     c.crash(0)
-    c.crash(1)
-    for to in (2, 3):
+    for to in (1, 2, 3):
         c.request("a", 2, "k2", 2, to=to)
     c.stabilize()
     r2 = c.nodes[2].replica
-    # step: first timeout -> view 1; then no NEW-VIEW for 2 x VC_TICKS -> view 2
-    run_until_quiet(c, VC_TICKS + 2)
+    # step: first timeout -> view 1 (with 2f+1 VIEW-CHANGEs); no NEW-VIEW for 2 x VC_TICKS -> view 2
+    run_dropping_new_views(c, VC_TICKS + 2, sender=1)
     first = r2.view
+    assert len(r2.view_changes.get(1, {})) >= 3
     started = r2.vc_started_at
-    run_until_quiet(c, 2 * VC_TICKS + 2)
-    # check
-    assert first == 1 and r2.view == 2 and r2.in_view_change
+    run_dropping_new_views(c, 2 * VC_TICKS + 2, sender=1)
+    # check: view 2, after twice the first timeout; its primary (2) then completes it
+    assert first == 1 and r2.view == 2
     assert r2.vc_started_at - started >= 2 * VC_TICKS
+    run_until_quiet(c, 4 * VC_TICKS)
+    assert views(c)[1:] == [2, 2, 2] and [c.height(i) for i in (1, 2, 3)] == [2, 2, 2]
+
+
+def test_a_replica_that_times_out_alone_does_not_climb_views():
+    """sec. 4.5.2: the timer for v+2 starts only with 2f+1 VIEW-CHANGEs for v+1, so one
+    replica whose request timer expired on its own stays at v+1 (it cannot go back:
+    its VIEW-CHANGE is out) instead of moving further away from the mesh at every
+    timeout; the others go on committing in view 0."""
+    # set up: node 3 alone knows of a request the primary never got
+    c = cluster()
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    c.request("b", 1, "lost", 1, to=3)
+    c.deliver(len(c.network) - 1)  # node 3 takes it and forwards it to the primary ...
+    c.network = [e for e in c.network if not (e.to == 0 and e.origin == 3)]  # ... in vain
+    # step: node 3 times out; its VIEW-CHANGE finds no company (f+1 are needed to join)
+    run_dropping(c, 6 * VC_TICKS,
+                 lambda e: e.to == 0 and e.origin == 3 and not isinstance(e.msg, ViewChange))
+    # check: node 3 waits in view 1, the others are in view 0 and still commit
+    assert views(c) == [0, 0, 0, 1] and c.nodes[3].replica.in_view_change
+    c.request("a", 2, "k2", 2)
+    run_until_quiet(c, 2)
+    assert [c.height(i) for i in (0, 1, 2)] == [2, 2, 2]
 
 
 def test_view_change_with_a_forged_prepared_certificate_is_evidence():
