@@ -5,7 +5,7 @@ with its Ed25519 key, sends it to the primary it believes in, and accepts a resu
 f+1 distinct replicas (at least one honest) sent the same one.  If that takes longer
 than ``timeout`` it sends the request to every replica, as the paper's client does
 (backups forward it to the primary; replicas that executed it answer again from their
-client table).
+client table), and again after each further wait, doubling up to 8 x ``timeout``.
 
 Identity: ``client`` on the wire is ``<name>/<session>``.  ``name`` selects the public
 key in mesh.json; ``session`` (random per process) keeps two processes of one client
@@ -44,7 +44,9 @@ class Pending:
     result: Any = None
     done_at: float | None = None                       # f+1 matching replies
     all_at: float | None = None                        # every replica replied
-    retried: bool = False
+    retried: bool = False                              # sent to every replica at least once
+    resent_at: float | None = None                     # when last sent to every replica
+    resends: int = 0
 
     @property
     def done(self) -> bool:
@@ -102,7 +104,9 @@ class MeshClient:
 
     def wait(self, batch: list[Pending], timeout: float | None = None, every: bool = False) -> list[Pending]:
         """Wait until each request has f+1 matching replies (``every``: all n replies).
-        Requests not done after ``self.timeout`` are sent to every replica once."""
+        A request not done after ``self.timeout`` is sent to every replica (sec. 4.1), and
+        again after each further wait, doubling up to 8 x ``self.timeout``: a copy lost
+        with a broker restart or a crashed primary must not leave it unanswered."""
         deadline = time.perf_counter() + (timeout if timeout is not None else 5 * self.timeout)
         while True:
             waiting = [p for p in batch if (p.all_at if every else p.done_at) is None]
@@ -113,15 +117,22 @@ class MeshClient:
                 raise SubmitTimeout(f"{len(waiting)} of {len(batch)} requests got no "
                                     f"{'reply from every replica' if every else 'f+1 matching replies'} "
                                     f"in time (is the mesh running?)")
-            stale = [p for p in waiting if not p.retried and now - p.sent_at > self.timeout]
+            stale = [p for p in waiting
+                     if now - (p.resent_at or p.sent_at) > self.timeout * (1 << min(p.resends, 3))]
             if stale:
-                wires = [to_wire(p.request) for p in stale]
-                for p in stale:
-                    p.retried = True
-                for node in range(self.n):
-                    for i in range(0, len(wires), self.bundle):
-                        self.transport.send_requests(node, wires[i:i + self.bundle])
+                self.send_to_all(stale, now)
             self.transport.poll(min(0.05, max(0.0, deadline - now)))
+
+    def send_to_all(self, batch: list[Pending], now: float | None = None) -> None:
+        """Send these requests to every replica (the same signed requests: replicas
+        deduplicate by (client, timestamp))."""
+        now = time.perf_counter() if now is None else now
+        for p in batch:
+            p.retried, p.resent_at, p.resends = True, now, p.resends + 1
+        wires = [to_wire(p.request) for p in batch]
+        for node in range(self.n):
+            for i in range(0, len(wires), self.bundle):
+                self.transport.send_requests(node, wires[i:i + self.bundle])
 
     def put(self, key: str, value: Any, ttl: float | None = None, timeout: float | None = None) -> dict:
         return self.wait(self.submit([self.put_request(key, value, ttl)]), timeout)[0].result

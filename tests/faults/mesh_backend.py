@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 
 from mesh.client import BrokerClientTransport
 from pbft_tasks.core.chain import GENESIS
-from pbft_tasks.core.messages import to_wire
 
 from tests.integration.meshkit import audit_node, broker_port_open
 
@@ -142,13 +141,9 @@ class MeshBackend:
 
     def _send_to_all(self, batch: list) -> None:
         now = time.perf_counter()
-        wires = [to_wire(p.request) for p in batch]
         for p in batch:
-            p.retried = True   # MeshClient.wait is not used, but keep its flag honest
             self.sent_all[p.request.timestamp] = now
-        for node in range(self.sc.nodes):
-            for k in range(0, len(wires), self.client.bundle):
-                self.client.transport.send_requests(node, wires[k:k + self.client.bundle])
+        self.client.send_to_all(batch, now)
 
     # -- perturbations -------------------------------------------------------------------------
     def kill(self, i: int) -> None:
