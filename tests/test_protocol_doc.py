@@ -299,10 +299,13 @@ def test_every_rejection_reason_is_documented():
 def test_envelope_is_what_celery_builds():
     from pbft_tasks.celery_app import app
     wire = example("Prepare")
-    built = app.amqp.create_task_message(str(uuid.uuid4()), TASK_FOR_TYPE["Prepare"], [wire], {})
+    from pbft_tasks.transport import task_message
+    built = task_message(app, TASK_FOR_TYPE["Prepare"], wire)  # what a node publishes
     headers = json.loads(one("envelope-headers"))
     assert set(headers) == set(built.headers)
     assert headers["task"] == "pbft.prepare"
+    for name in ("argsrepr", "kwargsrepr", "ignore_result"):
+        assert headers[name] == built.headers[name], name
     assert headers["root_id"] == headers["id"]
     body = json.loads(one("envelope-body", "Prepare"))
     assert body == json.loads(json.dumps(list(built.body)))
