@@ -87,5 +87,5 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, backend:
 from mesh import commands  # noqa: E402,F401  (registers worker, demo, put, get, bench)
 from mesh import bench_paper  # noqa: E402,F401  (registers bench paper)
 from mesh.openstack import commands as _openstack_commands  # noqa: E402,F401  (compute, console, delete-instance, move-instance, add-reader)
-from mesh import ops  # noqa: E402,F401  (registers up, status, down, api)
+from mesh import ops  # noqa: E402,F401  (registers up, status, down)
 from mesh import audit_cmd  # noqa: E402,F401  (registers verify, bench verify)

@@ -1,9 +1,10 @@
-"""``hdpbf up``, ``status``, ``down`` and ``api``: the mesh as local processes, for
-machines without Docker (issue 5, items 5 and 6).
+"""``hdpbf up``, ``status`` and ``down``: the mesh as local processes, for machines
+without Docker (issue 5, items 5 and 6).
 
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
-command lines, waiting until they answer, judging health, and the small HTTP front of
-the nova-api reader.  Starting and stopping a process is mesh/launcher.py's.
+command lines, waiting until they answer, and judging health.  Starting and stopping a
+process is mesh/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
+mesh/openstack/commands.py.
 
 A data dir (default ``./hdpbf-data``)::
 
@@ -39,21 +40,19 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.table import Table
 
 from . import metrics
 from .cli import BadInput, console, main
-from .commands import _config_path, config_option
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
 from .topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
@@ -106,7 +105,7 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
         netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
@@ -206,7 +205,7 @@ def _open_mesh(data_dir: str, nodes: int | None, broker: str | None,
     for what, asked, have in (("--nodes", nodes, cfg.n), ("--broker", broker, cfg.broker_url),
                               ("--backend", backend, cfg.result_backend)):
         if asked is not None and asked != have:
-            shown = have if what == "--nodes" else _redact(str(have))
+            shown = have if what == "--nodes" else redact(str(have))
             raise BadInput(f"{path} already holds a mesh with {what} {shown}; to change it, "
                            f"use another --data-dir (or remove {data_dir})")
     if not cfg.readers:  # compute needs somebody to seal console tokens for
@@ -219,7 +218,7 @@ def _check_services(mesh: LocalMesh, cfg: MeshConfig) -> None:
         with mesh.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5)
     except Exception as exc:
-        raise click.ClickException(f"cannot reach the broker {_redact(cfg.broker_url)}: {exc} "
+        raise click.ClickException(f"cannot reach the broker {redact(cfg.broker_url)}: {exc} "
                                    f"(is RabbitMQ running? rabbitmq-server -detached)") from None
     try:
         import redis
@@ -227,7 +226,7 @@ def _check_services(mesh: LocalMesh, cfg: MeshConfig) -> None:
                              socket_connect_timeout=3).ping()
     except Exception as exc:
         raise click.ClickException(f"cannot reach the result backend "
-                                   f"{_redact(cfg.result_backend)}: {exc} (is Redis running?)") from None
+                                   f"{redact(cfg.result_backend)}: {exc} (is Redis running?)") from None
 
 
 def _log_since(rec: ProcessRecord) -> str:
@@ -408,7 +407,7 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         sys.exit(1)
 
     table = Table(title=f"hdpbf up: {cfg.n} nodes (f={cfg.f}){' — new mesh' if new else ''}, "
-                        f"broker {_redact(cfg.broker_url)}")
+                        f"broker {redact(cfg.broker_url)}")
     for col in ("process", "pid", "serves", "log"):
         table.add_column(col, overflow="fold")
     for p in run["processes"]:
@@ -494,7 +493,7 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
         others.append(row)
     healthy = all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
     return {"data_dir": data_dir, "running": True, "healthy": healthy,
-            "broker_error": broker_error, "broker": _redact(cfg.broker_url),
+            "broker_error": broker_error, "broker": redact(cfg.broker_url),
             "started_at": run["started_at"], "max_height": top, "max_lag": max_lag,
             "flower": run.get("flower"), "api": run.get("api"), "nodes": nodes,
             "processes": others}
@@ -630,109 +629,4 @@ def down(data_dir: str, timeout: float) -> None:
     os.unlink(run_file(data_dir))
 
 
-# -- api: the nova-api reader over HTTP ---------------------------------------------------
-
-@main.command("api")
-@click.option("--node", "node_id", type=int, default=0, show_default=True,
-              help="the mesh node whose local ledger step 1 reads")
-@click.option("--reader", default=None, help="reader identity whose key opens sealed tokens")
-@click.option("--bind", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8774, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.01, None), default=5.0, show_default=True,
-              help="step-2 RPC timeout in seconds")
-@click.option("--transport-url", default=None, metavar="URL",
-              help="oslo.messaging URL (default: the mesh's RabbitMQ as rabbit://)")
-@click.option("--own-answers/--no-own-answers", default=True, show_default=True,
-              help="serve this process's own step-2 answers (step \"1o\") until the "
-                   "ledger has them; off: the ledger alone, the paper's design")
-@config_option
-def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
-        transport_url: str | None, own_answers: bool, config: str | None) -> None:
-    """Serve nova-api's two-step get_vnc_console over HTTP:
-    GET /console/<instance>?host=<compute host> -> {"connect_info", "step"}."""
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from .openstack import rpc
-    from .openstack.reader import ConsoleReader, ConsoleUnavailable
-    from .openstack.sealing import Opener
-    from .topology import load_reader_identity
-    path = _config_path(config)
-    cfg = MeshConfig.load(path)
-    try:
-        ledger = os.path.join(cfg.node_data_dir(node_id), "ledger.sqlite")
-        opener = Opener(reader, load_reader_identity(cfg, reader)) if reader else None
-        url = transport_url or rpc.transport_url_from_broker(cfg.broker_url)
-    except (ConfigError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
-    # One HTTP thread, one ConsoleReader: its sqlite connection belongs to that thread.
-    console_reader = ConsoleReader(ledger, url, {}, opener, rpc_timeout=timeout,
-                                   own_answers=own_answers)
-    try:  # hdpbf_step1_answers_total etc. on $HDPBF_METRICS_PORT (mesh/metrics.py)
-        metrics.export_reader(console_reader, node_id, metrics.reader_metrics_port())
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "hdpbf-api/1"
-
-        def _reply(self, code: int, obj: dict) -> None:
-            body = json.dumps(obj, sort_keys=True).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            parts = urlsplit(self.path)
-            segs = parts.path.strip("/").split("/")
-            query = parse_qs(parts.query)
-            if parts.path == "/healthz":
-                return self._reply(200, {"ok": True, "node": node_id, "reader": reader,
-                                         "step1_hits": console_reader.step1_hits,
-                                         "step1_own_answers": console_reader.step1_own_answers,
-                                         "step2_calls": console_reader.step2_calls})
-            if len(segs) != 2 or segs[0] != "console" or not segs[1]:
-                return self._reply(404, {"error": "GET /console/<instance>?host=<compute host>"})
-            instance = unquote(segs[1])
-            host = query.get("host", [None])[0]
-            if host:
-                console_reader.hosts[instance] = host
-            elif instance not in console_reader.hosts:
-                return self._reply(400, {"error": f"no compute host known for {instance!r}: "
-                                                  f"pass ?host=<compute host>"})
-            t0 = time.perf_counter()
-            try:
-                info, step = console_reader.get_vnc_console(
-                    instance, query.get("type", ["novnc"])[0])
-            except ConsoleUnavailable as exc:
-                return self._reply(503, {"error": str(exc), "instance": instance})
-            self._reply(200, {"instance": instance, "node": node_id, "step": step,
-                              "connect_info": info,
-                              "ms": round((time.perf_counter() - t0) * 1000, 3)})
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            sys.stderr.write(f"{time.strftime('%H:%M:%S')} {self.address_string()} "
-                             f"{fmt % args}\n")
-
-    try:
-        server = HTTPServer((bind, port), Handler)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {bind}:{port}: {exc}") from None
-
-    def stop(*_: Any) -> None:
-        raise SystemExit(0)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-    console().print(f"nova-api reader on http://{bind}:{port}/console/<instance>?host=<host>: "
-                    f"step 1 node {node_id}'s ledger, step 2 RPC via {_redact(url)}; reader "
-                    f"{reader or '(none)'}", soft_wrap=True, markup=False)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-        console_reader.close()
-
-
-__all__ = ["up", "status", "down", "api", "status_report", "flower_credentials", "load_run"]
+__all__ = ["up", "status", "down", "status_report", "flower_credentials", "load_run"]
