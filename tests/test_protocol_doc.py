@@ -275,9 +275,12 @@ def test_limits_table_matches_the_code():
 
 
 def _evidence_reasons() -> set[str]:
-    tree = ast.parse((ROOT / "pbft_tasks" / "core" / "replica.py").read_text())
     out = set()
-    for node in ast.walk(tree):
+    # the replica and its sub-protocol mixins (replica.py imports them all)
+    trees = [ast.parse((ROOT / "pbft_tasks" / "core" / name).read_text())
+             for name in ("replica.py", "normalcase.py", "checkpoints.py", "catchup.py",
+                          "viewchange.py")]
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_evidence" and len(node.args) >= 2
                 and isinstance(node.args[1], ast.Constant)):

@@ -1,11 +1,17 @@
-"""View change: the pure rules for VIEW-CHANGE and NEW-VIEW (Castro and Liskov 1999,
-sec. 4.4), used by replica.py.
+"""View change (Castro and Liskov 1999, sec. 4.4; liveness sec. 4.5.2): the pure rules
+for VIEW-CHANGE and NEW-VIEW, and the replica's view-change state handling.
 
 Owns: what makes a VIEW-CHANGE well-founded, and how the new primary's set O of
 pre-prepares follows from 2f+1 of them, deterministically, so that every backup can
-recompute O and refuse a NEW-VIEW whose O differs.
+recompute O and refuse a NEW-VIEW whose O differs (the functions below); and
+``ViewChanges``, a mixin of ``Replica`` (replica.py): the request and NEW-VIEW timers,
+starting a view change, collecting VIEW-CHANGEs, sending or checking the NEW-VIEW and
+entering the new view.  The mixin reads and writes the replica state that
+``Replica.__init__`` creates and documents (``view``, ``in_view_change``,
+``view_changes``, ``awaiting``, ``waiting_since``, ``vc_started_at``,
+``vc_quorum_at``, ``vc_attempts``, ``held_view``, ``log``, ...).
 
-Rules:
+Rules of the messages:
 - A VIEW-CHANGE for view v' from i proves its stable checkpoint n with 2f+1 matching
   CHECKPOINTs from distinct replicas (none when n = 0), and each prepared entry with the
   pre-prepare (from the primary of its view, view < v', digest = batch digest, n < seq
@@ -17,11 +23,35 @@ Rules:
   request (an empty batch) fills the gap, so execution order has no holes.
 - Signatures of every nested message are checked by the adapter before the core sees
   the VIEW-CHANGE; the core checks only the counting rules above.
+
+Rules of the replica, each tested in tests/core/test_paper.py or
+tests/core/test_view_change.py:
+- A replica waiting for a request it knows of (a request it received or a pre-prepare
+  it accepted, not yet executed) for ``view_change_ticks`` ticks moves to view v+1: it
+  stops accepting normal-case messages, multicasts a VIEW-CHANGE with its
+  stable-checkpoint proof and prepared certificates, and holds messages of v+1 until
+  the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it has 2f+1 VIEW-CHANGEs;
+  backups check it by recomputing O.
+- If no NEW-VIEW comes in time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the
+  timer starts then, so a replica that timed out alone does not climb views on its
+  own) it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
+  timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
+  replica join the smallest of them (sec. 4.5.2).
+- A VIEW-CHANGE carries, per seq, the prepared certificate of the *latest view in which
+  that seq prepared here*, not only of the view being left: entering a view (or
+  installing a fetched block) replaces the log entry but keeps its certificate
+  (``Entry.prior``), else a batch committed in v and re-proposed but not yet prepared in
+  v+1 could be replaced by another in v+2.
+- Entering a view whose min-s is past this replica's last executed seq starts state
+  transfer (catchup.py); log entries above O (never prepared by a quorum) are dropped,
+  clients retransmit.
 """
 from __future__ import annotations
 
 from . import quorum as Q
-from .messages import NewView, PrePrepare, ViewChange, batch_digest
+from .actions import Broadcast
+from .log import Entry
+from .messages import NewView, PrePrepare, Prepare, ViewChange, batch_digest
 
 
 def check_view_change(vc: ViewChange, n: int, log_window: int) -> str | None:
@@ -94,3 +124,150 @@ def check_new_view(nv: NewView, n: int, log_window: int) -> str | None:
     if [(p.seq, p.digest) for p in nv.preprepares] != [(p.seq, p.digest) for p in expected]:
         return "its pre-prepares are not the ones its VIEW-CHANGEs call for"
     return None
+
+
+class ViewChanges:
+    """The replica's side of the view change: timers, VIEW-CHANGE, NEW-VIEW, new view."""
+
+    # -- view change (sec. 4.4) ---------------------------------------------------------
+    def _waiting(self) -> bool:
+        return bool(self.awaiting) or any(e.preprepare is not None and not e.executed
+                                          for s, e in self.log.items() if s > self.last_exec)
+
+    def _view_change_timers(self, cause: str) -> None:
+        timeout = self.cfg.view_change_ticks << min(self.vc_attempts, 16)
+        if self.in_view_change:
+            # Sec. 4.5.2: the timer for moving on to v+2 starts only once 2f+1 replicas
+            # asked for v+1.  A replica that timed out alone (slow, or cut off) stays at
+            # v+1 instead of climbing views nobody else will reach; it is back in the
+            # normal case at the mesh's next view change (and keeps its ledger up to date
+            # by state transfer meanwhile).
+            if len(self.view_changes.get(self.view, {})) < self.quorum:
+                return
+            if self.vc_quorum_at is None:
+                self.vc_quorum_at = self.now
+            if self.now - self.vc_quorum_at >= timeout:  # no NEW-VIEW in time: next view
+                self.vc_attempts += 1
+                self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
+            return
+        if not self._waiting():
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = self.now
+        elif self.now - self.waiting_since >= timeout:
+            self.vc_attempts += 1
+            self._start_view_change(self.view + 1, f"{cause}: request timer expired in view {self.view}")
+
+    def _own_view_change(self, new_view: int) -> ViewChange:
+        proof = ()
+        if self.h:
+            proof = tuple(c for _, c in sorted(self.checkpoints.get(self.h, {}).items())
+                          if c.state_digest == self.stable_digest)
+        prepared = []
+        for seq in sorted(s for s in self.log if s > self.h):
+            cert = self._certificate(self.log[seq])
+            if cert is not None and cert[0].view < new_view:
+                prepared.append(cert)
+        return ViewChange(new_view, self.h, proof, tuple(prepared), self.id)
+
+    def _certificate(self, e: Entry | None) -> tuple | None:
+        """The newest prepared certificate ``e`` holds, of its own view or an earlier one."""
+        if e is None or e.preprepare is None:
+            return e.prior if e is not None else None
+        return e.certificate(Q.primary(e.preprepare.view, self.n), self.need_prepares)
+
+    def _start_view_change(self, new_view: int, cause: str) -> None:
+        self.view = new_view
+        self.in_view_change = True
+        self.vc_started_at = self.now
+        self.vc_quorum_at: int | None = None
+        self.waiting_since = None
+        self._dirty_meta = True
+        mine = self._own_view_change(new_view)
+        self.view_changes.setdefault(new_view, {})[self.id] = mine
+        self._msg(Broadcast(mine, cause))
+        self._try_new_view(new_view, cause)
+
+    def _on_view_change(self, vc: ViewChange, cause: str) -> None:
+        if vc.sender == self.id:
+            return self._evidence(vc.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
+        if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
+            return  # a view this replica has already left or installed
+        reason = check_view_change(vc, self.n, self.cfg.log_window)
+        if reason:
+            return self._evidence(vc.sender, "bad_view_change", reason, cause)
+        votes = self.view_changes.setdefault(vc.new_view, {})
+        if vc.sender in votes:
+            return
+        votes[vc.sender] = vc
+        # sec. 4.5.2: f+1 replicas want a higher view, so at least one honest one does
+        higher = {s for v, vs in self.view_changes.items() if v > self.view for s in vs}
+        if len(higher) >= Q.weak_quorum(self.n):
+            target = min(v for v, vs in self.view_changes.items() if v > self.view and vs)
+            self._start_view_change(target, cause)
+        self._try_new_view(vc.new_view, cause)
+
+    def _try_new_view(self, view: int, cause: str) -> None:
+        if not (self.in_view_change and view == self.view and Q.primary(view, self.n) == self.id):
+            return
+        votes = self.view_changes.get(view, {})
+        if len(votes) < self.quorum:
+            return
+        chosen = tuple(vc for _, vc in sorted(votes.items())[: self.quorum])
+        min_s, pps = new_view_preprepares(view, chosen, self.n)
+        self._msg(Broadcast(NewView(view, chosen, pps, self.id), cause))
+        self._enter_view(view, pps, min_s, cause)
+
+    def _on_new_view(self, nv: NewView, cause: str) -> None:
+        if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
+            return
+        reason = check_new_view(nv, self.n, self.cfg.log_window)
+        if reason:
+            return self._evidence(nv.sender, "bad_new_view", reason, cause)
+        min_s, _ = new_view_preprepares(nv.view, nv.view_changes, self.n)
+        self._enter_view(nv.view, nv.preprepares, min_s, cause)
+
+    def _enter_view(self, view: int, pps: tuple, min_s: int, cause: str) -> None:
+        self.view = view
+        self.in_view_change = False
+        self._dirty_meta = True
+        self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
+        if min_s > self.last_exec:  # the new view starts past us: fetch what we lack
+            peers = [s for s in range(self.n) if s != self.id]
+            self._need_state(min_s, peers, cause)
+        top = max((pp.seq for pp in pps), default=min_s)
+        for seq in [s for s in self.log if s > max(top, self.last_exec)]:
+            del self.log[seq]  # never prepared by a quorum: clients retransmit
+            self._deleted.update((f"pp/{seq}", f"votes/{seq}"))
+        primary = Q.primary(view, self.n)
+        for pp in pps:
+            if pp.seq <= self.h or pp.seq > self.high:
+                continue
+            entry = Entry(pp.seq)
+            entry.prior = self._certificate(self.log.get(pp.seq))  # sec. 4.4: never lost
+            entry.executed = pp.seq <= self.last_exec
+            entry.preprepare = pp
+            self.log[pp.seq] = entry
+            self._dirty_pp.add(pp.seq)
+            self._dirty_votes.add(pp.seq)
+            if self.id != primary:
+                mine = Prepare(view, pp.seq, pp.digest, self.id)
+                entry.prepares[self.id] = mine
+                self._msg(Broadcast(mine, cause))
+        if self.id == primary:
+            self.next_seq = max(top, self.last_exec, self.h) + 1
+            proposed = {(r.client, r.timestamp) for pp in pps for r in pp.batch}
+            self.pending = [r for k, r in self.awaiting.items()
+                            if k not in proposed and not self.clients.executed(*k)]
+            self.in_flight = proposed | set(self.awaiting)
+            self.pending_since = self.now if self.pending else None
+        self.waiting_since = None
+        held, self.held_view = self.held_view, []
+        for m in held:
+            if m.view == view:
+                self._handlers[type(m)](self, m, cause)
+        for seq in sorted(self.log):
+            if seq > self.last_exec:
+                self._check(self.log[seq], cause)
+        if self.id == primary:
+            self._cut_partial(cause)

@@ -27,7 +27,7 @@ from pbft_tasks.signing import Rejected, Verifier
 # means replicas are answering each other in a loop.
 STORM_READY = 5000
 STORM_BUG = ("replicas answering each other's retransmissions in a loop (the rate limit "
-             "of Replica._help_behind, pbft_tasks/core/replica.py, was meant to prevent it)")
+             "of Replica._help_behind, pbft_tasks/core/catchup.py, was meant to prevent it)")
 
 
 class MessageStorm(AssertionError):

@@ -1,0 +1,136 @@
+"""Catching up: retransmission to a replica that is behind, state transfer, and the
+stuck check (Castro and Liskov 1999, sec. 4.3: a replica that learns it is behind
+fetches the state it lacks; the paper assumes messages are retransmitted until
+received, sec. 3, and leaves how to the implementation).
+
+Owns: ``CatchUp``, a mixin of ``Replica`` (replica.py).  It reads and writes the
+replica state that ``Replica.__init__`` creates and documents (``helped``,
+``behind_to``, ``fetch_asked_at``, ``fetch_peers``, ``seen_ahead``, ``last_progress``,
+``log``, ``own_checkpoints``).  The entry points that drive it stay on ``Replica``:
+``tick`` (retransmission, stuck check), ``install`` (one fetched block, checked here by
+``_check_install``) and ``request_state``.
+
+Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer.py:
+- Retransmission: a replica with work (a logged seq not yet executed, or requests
+  pending) that made no progress for ``retransmit_ticks`` re-broadcasts its own
+  pre-prepares and votes for every seq it has not executed, and its own checkpoints
+  above h.
+- Retransmission to a replica that is behind: a replica that has executed seq n and
+  receives a *duplicate* vote or pre-prepare for n (the sender is retransmitting, so it
+  may be stuck there) sends that sender its own pre-prepare, prepare and commit for n; a
+  duplicate CHECKPOINT for the stable checkpoint is answered with our own
+  (checkpoints.py).  Two replicas that both executed n would answer each other's
+  answers forever, so each peer is helped at most once per (seq, ``retransmit_ticks``).
+- State transfer: f+1 matching CHECKPOINTs for a seq this replica has not executed (at
+  least one from an honest replica) make it ask for the missing blocks (``FetchState``,
+  at most once per ``retransmit_ticks``).  So does being stuck: no progress for
+  ``retransmit_ticks`` while f+1 replicas committed a seq it cannot execute (it lost the
+  pre-prepare), or while it dropped messages beyond its window.  So does a NEW-VIEW
+  whose min-s is past this replica (viewchange.py).
+- ``install`` takes one committed block: it must extend this replica's chain, carry
+  2f+1 matching commits for its batch, and hash to what this replica computes for it
+  (skip list included) before anything changes; then it executes through the same path
+  as a normal commit.  The adapter checks the signatures first.
+"""
+from __future__ import annotations
+
+from . import quorum as Q
+from .actions import Broadcast, FetchState, Send
+from .chain import block_hash, block_header
+from .log import Entry
+from .messages import Checkpoint, Commit, PrePrepare, Request, batch_digest, from_wire
+
+
+class CatchUp:
+    """Retransmission, help for a peer that is behind, state transfer, stuck check."""
+
+    # -- retransmission -------------------------------------------------------------
+    def _may_help(self, to: int, seq: int) -> bool:
+        last = self.helped.get((to, seq))
+        if last is not None and self.now - last < self.cfg.retransmit_ticks:
+            return False
+        self.helped[(to, seq)] = self.now
+        return True
+
+    def _help_behind(self, entry: Entry, to: int, cause: str) -> None:
+        """``to`` retransmitted a message for a seq we executed: it may be stuck there."""
+        if not entry.executed or not self._may_help(to, entry.seq):
+            return
+        pp = entry.preprepare
+        if pp is not None and pp.sender == self.id:
+            self._msg(Send(to, pp, cause))
+        for votes in (entry.prepares, entry.commits):
+            if self.id in votes:
+                self._msg(Send(to, votes[self.id], cause))
+
+    def _has_work(self) -> bool:
+        return self.last_exec < max(self.log, default=0) or bool(self.pending)
+
+    def _retransmit(self, cause: str) -> None:
+        for seq in sorted(s for s in self.log if s > self.last_exec):
+            e = self.log[seq]
+            if e.preprepare is not None and e.preprepare.sender == self.id:
+                self._msg(Broadcast(e.preprepare, cause))
+            for votes in (e.prepares, e.commits):
+                if self.id in votes:
+                    self._msg(Broadcast(votes[self.id], cause))
+        for seq, digest in sorted(self.own_checkpoints.items()):
+            if seq > self.h:
+                self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))
+
+    # -- state transfer ----------------------------------------------------------------
+    def _check_install(self, block: dict) -> tuple[str | None, Entry | None]:
+        seq, view, digest = block["seq"], block["view"], block["digest"]
+        if seq != self.last_exec + 1 or block["prev"] != self.head:
+            return f"block {seq} does not extend this chain at {self.last_exec}", None
+        batch = tuple(from_wire(w) for w in block["requests"])
+        if any(not isinstance(r, Request) for r in batch) or batch_digest(batch) != digest:
+            return f"block {seq}: requests do not match the digest", None
+        cert = [from_wire(w) for w in block["certificate"]]
+        senders = {c.sender for c in cert if isinstance(c, Commit) and c.view == view
+                   and c.seq == seq and c.digest == digest and 0 <= c.sender < self.n}
+        if len(senders) < self.quorum:
+            return f"block {seq}: fewer than 2f+1 matching commits", None
+        skip = self._preview_skip(batch)
+        if block["skip"] != skip:
+            return f"block {seq}: skips {block['skip']}, this replica's client table says {skip}", None
+        expect = block_hash(block_header(seq, view, digest, self.head, skip))
+        if expect != block["hash"]:
+            return f"block {seq}: hashes to {expect[:12]} here, not {block['hash'][:12]}", None
+        entry = Entry(seq)
+        entry.preprepare = PrePrepare(view, seq, digest, batch, Q.primary(view, self.n))
+        entry.commits = {c.sender: c for c in cert if c.sender in senders}
+        return None, entry
+
+    def _stuck_check(self, cause: str) -> None:
+        if self.now - self.last_progress < self.cfg.retransmit_ticks:
+            return
+        ahead = self.seen_ahead
+        for seq, e in self.log.items():
+            if seq > self.last_exec and e.preprepare is None:
+                voters = {c.sender for c in e.commits.values()}
+                if len(voters) >= Q.weak_quorum(self.n):  # an honest replica committed it
+                    ahead = max(ahead, seq)
+        if ahead > self.last_exec:
+            self._need_state(ahead, [s for s in range(self.n) if s != self.id], f"{cause}: stuck")
+
+    def _preview_skip(self, batch: tuple) -> list[int]:
+        """The skip list _execute would produce for ``batch``, without changing state."""
+        seen: set = set()
+        skip = []
+        for i, r in enumerate(batch):
+            key = (r.client, r.timestamp)
+            if self.clients.executed(*key) or key in seen:
+                skip.append(i)
+            else:
+                seen.add(key)
+        return skip
+
+    def _need_state(self, seq: int, peers: list[int], cause: str) -> None:
+        self.fetch_peers = tuple(sorted(peers)) or self.fetch_peers
+        self.behind_to = max(self.behind_to, seq)
+        if (self.fetch_asked_at is not None
+                and self.now - self.fetch_asked_at < self.cfg.retransmit_ticks):
+            return
+        self.fetch_asked_at = self.now
+        self._msg(FetchState(self.last_exec + 1, self.behind_to, self.fetch_peers, cause))
