@@ -75,7 +75,7 @@ class ReplicaConfig:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
                 or self.view_change_ticks < 1):
-            raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks >= 1")
+            raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")
 
 
 class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):

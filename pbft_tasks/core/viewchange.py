@@ -180,7 +180,7 @@ class ViewChanges:
         self.view = new_view
         self.in_view_change = True
         self.vc_started_at = self.now
-        self.vc_quorum_at: int | None = None
+        self.vc_quorum_at = None
         self.waiting_since = None
         self._dirty_meta = True
         mine = self._own_view_change(new_view)
