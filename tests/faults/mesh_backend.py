@@ -25,7 +25,6 @@ paper's client keeps retransmitting; MeshClient.wait does it once).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -36,14 +35,13 @@ from urllib.parse import urlsplit
 from mesh.client import BrokerClientTransport
 from pbft_tasks.core.chain import GENESIS
 
-from tests.integration.meshkit import audit_node, broker_port_open
+from tests.integration.meshkit import audit_node, broker_port_open, wait_not_quiet
 
 from .proxy import CuttableProxy
 
 CLIENT_TIMEOUT = 1.0
 RETRY_S = 2.0
 POLL_S = 0.2
-QUIET = "/tmp/hdpbf-quiet"
 
 
 class MeshBackend:
@@ -178,7 +176,7 @@ class MeshBackend:
 
     def restart_broker(self) -> float:
         """Stop and start RabbitMQ; returns the outage (stop_app -> workers ready)."""
-        wait_not_quiet()
+        wait_not_quiet("restarting RabbitMQ")
         t0 = time.perf_counter()
         old = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
@@ -274,15 +272,6 @@ def rabbitmqctl(*args: str) -> None:
     res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
         raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {res.stderr or res.stdout}")
-
-
-def wait_not_quiet(limit: float = 900.0) -> None:
-    """Someone is benchmarking (/tmp/hdpbf-quiet): do not touch RabbitMQ until done."""
-    deadline = time.monotonic() + limit
-    while os.path.exists(QUIET):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{QUIET} still exists after {limit}s; not restarting RabbitMQ")
-        time.sleep(20)
 
 
 def _raise_interrupt(*_):

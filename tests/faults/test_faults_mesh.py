@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.conftest import broker_url, make_mesh, no_stray_workers  # noqa: F401
+from tests.integration.meshkit import wait_not_quiet
 
-from .mesh_backend import MeshBackend, wait_not_quiet
+from .mesh_backend import MeshBackend
 from .runner import play, scenario_files
 from .scenario import load
 

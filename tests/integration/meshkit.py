@@ -239,6 +239,20 @@ def assert_values(mesh: Mesh, expected: dict[str, Any]) -> None:
                            f"e.g. {dict(list(wrong.items())[:5])}")
 
 
+QUIET = "/tmp/hdpbf-quiet"
+
+
+def wait_not_quiet(what: str = "touching RabbitMQ", limit: float = 900.0) -> None:
+    """While the team's benchmarking marker exists, wait before starting workers or
+    restarting the broker (a benchmark needs the machine to itself); fail after ``limit``."""
+    deadline = time.monotonic() + limit
+    while os.path.exists(QUIET):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{QUIET} still exists after {limit}s: someone is benchmarking; "
+                        f"not {what}", pytrace=False)
+        time.sleep(10)
+
+
 def broker_port_open(host: str = "127.0.0.1", port: int = 5672) -> bool:
     """Whether RabbitMQ listens (the broker stop/start tests wait on it)."""
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -26,28 +25,18 @@ from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleReco
 from mesh.openstack.rpc import transport_url_from_broker
 from mesh.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
-from tests.integration.meshkit import Mesh, broker_port_open, wait_until
+from tests.integration.meshkit import Mesh, broker_port_open, wait_not_quiet, wait_until
 
 from .test_own_answers import Gate
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-QUIET = "/tmp/hdpbf-quiet"
 RPC_TIMEOUT = 1.5
-
-
-def _wait_not_quiet(limit: float = 900.0) -> None:
-    deadline = time.monotonic() + limit
-    while os.path.exists(QUIET):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{QUIET} still exists after {limit}s: the lead is benchmarking; "
-                        f"not touching RabbitMQ", pytrace=False)
-        time.sleep(30)
 
 
 class Rig:
     def __init__(self, base, broker: str):
-        _wait_not_quiet()
+        wait_not_quiet()
         self.mesh = Mesh(base, 4, broker)
         add_readers(self.mesh.config_path, ["api0", "api1"])
         self.cfg = MeshConfig.load(self.mesh.config_path)
@@ -245,7 +234,7 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
     warm = rig.api(2)
     warm.get_vnc_console("vm-out")
     cold = ConsoleReader(rig.mesh.ledger_path(2), rig.url, rig.hosts, None, rpc_timeout=RPC_TIMEOUT)
-    _wait_not_quiet()
+    wait_not_quiet()
     # a SIGTERM (e.g. from `timeout`) must still reach the finally that restarts the broker
     old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -22,9 +22,8 @@ import pytest
 
 from mesh.topology import DEFAULT_RESULT_BACKEND
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
-from tests.integration.meshkit import free_port, free_port_block
+from tests.integration.meshkit import free_port, free_port_block, wait_not_quiet
 
-QUIET = "/tmp/hdpbf-quiet"
 HDPBF = [sys.executable, os.path.join(os.path.dirname(sys.executable), "hdpbf")]
 
 
@@ -33,15 +32,6 @@ def hdpbf(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
     return subprocess.run([*HDPBF, *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
-
-
-def wait_not_quiet(limit: float = 900.0) -> None:
-    deadline = time.monotonic() + limit
-    while os.path.exists(QUIET):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{QUIET} still exists after {limit}s: someone is benchmarking; "
-                        f"not starting worker processes", pytrace=False)
-        time.sleep(10)
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -8,13 +8,15 @@ import pytest
 
 from mesh.topology import init_mesh, node_key_path
 
-from .conftest import Launch, processes_of, wait_not_quiet
+from tests.integration.meshkit import wait_not_quiet
+
+from .conftest import Launch, processes_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def test_up_stops_what_it_started_when_a_worker_refuses_to_start(tmp_path, broker_url):
-    wait_not_quiet()
+    wait_not_quiet("starting worker processes")
     launch = Launch(tmp_path / "hdpbf-data", broker_url)
     init_mesh(launch.data_dir, broker_url=broker_url, result_backend=launch.backend,
               readers=("api",))
