@@ -28,18 +28,25 @@ def run_until_quiet(c: Cluster, ticks: int) -> None:
         c.stabilize()
 
 
-def test_silent_primary_is_replaced_and_the_request_executes_in_the_new_view():
-    """sec. 4.4: backups whose request timer expires move to v+1; the new primary
-    (1 = 1 mod 4) sends NEW-VIEW with 2f+1 VIEW-CHANGEs and the request commits."""
-    # set up: one request executed in view 0, then the primary goes silent
+def primary_down_next_request_at_backups() -> Cluster:
+    """One request executed in view 0; the primary (0) crashes; the client sends its next
+    request to every backup, as it does when its primary is silent (sec. 4.1)."""
     c = cluster()
     c.request("a", 1, "k1", 1)
     c.stabilize()
     c.crash(0)
-    # step: the client sends its next request to every backup (its primary is silent)
     for to in (1, 2, 3):
         c.request("a", 2, "k2", 2, to=to)
     c.stabilize()
+    return c
+
+
+def test_silent_primary_is_replaced_and_the_request_executes_in_the_new_view():
+    """sec. 4.4: backups whose request timer expires move to v+1; the new primary
+    (1 = 1 mod 4) sends NEW-VIEW with 2f+1 VIEW-CHANGEs and the request commits."""
+    # set up: one request executed in view 0, then the primary goes silent
+    # step: the client sends its next request to every backup
+    c = primary_down_next_request_at_backups()
     run_until_quiet(c, VC_TICKS + 5)
     # check: view 1 installed on the live replicas, the request executed there
     assert views(c)[1:] == [1, 1, 1]
@@ -110,13 +117,7 @@ def test_view_change_timer_doubles_when_the_next_primary_is_silent_too():
     the mesh loop."""
     # set up: primary 0 crashed; the next primary (1) takes part in the view change,
     # but its NEW-VIEW never arrives
-    c = cluster()
-    c.request("a", 1, "k1", 1)
-    c.stabilize()
-    c.crash(0)
-    for to in (1, 2, 3):
-        c.request("a", 2, "k2", 2, to=to)
-    c.stabilize()
+    c = primary_down_next_request_at_backups()
     r2 = c.nodes[2].replica
     # step: first timeout -> view 1 (with 2f+1 VIEW-CHANGEs); no NEW-VIEW for 2 x VC_TICKS -> view 2
     run_dropping_new_views(c, VC_TICKS + 2, sender=1)
