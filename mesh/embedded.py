@@ -16,7 +16,7 @@ from pbft_tasks.signing import Signer, Verifier
 from pbft_tasks.transport import LocalTransport
 
 from .client import MeshClient
-from .topology import MeshConfig, client_keys, load_client_identity, load_node_identity, node_keys
+from pbft_tasks.topology import MeshConfig, client_keys, load_client_identity, load_node_identity, node_keys
 
 
 class EmbeddedMesh:

@@ -17,7 +17,7 @@ Settings and why (facts measured in DESIGN.md):
 - ``task_acks_late``: a message is acknowledged only after its effects are in the
   ledger, so a ``kill -9`` redelivers what was in flight; the core drops duplicates.
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
-- Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
+- Prometheus metrics (pbft_tasks/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
   fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
@@ -61,7 +61,7 @@ def celery_settings(broker_url: str, result_backend: str) -> dict:
 def _initial_settings() -> dict:
     path = os.environ.get("HDPBF_CONFIG")
     if path and os.path.exists(path):
-        from mesh.topology import MeshConfig
+        from pbft_tasks.topology import MeshConfig
         cfg = MeshConfig.load(path)
         return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
                                cfg.result_backend)
@@ -133,7 +133,7 @@ def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
     from kombu import Connection  # noqa: F401  (the transport needs kombu; fail early)
 
     from ledger.store import LedgerStore
-    from mesh.topology import MeshConfig, client_keys, load_node_identity, node_keys
+    from pbft_tasks.topology import MeshConfig, client_keys, load_node_identity, node_keys
 
     from .byzantine import from_environment
     from .core.replica import ReplicaConfig
@@ -163,7 +163,7 @@ def _on_worker_init(sender=None, **_):
     path = os.environ.get("HDPBF_CONFIG")
     if node is None and path is None:
         return  # a plain worker (e.g. for status or tests of Celery itself)
-    from mesh.topology import ConfigError
+    from pbft_tasks.topology import ConfigError
     try:
         if node is None or path is None:
             raise ConfigError("set both HDPBF_CONFIG (path to mesh.json) and HDPBF_NODE_ID")
@@ -177,9 +177,9 @@ def _on_worker_init(sender=None, **_):
             raise ConfigError(f"node {node_id} must consume only its own queue {expected} "
                               f"(-Q {expected}), not {sorted(queues)}")
         cfg, _runtime = build_runtime(path, node_id, os.environ.get("HDPBF_KEY_FILE"))
-        from mesh.metrics import start_node_exporter
+        from pbft_tasks.metrics import start_node_exporter
         try:
-            start_node_exporter(_runtime, cfg)  # mesh/metrics.py: port, names, why
+            start_node_exporter(_runtime, cfg)  # pbft_tasks/metrics.py: port, names, why
         except ValueError as exc:  # a bad HDPBF_METRICS_PORT
             raise ConfigError(str(exc)) from None
     except ConfigError as exc:

@@ -133,7 +133,7 @@ class Stack:
 
     def start_reader(self) -> None:
         """An API reader's counters, exported from this process as `hdpbf api` does."""
-        from mesh.metrics import export_reader
+        from pbft_tasks.metrics import export_reader
         from mesh.openstack.reader import ConsoleReader
         self.api_port = free_port()
         self.reader = ConsoleReader(self.mesh.ledger_path(0), "fake:/ops-test", {}, None,

@@ -19,8 +19,8 @@ import yaml
 from click.testing import CliRunner
 
 from mesh.cli import main as hdpbf_cli
-from mesh.launcher import worker_command
-from mesh.topology import init_mesh, node_key_path
+from mesh.ops.launcher import worker_command
+from pbft_tasks.topology import init_mesh, node_key_path
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"

@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .client import MeshClient, Pending
+from ..client import MeshClient, Pending
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,9 +68,9 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         max_batch: int = 256, durability: str = "full", console: Any = None) -> dict:
     from pbft_tasks.signing import Verifier
 
-    from .client import BrokerClientTransport
-    from .launcher import LocalMesh
-    from .topology import client_keys, init_mesh, load_client_identity, node_keys
+    from ..client import BrokerClientTransport
+    from ..ops.launcher import LocalMesh
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")

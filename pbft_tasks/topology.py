@@ -121,7 +121,7 @@ class MeshConfig:
     # "full": every transaction a vote depends on is fsynced (survives power loss);
     # "normal": WAL without fsync per commit (survives kill -9, not power loss).
     durability: str = "full"
-    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (mesh/metrics.py;
+    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (pbft_tasks/metrics.py;
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
