@@ -49,12 +49,13 @@ __all__ = [
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
-    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
+    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/0"
 CONFIG_NAME = "mesh.json"
+LEDGER_FILE = "ledger.sqlite"  # a node's ledger, in its data directory (ledger_path)
 KEYS_DIR = "keys"
 FORMAT_VERSION = 1
 MIN_NODES = 4
@@ -159,6 +160,10 @@ class MeshConfig:
     def node_data_dir(self, node_id: int) -> Path:
         """Where node ``node_id`` keeps its ledger (not created here)."""
         return self.data_path / f"node{self.node(node_id).id}"
+
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""
