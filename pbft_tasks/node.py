@@ -61,6 +61,9 @@ TASK_FOR_TYPE = {
 STATE_TRANSFER_TASKS = {"Fetch": "pbft.fetch", "Blocks": "pbft.blocks"}
 ALL_TASKS = {**TASK_FOR_TYPE, **STATE_TRANSFER_TASKS}
 FETCH_MAX = 64  # blocks per Blocks message
+# What NodeRuntime itself counts (the gate's reasons are guard.GUARD_REASONS, the
+# signature checks' signing.REASONS, the replica's its Evidence; docs/PROTOCOL.md sec. 7).
+RUNTIME_REASONS = ("malformed", "oversize")
 
 
 class Transport(Protocol):
@@ -102,8 +105,9 @@ class NodeRuntime:
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
         reason it was rejected."""
-        if isinstance(wire, dict) and wire.get("type") in STATE_TRANSFER_TASKS:
-            if expected_type not in (None, wire["type"]):
+        kind = wire.get("type") if isinstance(wire, dict) else None
+        if type(kind) is str and kind in STATE_TRANSFER_TASKS:
+            if expected_type not in (None, kind):
                 return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
             return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
         try:
@@ -146,9 +150,12 @@ class NodeRuntime:
             return self._reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
         for block in blocks:
             try:  # every signature before the core sees the block
-                if type(block) is not dict:
-                    raise MalformedMessage("a block must be an object")
-                for w in list(block.get("certificate", [])) + list(block.get("requests", [])):
+                if (type(block) is not dict or type(block.get("seq")) is not int
+                        or type(block.get("certificate")) is not list
+                        or type(block.get("requests")) is not list):
+                    raise MalformedMessage("a block must be an object with an integer seq and "
+                                           "lists certificate and requests")
+                for w in block["certificate"] + block["requests"]:
                     self.verifier.check(from_wire(w))
             except MalformedMessage as exc:
                 return self._reject("malformed", f"fetched block: {exc}", wire)

@@ -48,7 +48,7 @@ N = 4
 
 _BLOCK_RE = re.compile(
     r"<!--\s*([a-z-]+)(?::\s*([^\s>]+))?\s*-->[ \t]*\n```([a-z]*)\n(.*?)\n```", re.S)
-_TABLE_RE = re.compile(r"<!--\s*(task-table|limits)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
+_TABLE_RE = re.compile(r"<!--\s*(task-table|limits|reasons)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
 KNOWN = {"example", "signed-bytes", "signature", "batch-bytes", "batch-digest",
          "block-header-bytes", "block", "public-key", "envelope-properties",
          "envelope-headers", "envelope-body", "snippet"}
@@ -288,13 +288,37 @@ def _evidence_reasons() -> set[str]:
     return out
 
 
+def _adapter_reason_literals() -> set[str]:
+    """Every reason string literal the adapters count: ``_reject("...")``,
+    ``_count_rejected("...")``, ``refuse(msg, "...")`` and ``Refused("...")``."""
+    out = set()
+    for path in (ROOT / "pbft_tasks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            pos = {"_reject": 0, "_count_rejected": 0, "Refused": 0, "refuse": 1}.get(name)
+            if pos is not None and len(node.args) > pos and isinstance(node.args[pos], ast.Constant):
+                out.add(node.args[pos].value)
+    return out
+
+
+def code_reasons() -> set[str]:
+    from pbft_tasks.guard import GUARD_REASONS
+    from pbft_tasks.node import RUNTIME_REASONS
+    return set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+
+
 def test_every_rejection_reason_is_documented():
-    text = _doc_text()
-    reasons = set(REASONS) | _evidence_reasons() | {
-        "malformed", "oversize", "undecodable", "unknown_task", "unknown_message"}
+    """The reasons table of sec. 7 and the code name the same reasons, both ways."""
+    documented = [code(r[0]) for r in table("reasons")]
+    assert len(documented) == len(set(documented)), "a reason listed twice"
     assert len(_evidence_reasons()) >= 10
-    missing = sorted(r for r in reasons if f"`{r}`" not in text)
-    assert not missing, f"reasons not in {DOC.name}: {missing}"
+    reasons = code_reasons()
+    assert not sorted(reasons - set(documented)), f"reasons not in {DOC.name}: {sorted(reasons - set(documented))}"
+    assert not sorted(set(documented) - reasons), f"documented, not in the code: {sorted(set(documented) - reasons)}"
+    stray = _adapter_reason_literals() - reasons
+    assert not stray, f"counted by an adapter but in no reasons list: {sorted(stray)}"
 
 
 # -- the Celery envelope -------------------------------------------------------------------

@@ -56,6 +56,10 @@ class Checkpoints:
                 self._msg(Send(ck.sender, stable[self.id], cause))  # it missed stability
             return
         if ck.seq > self.h + 2 * self.cfg.log_window:
+            # Evidence, not a target: one sender's far checkpoint only counts once f+1
+            # senders name the same one (at least one of them honest).
+            self._evidence(ck.sender, "checkpoint_out_of_range",
+                           f"seq {ck.seq} beyond {self.h + 2 * self.cfg.log_window}", cause)
             old = self.far_checkpoints.get(ck.sender)
             if old is None or ck.seq > old.seq:  # bounded: the newest per sender
                 self.far_checkpoints[ck.sender] = ck

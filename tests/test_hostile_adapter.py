@@ -1,0 +1,112 @@
+"""Hostile input at the adapter (issue 10): NodeRuntime and the Celery task functions on
+an embedded mesh (real NodeRuntimes, SQLite ledgers, Ed25519 and JSON; an in-process
+queue instead of RabbitMQ).  The real-broker version of every attack is
+tests/integration/test_hostile_mesh.py.
+
+Each test: set up a mesh, hand node 1 the bad message, check that it is counted under
+its documented reason (docs/PROTOCOL.md sec. 7), that nothing raised, and that the mesh
+still commits.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from mesh.embedded import EmbeddedMesh
+from mesh.topology import init_mesh, load_node_identity
+from pbft_tasks import celery_app, tasks
+from pbft_tasks.core.messages import (Checkpoint, Prepare, PrePrepare, ViewChange, batch_digest,
+                                      to_wire)
+from pbft_tasks.signing import Signer
+
+TARGET = 1
+DIGEST = "ab" * 32
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    init_mesh(tmp_path, nodes=4)
+    with EmbeddedMesh(str(tmp_path / "mesh.json")) as m:
+        yield m
+
+
+@pytest.fixture
+def as_worker(mesh, monkeypatch):
+    """The Celery task functions of this process run against node TARGET."""
+    monkeypatch.setattr(celery_app, "_runtime", mesh.nodes[TARGET])
+    return mesh.nodes[TARGET]
+
+
+def signer(mesh, node: int) -> Signer:
+    return Signer(node, load_node_identity(mesh.cfg, node))
+
+
+def commits_still(mesh) -> None:
+    c = mesh.client()
+    c.wait(c.submit([c.put_request("after", 1)]), timeout=30, every=True)
+    assert {rt.ledger.height for rt in mesh.nodes} == {1}
+
+
+def counted(rt) -> Counter:
+    return Counter(rt.rejected)
+
+
+# -- finding 10: drops that were not counted ----------------------------------------------
+
+def test_a_bad_signature_nested_in_a_view_change_is_counted_not_an_assertion(mesh):
+    s2 = signer(mesh, 2)
+    bad = to_wire(s2.sign(Checkpoint(64, DIGEST, 2)))
+    bad["sig"] = ("0" if bad["sig"][0] != "0" else "1") + bad["sig"][1:]
+    vc = s2.sign(ViewChange(1, 0, (), (), 2))
+    wire = dict(to_wire(vc), checkpoints=[bad])
+    wire["sig"] = to_wire(s2.sign(ViewChange(1, 0, (Checkpoint(64, DIGEST, 2, bad["sig"]),), (), 2)))["sig"]
+    assert mesh.nodes[TARGET].handle(wire, "ViewChange") == "nested_bad_signature"
+    assert counted(mesh.nodes[TARGET]) == Counter({"nested_bad_signature": 1})
+
+
+@pytest.mark.parametrize("kind", [["Prepare"], {"a": 1}, ["Fetch"]])
+def test_a_type_that_is_a_list_or_object_is_malformed(mesh, kind):
+    wire = dict(to_wire(signer(mesh, 2).sign(Prepare(0, 1, DIGEST, 2))), type=kind)
+    assert mesh.nodes[TARGET].handle(wire, "Prepare") == "malformed"
+    assert counted(mesh.nodes[TARGET]) == Counter({"malformed": 1})
+
+
+def test_keyword_arguments_and_null_are_counted(mesh, as_worker):
+    wire = to_wire(signer(mesh, 2).sign(Prepare(0, 1, DIGEST, 2)))
+    tasks.prepare(wire, extra=1)            # a TypeError out of Celery before
+    tasks.prepare(None)                     # dropped uncounted before
+    tasks.request(None)
+    tasks.fetch(None)
+    tasks.blocks(wire, x=2)
+    assert counted(as_worker) == Counter({"malformed": 5})
+    commits_still(mesh)
+
+
+@pytest.mark.parametrize("block", [
+    {"seq": 1, "certificate": 5, "requests": []},
+    {"seq": 1, "certificate": [], "requests": {"a": 1}},
+    {"seq": "1", "certificate": [], "requests": []},
+    {"certificate": [], "requests": []},
+    7,
+])
+def test_a_blocks_message_with_a_bad_block_is_malformed(mesh, block):
+    wire = {"type": "Blocks", "sender": 2, "blocks": [block]}
+    assert mesh.nodes[TARGET].handle(wire, "Blocks") == "malformed"
+    assert counted(mesh.nodes[TARGET]) == Counter({"malformed": 1})
+
+
+def test_a_far_checkpoint_is_counted_as_out_of_range(mesh):
+    rt = mesh.nodes[TARGET]
+    far = 2 * rt.replica.cfg.log_window + rt.replica.cfg.checkpoint_interval
+    rt.handle(to_wire(signer(mesh, 2).sign(Checkpoint(far, DIGEST, 2))), "Checkpoint")
+    assert counted(rt) == Counter({"checkpoint_out_of_range": 1})
+    assert rt.replica.behind_to == 0, "one sender's far checkpoint is not a target"
+    commits_still(mesh)
+
+
+def test_a_preprepare_from_the_wrong_node_still_counts_as_before(mesh):
+    """The reasons that existed keep their meaning (a regression guard for the list)."""
+    pp = signer(mesh, 2).sign(PrePrepare(0, 1, batch_digest(()), (), 2))
+    assert mesh.nodes[TARGET].handle(to_wire(pp), "PrePrepare") is None
+    assert counted(mesh.nodes[TARGET]) == Counter({"not_primary": 1})
