@@ -25,7 +25,8 @@ Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer
   least one from an honest replica) make it ask for the missing blocks (``FetchState``,
   at most once per ``retransmit_ticks``).  So does being stuck: no progress for
   ``retransmit_ticks`` while f+1 replicas committed a seq it cannot execute (it lost the
-  pre-prepare), or while it dropped messages beyond its window.  So does a NEW-VIEW
+  pre-prepare), or while f+1 senders sent messages beyond its window (the f+1-th highest
+  of their seqs is the target: one faulty sender's far seq is evidence, not a target).  So does a NEW-VIEW
   whose min-s is past this replica (viewchange.py).
 - ``install`` takes one committed block: it must extend this replica's chain, carry
   2f+1 matching commits for its batch, and hash to what this replica computes for it
@@ -105,7 +106,7 @@ class CatchUp:
     def _stuck_check(self, cause: str) -> None:
         if self.now - self.last_progress < self.cfg.retransmit_ticks:
             return
-        ahead = self.seen_ahead
+        ahead = self._seen_ahead_by_f1()
         for seq, e in self.log.items():
             if seq > self.last_exec and e.preprepare is None:
                 voters = {c.sender for c in e.commits.values()}
@@ -113,6 +114,15 @@ class CatchUp:
                     ahead = max(ahead, seq)
         if ahead > self.last_exec:
             self._need_state(ahead, [s for s in range(self.n) if s != self.id], f"{cause}: stuck")
+
+    def _seen_ahead_by_f1(self) -> int:
+        """The highest seq beyond the window that f+1 senders (one of them honest) sent
+        messages for: one faulty node's seq 2^62 is evidence, never a target (issue 10,
+        finding 5).  Entries this replica has reached are forgotten."""
+        self.seen_ahead = {s: seq for s, seq in self.seen_ahead.items() if seq > self.last_exec}
+        tops = sorted(self.seen_ahead.values(), reverse=True)
+        need = Q.weak_quorum(self.n)
+        return tops[need - 1] if len(tops) >= need else 0
 
     def _preview_skip(self, batch: tuple) -> list[int]:
         """The skip list _execute would produce for ``batch``, without changing state."""

@@ -124,7 +124,9 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.fetch_asked_at: int | None = None
-        self.seen_ahead = 0  # highest seq of a message dropped beyond the window
+        # Per sender, the highest seq of its messages dropped beyond the window: evidence,
+        # and a state-transfer target only as far as f+1 senders agree (catchup.py).
+        self.seen_ahead: dict[int, int] = {}
         self.fetch_peers: tuple = tuple(i for i in range(config.n) if i != node_id)
         self._reset_output()
         if records:

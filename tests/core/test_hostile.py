@@ -1,0 +1,46 @@
+"""Hostile input at the core (issue 10): what one faulty replica can make an honest one
+store or do is bounded.  Each test: set up a replica, step the attack, check the bound.
+The adapter's side is tests/test_hostile_adapter.py, the real mesh's
+tests/integration/test_hostile_mesh.py.
+"""
+from __future__ import annotations
+
+from pbft_tasks.core.actions import FetchState
+from pbft_tasks.core.messages import Prepare, ViewChange
+from pbft_tasks.core.replica import Replica
+
+from .helpers import config, fake_digest, preprepare, reasons
+
+FAR = 2**62
+
+
+def tick(r: Replica, ticks: int) -> list:
+    out: list = []
+    for _ in range(ticks):
+        out += r.tick()
+    return out
+
+
+# -- finding 5: a seq far ahead is evidence, not a target ---------------------------------
+
+def test_one_prepare_far_ahead_starts_no_fetch_loop():
+    """One Prepare with seq 2^62 from a faulty node made the replica fetch blocks forever."""
+    r = Replica(1, config())
+    out = r.step(Prepare(0, FAR, fake_digest("x"), 3))
+    assert reasons(out) == ["outside_watermarks"]
+    out = tick(r, 10 * r.cfg.retransmit_ticks)
+    assert not [a for a in out if isinstance(a, FetchState)]
+    assert r.behind_to == 0
+
+
+def test_far_ahead_from_f_plus_one_senders_is_a_target():
+    """f+1 senders beyond the window: at least one honest replica is there, so the stuck
+    check fetches -- up to the lower of their seqs, not the faulty one's."""
+    r = Replica(1, config())
+    honest_far = r.high + 2 * r.cfg.log_window + 3
+    r.step(preprepare(1))  # work to do, so the stuck check runs
+    r.step(Prepare(0, FAR, fake_digest("x"), 3))
+    r.step(Prepare(0, honest_far, fake_digest("y"), 2))
+    out = tick(r, r.cfg.retransmit_ticks + 1)
+    fetches = [a for a in out if isinstance(a, FetchState)]
+    assert fetches and fetches[0].to_seq == honest_far
