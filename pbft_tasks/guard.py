@@ -140,7 +140,7 @@ def check_headers(headers: Any, tasks: set[str]) -> str:
         v = headers.get(name)
         if v is not None and (type(v) is not int or not 0 <= v < 2**31):
             raise Refused("bad_headers", f"{name} header is not a small integer")
-    if "ignore_result" in headers and type(headers["ignore_result"]) is not bool:
+    if headers.get("ignore_result") not in (None, True, False):
         raise Refused("bad_headers", "ignore_result is not a boolean")
     sh, st = headers.get("stamped_headers"), headers.get("stamps")
     if sh is not None or st not in (None, {}):

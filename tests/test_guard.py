@@ -92,6 +92,7 @@ def _cases():
     yield "body_not_triple", "undecodable", msg(body=b'{"a": 1}')
     yield "not_json", "undecodable", msg(body=b"\xff{")
     yield "retries_string", "bad_headers", msg(headers=_headers(retries="many"))
+    yield "ignore_result_string", "bad_headers", msg(headers=_headers(ignore_result="yes"))
     yield "stamps", "bad_headers", msg(headers=_headers(stamped_headers=["x"], stamps={"x": 1}))
     yield "huge", "oversize", msg(body=b"[" + b" " * (guard.MAX_BODY_BYTES + 1) + b"[],{},{}]")
 
@@ -107,7 +108,20 @@ def test_a_hostile_message_is_acked_counted_and_dropped(case, reason, message):
     assert reason in guard.GUARD_REASONS
 
 
+def _as_send_task(name, args=(), **options):
+    """A message as ``app.send_task`` builds it (LocalMesh's status, MeshClient's
+    requests): create_task_message with send_task's defaults (ignore_result None)."""
+    m = app.amqp.create_task_message(str(uuid.uuid4()), name, list(args), {}, **options)
+    return msg(body=json.dumps(m.body).encode(), headers=dict(m.headers))
+
+
 def test_our_own_messages_pass_the_gate():
+    rec = Recorder()
+    for m in (_as_send_task("pbft.status", expires=3.0, ignore_result=None),
+              _as_send_task("pbft.status", ignore_result=None),
+              _as_send_task("pbft.request", [[{"type": "Request"}]], ignore_result=True)):
+        rec.gate().wrap(rec.passed.append)(m)
+        assert rec.passed[-1] is m, (m.headers, rec.counts)
     rec = Recorder()
     on_message = rec.gate().wrap(rec.passed.append)
     ok = [msg(), msg(body=_body(args=()), headers=_headers("pbft.status")),
