@@ -44,3 +44,29 @@ def test_far_ahead_from_f_plus_one_senders_is_a_target():
     out = tick(r, r.cfg.retransmit_ticks + 1)
     fetches = [a for a in out if isinstance(a, FetchState)]
     assert fetches and fetches[0].to_seq == honest_far
+
+
+# -- finding 6: a VIEW-CHANGE flood from one faulty node ------------------------------------
+
+def stored_view_changes(r: Replica) -> int:
+    return sum(len(vs) for vs in r.view_changes.values())
+
+
+def test_a_view_change_flood_stores_the_newest_per_sender_only():
+    r = Replica(1, config())
+    for v in range(1, 2001):
+        r.step(ViewChange(v + 10, 0, (), (), 3))
+    assert stored_view_changes(r) == 1, "one sender, one stored VIEW-CHANGE"
+    assert r.view == 0 and not r.in_view_change
+    out = r.step(ViewChange(10 ** 6, 0, (), (), 3))
+    assert reasons(out) == ["view_out_of_range"] and stored_view_changes(r) == 1
+
+
+def test_a_flooder_cannot_carry_an_honest_timeout_to_its_view():
+    """The f+1 join rule with a flooder's votes stored: it goes to the smallest view
+    among the newest VIEW-CHANGE of each sender (kept true by the per-sender bound)."""
+    r = Replica(1, config())
+    for v in range(2, 14):
+        r.step(ViewChange(v, 0, (), (), 3))
+    r.step(ViewChange(1, 0, (), (), 2))  # an honest replica timed out
+    assert r.view == 1 and r.in_view_change
