@@ -110,3 +110,47 @@ def test_a_preprepare_from_the_wrong_node_still_counts_as_before(mesh):
     pp = signer(mesh, 2).sign(PrePrepare(0, 1, batch_digest(()), (), 2))
     assert mesh.nodes[TARGET].handle(to_wire(pp), "PrePrepare") is None
     assert counted(mesh.nodes[TARGET]) == Counter({"not_primary": 1})
+
+
+# -- finding 8: fetch amplification -----------------------------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def sent_blocks(mesh) -> list:
+    import json
+    return [json.loads(raw) for kind, dest, raw in mesh.transport.queue
+            if kind == "node" and b'"Blocks"' in raw]
+
+
+def test_fetches_are_rate_limited_per_requester(mesh):
+    from pbft_tasks.node import FETCH_BURST, FETCH_RATE
+    commits_still(mesh)  # one block to ask for
+    rt = mesh.nodes[TARGET]
+    rt.clock = Clock()
+    fetch = {"type": "Fetch", "from_seq": 1, "to_seq": 64, "requester": 2}
+    for _ in range(200):
+        rt.handle(dict(fetch), "Fetch")
+    answers = sent_blocks(mesh)
+    assert len(answers) == FETCH_BURST
+    assert counted(rt) == Counter({"fetch_rate_limited": 200 - FETCH_BURST})
+    rt.clock.now += 1.0  # a second later: FETCH_RATE more
+    for _ in range(50):
+        rt.handle(dict(fetch), "Fetch")
+    assert len(sent_blocks(mesh)) == FETCH_BURST + FETCH_RATE
+    rt.handle(dict(fetch, requester=3), "Fetch")  # another requester has its own bucket
+    assert len(sent_blocks(mesh)) == FETCH_BURST + FETCH_RATE + 1
+
+
+def test_fetches_for_blocks_that_do_not_exist_or_for_outsiders_get_nothing(mesh):
+    rt = mesh.nodes[TARGET]
+    rt.handle({"type": "Fetch", "from_seq": 5, "to_seq": 9, "requester": 2}, "Fetch")
+    assert sent_blocks(mesh) == [] and counted(rt) == Counter()
+    assert rt.handle({"type": "Fetch", "from_seq": 1, "to_seq": 1, "requester": 99}, "Fetch") == "malformed"
+    assert rt.handle({"type": "Fetch", "from_seq": 1, "to_seq": 1, "requester": TARGET}, "Fetch") == "malformed"
+    assert sent_blocks(mesh) == []
