@@ -80,14 +80,25 @@ class MeshClient:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
         expires = None if ttl is None else time.time() + ttl
-        return self.signer.sign(Request(self.client_id, self._next_ts(),
-                                        {"op": "put", "key": key, "value": value, "expires_at": expires}))
+        return self._signed({"op": "put", "key": key, "value": value, "expires_at": expires})
 
     def delete_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "delete", "key": key}))
+        return self._signed({"op": "delete", "key": key})
 
     def get_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "get", "key": key}))
+        return self._signed({"op": "get", "key": key})
+
+    def _signed(self, op: dict) -> Request:
+        """A signed request, checked first by the nodes' own parser: a request every node
+        would refuse (a value over MAX_VALUE_BYTES or nested deeper than MAX_VALUE_DEPTH,
+        a key too long, NaN) is a ValueError here, not a submit that times out."""
+        req = Request(self.client_id, self._ts + 1, op)
+        try:
+            from_wire(to_wire(req))
+        except MalformedMessage as exc:
+            raise ValueError(f"request refused before sending: {exc}") from None
+        self._next_ts()
+        return self.signer.sign(req)
 
     # -- submitting ----------------------------------------------------------------
     def submit(self, requests: Iterable[Request]) -> list[Pending]:

@@ -154,3 +154,20 @@ def test_fetches_for_blocks_that_do_not_exist_or_for_outsiders_get_nothing(mesh)
     assert rt.handle({"type": "Fetch", "from_seq": 1, "to_seq": 1, "requester": 99}, "Fetch") == "malformed"
     assert rt.handle({"type": "Fetch", "from_seq": 1, "to_seq": 1, "requester": TARGET}, "Fetch") == "malformed"
     assert sent_blocks(mesh) == []
+
+
+# -- findings 3 and 4: the client refuses what every node would refuse ----------------------
+
+def test_the_client_refuses_a_value_nodes_would_refuse(mesh):
+    from pbft_tasks.core.messages import MAX_VALUE_BYTES, MAX_VALUE_DEPTH
+    c = mesh.client()
+    deep = 1
+    for _ in range(MAX_VALUE_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested deeper than"):
+        c.put_request("k", deep)
+    with pytest.raises(ValueError, match=f"larger than {MAX_VALUE_BYTES}"):
+        c.put_request("k", "x" * (MAX_VALUE_BYTES + 1))
+    with pytest.raises(ValueError, match="refused before sending"):
+        c.put_request("k", float("nan"))
+    assert c.put_request("k", deep[0]).timestamp == c._ts  # the refused ones used no timestamp

@@ -269,7 +269,7 @@ def test_limits_table_matches_the_code():
     rows = table("limits")
     documented = {code(r[0]): int(r[1]) for r in rows}
     assert set(documented) == {"MAX_WIRE_BYTES", "MAX_BATCH", "MAX_KEY_LEN", "MAX_CLIENT_LEN",
-                               "MAX_VALUE_BYTES"}
+                               "MAX_VALUE_BYTES", "MAX_VALUE_DEPTH"}
     for name, value in documented.items():
         assert getattr(messages, name) == value, name
 

@@ -35,6 +35,10 @@ MAX_BATCH = 4096
 MAX_KEY_LEN = 512
 MAX_CLIENT_LEN = 128
 MAX_VALUE_BYTES = 64 * 1024
+# Arrays and objects nested in a put's value.  Python's JSON encoder recurses once per
+# level: a value nested ~950 deep was accepted, committed, and then broke every
+# VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
+MAX_VALUE_DEPTH = 32
 
 
 class MalformedMessage(ValueError):
@@ -255,6 +259,8 @@ def _op(v: Any) -> dict:
         # "not 0 <= exp < inf" also refuses NaN, which canonical() cannot encode
         if exp is not None and (type(exp) not in (int, float) or not 0 <= exp < float("inf")):
             raise MalformedMessage("expires_at must be null or a finite non-negative number")
+        if json_depth(v["value"]) > MAX_VALUE_DEPTH:
+            raise MalformedMessage(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
         try:
             size = len(canonical(v["value"]))
         except (ValueError, TypeError, RecursionError):
@@ -270,9 +276,30 @@ def _op(v: Any) -> dict:
     return v
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (0 for a scalar), without
+    recursion, so that any input has an answer."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_VALUE_DEPTH + 8:
+            return d  # deep enough to refuse; no need to walk the rest
+        stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
 def _results(v: Any) -> tuple:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise MalformedMessage("field 'results' must be a list")
+    if json_depth(v) > MAX_VALUE_DEPTH + 4:  # a value read back sits 4 levels down
+        raise MalformedMessage("results nested too deeply")
     try:
         canonical(v)
     except (ValueError, TypeError, RecursionError):

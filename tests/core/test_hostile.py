@@ -70,3 +70,41 @@ def test_a_flooder_cannot_carry_an_honest_timeout_to_its_view():
         r.step(ViewChange(v, 0, (), (), 3))
     r.step(ViewChange(1, 0, (), (), 2))  # an honest replica timed out
     assert r.view == 1 and r.in_view_change
+
+
+# -- finding 3: value nesting depth -----------------------------------------------------------
+
+def nested(depth: int):
+    v = 1
+    for i in range(depth):
+        v = [v] if i % 2 else {"a": v}
+    return v
+
+
+def request_wire(value) -> dict:
+    return {"type": "Request", "client": "c", "timestamp": 1, "sig": "",
+            "op": {"op": "put", "key": "k", "value": value, "expires_at": None}}
+
+
+def test_a_deeply_nested_value_is_malformed_before_it_can_commit():
+    """A value nested ~944 deep committed, then every VIEW-CHANGE carrying its block
+    failed with RecursionError and the view change never completed."""
+    import pytest
+    from pbft_tasks.core.messages import (MAX_VALUE_DEPTH, MalformedMessage, from_wire,
+                                          json_depth, signing_bytes)
+    ok = from_wire(request_wire(nested(MAX_VALUE_DEPTH)))
+    assert signing_bytes(ok)
+    for depth in (MAX_VALUE_DEPTH + 1, 944, 5000):
+        with pytest.raises(MalformedMessage, match="nested deeper"):
+            from_wire(request_wire(nested(depth)))
+    assert json_depth(nested(100_000)) > MAX_VALUE_DEPTH  # no recursion, any input
+
+
+def test_a_view_change_with_the_deepest_allowed_value_encodes():
+    from pbft_tasks.core.messages import MAX_VALUE_DEPTH, from_wire, signing_bytes, to_wire
+    r = from_wire(request_wire(nested(MAX_VALUE_DEPTH)))
+    pp = preprepare(1, batch=(r,))
+    vc = ViewChange(1, 0, (), ((pp, ()),), 2)
+    nv_wire = {"type": "NewView", "view": 1, "view_changes": [to_wire(vc)] * 3,
+               "preprepares": [to_wire(pp)], "sender": 1, "sig": ""}
+    assert signing_bytes(from_wire(nv_wire))
