@@ -35,6 +35,10 @@ MAX_BATCH = 4096
 MAX_KEY_LEN = 512
 MAX_CLIENT_LEN = 128
 MAX_VALUE_BYTES = 64 * 1024
+# A primary cuts a batch at MAX_BATCH requests or at this many bytes of requests
+# (canonical wire form), whichever comes first: well below MAX_WIRE_BYTES, so a
+# PRE-PREPARE is never refused as oversize by the backups (issue 10, finding 4).
+MAX_BATCH_BYTES = 1024 * 1024
 # Arrays and objects nested in a put's value.  Python's JSON encoder recurses once per
 # level: a value nested ~950 deep was accepted, committed, and then broke every
 # VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
@@ -201,6 +205,11 @@ def signing_bytes(msg: Message) -> bytes:
     wire = to_wire(msg)
     del wire["sig"]
     return canonical(wire)
+
+
+def request_bytes(req: Request) -> int:
+    """Bytes of a request's canonical wire form (what it adds to a batch)."""
+    return len(canonical(request_wire(req)))
 
 
 def batch_digest(batch: tuple) -> str:

@@ -18,7 +18,11 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 - Execution is strictly in sequence order; every seq yields one block.
 - Requests are deduplicated by (client, timestamp) at execution, deterministically, via
   the client table; the primary also refuses to propose a request twice.
-- Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait; it
+- Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait, or
+  when the waiting requests fill ``max_batch_bytes`` (their canonical wire form; 1 MiB,
+  well below the 4 MiB a backup accepts: a batch over it was refused by every backup and
+  each new primary repeated it, finding 4 of issue 10); a request that alone is over
+  ``max_batch_bytes`` is refused on arrival (``request_too_large``).  It
   cuts a partial batch once the oldest waiting request has waited
   ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
   flight (proposed, not yet executed).  Under load requests pile up behind the window
@@ -38,7 +42,8 @@ from . import quorum as Q
 from .actions import Broadcast, Execute, Send, SendClient
 from .chain import make_block
 from .log import Entry
-from .messages import MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, batch_digest
+from .messages import (MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, batch_digest,
+                       request_bytes)
 
 
 class NormalCase:
@@ -62,6 +67,11 @@ class NormalCase:
             return
         if key in self.in_flight:
             return
+        if request_bytes(req) > self.cfg.max_batch_bytes:
+            self.awaiting.pop(key, None)
+            return self._evidence(None, "request_too_large",
+                                  f"request {req.client}/{req.timestamp} alone is over "
+                                  f"max_batch_bytes ({self.cfg.max_batch_bytes})", cause)
         self.in_flight.add(key)
         self.pending.append(req)
         if self.pending_since is None:
@@ -79,11 +89,23 @@ class NormalCase:
         if self.cfg.pipeline == 0 or in_flight < self.cfg.pipeline:
             self._propose(cause, force=True, limit=1 if self.cfg.pipeline else None)
 
-    def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
-        size = self.cfg.max_batch
-        while self.pending and self.next_seq <= self.high:
-            if len(self.pending) < size and not force:
+    def _batch_size(self) -> int:
+        """How many pending requests the next batch takes: at most ``max_batch``, and
+        no more than fit in ``max_batch_bytes`` (at least one; a single request over it
+        was refused on arrival)."""
+        total, count, limit = 0, 0, self.cfg.max_batch_bytes
+        for r in self.pending[: self.cfg.max_batch]:
+            total += request_bytes(r)
+            if count and total > limit:
                 break
+            count += 1
+        return count
+
+    def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
+        while self.pending and self.next_seq <= self.high:
+            size = self._batch_size()
+            if size == len(self.pending) < self.cfg.max_batch and not force:
+                break  # neither full by count nor by bytes
             if limit is not None:
                 if limit == 0:
                     break

@@ -47,7 +47,7 @@ from .chain import GENESIS
 from .checkpoints import Checkpoints
 from .clients import ClientTable
 from .log import Entry
-from .messages import (MAX_BATCH, Checkpoint, Commit, NewView, PrePrepare, Prepare, Request,
+from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Checkpoint, Commit, NewView, PrePrepare, Prepare, Request,
                        ViewChange, from_wire, to_wire)
 from .normalcase import NormalCase
 from .viewchange import ViewChanges
@@ -59,6 +59,7 @@ class ReplicaConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
+    max_batch_bytes: int = MAX_BATCH_BYTES
     batch_timeout_ticks: int = 0
     pipeline: int = 2
     retransmit_ticks: int = 500
@@ -73,6 +74,8 @@ class ReplicaConfig:
                              f"({k}) and at least twice it")
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
+        if not 1024 <= self.max_batch_bytes <= MAX_WIRE_BYTES // 2:
+            raise ValueError(f"max_batch_bytes must be in 1024..{MAX_WIRE_BYTES // 2}")
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
                 or self.view_change_ticks < 1):
             raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")

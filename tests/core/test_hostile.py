@@ -108,3 +108,42 @@ def test_a_view_change_with_the_deepest_allowed_value_encodes():
     nv_wire = {"type": "NewView", "view": 1, "view_changes": [to_wire(vc)] * 3,
                "preprepares": [to_wire(pp)], "sender": 1, "sig": ""}
     assert signing_bytes(from_wire(nv_wire))
+
+
+# -- finding 4: batches are cut by bytes as well as by count --------------------------------
+
+def test_big_requests_are_batched_below_the_wire_limit():
+    """128 puts of 60 KB made a primary build a batch over the 4 MiB wire limit; every
+    backup refused it as oversize, and every new primary repeated it."""
+    from pbft_tasks.core.messages import MAX_WIRE_BYTES, PrePrepare, signing_bytes
+
+    from .helpers import messages, req
+    r = Replica(0, config(max_batch=256, batch_timeout_ticks=5, pipeline=0))
+    out: list = []
+    for ts in range(1, 129):
+        out += r.step(req(ts=ts, key=f"k{ts}", value="v" * 60_000))
+    out += tick(r, 6)  # the batch timeout: everything waiting is proposed
+    pps = messages(out, PrePrepare)
+    assert sum(len(pp.batch) for pp in pps) == 128
+    assert len(pps) >= 8
+    for pp in pps:
+        assert len(signing_bytes(pp)) <= r.cfg.max_batch_bytes + 1024 < MAX_WIRE_BYTES
+
+
+def test_count_still_cuts_small_requests():
+    from pbft_tasks.core.messages import PrePrepare
+
+    from .helpers import messages, req
+    r = Replica(0, config(max_batch=16, batch_timeout_ticks=5, pipeline=0))
+    out: list = []
+    for ts in range(1, 41):
+        out += r.step(req(ts=ts))
+    out += tick(r, 6)
+    assert [len(pp.batch) for pp in messages(out, PrePrepare)] == [16, 16, 8]
+
+
+def test_a_request_over_max_batch_bytes_is_refused_by_the_primary():
+    from .helpers import req
+    r = Replica(0, config(max_batch_bytes=4096, batch_timeout_ticks=0))
+    out = r.step(req(ts=1, value="x" * 5000))
+    assert reasons(out) == ["request_too_large"] and not r.pending and not r.awaiting
