@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
-from pbft_tasks.core.messages import MalformedMessage, Reply, Request, from_wire, to_wire
+from pbft_tasks.core.messages import (MalformedMessage, Reply, Request, from_wire, request_digest,
+                                      to_wire)
 from pbft_tasks.core.quorum import primary, weak_quorum
 from pbft_tasks.signing import Rejected, Signer, Verifier
 
@@ -40,6 +41,7 @@ class ClientTransport(Protocol):
 class Pending:
     request: Request
     sent_at: float
+    digest: str = ""                                   # request_digest: what replies must name
     votes: dict = field(default_factory=dict)        # sender -> result
     result: Any = None
     done_at: float | None = None                       # f+1 matching replies
@@ -104,7 +106,7 @@ class MeshClient:
     def submit(self, requests: Iterable[Request]) -> list[Pending]:
         """Send requests to the primary (bundled) without waiting."""
         now = time.perf_counter()
-        batch = [Pending(r, now) for r in requests]
+        batch = [Pending(r, now, request_digest(r)) for r in requests]
         for p in batch:
             self.pending[p.request.timestamp] = p
         wires = [to_wire(p.request) for p in batch]
@@ -176,6 +178,10 @@ class MeshClient:
         for r in msg.results:
             p = self.pending.get(r["timestamp"])
             if p is None or msg.sender in p.votes:
+                continue
+            result = r["result"]
+            if type(result) is not dict or result.get("request") != p.digest:
+                self.rejected += 1  # a reply to another request with this timestamp
                 continue
             p.votes[msg.sender] = r["result"]
             if p.done_at is None:

@@ -171,3 +171,23 @@ def test_the_client_refuses_a_value_nodes_would_refuse(mesh):
     with pytest.raises(ValueError, match="refused before sending"):
         c.put_request("k", float("nan"))
     assert c.put_request("k", deep[0]).timestamp == c._ts  # the refused ones used no timestamp
+
+
+# -- replies name their request ------------------------------------------------------------
+
+def test_a_client_accepts_only_replies_to_the_request_it_sent(mesh):
+    """A request reusing a timestamp with another operation got the first one's result."""
+    from mesh.client import SubmitTimeout
+    from pbft_tasks.core.messages import Request, request_digest
+    c = mesh.client(timeout=0.2)
+    first = c.put_request("k", "first")
+    (p,) = c.wait(c.submit([first]), timeout=30, every=True)
+    assert p.result["request"] == request_digest(first)
+    c.forget([p])
+    again = c.signer.sign(Request(c.client_id, first.timestamp, {"op": "put", "key": "k", "value": "other",
+                                                                 "expires_at": None}))
+    rejected = c.rejected
+    with pytest.raises(SubmitTimeout):
+        c.wait(c.submit([again]), timeout=3)
+    assert c.rejected > rejected, "the nodes' replies (to the first request) were not refused"
+    assert all(rt.ledger.get_value("k") == "first" for rt in mesh.nodes)

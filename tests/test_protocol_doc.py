@@ -33,7 +33,7 @@ from nacl.signing import SigningKey, VerifyKey
 from ledger.audit import check_block_contents
 from ledger.memory import MemoryLedger
 from pbft_tasks.core import chain, messages
-from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire,
+from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire, request_digest,
                                       request_wire, signing_bytes, to_wire)
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.core.replica import ReplicaConfig
@@ -189,8 +189,9 @@ def test_reply_matches_the_batch():
     reply = from_wire(example("Reply"))
     assert reply.seq == pp.seq and reply.view == pp.view
     assert reply.client == pp.batch[0].client
-    assert list(reply.results) == [{"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i}}
-                                   for i, r in enumerate(pp.batch) if r.client == reply.client]
+    assert list(reply.results) == [
+        {"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i, "request": request_digest(r)}}
+        for i, r in enumerate(pp.batch) if r.client == reply.client]
 
 
 # -- blocks and checkpoints -------------------------------------------------------------

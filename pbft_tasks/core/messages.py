@@ -119,8 +119,10 @@ class Commit:
 class Reply:
     """<REPLY, v, t, c, i, r>_i, batched: one reply covers all requests of client
     ``client`` that the block at ``seq`` executed; ``results`` is a tuple of
-    {"timestamp": t, "result": r}.  A client accepts a result once f+1 distinct
-    replicas sent the same one."""
+    {"timestamp": t, "result": r}, and every result names the request it answers
+    (``r["request"]``, its ``request_digest``), so a client accepts only replies to the
+    request it sent.  A client accepts a result once f+1 distinct replicas sent the
+    same one."""
     view: int
     seq: int
     client: str
@@ -210,6 +212,12 @@ def signing_bytes(msg: Message) -> bytes:
 def request_bytes(req: Request) -> int:
     """Bytes of a request's canonical wire form (what it adds to a batch)."""
     return len(canonical(request_wire(req)))
+
+
+def request_digest(req: Request) -> str:
+    """The digest that names a request in its replies: SHA-256 of its signed bytes (the
+    canonical wire form without ``sig``)."""
+    return hashlib.sha256(signing_bytes(req)).hexdigest()
 
 
 def batch_digest(batch: tuple) -> str:

@@ -43,7 +43,7 @@ from .actions import Broadcast, Execute, Send, SendClient
 from .chain import make_block
 from .log import Entry
 from .messages import (MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, batch_digest,
-                       request_bytes)
+                       request_bytes, request_digest)
 
 
 class NormalCase:
@@ -232,7 +232,9 @@ class NormalCase:
                 skip.append(i)
                 result = self.clients.result(*key)
             else:
-                result = {"seq": pp.seq, "index": i}
+                # the result names its request: a request reusing a timestamp with
+                # another operation must not be answered with this one's result
+                result = {"seq": pp.seq, "index": i, "request": request_digest(r)}
                 if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
                     result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
