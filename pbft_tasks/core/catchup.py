@@ -6,15 +6,21 @@ received, sec. 3, and leaves how to the implementation).
 Owns: ``CatchUp``, a mixin of ``Replica`` (replica.py).  It reads and writes the
 replica state that ``Replica.__init__`` creates and documents (``helped``,
 ``behind_to``, ``fetch_asked_at``, ``fetch_peers``, ``seen_ahead``, ``last_progress``,
+``quiet_since``, ``progress_ticks``,
 ``log``, ``own_checkpoints``).  The entry points that drive it stay on ``Replica``:
 ``tick`` (retransmission, stuck check), ``install`` (one fetched block, checked here by
 ``_check_install``) and ``request_state``.
 
 Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer.py:
-- Retransmission: a replica with work (a logged seq not yet executed, or requests
-  pending) that made no progress for ``retransmit_ticks`` re-broadcasts its own
-  pre-prepares and votes for every seq it has not executed, and its own checkpoints
-  above h.
+- Retransmission waits for silence: a replica with work (a logged seq not yet
+  executed, or requests pending) that made no progress for the retransmission timeout
+  re-broadcasts its own pre-prepares and votes for every seq it has not executed, and
+  its own checkpoints above h.  Time without work is not silence (``quiet_since``
+  follows the clock while idle), so a message is never re-sent just because the replica
+  was idle before sending it (at low load every PRE-PREPARE went out twice, ~10 ms
+  apart, issue 10).  The timeout adapts to what progress takes here: 4 x a moving
+  average of the ticks from work (or the previous execution) to an execution, at least
+  ``retransmit_ticks`` / 10 and at most ``retransmit_ticks``.
 - Retransmission to a replica that is behind: a replica that has executed seq n and
   receives a *duplicate* vote or pre-prepare for n (the sender is retransmitting, so it
   may be stuck there) sends that sender its own pre-prepare, prepare and commit for n; a
@@ -63,6 +69,23 @@ class CatchUp:
         for votes in (entry.prepares, entry.commits):
             if self.id in votes:
                 self._msg(Send(to, votes[self.id], cause))
+
+    def _retransmit_timeout(self) -> int:
+        hi = self.cfg.retransmit_ticks
+        return int(min(hi, max(hi // 10, 1, 4 * self.progress_ticks)))
+
+    def _retransmit_if_silent(self, cause: str) -> None:
+        if not self._has_work():
+            self.quiet_since = self.now  # idle is not silence
+        elif self.now - self.quiet_since >= self._retransmit_timeout():
+            self.quiet_since = self.now
+            self._retransmit(cause)
+
+    def _observe_progress(self) -> None:
+        """An execution: fold how long it took into the average, restart the silence."""
+        sample = max(0, self.now - self.quiet_since)
+        self.progress_ticks += (sample - self.progress_ticks) / 8
+        self.quiet_since = self.now
 
     def _has_work(self) -> bool:
         return self.last_exec < max(self.log, default=0) or bool(self.pending)

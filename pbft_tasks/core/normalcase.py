@@ -250,6 +250,7 @@ class NormalCase:
         self.head = block["hash"]
         self.last_exec = pp.seq
         self.last_progress = self.now
+        self._observe_progress()
         self._dirty_meta = True
         for client, results in replies.items():
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))

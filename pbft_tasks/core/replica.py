@@ -113,6 +113,11 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self.pending_since: int | None = None
         self.now = 0
         self.last_progress = 0
+        # Retransmission waits for silence (catchup.py): the tick since which this replica
+        # has had work and seen no progress, and what progress usually takes (a moving
+        # average of ticks, started at a quarter of retransmit_ticks).
+        self.quiet_since = 0
+        self.progress_ticks = config.retransmit_ticks / 4
         self.held: list[Any] = []
         self.behind_to = 0              # a stable checkpoint we have not reached yet
         self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
@@ -169,8 +174,8 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self._stuck_check(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
-            self.last_progress = self.now
-            self._retransmit(cause)
+            self.last_progress = self.now  # the stuck check's period
+        self._retransmit_if_silent(cause)
         return self._finish(cause)
 
     def install(self, block: dict) -> list:

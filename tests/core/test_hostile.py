@@ -147,3 +147,36 @@ def test_a_request_over_max_batch_bytes_is_refused_by_the_primary():
     r = Replica(0, config(max_batch_bytes=4096, batch_timeout_ticks=0))
     out = r.step(req(ts=1, value="x" * 5000))
     assert reasons(out) == ["request_too_large"] and not r.pending and not r.awaiting
+
+
+# -- retransmission waits for silence ------------------------------------------------------
+
+def test_an_idle_primary_does_not_resend_a_fresh_preprepare():
+    """At low load the primary re-broadcast every PRE-PREPARE ~10 ms (one tick) after
+    sending it: the timer counted the idle time before the request as silence."""
+    from pbft_tasks.core.messages import PrePrepare
+
+    from .helpers import messages, req
+    r = Replica(0, config(retransmit_ticks=100, batch_timeout_ticks=0))
+    tick(r, 1000)  # idle for a long time
+    out = r.step(req(ts=1))
+    assert len(messages(out, PrePrepare)) == 1
+    out = tick(r, 9)  # well within what a commit takes
+    assert messages(out, PrePrepare) == [], "re-sent before any silence"
+
+
+def test_retransmission_timeout_adapts_to_what_commits_take():
+    from pbft_tasks.core.messages import PrePrepare
+
+    from .helpers import commit_seq, messages, preprepare
+    r = Replica(1, config(retransmit_ticks=100, log_window=64, checkpoint_interval=32))
+    assert r._retransmit_timeout() == 100  # nothing observed yet: the configured bound
+    for seq in range(1, 41):  # commits that take 2 ticks each
+        tick(r, 2)
+        commit_seq(r, preprepare(seq))
+    assert r._retransmit_timeout() == 10, "fast commits: the floor, retransmit_ticks / 10"
+    r.step(preprepare(41))  # then one stalls: its votes are re-sent after the timeout
+    from pbft_tasks.core.messages import Prepare
+    early = tick(r, 9)
+    late = tick(r, 2)
+    assert messages(early, Prepare) == [] and messages(late, Prepare)
