@@ -15,11 +15,13 @@ Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer
 - Retransmission waits for silence: a replica with work (a logged seq not yet
   executed, or requests pending) that made no progress for the retransmission timeout
   re-broadcasts its own pre-prepares and votes for every seq it has not executed, and
-  its own checkpoints above h.  Time without work is not silence (``quiet_since``
-  follows the clock while idle), so a message is never re-sent just because the replica
-  was idle before sending it (at low load every PRE-PREPARE went out twice, ~10 ms
-  apart, issue 10).  The timeout adapts to what progress takes here: 4 x a moving
-  average of the ticks from work (or the previous execution) to an execution, at least
+  its own checkpoints above h.  Silence is measured from the last sign of progress
+  (``quiet_since``): an execution, a new pre-prepare or a new vote for an unexecuted
+  seq; time without work is not silence either (``quiet_since`` follows the clock while
+  idle), so a message is never re-sent just because the replica was idle before
+  sending it (at low load every PRE-PREPARE went out twice, ~10 ms apart, issue 10),
+  nor while a loaded mesh is busy with it.  The timeout adapts to what progress takes
+  here: 4 x a moving average of the silences that ended in an execution, at least
   ``retransmit_ticks`` / 10 and at most ``retransmit_ticks``.
 - Retransmission to a replica that is behind: a replica that has executed seq n and
   receives a *duplicate* vote or pre-prepare for n (the sender is retransmitting, so it
@@ -85,6 +87,12 @@ class CatchUp:
         """An execution: fold how long it took into the average, restart the silence."""
         sample = max(0, self.now - self.quiet_since)
         self.progress_ticks += (sample - self.progress_ticks) / 8
+        self.quiet_since = self.now
+
+    def _heard(self) -> None:
+        """A new pre-prepare or vote for a seq not yet executed: the mesh is working on
+        it, so this is not silence.  (A faulty sender can add at most one of each per
+        seq in the window, so it cannot hold retransmission off for long.)"""
         self.quiet_since = self.now
 
     def _has_work(self) -> bool:

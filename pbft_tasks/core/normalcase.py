@@ -142,6 +142,7 @@ class NormalCase:
             return
         entry.preprepare = pp
         self._dirty_pp.add(pp.seq)
+        self._heard()
         for r in pp.batch:
             self.in_flight.add((r.client, r.timestamp))
         if self.id != pp.sender:
@@ -192,6 +193,8 @@ class NormalCase:
                 self._help_behind(entry, m.sender, cause)
             return
         votes[m.sender] = m
+        if m.seq > self.last_exec:
+            self._heard()
         # Not persisted on its own: a vote short of a quorum commits this replica to
         # nothing, and if a crash loses it, peers send it again (resume / help-behind).
         # The votes are written with the step that completes a certificate (our commit
