@@ -43,8 +43,8 @@ def mesh(make_mesh):
     return make_mesh(4)
 
 
-def _headers(mesh, task: str, **extra) -> dict:
-    h = dict(mesh.app.amqp.create_task_message(str(uuid.uuid4()), task, [{}], {}).headers)
+def _headers(mesh, name: str, **extra) -> dict:
+    h = dict(mesh.app.amqp.create_task_message(str(uuid.uuid4()), name, [{}], {}).headers)
     h.update(extra)
     return h
 
@@ -64,8 +64,8 @@ def attacks(mesh):
         props.setdefault("content_encoding", "utf-8")
         return lambda p: p.publish(body, routing_key=f"node.{TARGET}", headers=headers or {}, **props)
 
-    def task(name: str, *args, kwargs=None, **extra):
-        return raw(_body(*args, kwargs=kwargs), _headers(mesh, name, **extra))
+    def task(name: str, *args, kwargs=None, **header):
+        return raw(_body(*args, kwargs=kwargs), _headers(mesh, name, **header))
 
     prepare = to_wire(node3.sign(Prepare(0, 7, DIGEST, FAULTY)))
     day = "2099-01-01T00:00:00+00:00"
