@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
-from pbft_tasks.core.messages import MalformedMessage, Reply, Request, from_wire, to_wire
+from pbft_tasks.core.messages import (MalformedMessage, Reply, Request, from_wire, request_digest,
+                                      to_wire)
 from pbft_tasks.core.quorum import primary, weak_quorum
 from pbft_tasks.signing import Rejected, Signer, Verifier
 
@@ -40,6 +41,7 @@ class ClientTransport(Protocol):
 class Pending:
     request: Request
     sent_at: float
+    digest: str = ""                                   # request_digest: what replies must name
     votes: dict = field(default_factory=dict)        # sender -> result
     result: Any = None
     done_at: float | None = None                       # f+1 matching replies
@@ -80,20 +82,31 @@ class MeshClient:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
         expires = None if ttl is None else time.time() + ttl
-        return self.signer.sign(Request(self.client_id, self._next_ts(),
-                                        {"op": "put", "key": key, "value": value, "expires_at": expires}))
+        return self._signed({"op": "put", "key": key, "value": value, "expires_at": expires})
 
     def delete_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "delete", "key": key}))
+        return self._signed({"op": "delete", "key": key})
 
     def get_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "get", "key": key}))
+        return self._signed({"op": "get", "key": key})
+
+    def _signed(self, op: dict) -> Request:
+        """A signed request, checked first by the nodes' own parser: a request every node
+        would refuse (a value over MAX_VALUE_BYTES or nested deeper than MAX_VALUE_DEPTH,
+        a key too long, NaN) is a ValueError here, not a submit that times out."""
+        req = Request(self.client_id, self._ts + 1, op)
+        try:
+            from_wire(to_wire(req))
+        except MalformedMessage as exc:
+            raise ValueError(f"request refused before sending: {exc}") from None
+        self._next_ts()
+        return self.signer.sign(req)
 
     # -- submitting ----------------------------------------------------------------
     def submit(self, requests: Iterable[Request]) -> list[Pending]:
         """Send requests to the primary (bundled) without waiting."""
         now = time.perf_counter()
-        batch = [Pending(r, now) for r in requests]
+        batch = [Pending(r, now, request_digest(r)) for r in requests]
         for p in batch:
             self.pending[p.request.timestamp] = p
         wires = [to_wire(p.request) for p in batch]
@@ -165,6 +178,10 @@ class MeshClient:
         for r in msg.results:
             p = self.pending.get(r["timestamp"])
             if p is None or msg.sender in p.votes:
+                continue
+            result = r["result"]
+            if type(result) is not dict or result.get("request") != p.digest:
+                self.rejected += 1  # a reply to another request with this timestamp
                 continue
             p.votes[msg.sender] = r["result"]
             if p.done_at is None:

@@ -97,6 +97,15 @@ class NodeConsumer(Consumer):
         log.warning("broker connection lost: node timers paused until it is back")
         super().on_connection_error_after_connected(exc)
 
+    def create_task_handler(self, *args, **kwargs):
+        """Celery's task handler behind the gate of pbft_tasks/guard.py: every message
+        off the node queue is checked before Celery's machinery sees it."""
+        from .guard import Gate, guard_channel
+        handler = super().create_task_handler(*args, **kwargs)
+        guard_channel(self.task_consumer.channel)
+        tasks = {name for name in self.strategies if name.startswith("pbft.")}
+        return Gate(tasks, _count_rejected, _poison_journal()).wrap(handler)
+
     def on_decode_error(self, message, exc):
         _count_rejected("undecodable")
         super().on_decode_error(message, exc)
@@ -126,6 +135,22 @@ def _count_rejected(reason: str) -> None:
     if _runtime is not None:
         _runtime.rejected[reason] += 1
     log.warning("rejected a message before decoding: %s", reason)
+
+
+_journal = None
+
+
+def _poison_journal():
+    """The node's poison journal (guard.py), beside its ledger; in memory for a plain
+    worker."""
+    global _journal
+    if _journal is None:
+        from .guard import PoisonJournal
+        path = None
+        if _runtime is not None and getattr(_runtime.ledger, "path", None):
+            path = os.path.join(os.path.dirname(_runtime.ledger.path), "poison.json")
+        _journal = PoisonJournal(path)
+    return _journal
 
 
 def build_runtime(cfg, node_id: int):

@@ -31,6 +31,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -61,6 +62,16 @@ TASK_FOR_TYPE = {
 STATE_TRANSFER_TASKS = {"Fetch": "pbft.fetch", "Blocks": "pbft.blocks"}
 ALL_TASKS = {**TASK_FOR_TYPE, **STATE_TRANSFER_TASKS}
 FETCH_MAX = 64  # blocks per Blocks message
+FETCH_MAX_BYTES = 16 * 1024 * 1024  # and at most this much JSON, whatever the count
+# Fetches are unsigned and cheap to send, the answer is not: each requester (a mesh
+# member; anyone may name one) gets at most FETCH_BURST answers at once and FETCH_RATE a
+# second after that.  An honest node behind by 10,000 blocks catches up at up to
+# FETCH_RATE x FETCH_MAX blocks a second.
+FETCH_RATE = 10.0
+FETCH_BURST = 10.0
+# What NodeRuntime itself counts (the gate's reasons are guard.GUARD_REASONS, the
+# signature checks' signing.REASONS, the replica's its Evidence; docs/PROTOCOL.md sec. 7).
+RUNTIME_REASONS = ("malformed", "oversize", "fetch_rate_limited")
 
 
 class Transport(Protocol):
@@ -89,6 +100,8 @@ class NodeRuntime:
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
+        self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
+        self._fetch_tokens: dict[int, tuple[float, float]] = {}  # requester -> (tokens, at)
         self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
@@ -102,8 +115,9 @@ class NodeRuntime:
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
         reason it was rejected."""
-        if isinstance(wire, dict) and wire.get("type") in STATE_TRANSFER_TASKS:
-            if expected_type not in (None, wire["type"]):
+        kind = wire.get("type") if isinstance(wire, dict) else None
+        if type(kind) is str and kind in STATE_TRANSFER_TASKS:
+            if expected_type not in (None, kind):
                 return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
             return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
         try:
@@ -134,11 +148,32 @@ class NodeRuntime:
             return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
         if self.byzantine is not None and self.byzantine.silent:
             return None
+        if lo > self.ledger.height:
+            return None  # nothing to send: only blocks that exist are answered
+        if not self._fetch_allowed(who):
+            return self._reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
+                                                      f"fetches a second", wire)
         with self.lock:
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
-            blocks = list(self.ledger.iter_blocks(lo, top)) if lo <= top else []
+            blocks, size = [], 0
+            for block in self.ledger.iter_blocks(lo, top):
+                size += len(json.dumps(block))
+                if blocks and size > FETCH_MAX_BYTES:
+                    break  # the requester asks again for the rest
+                blocks.append(block)
         self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
         return None
+
+    def _fetch_allowed(self, who: int) -> bool:
+        """A token bucket per requester (FETCH_RATE, FETCH_BURST)."""
+        now = self.clock()
+        tokens, at = self._fetch_tokens.get(who, (FETCH_BURST, now))
+        tokens = min(FETCH_BURST, tokens + (now - at) * FETCH_RATE)
+        if tokens < 1.0:
+            self._fetch_tokens[who] = (tokens, now)
+            return False
+        self._fetch_tokens[who] = (tokens - 1.0, now)
+        return True
 
     def _on_blocks(self, wire: dict) -> str | None:
         blocks = wire.get("blocks")
@@ -146,9 +181,12 @@ class NodeRuntime:
             return self._reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
         for block in blocks:
             try:  # every signature before the core sees the block
-                if type(block) is not dict:
-                    raise MalformedMessage("a block must be an object")
-                for w in list(block.get("certificate", [])) + list(block.get("requests", [])):
+                if (type(block) is not dict or type(block.get("seq")) is not int
+                        or type(block.get("certificate")) is not list
+                        or type(block.get("requests")) is not list):
+                    raise MalformedMessage("a block must be an object with an integer seq and "
+                                           "lists certificate and requests")
+                for w in block["certificate"] + block["requests"]:
                     self.verifier.check(from_wire(w))
             except MalformedMessage as exc:
                 return self._reject("malformed", f"fetched block: {exc}", wire)

@@ -56,11 +56,14 @@ _NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewV
 
 # Every reason a message can be rejected for.  batch_* mean a request inside a
 # PrePrepare's batch failed the check of the same name.
-REASONS = (
+# nested_* mean a message inside a VIEW-CHANGE or NEW-VIEW failed that check (the whole
+# message is rejected).
+_OWN_REASONS = (
     "unknown_node", "unknown_client", "missing_signature", "malformed_signature",
     "bad_signature", "batch_unknown_client", "batch_missing_signature",
     "batch_malformed_signature", "batch_bad_signature",
 )
+REASONS = _OWN_REASONS + tuple("nested_" + r for r in _OWN_REASONS)
 
 # check_many verifies inline below this many messages and on a thread pool from it up.
 # Measured on the 2-core dev box (PyNaCl 1.6.2, Python 3.11; check_many over signed

@@ -48,6 +48,7 @@ def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_loa
                        ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
                        ("commit p50 ms under load", "loaded_commit_p50_ms"),
                        ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
+                       ("messages per batch (low load)", "low_load_messages_per_batch"),
                        ("identical heads", "identical_heads")):
         table.add_row(label, str(r[key]))
     for who, ms in r["low_load_cpu_ms_per_request"].items():

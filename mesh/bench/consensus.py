@@ -8,7 +8,10 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   submit -> f+1 matching replies (what the client waits for);
 - throughput: ``--requests`` updates kept ``--window`` in flight, bundled as the client
   does; committed tx/s = requests / (time until every node replied to the last one);
-- messages per committed batch: node-to-node protocol messages sent, over blocks made;
+- messages per committed batch: node-to-node protocol messages sent, over blocks made,
+  under load (``messages_per_batch``) and at low load (``low_load_messages_per_batch``:
+  a PBFT batch at n=4 needs 3 + 3x3 + 4x3 = 24, plus checkpoints; more is
+  retransmission);
 - CPU per request at low load (``low_load_cpu_ms_per_request``): all workers together,
   the client, and RabbitMQ when it runs on this machine.  With two cores, half their sum
   is a floor under the low-load latency.
@@ -93,6 +96,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         # Low load: one request at a time, with the CPU it costs (where it can be read).
         pids = {i: p.pid for i, p in mesh.procs.items()}
         broker_pids = local_broker_pids()
+        low_before = mesh.statuses()
         cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
         broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
         low = []
@@ -105,6 +109,8 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
+        low_blocks = before[0]["height"] - low_before[0]["height"]
+        low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
         t1 = time.perf_counter()
         loaded = drive(client, requests, window=window, chunk=100)
         elapsed = max(p.all_at for p in loaded) - t1
@@ -128,6 +134,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "blocks": blocks,
             "mean_batch": round(requests / blocks, 1) if blocks else None,
             "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
+            "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
         }
