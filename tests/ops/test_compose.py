@@ -315,3 +315,11 @@ def test_grafana_is_provisioned_with_the_dashboards(resolved):
     (prom,) = [d for d in sources if d["type"] == "prometheus"]
     assert prom["url"] == "http://prometheus:9090"
     assert sorted(p.name for p in DASHBOARDS.glob("*.json")), "no dashboards"
+
+
+def test_every_worker_is_restarted_when_it_fails_hard(resolved):
+    """A worker that hits our own bug exits 70 without acknowledging its message
+    (pbft_tasks/failhard.py); compose must start it again, from its ledger volume."""
+    for queue, (name, svc) in worker_services(resolved).items():
+        assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), \
+            f"{name} ({queue}) is not restarted on failure: restart={svc.get('restart')!r}"
