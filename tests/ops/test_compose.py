@@ -323,3 +323,14 @@ def test_every_worker_is_restarted_when_it_fails_hard(resolved):
     for queue, (name, svc) in worker_services(resolved).items():
         assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), \
             f"{name} ({queue}) is not restarted on failure: restart={svc.get('restart')!r}"
+
+
+def test_flower_memory_is_bounded_as_the_launcher_bounds_it(resolved):
+    """Flower's task history grew past 1.7 GB in a long run: compose passes the same
+    --max_tasks/--max_workers as ``hdpbf up`` (mesh/ops/stack.py)."""
+    from mesh.ops.stack import flower_bounds, flower_command
+    (svc,) = [s for s in resolved["services"].values()
+              if "celery -A pbft_tasks flower" in " ".join(command(s))]
+    line = " ".join(command(svc))
+    assert all(option in line for option in flower_bounds()), line
+    assert all(option in flower_command(5555) for option in flower_bounds())
