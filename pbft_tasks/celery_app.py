@@ -171,7 +171,29 @@ def build_runtime(cfg, node_id: int):
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))
+    fail_at = os.environ.get(ENV_FAIL_AT_SEQ)
+    if fail_at:
+        rt.on_execute.append(_injected_bug(fail_at))
+        log.warning("node %s will raise an injected bug on executing block %s (%s; for fault "
+                    "tests only)", node_id, fail_at, ENV_FAIL_AT_SEQ)
     return rt
+
+
+# Fault tests only: our own bug, made to order (tests/integration/test_fail_hard.py).
+ENV_FAIL_AT_SEQ = "HDPBF_FAIL_AT_SEQ"
+
+
+def _injected_bug(value: str):
+    from .topology import ConfigError
+    try:
+        seq = int(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_FAIL_AT_SEQ} must be a block number, got {value!r}") from None
+
+    def hook(block: dict, _results) -> None:
+        if block["seq"] == seq:
+            raise RuntimeError(f"injected bug at block {seq} ({ENV_FAIL_AT_SEQ})")
+    return hook
 
 
 @signals.worker_init.connect
@@ -211,11 +233,12 @@ def _on_worker_init(sender=None, **_):
     tick_s = cfg.tick_ms / 1000.0
 
     def tick_loop():
+        from .failhard import fail_hard
         while not _stop.wait(tick_s):
             try:
                 _tick_once()
-            except Exception:  # our bug: loud, but keep the node ticking
-                log.exception("tick failed")
+            except Exception:  # our own bug (NodeFailed): the runtime stopped; so does the process
+                fail_hard("tick")
 
     global _ticker
     _ticker = threading.Thread(target=tick_loop, name="hdpbf-tick", daemon=True)
@@ -230,7 +253,12 @@ def _tick_once() -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_):
     if _runtime is not None and _ticker is not None:
-        _runtime.start()
+        from .node import NodeFailed
+        from .failhard import fail_hard
+        try:
+            _runtime.start()
+        except NodeFailed:  # Celery would log a signal handler's exception and go on
+            fail_hard("resume")
         _ticker.start()
 
 

@@ -17,7 +17,14 @@ Rules:
   that message), and no message this node signed depends on it.  This halves the
   fsyncs per batch.
 - A bad message from a peer is dropped, logged with its reason and counted in
-  ``rejected``; it never raises out of ``handle``.  Our own bugs do raise.
+  ``rejected``; it never raises out of ``handle``.  Checking a message (parse, size,
+  signature) changes no state, so an unexpected exception there is counted as
+  ``check_failed`` and logged with its traceback, and the message dropped.
+- Our own bug fails hard (h11's ERROR state, dask's fail_hard): an exception while
+  stepping the replica or carrying out its actions (ledger, signing, sending) leaves the
+  replica half-stepped, so the runtime stops: it raises ``NodeFailed`` now and for every
+  later stimulus.  The worker exits without acknowledging the message and restarts
+  from its durable records (pbft_tasks/strategy.py, celery_app.py).
 - One replica is one state machine: ``handle`` and ``tick`` run under one lock, so a
   worker may tick from a timer thread while its pool runs tasks.
 - Client requests keep the client's signature when forwarded; every other outgoing
@@ -30,6 +37,7 @@ Rules:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -74,6 +82,11 @@ FETCH_BURST = 10.0
 RUNTIME_REASONS = ("malformed", "oversize", "fetch_rate_limited")
 
 
+class NodeFailed(RuntimeError):
+    """This node runtime hit one of our own bugs and stopped (see the rules above); the
+    process must end and restart from its durable records."""
+
+
 class Transport(Protocol):
     def send(self, to: int, wire: dict) -> None: ...
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None: ...
@@ -105,11 +118,25 @@ class NodeRuntime:
         self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
+        self.failure: BaseException | None = None  # our own bug; set once, then NodeFailed
+
+    @contextlib.contextmanager
+    def _stepping(self, what: str):
+        """Around every change of state: our own exception stops the runtime for good."""
+        if self.failure is not None:
+            raise NodeFailed(f"node {self.id} stopped after our own bug: {self.failure!r}")
+        try:
+            yield
+        except Exception as exc:
+            self.failure = exc
+            log.critical("node %s: our own bug while %s; the runtime stops (the process must "
+                         "restart from its durable records)", self.id, what, exc_info=True)
+            raise NodeFailed(f"node {self.id} failed while {what}: {exc!r}") from exc
 
     # -- stimuli ----------------------------------------------------------------------
     def start(self) -> None:
         """Re-send own votes for everything unexecuted (a crash may have cut them off)."""
-        with self.lock:
+        with self.lock, self._stepping("resuming"):
             self._carry_out(self.replica.resume())
 
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
@@ -132,7 +159,10 @@ class NodeRuntime:
             return self._reject("malformed", str(exc), wire)
         except Rejected as exc:
             return self._reject(exc.reason, str(exc), wire)
-        with self.lock:
+        except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
+            log.error("node %s: checking a message raised", self.id, exc_info=True)
+            return self._reject("check_failed", repr(exc), wire)
+        with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
             self._carry_out(self.replica.step(msg))
         return None
@@ -153,7 +183,7 @@ class NodeRuntime:
         if not self._fetch_allowed(who):
             return self._reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
                                                       f"fetches a second", wire)
-        with self.lock:
+        with self.lock, self._stepping("answering a Fetch"):
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
             blocks, size = [], 0
             for block in self.ledger.iter_blocks(lo, top):
@@ -161,7 +191,7 @@ class NodeRuntime:
                 if blocks and size > FETCH_MAX_BYTES:
                     break  # the requester asks again for the rest
                 blocks.append(block)
-        self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
+            self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
         return None
 
     def _fetch_allowed(self, who: int) -> bool:
@@ -192,18 +222,21 @@ class NodeRuntime:
                 return self._reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
                 return self._reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
-            with self.lock:
+            except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
+                log.error("node %s: checking a fetched block raised", self.id, exc_info=True)
+                return self._reject("check_failed", repr(exc), wire)
+            with self.lock, self._stepping("installing a fetched block"):
                 if block.get("seq", 0) <= self.replica.last_exec:
                     continue  # already have it (a duplicate answer)
                 before = self.replica.last_exec
                 self._carry_out(self.replica.install(block))
                 self.installed += self.replica.last_exec - before
-        with self.lock:
+        with self.lock, self._stepping("asking for more state"):
             self._carry_out(self.replica.request_state())
         return None
 
     def tick(self) -> None:
-        with self.lock:
+        with self.lock, self._stepping("ticking"):
             self._carry_out(self.replica.tick())
 
     # -- carrying out actions ----------------------------------------------------------
@@ -292,4 +325,4 @@ class NodeRuntime:
                 "time": time.time()}
 
 
-__all__ = ["NodeRuntime", "Transport", "TASK_FOR_TYPE", "describe"]
+__all__ = ["NodeRuntime", "NodeFailed", "Transport", "TASK_FOR_TYPE", "describe"]

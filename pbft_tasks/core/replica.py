@@ -183,10 +183,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         signatures already checked by the adapter).  A block that does not fit is
         evidence and changes nothing."""
         cause = f"state transfer n{block.get('seq')}"
-        try:
-            reason, entry = self._check_install(block)
-        except (KeyError, TypeError, ValueError) as exc:
-            reason, entry = f"malformed block: {exc}", None
+        reason, entry = self._check_install(block)  # raises only on our own bug
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
         else:

@@ -315,3 +315,22 @@ def test_grafana_is_provisioned_with_the_dashboards(resolved):
     (prom,) = [d for d in sources if d["type"] == "prometheus"]
     assert prom["url"] == "http://prometheus:9090"
     assert sorted(p.name for p in DASHBOARDS.glob("*.json")), "no dashboards"
+
+
+def test_every_worker_is_restarted_when_it_fails_hard(resolved):
+    """A worker that hits our own bug exits 70 without acknowledging its message
+    (pbft_tasks/failhard.py); compose must start it again, from its ledger volume."""
+    for queue, (name, svc) in worker_services(resolved).items():
+        assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), \
+            f"{name} ({queue}) is not restarted on failure: restart={svc.get('restart')!r}"
+
+
+def test_flower_memory_is_bounded_as_the_launcher_bounds_it(resolved):
+    """Flower's task history grew past 1.7 GB in a long run: compose passes the same
+    --max_tasks/--max_workers as ``hdpbf up`` (mesh/ops/stack.py)."""
+    from mesh.ops.stack import flower_bounds, flower_command
+    (svc,) = [s for s in resolved["services"].values()
+              if "celery -A pbft_tasks flower" in " ".join(command(s))]
+    line = " ".join(command(svc))
+    assert all(option in line for option in flower_bounds()), line
+    assert all(option in flower_command(5555) for option in flower_bounds())
