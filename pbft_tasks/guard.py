@@ -30,11 +30,15 @@ equal to ``GUARD_REASONS``):
   ``pbft.status`` takes no arguments at all.
 - A message that makes the worker die (our bug, or one we did not foresee) is
   redelivered by RabbitMQ with ``redelivered`` set.  ``PoisonJournal`` counts, per
-  message id and on disk, how often a redelivered message was started; a message
-  started twice without finishing is dropped as ``poison`` on its third delivery.  The
-  journal is written only for redelivered messages, so normal traffic pays nothing.
-  Quorum queues count deliveries themselves (``x-delivery-count``); the same limit
-  applies to that header.
+  message id and on disk, how often a redelivered message was started; one that was
+  started on its first delivery and on two redeliveries without ever finishing is
+  dropped as ``poison`` on the next.  The journal is written only for redelivered
+  messages, so normal traffic pays nothing.  Quorum queues count deliveries themselves
+  (``x-delivery-count``); the same limit applies to that header.  Why a journal and not
+  the broker's own limit: ``x-delivery-limit`` exists only on quorum queues, node
+  queues are classic queues today (and re-declaring a queue with other arguments is
+  refused by RabbitMQ), and a dead-letter queue would still need a delivery count to
+  decide when to dead-letter; the journal works on either kind of queue.
 Every refused message is acknowledged, counted under its reason and logged once.
 """
 from __future__ import annotations

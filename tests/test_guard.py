@@ -188,9 +188,9 @@ def test_a_compressed_body_is_never_inflated():
     assert rec.counts == Counter({"bad_content": 1}) and not rec.passed
 
 
-def test_poison_message_is_dropped_on_its_third_delivery(tmp_path):
-    """A message that killed the worker twice is not run a third time (and the count
-    survives the worker's restart: it is on disk)."""
+def test_poison_message_is_dropped_after_two_failed_redeliveries(tmp_path):
+    """A message that killed the worker on its first delivery and on two redeliveries
+    is not run again (and the count survives the worker's restart: it is on disk)."""
     path = str(tmp_path / "poison.json")
     m_first = msg()
     tid = m_first.headers["id"]

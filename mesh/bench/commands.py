@@ -27,18 +27,21 @@ def bench() -> None:
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--low-load", type=click.IntRange(10, 100_000), default=200, show_default=True,
               help="one-at-a-time requests for the low-load latency")
+@click.option("--low-load-gap", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+              help="seconds between the low-load requests (an idle mesh between them)")
 @click.option("--durability", type=click.Choice(["full", "normal"]), default="full", show_default=True,
               help="ledger fsync policy (mesh.json 'durability')")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
-                    durability: str, broker: str | None, backend: str | None,
+                    low_load_gap: float, durability: str, broker: str | None, backend: str | None,
                     json_path: str | None) -> None:
     """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
     from . import consensus as bc
     r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-               backend=backend, max_batch=max_batch, durability=durability, console=console())
+               backend=backend, max_batch=max_batch, durability=durability, console=console(),
+               low_load_gap=low_load_gap)
     table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
                         f"(real RabbitMQ + Redis)")
     table.add_column("figure")

@@ -12,6 +12,9 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   under load (``messages_per_batch``) and at low load (``low_load_messages_per_batch``:
   a PBFT batch at n=4 needs 3 + 3x3 + 4x3 = 24, plus checkpoints; more is
   retransmission);
+- with ``--low-load-gap S`` the low-load requests are S seconds apart (an idle mesh
+  between them, as with interactive use; the retransmission timer must not take the
+  idle time for silence);
 - CPU per request at low load (``low_load_cpu_ms_per_request``): all workers together,
   the client, and RabbitMQ when it runs on this machine.  With two cores, half their sum
   is a floor under the low-load latency.
@@ -68,7 +71,8 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
-        max_batch: int = 256, durability: str = "full", console: Any = None) -> dict:
+        max_batch: int = 256, durability: str = "full", console: Any = None,
+        low_load_gap: float = 0.0) -> dict:
     from pbft_tasks.signing import Verifier
 
     from ..client import BrokerClientTransport
@@ -101,6 +105,8 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
         low = []
         for i in range(low_load):
+            if low_load_gap and i:
+                time.sleep(low_load_gap)  # an idle mesh between requests (interactive use)
             low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
             client.forget(low[-1:])
         cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
@@ -122,6 +128,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         load_all = latencies_ms(loaded)
         result = {
             "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
+            "low_load": low_load, "low_load_gap_s": low_load_gap,
             "durability": durability,
             "tx_per_s": round(requests / elapsed, 1),
             "elapsed_s": round(elapsed, 3),
