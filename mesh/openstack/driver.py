@@ -132,6 +132,8 @@ class HdpbfDriver(base.BaseDriver):
         self._delete_gen = 0
         self._deleted_at: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._gen_lock = threading.Lock()
+        self._busy = 0                       # policy replies not yet handed to the recorder
+        self._busy_cond = threading.Condition()
         if opts.mesh_config:
             self._configure(opts)
         else:
@@ -162,6 +164,22 @@ class HdpbfDriver(base.BaseDriver):
                  f"as client {opts.client!r}" if self.recorder else "off (no [hdpbf] client)",
                  ", ".join(sorted(self.methods)), ", ".join(sorted(self.topics)))
 
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every policy message this driver's servers received has been
+        answered and its record or delete committed (tests, demo, benches)."""
+        deadline = time.monotonic() + timeout
+        with self._busy_cond:
+            if not self._busy_cond.wait_for(lambda: self._busy == 0, timeout):
+                raise TimeoutError(f"{self._busy} policy message(s) still being served "
+                                   f"after {timeout}s")
+        if self.recorder is not None:
+            self.recorder.flush(max(0.1, deadline - time.monotonic()))
+
+    def _busy_add(self, n: int) -> None:
+        with self._busy_cond:
+            self._busy += n
+            self._busy_cond.notify_all()
+
     def count(self, what: str, n: int = 1) -> None:
         with self._stats_lock:
             self.stats[what] += n
@@ -183,11 +201,11 @@ class HdpbfDriver(base.BaseDriver):
               "call_monitor_timeout": call_monitor_timeout, "retry": retry,
               "transport_options": transport_options}
         if (not wait_for_reply or self.reader is None or target.topic not in self.topics
-                or type(message) is not dict or message.get("method") not in self.methods):
+                or not isinstance(message, dict) or message.get("method") not in self.methods):
             return self._inner.send(target, ctxt, message, **kw)
         method = message["method"]
         args = message.get("args")
-        args = args if type(args) is dict else {}
+        args = args if isinstance(args, dict) else {}
         uuid = nova_wire.instance_uuid(args.get("instance"))
         console_type = args.get("console_type")
         reason = None
@@ -221,13 +239,13 @@ class HdpbfDriver(base.BaseDriver):
 
     def send_notification(self, target, ctxt, message, version, retry=None):
         result = self._inner.send_notification(target, ctxt, message, version, retry=retry)
-        if self.recorder is not None and type(message) is dict:
+        if self.recorder is not None and isinstance(message, dict):
             event = message.get("event_type")
             payload = message.get("payload")
             uuid = None
             if event in nova_wire.DELETE_EVENTS:
                 uuid = nova_wire.payload_uuid(payload)
-            elif event in LEGACY_DELETE_EVENTS and type(payload) is dict:
+            elif event in LEGACY_DELETE_EVENTS and isinstance(payload, dict):
                 uuid = payload.get("instance_id")
             if type(uuid) is str and uuid:
                 self.invalidate(uuid, event)
@@ -275,11 +293,11 @@ class HdpbfDriver(base.BaseDriver):
     def on_incoming(self, incoming, target):
         """Wrap the reply of a policy or invalidating message; others pass untouched."""
         message = getattr(incoming, "message", None)
-        if type(message) is not dict:
+        if not isinstance(message, dict):  # rabbit's is a dict subclass (RabbitMessage)
             return incoming
         method = message.get("method")
         args = message.get("args")
-        args = args if type(args) is dict else {}
+        args = args if isinstance(args, dict) else {}
         if method in self.methods and target.topic in self.topics:
             uuid = nova_wire.instance_uuid(args.get("instance"))
             console_type = args.get("console_type")
@@ -297,13 +315,16 @@ class HdpbfDriver(base.BaseDriver):
                 self._wrap_reply(incoming, self._invalidate_after, uuid, method)
         return incoming
 
-    @staticmethod
-    def _wrap_reply(incoming, after, *extra) -> None:
+    def _wrap_reply(self, incoming, after, *extra) -> None:
         original = incoming.reply
+        self._busy_add(1)
 
         def reply(reply=None, failure=None):
-            original(reply=reply, failure=failure)  # 5b first: nova's reply never waits
-            after(reply, failure, *extra)
+            try:
+                original(reply=reply, failure=failure)  # 5b first: nova's reply never waits
+                after(reply, failure, *extra)
+            finally:
+                self._busy_add(-1)
 
         incoming.reply = reply
 

@@ -42,10 +42,10 @@ MIN_TOKEN = 16
 
 def instance_uuid(instance: Any) -> str | None:
     """The uuid in a NovaObject primitive of an instance, or None."""
-    if type(instance) is not dict:
+    if not isinstance(instance, dict):
         return None
     data = instance.get("nova_object.data")
-    if type(data) is not dict:
+    if not isinstance(data, dict):
         return None
     uuid = data.get("uuid")
     return uuid if type(uuid) is str and uuid else None
@@ -71,7 +71,7 @@ def _sha256(token: str) -> str:
 
 
 def reply_token(reply: Any) -> str | None:
-    if type(reply) is not dict:
+    if not isinstance(reply, dict):
         return None
     token = reply.get("token")
     return token if type(token) is str and len(token) >= MIN_TOKEN else None

@@ -143,6 +143,12 @@ class DriverKit:
         return transport._driver
 
     @staticmethod
+    def settle(timeout: float = 20) -> None:
+        """Every reply served so far recorded and committed (or deleted)."""
+        for drv in hdpbf_driver.drivers():
+            drv.flush(timeout)
+
+    @staticmethod
     def recorder():
         recs = driver_record.recorders()
         assert len(recs) == 1, recs
