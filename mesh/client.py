@@ -180,41 +180,77 @@ class MeshClient:
 
 
 class BrokerClientTransport:
-    """Requests as Celery task messages; replies from a kombu queue of our own."""
+    """Requests as Celery task messages; replies from a kombu queue of our own.
+
+    The reply queue is classic, auto-deleted with its connection (a quorum queue cannot
+    be).  When the broker node under this connection dies (a cluster, mesh.json's
+    broker URL list), ``poll`` reconnects to the next node and declares the queue again;
+    a reply sent while it was gone is lost, and ``MeshClient.wait`` sends the request to
+    every replica again, which answer it from their client table (README "Broker
+    cluster")."""
 
     def __init__(self, app: Any, client: MeshClient):
-        from kombu import Consumer, Queue
+        from kombu import Queue
 
         from pbft_tasks.transport import reply_queue_name
         self.app = app
+        self.client = client
+        self.reconnects = 0
         self.conn = app.connection_for_write()
         self.conn.ensure_connection(max_retries=3)
         self.queue = Queue(reply_queue_name(client.client_id), exchange="", durable=False,
                            auto_delete=True, routing_key=reply_queue_name(client.client_id))
+        self._open()
+
+    def _open(self) -> None:
+        from kombu import Consumer
         self.consumer = Consumer(self.conn.channel(), queues=[self.queue], accept=["json"],
                                  callbacks=[self._on_message], no_ack=True)
         self.consumer.consume()
-        self.client = client
-        self.producer = app.amqp.Producer(self.conn.channel(), auto_declare=False)
+        self.producer = self.app.amqp.Producer(self.conn.channel(), auto_declare=False)
+
+    def _reconnect(self) -> None:
+        """A new connection (the next broker URL once this one fails), consumer and
+        producer.  Gives up after ~10 s of no broker at all; ``wait`` retries later."""
+        self.reconnects += 1
+        self.conn.collect()
+        self.conn.ensure_connection(max_retries=20, interval_start=0, interval_step=0.25,
+                                    interval_max=1)
+        self._open()
 
     def _on_message(self, body: Any, message: Any) -> None:
         self.client.on_reply(body)
 
     def send_requests(self, to: int, wires: list[dict]) -> None:
-        self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
-                           ignore_result=True, producer=self.producer,
-                           argsrepr=f"[{len(wires)} requests from {self.client.name}]", kwargsrepr="{}")
+        for attempt in (0, 1):
+            try:
+                self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
+                                   ignore_result=True, producer=self.producer,
+                                   argsrepr=f"[{len(wires)} requests from {self.client.name}]",
+                                   kwargsrepr="{}")
+                return
+            except self.conn.recoverable_connection_errors + self.conn.recoverable_channel_errors:
+                if attempt:
+                    raise
+                self._reconnect()
 
     def poll(self, timeout: float) -> None:
         try:
             self.conn.drain_events(timeout=timeout)
         except TimeoutError:
             pass
+        except self.conn.recoverable_connection_errors + self.conn.recoverable_channel_errors:
+            try:
+                self._reconnect()
+            except self.conn.recoverable_connection_errors:
+                pass  # no broker node reachable now; the caller's wait keeps trying
         except OSError:  # socket.timeout is an OSError subclass
             pass
 
     def close(self) -> None:
         try:
             self.consumer.cancel()
+        except Exception:
+            pass
         finally:
             self.conn.release()

@@ -67,13 +67,15 @@ def worker(node_id: int, config: str | None, loglevel: str) -> None:
 
 # -- put / get ---------------------------------------------------------------------------
 def _broker_client(path: str, name: str, timeout: float):
+    from pbft_tasks.brokers import celery_queue_settings
     from pbft_tasks.celery_app import app
     from pbft_tasks.signing import Verifier
 
     from .client import BrokerClientTransport, MeshClient
     from .topology import client_keys, load_client_identity, node_keys
     cfg = MeshConfig.load(path)
-    app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend)
+    app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend,
+                    **celery_queue_settings(cfg.queue_type))
     try:
         key = load_client_identity(cfg, name)
     except ConfigError as exc:
