@@ -29,6 +29,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -74,13 +75,25 @@ class BrokerCluster:
     # -- layout --------------------------------------------------------------------
     @classmethod
     def plan(cls, dir: str | os.PathLike, n: int = 3, base_port: int = DEFAULT_BASE_PORT,
-             dist_base: int = DEFAULT_DIST_BASE) -> "BrokerCluster":
+             dist_base: int = DEFAULT_DIST_BASE, prefix: str = "c") -> "BrokerCluster":
+        """The layout of N nodes ``<prefix>1@localhost``..; tests give a prefix of their
+        own so that two test sessions never share a node name."""
         if type(n) is not int or n < 1:
             raise ClusterError(f"--nodes must be a positive integer, got {n!r}")
         d = Path(dir).absolute()
-        nodes = [BrokerNode(i, f"c{i}@localhost", base_port + i - 1, dist_base + i - 1,
+        nodes = [BrokerNode(i, f"{prefix}{i}@localhost", base_port + i - 1, dist_base + i - 1,
                             str(d / f"c{i}")) for i in range(1, n + 1)]
         return cls(str(d), nodes)
+
+    @classmethod
+    def plan_free(cls, dir: str | os.PathLike, n: int = 3, prefix: str = "c") -> "BrokerCluster":
+        """``plan`` on the first block of free ports from the defaults up (tests and
+        benches: another cluster may already hold 5681..)."""
+        for k in range(0, 300, n):
+            base, dist = DEFAULT_BASE_PORT + k, DEFAULT_DIST_BASE + k
+            if all(_port_free(p) for i in range(n) for p in (base + i, dist + i)):
+                return cls.plan(dir, n, base, dist, prefix)
+        raise ClusterError(f"no {n} free consecutive ports from {DEFAULT_BASE_PORT} up")
 
     @classmethod
     def load(cls, dir: str | os.PathLike) -> "BrokerCluster":
@@ -316,6 +329,15 @@ class BrokerCluster:
         node = self.running()[0]
         self.ctl(node, "add_vhost", vhost)
         self.ctl(node, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 # -- command line ---------------------------------------------------------------------

@@ -91,3 +91,5 @@ from mesh import ops  # noqa: E402,F401  (registers up, status, down)
 from mesh import audit_cmd  # noqa: E402,F401  (registers verify, bench verify)
 from mesh.broker_cluster import broker_cluster  # noqa: E402  (hdpbf broker-cluster up/down)
 main.add_command(broker_cluster)
+from mesh.bench_failover import failover as _bench_failover  # noqa: E402
+commands.bench.add_command(_bench_failover)  # hdpbf bench failover

@@ -196,10 +196,16 @@ class BrokerClientTransport:
         self.app = app
         self.client = client
         self.reconnects = 0
+        self.unsent = 0  # request messages no broker node confirmed (resent by the timer)
         self.conn = app.connection_for_write()
         self.conn.ensure_connection(max_retries=3)
         self.queue = Queue(reply_queue_name(client.client_id), exchange="", durable=False,
                            auto_delete=True, routing_key=reply_queue_name(client.client_id))
+        from kombu.exceptions import OperationalError
+        # What a dying broker node raises here: kombu re-raises a connection error it
+        # gave up on as OperationalError.
+        self._lost = (self.conn.recoverable_connection_errors
+                      + self.conn.recoverable_channel_errors + (OperationalError, ConnectionError))
         self._open()
 
     def _open(self) -> None:
@@ -207,7 +213,14 @@ class BrokerClientTransport:
         self.consumer = Consumer(self.conn.channel(), queues=[self.queue], accept=["json"],
                                  callbacks=[self._on_message], no_ack=True)
         self.consumer.consume()
-        self.producer = self.app.amqp.Producer(self.conn.channel(), auto_declare=False)
+        # kombu may replace the connection under us (a publish's ``ensure`` reconnects
+        # to the next node): the consumer's channel then belongs to the dead one.
+        self._raw = self.conn.connection
+        if getattr(self, "pconn", None) is None:
+            # Requests go out on a connection of their own, so that kombu's reconnect on
+            # a failed publish never leaves the reply consumer on a dead connection.
+            self.pconn = self.conn.clone()
+        self.producer = self.app.amqp.Producer(self.pconn.channel(), auto_declare=False)
 
     def _reconnect(self) -> None:
         """A new connection (the next broker URL once this one fails), consumer and
@@ -221,28 +234,36 @@ class BrokerClientTransport:
     def _on_message(self, body: Any, message: Any) -> None:
         self.client.on_reply(body)
 
+    # A request publish waits for the broker's confirm and retries (on the next node)
+    # for a few seconds at most: past that the request counts as sent and lost, and the
+    # client's own timer sends it again (to every replica), as for any lost message.
+    RETRY = {"max_retries": 8, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
     def send_requests(self, to: int, wires: list[dict]) -> None:
-        for attempt in (0, 1):
+        try:
+            self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
+                               ignore_result=True, producer=self.producer,
+                               retry=True, retry_policy=self.RETRY,
+                               argsrepr=f"[{len(wires)} requests from {self.client.name}]",
+                               kwargsrepr="{}")
+        except self._lost:
+            self.unsent += 1
             try:
-                self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
-                                   ignore_result=True, producer=self.producer,
-                                   argsrepr=f"[{len(wires)} requests from {self.client.name}]",
-                                   kwargsrepr="{}")
-                return
-            except self.conn.recoverable_connection_errors + self.conn.recoverable_channel_errors:
-                if attempt:
-                    raise
                 self._reconnect()
+            except self._lost:
+                pass  # no broker node reachable now; the caller's wait keeps trying
 
     def poll(self, timeout: float) -> None:
         try:
+            if self.conn.connection is not self._raw:
+                self._reconnect()
             self.conn.drain_events(timeout=timeout)
         except TimeoutError:
             pass
-        except self.conn.recoverable_connection_errors + self.conn.recoverable_channel_errors:
+        except self._lost:
             try:
                 self._reconnect()
-            except self.conn.recoverable_connection_errors:
+            except self._lost:
                 pass  # no broker node reachable now; the caller's wait keeps trying
         except OSError:  # socket.timeout is an OSError subclass
             pass
@@ -254,3 +275,5 @@ class BrokerClientTransport:
             pass
         finally:
             self.conn.release()
+            if self.pconn is not None:
+                self.pconn.release()

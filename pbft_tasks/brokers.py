@@ -17,7 +17,7 @@ Rules and why:
 - Publisher confirms (``confirm_publish``) with quorum queues: a publish returns only
   once a majority of the cluster holds the message, so a message that survived the
   publish survives a node's death; one not confirmed (the connection dropped while
-  waiting, or a nack) is published again -- duplicates are harmless, the core drops
+  waiting, or a nack) is published again, on the next node if need be -- duplicates are harmless, the core drops
   them by (view, seq, sender) and the client table by (client, timestamp).
 - Celery's native delayed delivery (declared on every worker connect when it sees a
   quorum queue) is left out (celery_app.NodeConsumer): the mesh sends no ETA or
@@ -29,15 +29,9 @@ Rules and why:
 """
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
-log = logging.getLogger("hdpbf.brokers")
-
 QUEUE_TYPES = ("classic", "quorum")
-# How often a publish the broker nacked is tried again before it counts as our failure.
-NACK_RETRIES = 5
 
 
 def check_queue_type(queue_type: str) -> str:
@@ -64,20 +58,19 @@ def celery_queue_settings(queue_type: str) -> dict:
     }
 
 
-def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:
-    """``producer.publish(body, retry=True, **kw)``, re-published when the broker nacks
-    it.  A lost connection is kombu's to handle (``retry=True`` reconnects, to the next
-    cluster node if need be, and publishes again); a nack arrives on a live connection
-    (e.g. the queue lost its leader) and is ours to retry."""
-    from amqp.exceptions import MessageNacked
+# kombu's retry for a protocol publish: forever (PBFT has no message it may drop on its
+# own: retransmission would recover it, but only after a timer), with no pause before
+# the first retry (the next cluster node is tried at once) and at most 1 s between.
+PUBLISH_RETRY = {"max_retries": None, "interval_start": 0, "interval_step": 0.2,
+                 "interval_max": 1}
 
-    for attempt in range(NACK_RETRIES + 1):
-        try:
-            producer.publish(body, retry=True, **kw)
-            return
-        except MessageNacked:
-            if attempt == NACK_RETRIES:
-                raise
-            log.warning("broker nacked a publish to %s/%s; publishing it again",
-                        kw.get("exchange", ""), kw.get("routing_key", ""))
-            time.sleep(0.05 * (attempt + 1))
+
+def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:
+    """``producer.publish(body, retry=True, **kw)`` with ``PUBLISH_RETRY``.
+
+    With ``confirm_publish`` on, py-amqp raises ``MessageNacked`` for a nack and a
+    connection error when the connection drops before the confirm; both are
+    "recoverable connection errors" to kombu, whose ``ensure`` then reconnects (to the
+    next broker URL once this one fails) and publishes again.  So a publish returns only
+    once some cluster node confirmed the message, and blocks while no node can."""
+    producer.publish(body, retry=True, retry_policy=PUBLISH_RETRY, **kw)
