@@ -83,16 +83,17 @@ class CommitWatch:
         return max(gaps)
 
 
-def drive_with_kills(client: MeshClient, cluster: BrokerCluster, count: int, kills: int,
+def drive_with_kills(client: MeshClient, cluster: BrokerCluster, per_kill: int, kills: int,
                      watch: CommitWatch, queue: str = "node.0", vhost: str = "/",
                      window: int = 200, chunk: int = 50, timeout: float = 300.0,
                      say: Callable[[str], None] = print) -> dict:
-    """Drive ``count`` puts; after each ``count // (kills + 1)`` acknowledged ones, kill -9
-    the broker node leading ``queue`` (if every node is back from the previous kill),
-    and restart it in the background.  Returns the acknowledged requests and each kill."""
-    every = max(1, count // (kills + 1))
-    state = {"acked": 0, "next_kill": every}
+    """``kills`` segments of ``per_kill`` puts each, then one more.  In each segment, once
+    a third of it is acknowledged, kill -9 the broker node leading ``queue`` and restart
+    it in the background; the next segment starts when it has rejoined (two nodes down
+    of three would be no quorum: a different test).  Returns the acknowledged requests
+    and each kill, with ``pause_s`` measured on ``watch`` within its segment."""
     events: list[dict] = []
+    done: list[Pending] = []
     restarts: list[threading.Thread] = []
 
     def restart(node_name: str, ev: dict) -> None:
@@ -103,37 +104,42 @@ def drive_with_kills(client: MeshClient, cluster: BrokerCluster, count: int, kil
         except ClusterError as exc:
             ev["restart_error"] = str(exc)
 
-    def progress(finished: int) -> None:
-        state["acked"] += finished
-        if len(events) >= kills or state["acked"] < state["next_kill"]:
-            return
-        if any(t.is_alive() for t in restarts) or len(cluster.running()) < len(cluster.nodes):
-            return  # the last victim has not rejoined: killing now would lose the quorum
-        leader = cluster.queue_leader(queue, vhost)
-        if leader is None:
-            return
-        t_kill = time.monotonic()
-        cluster.kill_node(leader)
-        ev = {"node": leader, "at_acked": state["acked"], "t": t_kill}
-        events.append(ev)
-        say(f"killed broker node {leader} (leader of {queue}) after {state['acked']} acknowledged")
-        th = threading.Thread(target=restart, args=(leader, ev), daemon=True)
-        th.start()
-        restarts.append(th)
-        state["next_kill"] = state["acked"] + every
+    for k in range(kills + 1):
+        for th in restarts:
+            th.join(timeout=180)
+        if k:
+            cluster.wait_members(len(cluster.nodes), timeout=120)
+        state = {"acked": 0, "killed": k == kills}
 
-    done = drive(client, count, window=window, chunk=chunk, key_prefix="fo", every=False,
-                 timeout=timeout, progress=progress)
-    t_end = max(p.done_at for p in done) if done else time.monotonic()
+        def progress(finished: int) -> None:
+            state["acked"] += finished
+            if state["killed"] or state["acked"] < max(1, per_kill // 3):
+                return
+            leader = cluster.queue_leader(queue, vhost)
+            if leader is None:
+                return
+            state["killed"] = True
+            t_kill = time.monotonic()
+            cluster.kill_node(leader)
+            ev = {"node": leader, "at_acked": len(done) + state["acked"], "t": t_kill}
+            events.append(ev)
+            say(f"killed broker node {leader} (leader of {queue}) after "
+                f"{ev['at_acked']} acknowledged")
+            th = threading.Thread(target=restart, args=(leader, ev), daemon=True)
+            th.start()
+            restarts.append(th)
+
+        seg = drive(client, per_kill, window=window, chunk=chunk, key_prefix=f"fo{k}-",
+                    every=False, timeout=timeout, progress=progress)
+        done += seg
+        if events and events[-1].get("segment") is None:
+            ev = events[-1]
+            ev["segment"] = k
+            seg_end = time.monotonic() - (time.perf_counter() - max(p.done_at for p in seg))
+            pause = watch.pause_after(ev["t"], seg_end)
+            ev["pause_s"] = None if pause is None else round(pause, 3)
     for th in restarts:
-        th.join(timeout=120)
-    # done_at is perf_counter time; CommitWatch uses monotonic: on Linux both are
-    # CLOCK_MONOTONIC, but compare only within one clock to be safe.
-    end_mono = time.monotonic() - (time.perf_counter() - t_end)
-    for i, ev in enumerate(events):
-        until = events[i + 1]["t"] if i + 1 < len(events) else end_mono
-        pause = watch.pause_after(ev["t"], until)
-        ev["pause_s"] = None if pause is None else round(pause, 3)
+        th.join(timeout=180)
     return {"done": done, "kills": events}
 
 
@@ -181,10 +187,10 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
         drive(client, 50, window=10, chunk=10, key_prefix="warm", every=False)
         count = per_kill * (kills + 1)
         with CommitWatch(cfg.node_data_dir(1) / "ledger.sqlite") as watch:
-            out = drive_with_kills(client, cluster, count, kills, watch, say=say)
+            out = drive_with_kills(client, cluster, per_kill, kills, watch, say=say)
         client.transport.close()
         done, events = out["done"], out["kills"]
-        pauses = [e["pause_s"] for e in events if e["pause_s"] is not None]
+        pauses = [e["pause_s"] for e in events if e.get("pause_s") is not None]
         readers = [LedgerReader(cfg.node_data_dir(i) / "ledger.sqlite") for i in range(cfg.n)]
         try:
             _wait_converged(readers, timeout=60)
@@ -201,6 +207,7 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
             "pause_s_max": round(max(pauses), 3) if pauses else None,
             "never_resumed": len(events) - len(pauses),
             "identical_ledgers": len(heads) == 1,
+            "client_reconnects": client.transport.reconnects,
             "events": [{k: v for k, v in e.items() if k != "t"} for e in events],
         }
     finally:
