@@ -197,6 +197,9 @@ class BrokerClientTransport:
         self.client = client
         self.reconnects = 0
         self.unsent = 0  # request messages no broker node confirmed (resent by the timer)
+        self.pconn = self.producer = None
+        urls = app.conf.broker_url or ""
+        self.nurls = len(urls.split(";")) if isinstance(urls, str) else len(urls)
         self.conn = app.connection_for_write()
         self.conn.ensure_connection(max_retries=3)
         self.queue = Queue(reply_queue_name(client.client_id), exchange="", durable=False,
@@ -216,19 +219,27 @@ class BrokerClientTransport:
         # kombu may replace the connection under us (a publish's ``ensure`` reconnects
         # to the next node): the consumer's channel then belongs to the dead one.
         self._raw = self.conn.connection
-        if getattr(self, "pconn", None) is None:
-            # Requests go out on a connection of their own, so that kombu's reconnect on
-            # a failed publish never leaves the reply consumer on a dead connection.
-            self.pconn = self.conn.clone()
-        self.producer = self.app.amqp.Producer(self.pconn.channel(), auto_declare=False)
+
+    def _producer(self) -> Any:
+        # Requests go out on a connection of their own, so that kombu's reconnect on a
+        # failed publish never leaves the reply consumer on a dead connection.
+        if self.producer is None:
+            if self.pconn is None:
+                self.pconn = self.conn.clone()
+            else:
+                self.pconn.collect()
+            self.pconn.ensure_connection(max_retries=self.nurls, interval_start=0)
+            self.producer = self.app.amqp.Producer(self.pconn.channel(), auto_declare=False)
+        return self.producer
 
     def _reconnect(self) -> None:
         """A new connection (the next broker URL once this one fails), consumer and
-        producer.  Gives up after ~10 s of no broker at all; ``wait`` retries later."""
+        producer.  Gives up after three rounds of the broker URLs (a few seconds) with no
+        node answering; ``poll`` tries again on its next call."""
         self.reconnects += 1
         self.conn.collect()
-        self.conn.ensure_connection(max_retries=20, interval_start=0, interval_step=0.25,
-                                    interval_max=1)
+        self.conn.ensure_connection(max_retries=3 * self.nurls, interval_start=0,
+                                    interval_step=0.25, interval_max=1)
         self._open()
 
     def _on_message(self, body: Any, message: Any) -> None:
@@ -242,16 +253,13 @@ class BrokerClientTransport:
     def send_requests(self, to: int, wires: list[dict]) -> None:
         try:
             self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
-                               ignore_result=True, producer=self.producer,
+                               ignore_result=True, producer=self._producer(),
                                retry=True, retry_policy=self.RETRY,
                                argsrepr=f"[{len(wires)} requests from {self.client.name}]",
                                kwargsrepr="{}")
         except self._lost:
             self.unsent += 1
-            try:
-                self._reconnect()
-            except self._lost:
-                pass  # no broker node reachable now; the caller's wait keeps trying
+            self.producer = None  # a new connection for the next request
 
     def poll(self, timeout: float) -> None:
         try:
