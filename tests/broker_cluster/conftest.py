@@ -1,7 +1,7 @@
 """A real 3-node RabbitMQ cluster for the broker-failover tests (issue 13).
 
-One cluster per test module (``cluster``): three nodes take ~15 s to start, and the
-tests leave it whole (three members) when they finish, each killing and restarting
+One cluster for this whole folder (``cluster``, package-scoped): three nodes take ~15 s
+to start, and the tests leave it whole (three members) when they finish, each killing and restarting
 nodes itself.  The nodes have names of this session's own (``t<pid><rand>c1@localhost``)
 and free ports, so two test sessions never meet; the finalizer kills them by their pid
 files and removes their data.  The machine's own RabbitMQ (5672) is never touched.
@@ -20,7 +20,7 @@ from tests.integration.conftest import no_stray_workers  # noqa: F401  (session 
 from tests.integration.meshkit import wait_not_quiet
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cluster():
     wait_not_quiet("starting a RabbitMQ cluster")
     d = tempfile.mkdtemp(prefix="hdpbf-cluster-")
