@@ -49,16 +49,19 @@ def main() -> None:
 @click.option("--client", "clients", multiple=True, metavar="NAME",
               help="A client identity to create (repeatable; default: admin).")
 @click.option("--broker", default=topology.DEFAULT_BROKER_URL, show_default=True,
-              help="Celery broker URL (RabbitMQ).")
+              help="Celery broker URL (RabbitMQ); a cluster's node URLs joined by ';'.")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True, help="Node queues: classic (one broker) or quorum (a cluster).")
 @click.option("--backend", default=topology.DEFAULT_RESULT_BACKEND, show_default=True,
               help="Celery result backend URL (Redis).")
 @click.option("--force", is_flag=True, help="Replace an existing mesh and all its keys.")
-def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, backend: str,
-         force: bool) -> None:
+def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
+         backend: str, force: bool) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
     try:
         config = topology.init_mesh(dir_, nodes=nodes, clients=clients or ("admin",),
-                                    broker_url=broker, result_backend=backend, force=force)
+                                    broker_url=broker, result_backend=backend, force=force,
+                                    queue_type=queue_type)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:

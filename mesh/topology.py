@@ -580,7 +580,8 @@ def add_readers(config_path: str | os.PathLike, names: Iterable[str],
 def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
-              force: bool = False, readers: Iterable[str] = ()) -> MeshConfig:
+              force: bool = False, readers: Iterable[str] = (),
+              queue_type: str = "classic") -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
 
@@ -608,7 +609,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
-        broker_url=broker_url, result_backend=result_backend)
+        broker_url=broker_url, result_backend=result_backend, queue_type=queue_type)
 
     keys_dir = base / KEYS_DIR
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
