@@ -19,6 +19,9 @@ Settings and why (facts measured in DESIGN.md):
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
 - Prometheus metrics (pbft_tasks/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
+- ``queue_type`` "quorum" (a RabbitMQ cluster): node queues are quorum queues and
+  publishes are confirmed (pbft_tasks/brokers.py); a ``;``-separated broker URL list
+  fails over node to node.
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
   fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
 """
@@ -32,13 +35,15 @@ import threading
 from celery import Celery, signals
 from celery.worker.consumer.consumer import Consumer
 
+from .brokers import celery_queue_settings
+
 log = logging.getLogger("hdpbf.worker")
 
 PREFETCH = 64
 
 
-def celery_settings(broker_url: str, result_backend: str) -> dict:
-    return {
+def celery_settings(broker_url: str, result_backend: str, queue_type: str = "classic") -> dict:
+    return {**celery_queue_settings(queue_type),
         "broker_url": broker_url,
         "result_backend": result_backend,
         "task_serializer": "json",
@@ -64,7 +69,7 @@ def _initial_settings() -> dict:
         from pbft_tasks.topology import MeshConfig
         cfg = MeshConfig.load(path)
         return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
-                               cfg.result_backend)
+                               cfg.result_backend, cfg.queue_type)
     return celery_settings(os.environ.get("HDPBF_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
                            os.environ.get("HDPBF_BACKEND", "redis://127.0.0.1:6379/0"))
 
@@ -84,6 +89,12 @@ _broker_up = threading.Event()
 class NodeConsumer(Consumer):
     """Celery's consumer, counting what it drops before our tasks ever see it, and
     telling the tick thread whether the broker is reachable (``_broker_up``)."""
+
+    class Blueprint(Consumer.Blueprint):
+        # Without native delayed delivery: no ETA tasks here, and its set-up on every
+        # reconnect retries each dead cluster node for seconds (pbft_tasks/brokers.py).
+        default_steps = [s for s in Consumer.Blueprint.default_steps
+                         if not s.endswith(":DelayedDelivery")]
 
     def connect(self):
         conn = super().connect()
@@ -165,7 +176,7 @@ def build_runtime(cfg, node_id: int):
     from .wiring import build_node
 
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes]),
+    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
                     key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
                     byzantine=byzantine)
     if byzantine is not None:

@@ -19,6 +19,13 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
+- Brokers (mesh/ops/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
+  or a list of the URLs of one RabbitMQ cluster's nodes; in memory a list is kept as
+  kombu's failover form, the URLs joined by ``;``, so every process that hands
+  ``broker_url`` to Celery or kombu fails over to the next node by itself.
+  ``queue_type`` is ``classic`` (the default, a single broker) or ``quorum`` (node
+  queues replicated by Raft across the cluster; publisher confirms on).  Both are
+  written only when not the default, so such a file stays what older versions wrote.
 - Readers (optional, top-level ``readers``): the API nodes allowed to open sealed values
   (mesh/openstack/sealing.py), each a name and an X25519 public key; the private key is
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
@@ -38,6 +45,7 @@ from urllib.parse import urlsplit
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from pbft_tasks.brokers import QUEUE_TYPES
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
@@ -94,8 +102,8 @@ class ReaderInfo:
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", *_STR_SETTINGS,
-             *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", "queue_type",
+             *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -126,6 +134,8 @@ class MeshConfig:
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
+    # "classic" node queues on one broker, or "quorum" queues on a RabbitMQ cluster.
+    queue_type: str = "classic"
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -151,6 +161,11 @@ class MeshConfig:
             raise ConfigError("this mesh config was not loaded from a file; "
                               "pass explicit paths or save it first")
         return self.path.parent
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every broker node's URL (one for a single broker)."""
+        return self.broker_url.split(";")
 
     @property
     def data_path(self) -> Path:
@@ -220,6 +235,10 @@ class MeshConfig:
         if type(mp) is not int or not (mp == 0 or 1 <= mp <= 65535 - len(self.nodes)):
             raise ConfigError(f"metrics_port_base must be 0 (no metrics endpoints) or a port "
                               f"1..{65535 - len(self.nodes)}, got {mp!r}")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue_type must be one of {list(QUEUE_TYPES)}, got {self.queue_type!r}")
+        if any(not u.strip() for u in self.broker_url.split(";")):
+            raise ConfigError(f"broker_url has an empty URL in its list: {self.broker_url!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -307,6 +326,10 @@ class MeshConfig:
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
             out["metrics_port_base"] = self.metrics_port_base
+        if len(self.broker_urls) > 1:
+            out["broker_url"] = self.broker_urls
+        if self.queue_type != "classic":
+            out["queue_type"] = self.queue_type
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -330,8 +353,14 @@ class MeshConfig:
                            source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
-        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base")
-                    if k in obj}
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
+                                        "queue_type") if k in obj}
+        urls = settings.get("broker_url")
+        if type(urls) is list:
+            if not urls or any(type(u) is not str or not u or ";" in u for u in urls):
+                raise ConfigError(f"{source}: broker_url must be a URL or a non-empty list of "
+                                  f"URLs (one per broker node, without ';'), got {urls!r}")
+            settings["broker_url"] = ";".join(urls)
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
@@ -373,7 +402,7 @@ class MeshConfig:
         self.path = path.absolute()
 
     def _has_secrets(self) -> bool:
-        for url in (self.broker_url, self.result_backend):
+        for url in (*self.broker_urls, self.result_backend):
             try:
                 if urlsplit(url).password:
                     return True
@@ -556,7 +585,8 @@ def add_readers(config_path: str | os.PathLike, names: Iterable[str],
 def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
-              force: bool = False, readers: Iterable[str] = ()) -> MeshConfig:
+              force: bool = False, readers: Iterable[str] = (),
+              queue_type: str = "classic") -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
 
@@ -584,7 +614,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
-        broker_url=broker_url, result_backend=result_backend)
+        broker_url=broker_url, result_backend=result_backend, queue_type=queue_type)
 
     keys_dir = base / KEYS_DIR
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

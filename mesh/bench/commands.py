@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..audit.verify import bench_verify
 from ..clikit import console
+from .failover import failover as bench_failover
 from .paper import bench_paper
 
 
@@ -33,15 +34,23 @@ def bench() -> None:
               help="ledger fsync policy (mesh.json 'durability')")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
+@click.option("--broker-nodes", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="> 1: also start a local RabbitMQ cluster of this many nodes (quorum "
+                   "queues) and report it beside the single broker, in one run")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
                     low_load_gap: float, durability: str, broker: str | None, backend: str | None,
-                    json_path: str | None) -> None:
+                    broker_nodes: int, json_path: str | None) -> None:
     """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
     from . import consensus as bc
-    r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-               backend=backend, max_batch=max_batch, durability=durability, console=console(),
-               low_load_gap=low_load_gap)
+    kw = dict(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
+              backend=backend, max_batch=max_batch, durability=durability,
+              low_load_gap=low_load_gap)
+    if broker_nodes > 1:
+        from .failover import run_cluster_vs_single
+        r = run_cluster_vs_single(broker_nodes, say=console().print, **kw)
+    else:
+        r = bc.run(console=console(), **kw)
     table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
                         f"(real RabbitMQ + Redis)")
     table.add_column("figure")
@@ -52,8 +61,11 @@ def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_loa
                        ("commit p50 ms under load", "loaded_commit_p50_ms"),
                        ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
                        ("messages per batch (low load)", "low_load_messages_per_batch"),
-                       ("identical heads", "identical_heads")):
-        table.add_row(label, str(r[key]))
+                       ("identical heads", "identical_heads"), ("broker nodes", "broker_nodes"),
+                       ("single broker tx/s (same run)", "single_broker_tx_per_s"),
+                       ("tx/s ratio cluster / single", "tx_per_s_ratio_to_single")):
+        if key in r:
+            table.add_row(label, str(r[key]))
     for who, ms in r["low_load_cpu_ms_per_request"].items():
         table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
     console().print(table)
@@ -73,3 +85,4 @@ def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
 
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
+bench.add_command(bench_failover)

@@ -72,7 +72,7 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
-        low_load_gap: float = 0.0) -> dict:
+        low_load_gap: float = 0.0, queue_type: str = "classic") -> dict:
     from pbft_tasks.signing import Verifier
 
     from ..client import BrokerClientTransport
@@ -85,6 +85,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     cfg = init_mesh(base, nodes=nodes, force=True, **kw)
     cfg.max_batch = max_batch
     cfg.durability = durability
+    cfg.queue_type = queue_type  # "quorum" on a RabbitMQ cluster (mesh/bench/failover.py)
     cfg.save(f"{base}/mesh.json")
     mesh = LocalMesh(f"{base}/mesh.json")
     mesh.purge()

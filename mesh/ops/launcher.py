@@ -57,7 +57,8 @@ class LocalMesh:
 
             from pbft_tasks.celery_app import celery_settings
             app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
-            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend))
+            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend,
+                                            self.cfg.queue_type))
         self.app = app
         self.log_dir = log_dir or os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -71,7 +72,7 @@ class LocalMesh:
         from pbft_tasks.transport import declare_mesh
         with self.app.connection_for_write() as conn:
             ch = conn.default_channel
-            declare_mesh(ch, [n.id for n in self.cfg.nodes])
+            declare_mesh(ch, [n.id for n in self.cfg.nodes], self.cfg.queue_type)
             for info in self.cfg.nodes:
                 ch.queue_purge(info.queue)
 

@@ -110,6 +110,8 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
 
 
 def redact(url: str) -> str:
+    if ";" in url:  # a cluster's failover list (mesh.json broker_url as a list)
+        return ";".join(redact(u) for u in url.split(";"))
     parts = urlsplit(url)
     if parts.password:
         netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
