@@ -237,5 +237,5 @@ def test_mesh_json_lists_followers_by_name(tmp_path):
     assert again.follower_data_dir("api1") == again.data_path / "follower-api1"
     with pytest.raises(ConfigError, match="follower 'x' is not in the mesh"):
         again.follower("x")
-    with pytest.raises(ConfigError, match="followers\\[0\\].name"):
+    with pytest.raises(ConfigError, match="followers\\[2\\].name"):
         add_followers(tmp_path, ["bad name"])
