@@ -147,9 +147,11 @@ def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
     data_dir = os.environ.get("HDPBF_DATA_DIR") or cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
     ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
+    transport = CeleryTransport(app, [n.id for n in cfg.nodes])
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
-                     Verifier(node_keys(cfg), client_keys(cfg)),
-                     CeleryTransport(app, [n.id for n in cfg.nodes]), byzantine=byzantine)
+                     Verifier(node_keys(cfg), client_keys(cfg)), transport, byzantine=byzantine)
+    from .follower_node import attach_pusher
+    attach_pusher(rt, cfg, transport)  # followers of mesh.json: answer their fetches, push blocks
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))

@@ -79,6 +79,8 @@ class NodeRuntime:
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
+        # Followers of mesh.json (issue 12): members that may fetch blocks, never vote.
+        self.followers: frozenset[str] = frozenset()
         self.replica = Replica(node_id, config, records=ledger.protocol_records())
         if self.replica.last_exec != ledger.height:
             raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
@@ -128,7 +130,9 @@ class NodeRuntime:
         try:
             lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
             if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
-                    type(v) is int for v in (lo, hi, who)) or not 1 <= lo <= hi or who not in self.peers:
+                    type(v) is int for v in (lo, hi)) or not 1 <= lo <= hi or not (
+                    (type(who) is int and who in self.peers)
+                    or (type(who) is str and who in self.followers)):
                 raise ValueError
         except (KeyError, ValueError):
             return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
@@ -137,7 +141,12 @@ class NodeRuntime:
         with self.lock:
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
             blocks = list(self.ledger.iter_blocks(lo, top)) if lo <= top else []
-        self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
+        answer = {"type": "Blocks", "sender": self.id, "blocks": blocks}
+        if type(who) is str:  # a follower: plain JSON on its own queue
+            self.sent += 1
+            self.transport.send_follower(who, answer)
+        else:
+            self._send(who, answer)
         return None
 
     def _on_blocks(self, wire: dict) -> str | None:

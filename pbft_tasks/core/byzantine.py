@@ -37,6 +37,8 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
 - ``nosig``: the adapter sends its messages without a signature.
 - ``lie``: its replies to clients carry falsified results (a read's value altered:
   for a console key another host, port and token).
+- ``alter_push``: the blocks it pushes to followers are altered (issue 12); nothing
+  changes here, the adapter that publishes blocks does it (pbft_tasks/follower_node.py).
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ from typing import Any, Iterable
 from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .messages import Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, batch_digest, sha256_hex
 
-BEHAVIOURS = frozenset({"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie"})
+BEHAVIOURS = frozenset({"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
+                        "alter_push"})
 REPLAY_HISTORY = 256  # messages remembered for replay
 
 
