@@ -91,3 +91,5 @@ from mesh import ops  # noqa: E402,F401  (registers up, status, down)
 from mesh import audit_cmd  # noqa: E402,F401  (registers verify, bench verify)
 from mesh.follow_cmd import follow as _follow  # noqa: E402  (issue 12: hdpbf follow)
 main.add_command(_follow)
+from mesh.follow_cmd import add_follower as _add_follower  # noqa: E402
+main.add_command(_add_follower)

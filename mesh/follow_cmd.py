@@ -78,4 +78,19 @@ def follow(config: Optional[str], name: str, data_dir: Optional[str], add: bool,
         click.echo(f"follower {name}: stopped at height {node.follower.height}", err=True)
 
 
-__all__ = ["follow"]
+@click.command("add-follower")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--config", "config", metavar="PATH", default=None,
+              help="mesh.json (default: $HDPBF_CONFIG, then ./mesh.json)")
+def add_follower(names: tuple[str, ...], config: Optional[str]) -> None:
+    """List followers NAMES in mesh.json (no keys: a follower never signs).  Restart the
+    workers so that they answer the new followers' fetches."""
+    path = config or os.environ.get("HDPBF_CONFIG") or "mesh.json"
+    try:
+        cfg = add_followers(path, names)
+    except ConfigError as exc:
+        raise _BadInput(str(exc)) from None
+    click.echo("followers: " + ", ".join(f.name for f in cfg.followers))
+
+
+__all__ = ["follow", "add_follower"]
