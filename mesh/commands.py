@@ -240,14 +240,19 @@ def bench() -> None:
               help="ledger fsync policy (mesh.json 'durability')")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
+@click.option("--followers", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="verified non-validating followers to run beside the validators")
+@click.option("--netns", is_flag=True,
+              help="every validator and follower on a network-namespace host of its own (root)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
-                    durability: str, broker: str | None, backend: str | None,
-                    json_path: str | None) -> None:
+                    durability: str, broker: str | None, backend: str | None, followers: int,
+                    netns: bool, json_path: str | None) -> None:
     """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
     from . import bench_consensus as bc
     r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-               backend=backend, max_batch=max_batch, durability=durability, console=console())
+               backend=backend, max_batch=max_batch, durability=durability, console=console(),
+               followers=followers, netns=netns)
     table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
                         f"(real RabbitMQ + Redis)")
     table.add_column("figure")
@@ -259,6 +264,13 @@ def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_loa
                        ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
                        ("identical heads", "identical_heads")):
         table.add_row(label, str(r[key]))
+    if followers:
+        for label, key in (("followers", "followers"), ("follower lag p50 ms (low load)", "follower_lag_p50_ms"),
+                           ("follower lag p99 ms (low load)", "follower_lag_p99_ms"),
+                           ("follower lag p50 ms under load", "follower_lag_loaded_p50_ms"),
+                           ("follower lag p99 ms under load", "follower_lag_loaded_p99_ms"),
+                           ("followers at head after the last commit, s", "follower_catchup_s")):
+            table.add_row(label, str(r.get(key)))
     for who, ms in r["low_load_cpu_ms_per_request"].items():
         table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
     console().print(table)

@@ -19,6 +19,8 @@ Settings and why (facts measured in DESIGN.md):
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
 - Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
+- ``control_queue_exclusive = False``: see celery_settings (a cut link must not kill a
+  worker on reconnect).
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
   fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
 """
@@ -55,6 +57,11 @@ def celery_settings(broker_url: str, result_backend: str) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "result_expires": 600,
+        # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has
+        # noticed (heartbeat) that its old connection is dead; an exclusive remote-control
+        # queue of that old connection then makes the new one fail "RESOURCE_LOCKED" and
+        # the worker exit (found by tests/netns: a validator's link down for a few s).
+        "control_queue_exclusive": False,
     }
 
 

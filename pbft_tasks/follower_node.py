@@ -30,7 +30,8 @@ Rules of this file:
   sample; ``lag_blocks`` (highest certified seq seen minus height) covers them.
 - Status: ``status.json`` in the follower's data dir, rewritten atomically each
   second (``hdpbf status`` reads it); Prometheus metrics when given a port; on exit
-  every lag sample goes to ``lags.json`` (the benchmark reads it).
+  every lag sample goes to ``lags.json`` as ``[installed at, lag s]`` pairs (the
+  benchmark reads it).
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ class FollowerNode:
         self.lock = threading.Lock()
         # lag bookkeeping
         self.first_seen: dict[int, float] = {}
-        self.lags: deque[float] = deque(maxlen=MAX_LAG_SAMPLES)
+        self.lags: deque[tuple[float, float]] = deque(maxlen=MAX_LAG_SAMPLES)  # (installed at, lag s)
         # fetch bookkeeping
         self.next_validator = self.sources[0]
         self.outstanding: Optional[tuple[int, float]] = None   # (validator, sent at)
@@ -225,7 +226,7 @@ class FollowerNode:
         at = self.first_seen.pop(block["seq"], None)
         if at is not None:
             lag = max(0.0, now - at)
-            self.lags.append(lag)
+            self.lags.append((now, lag))
             if self._metrics is not None:
                 self._metrics.observe(lag)
 
@@ -324,7 +325,7 @@ class FollowerNode:
     # -- observation --------------------------------------------------------------------
     def status(self) -> dict:
         f = self.follower
-        lags = sorted(list(self.lags)[-1000:])
+        lags = sorted(lag for _, lag in list(self.lags)[-1000:])
         pct = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 2)
                if lags else None)
         return {"name": self.name, "pid": os.getpid(), "height": f.height, "head": f.head,
@@ -348,7 +349,7 @@ class FollowerNode:
     def write_lags(self) -> None:
         with self.lock:
             lags = list(self.lags)
-        _atomic_json(self.data_dir / "lags.json", {"name": self.name, "lag_s": lags})
+        _atomic_json(self.data_dir / "lags.json", {"name": self.name, "samples": lags})
 
     def start_metrics(self, port: int, addr: str = "127.0.0.1") -> None:
         self._metrics = FollowerMetrics(self)
