@@ -149,6 +149,8 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         rig.stop()
     result.update(lag_figures(rig.lag_samples(), low_window, loaded_window) if followers else
                   {"follower_lag_p50_ms": None, "follower_lag_p99_ms": None})
+    if followers:  # deliveries of pushed blocks, per block (all followers together)
+        result["follower_pushes_per_block"] = round(rig.pushes() / max(1, after[0]["height"]), 2)
     return result
 
 

@@ -77,16 +77,27 @@ class FollowerRig:
     def follower_pids(self) -> list[int]:
         return [p.pid for p in self.followers.procs.values()]
 
+    def heights(self) -> list[int]:
+        """Each follower's ledger height, read from its file (WAL: never blocks it)."""
+        from ledger.reader import LedgerReader
+        out = []
+        for name in self.names:
+            try:
+                with LedgerReader(self.cfg.follower_data_dir(name) / "ledger.sqlite") as r:
+                    out.append(r.height())
+            except Exception:   # not created yet
+                out.append(0)
+        return out
+
     def wait_followers(self, height: int, timeout: float = 120.0) -> Optional[float]:
         """Seconds until every follower is at ``height`` (None if not within timeout)."""
         t0 = time.perf_counter()
         while True:
-            sts = [self.followers.status(n) for n in self.names]
-            if all(s is not None and s["height"] >= height for s in sts):
+            if all(h >= height for h in self.heights()):
                 return time.perf_counter() - t0
             if time.perf_counter() - t0 > timeout:
                 return None
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.netns is not None:
@@ -107,6 +118,10 @@ class FollowerRig:
                 continue
             out += [(t, lag) for t, lag in doc.get("samples", [])]
         return out
+
+    def pushes(self) -> int:
+        """Pushed blocks the followers received in all (their last status; after stop)."""
+        return sum((self.followers.status(n) or {}).get("pushes", 0) for n in self.names)
 
     def rejected(self) -> dict[str, dict]:
         out = {}
