@@ -239,3 +239,21 @@ def test_mesh_json_lists_followers_by_name(tmp_path):
         again.follower("x")
     with pytest.raises(ConfigError, match="followers\\[2\\].name"):
         add_followers(tmp_path, ["bad name"])
+
+
+def test_metrics_show_height_lag_installed_and_rejections_by_reason():
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from pbft_tasks.follower_node import FollowerMetrics
+    f = follower()
+    f.offer(CHAIN[:3] + [dict(CHAIN[4], certificate=CHAIN[4]["certificate"][:2])])
+    f.offer(CHAIN[5:7])                      # seen up to 7, installed 3
+    m = FollowerMetrics(SimpleNamespace(name="fz", follower=f))
+    m.observe(0.004)
+    text = generate_latest(m.registry).decode()
+    assert 'hdpbf_follower_height{follower="fz"} 3.0' in text
+    assert 'hdpbf_follower_lag_blocks{follower="fz"} 4.0' in text
+    assert 'hdpbf_follower_blocks_installed_total{follower="fz"} 3.0' in text
+    assert 'hdpbf_follower_rejected_blocks_total{follower="fz",reason="too_few_commits"} 1.0' in text
+    assert 'hdpbf_follower_lag_seconds_bucket{follower="fz",le="0.005"} 1.0' in text
