@@ -74,3 +74,33 @@ def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:
     next broker URL once this one fails) and publishes again.  So a publish returns only
     once some cluster node confirmed the message, and blocks while no node can."""
     producer.publish(body, retry=True, retry_policy=PUBLISH_RETRY, **kw)
+
+
+# A solo worker with a small prefetch stalls under backlog (DESIGN.md); 64 does not.
+PREFETCH = 64
+
+
+def celery_settings(broker_url: str, result_backend: str, queue_type: str = "classic") -> dict:
+    return {**celery_queue_settings(queue_type),
+        "broker_url": broker_url,
+        "result_backend": result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": PREFETCH,
+        "worker_consumer": "pbft_tasks.celery_app:NodeConsumer",
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "task_default_queue": "hdpbf.default",
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "result_expires": 600,
+        # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has
+        # noticed (heartbeat) that its old connection is dead; an exclusive remote-control
+        # queue of that old connection then makes the new one fail "RESOURCE_LOCKED" and
+        # the worker exit (found by tests/netns: a validator's link down for a few s).
+        "control_queue_exclusive": False,
+    }

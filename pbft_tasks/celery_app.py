@@ -22,6 +22,8 @@ Settings and why (facts measured in DESIGN.md):
 - ``queue_type`` "quorum" (a RabbitMQ cluster): node queues are quorum queues and
   publishes are confirmed (pbft_tasks/brokers.py); a ``;``-separated broker URL list
   fails over node to node.
+- ``control_queue_exclusive = False``: see celery_settings (a cut link must not kill a
+  worker on reconnect).
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
   fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
 """
@@ -35,33 +37,9 @@ import threading
 from celery import Celery, signals
 from celery.worker.consumer.consumer import Consumer
 
-from .brokers import celery_queue_settings
+from .brokers import celery_settings
 
 log = logging.getLogger("hdpbf.worker")
-
-PREFETCH = 64
-
-
-def celery_settings(broker_url: str, result_backend: str, queue_type: str = "classic") -> dict:
-    return {**celery_queue_settings(queue_type),
-        "broker_url": broker_url,
-        "result_backend": result_backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "event_serializer": "json",
-        "task_ignore_result": True,
-        "task_acks_late": True,
-        "worker_prefetch_multiplier": PREFETCH,
-        "worker_consumer": "pbft_tasks.celery_app:NodeConsumer",
-        "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
-        "task_default_queue": "hdpbf.default",
-        "worker_send_task_events": True,
-        "task_send_sent_event": False,
-        "result_expires": 600,
-    }
-
 
 def _initial_settings() -> dict:
     path = os.environ.get("HDPBF_CONFIG")
@@ -176,9 +154,11 @@ def build_runtime(cfg, node_id: int):
     from .wiring import build_node
 
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
-                    key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
-                    byzantine=byzantine)
+    transport = CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type)
+    rt = build_node(cfg, node_id, transport, key_file=env_key_file(),
+                    data_dir=os.environ.get("HDPBF_DATA_DIR"), byzantine=byzantine)
+    from .follower_node import attach_pusher
+    attach_pusher(rt, cfg, transport)  # followers of mesh.json: answer their fetches, push blocks
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))

@@ -79,7 +79,7 @@ FETCH_RATE = 10.0
 FETCH_BURST = 10.0
 # What NodeRuntime itself counts (the gate's reasons are guard.GUARD_REASONS, the
 # signature checks' signing.REASONS, the replica's its Evidence; docs/PROTOCOL.md sec. 7).
-RUNTIME_REASONS = ("malformed", "oversize", "fetch_rate_limited")
+RUNTIME_REASONS = ("malformed", "oversize", "fetch_rate_limited", "check_failed")
 
 
 class NodeFailed(RuntimeError):
@@ -103,6 +103,8 @@ class NodeRuntime:
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
+        # Followers of mesh.json (issue 12): members that may fetch blocks, never vote.
+        self.followers: frozenset[str] = frozenset()
         self.replica = Replica(node_id, config, records=ledger.protocol_records())
         if self.replica.last_exec != ledger.height:
             raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
@@ -114,7 +116,7 @@ class NodeRuntime:
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
         self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
-        self._fetch_tokens: dict[int, tuple[float, float]] = {}  # requester -> (tokens, at)
+        self._fetch_tokens: dict[int | str, tuple[float, float]] = {}  # requester -> (tokens, at)
         self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
@@ -172,7 +174,9 @@ class NodeRuntime:
         try:
             lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
             if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
-                    type(v) is int for v in (lo, hi, who)) or not 1 <= lo <= hi or who not in self.peers:
+                    type(v) is int for v in (lo, hi)) or not 1 <= lo <= hi or not (
+                    (type(who) is int and who in self.peers)
+                    or (type(who) is str and who in self.followers)):
                 raise ValueError
         except (KeyError, ValueError):
             return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
@@ -191,7 +195,12 @@ class NodeRuntime:
                 if blocks and size > FETCH_MAX_BYTES:
                     break  # the requester asks again for the rest
                 blocks.append(block)
-            self._send(who, {"type": "Blocks", "sender": self.id, "blocks": blocks})
+            answer = {"type": "Blocks", "sender": self.id, "blocks": blocks}
+            if type(who) is str:  # a follower: plain JSON on its own queue
+                self.sent += 1
+                self.transport.send_follower(who, answer)
+            else:
+                self._send(who, answer)
         return None
 
     def _fetch_allowed(self, who: int) -> bool:

@@ -31,6 +31,11 @@ Rules of this file:
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
   not signing keys: they never vote and never sign.  A mesh.json without ``readers``
   loads as a mesh with none.
+- Followers (optional, top-level ``followers``, issue 12): non-validating peers that
+  keep a verified copy of the ledger (pbft_tasks/follower.py).  Each is only a name: a
+  follower never signs or votes, so it has no key.  Its queue is ``follower.<name>``
+  and its ledger ``data_dir/follower-<name>/``.  Listing it here makes it a member the
+  validators answer fetches from, and lets ``hdpbf status`` and the metrics show it.
 """
 from __future__ import annotations
 
@@ -53,7 +58,8 @@ from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public
                                 verify_key_from_hex, write_key_file)
 
 __all__ = [
-    "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "MeshConfig", "init_mesh",
+    "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "FollowerInfo", "MeshConfig",
+    "init_mesh", "add_followers",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
@@ -99,11 +105,21 @@ class ReaderInfo:
     public_key: str
 
 
+@dataclass(frozen=True)
+class FollowerInfo:
+    """A non-validating peer (issue 12): a name only; it holds no key."""
+    name: str
+
+    @property
+    def queue(self) -> str:
+        return f"follower.{self.name}"
+
+
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", "queue_type",
-             *_STR_SETTINGS, *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base",
+             "queue_type", *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -115,6 +131,7 @@ class MeshConfig:
     nodes: list[NodeInfo]
     clients: list[ClientInfo] = field(default_factory=list)
     readers: list[ReaderInfo] = field(default_factory=list)
+    followers: list[FollowerInfo] = field(default_factory=list)
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     data_dir: str = "data"
@@ -143,6 +160,7 @@ class MeshConfig:
         self.nodes = list(self.nodes)
         self.clients = list(self.clients)
         self.readers = list(self.readers)
+        self.followers = list(self.followers)
         self.validate()
 
     # -- derived ----------------------------------------------------------------------
@@ -179,6 +197,18 @@ class MeshConfig:
     def ledger_path(self, node_id: int) -> Path:
         """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
         return self.node_data_dir(node_id) / LEDGER_FILE
+
+    def follower_data_dir(self, name: str) -> Path:
+        """Where follower ``name`` keeps its ledger (not created here)."""
+        return self.data_path / f"follower-{self.follower(name).name}"
+
+    def follower(self, name: str) -> FollowerInfo:
+        for info in self.followers:
+            if info.name == name:
+                return info
+        known = ", ".join(f.name for f in self.followers) or "none"
+        raise ConfigError(f"follower {name!r} is not in the mesh{self._where()} "
+                          f"(known followers: {known}; add one with: hdpbf follow --add {name})")
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""
@@ -252,6 +282,17 @@ class MeshConfig:
         self._validate_nodes()
         self._validate_clients()
         self._validate_readers()
+        self._validate_followers()
+
+    def _validate_followers(self) -> None:
+        seen: set[str] = set()
+        for i, fo in enumerate(self.followers):
+            if not isinstance(fo, FollowerInfo):
+                raise ConfigError(f"followers[{i}] must be a FollowerInfo, got {type(fo).__name__}")
+            _check_client_name(fo.name, f"followers[{i}].name")
+            if fo.name in seen:
+                raise ConfigError(f"duplicate follower name {fo.name!r}")
+            seen.add(fo.name)
 
     def _validate_nodes(self) -> None:
         if len(self.nodes) < MIN_NODES:
@@ -322,6 +363,8 @@ class MeshConfig:
         out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
         if self.readers:  # absent when empty: the file stays what older versions wrote
             out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
+        if self.followers:  # likewise
+            out["followers"] = [{"name": f.name} for f in self.followers]
         for name in (*_STR_SETTINGS, *_INT_SETTINGS):
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
@@ -353,6 +396,7 @@ class MeshConfig:
                            source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
+        followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
         settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
                                         "queue_type") if k in obj}
         urls = settings.get("broker_url")
@@ -364,7 +408,8 @@ class MeshConfig:
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
-                       readers=[ReaderInfo(**r) for r in readers], **settings)
+                       readers=[ReaderInfo(**r) for r in readers],
+                       followers=[FollowerInfo(**r) for r in followers], **settings)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -576,6 +621,22 @@ def add_readers(config_path: str | os.PathLike, names: Iterable[str],
         for old in (base / KEYS_DIR).glob("reader-*.key"):
             if old.name not in keep:
                 old.unlink()
+    config.save(path)
+    return config
+
+
+def add_followers(config_path: str | os.PathLike, names: Iterable[str]) -> MeshConfig:
+    """List followers ``names`` in an existing mesh (those already listed stay) and save
+    mesh.json.  No keys: a follower never signs.  Running workers read the list at start,
+    so restart them for a new follower's fetches to be answered (pushes reach it at once:
+    its queue binds to the block exchange itself)."""
+    path = Path(config_path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    config = MeshConfig.load(path)
+    have = {f.name for f in config.followers}
+    config.followers = config.followers + [FollowerInfo(n) for n in dict.fromkeys(names) if n not in have]
+    config.validate()
     config.save(path)
     return config
 

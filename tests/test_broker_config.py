@@ -11,7 +11,8 @@ from mesh.openstack.rpc import transport_url_from_broker
 from mesh.ops.stack import redact
 from pbft_tasks import transport
 from pbft_tasks.brokers import PUBLISH_RETRY, celery_queue_settings, queue_arguments
-from pbft_tasks.celery_app import NodeConsumer, celery_settings
+from pbft_tasks.brokers import celery_settings
+from pbft_tasks.celery_app import NodeConsumer
 
 
 def test_classic_is_the_single_broker_default():

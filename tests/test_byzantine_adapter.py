@@ -55,7 +55,7 @@ def test_a_bad_behaviour_name_is_a_config_error_naming_it():
         from_environment(2, 4, {ENV: "equivocate,sneaky"})
     text = str(err.value)
     assert "HDPBF_BYZANTINE='equivocate,sneaky'" in text and "'sneaky'" in text
-    assert "valid behaviours: equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
+    assert "valid behaviours: alter_push, equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
 
 
 def test_the_forged_key_is_no_node_key(mesh):

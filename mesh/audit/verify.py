@@ -335,10 +335,25 @@ def _ledgers(cfg: MeshConfig, data_dir: Optional[Path], node: Optional[int]) -> 
     return out
 
 
+def _follower_ledgers(cfg: MeshConfig, names: tuple[str, ...]) -> list[tuple[Any, str]]:
+    out = []
+    for name in names:
+        try:
+            path = cfg.follower_data_dir(name) / LEDGER_FILE
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+        if not path.is_file():
+            raise BadInput(f"follower {name} has no ledger at {path}")
+        out.append((f"follower {name}", str(path)))
+    return out
+
+
 @click.command("verify")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="directory holding node<ID>/ledger.sqlite (default: the mesh's data_dir)")
 @click.option("--node", "node_id", type=int, default=None, help="audit only this node's ledger")
+@click.option("--follower", "followers", multiple=True, metavar="NAME",
+              help="audit this follower's ledger instead (repeatable; issue 12)")
 @click.option("--config", metavar="PATH",
               help="mesh.json with the public keys (default: DATA_DIR/mesh.json, "
                    "DATA_DIR/../mesh.json, $HDPBF_CONFIG, ./mesh.json)")
@@ -347,12 +362,14 @@ def _ledgers(cfg: MeshConfig, data_dir: Optional[Path], node: Optional[int]) -> 
 @click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
               help="CPUs for a local Ray, if a batch is big enough to start one")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def verify(data_dir: Optional[Path], node_id: Optional[int], config: Optional[str],
-           ray_address: Optional[str], num_cpus: Optional[int], as_json: bool) -> None:
+def verify(data_dir: Optional[Path], node_id: Optional[int], followers: tuple[str, ...],
+           config: Optional[str], ray_address: Optional[str], num_cpus: Optional[int],
+           as_json: bool) -> None:
     """Audit ledgers: hash links, batch digests, commit certificates, every signature and
     the replayed key/value state. Exit 1 naming the first bad block."""
     cfg = _load_config(config, data_dir)
-    ledgers = _ledgers(cfg, data_dir, node_id)
+    ledgers = (_follower_ledgers(cfg, followers) if followers
+               else _ledgers(cfg, data_dir, node_id))
     temp = Path(ledgers[0][1]).parent.parent / "ray"
     bv = BatchVerifier({n.id: verify_key_from_hex(n.public_key) for n in cfg.nodes},
                        {c.name: verify_key_from_hex(c.public_key) for c in cfg.clients},

@@ -37,15 +37,20 @@ def bench() -> None:
 @click.option("--broker-nodes", type=click.IntRange(1, 9), default=1, show_default=True,
               help="> 1: also start a local RabbitMQ cluster of this many nodes (quorum "
                    "queues) and report it beside the single broker, in one run")
+@click.option("--followers", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="verified non-validating followers to run beside the validators")
+@click.option("--netns", is_flag=True,
+              help="every validator and follower on a network-namespace host of its own (root)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
                     low_load_gap: float, durability: str, broker: str | None, backend: str | None,
-                    broker_nodes: int, json_path: str | None) -> None:
+                    broker_nodes: int, followers: int, netns: bool,
+                    json_path: str | None) -> None:
     """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
     from . import consensus as bc
     kw = dict(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
               backend=backend, max_batch=max_batch, durability=durability,
-              low_load_gap=low_load_gap)
+              low_load_gap=low_load_gap, followers=followers, netns=netns)
     if broker_nodes > 1:
         from .failover import run_cluster_vs_single
         r = run_cluster_vs_single(broker_nodes, say=console().print, **kw)
@@ -66,6 +71,13 @@ def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_loa
                        ("tx/s ratio cluster / single", "tx_per_s_ratio_to_single")):
         if key in r:
             table.add_row(label, str(r[key]))
+    if followers:
+        for label, key in (("followers", "followers"), ("follower lag p50 ms (low load)", "follower_lag_p50_ms"),
+                           ("follower lag p99 ms (low load)", "follower_lag_p99_ms"),
+                           ("follower lag p50 ms under load", "follower_lag_loaded_p50_ms"),
+                           ("follower lag p99 ms under load", "follower_lag_loaded_p99_ms"),
+                           ("followers at head after the last commit, s", "follower_catchup_s")):
+            table.add_row(label, str(r.get(key)))
     for who, ms in r["low_load_cpu_ms_per_request"].items():
         table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
     console().print(table)

@@ -20,7 +20,10 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   is a floor under the low-load latency.
 
 The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p50_ms``,
-``commit_p99_ms``, ``messages_per_batch`` and the details.
+``commit_p99_ms``, ``messages_per_batch`` and the details; ``followers``,
+``follower_lag_p50_ms`` and ``follower_lag_p99_ms`` always (None without followers).
+``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
+a namespace host of its own (mesh/bench/followers.py says what the figures mean).
 """
 from __future__ import annotations
 
@@ -32,13 +35,7 @@ import time
 from typing import Any, Callable
 
 from ..client import MeshClient, Pending
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+from .stats import percentile
 
 
 def drive(client: MeshClient, count: int, window: int = 1000, chunk: int = 100,
@@ -72,37 +69,37 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
-        low_load_gap: float = 0.0, queue_type: str = "classic") -> dict:
+        low_load_gap: float = 0.0, queue_type: str = "classic", followers: int = 0,
+        netns: bool = False) -> dict:
     from pbft_tasks.signing import Verifier
+    from pbft_tasks.topology import client_keys, load_client_identity, node_keys
 
     from ..client import BrokerClientTransport
-    from ..ops.launcher import LocalMesh
-    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
+    from .followers import FollowerRig, lag_figures
 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
-    kw = {k: v for k, v in (("broker_url", broker), ("result_backend", backend)) if v}
-    cfg = init_mesh(base, nodes=nodes, force=True, **kw)
-    cfg.max_batch = max_batch
-    cfg.durability = durability
-    cfg.queue_type = queue_type  # "quorum" on a RabbitMQ cluster (mesh/bench/failover.py)
-    cfg.save(f"{base}/mesh.json")
-    mesh = LocalMesh(f"{base}/mesh.json")
-    mesh.purge()
+    rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
+                      queue_type=queue_type)
+    cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
-    mesh.start()
     try:
-        mesh.wait_ready(timeout=90)
+        rig.start(timeout=120)
         say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
         client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                             Verifier(node_keys(cfg), client_keys(cfg)))
         client.transport = BrokerClientTransport(mesh.app, client)
         drive(client, 50, window=10, chunk=10, key_prefix="warm")
         # Low load: one request at a time, with the CPU it costs (where it can be read).
+        if followers:
+            rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
         pids = {i: p.pid for i, p in mesh.procs.items()}
+        fpids = rig.follower_pids()
+        fcpu0 = sum(process_cpu_s(p) for p in fpids)
         broker_pids = local_broker_pids()
         low_before = mesh.statuses()
         cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
+        t_low = time.time()
         broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
         low = []
         for i in range(low_load):
@@ -112,16 +109,23 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             client.forget(low[-1:])
         cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
                "client": round((time.process_time() - client0) / low_load * 1000, 2)}
+        if fpids:
+            cpu["followers"] = round((sum(process_cpu_s(p) for p in fpids) - fcpu0) / low_load * 1000, 2)
+        low_window = (t_low, time.time())
+        if followers:
+            rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
         if broker_pids:
             cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
         low_blocks = before[0]["height"] - low_before[0]["height"]
         low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
-        t1 = time.perf_counter()
+        t1, t1_wall = time.perf_counter(), time.time()
         loaded = drive(client, requests, window=window, chunk=100)
         elapsed = max(p.all_at for p in loaded) - t1
         after = mesh.statuses()
+        catchup = rig.wait_followers(after[0]["height"], timeout=120) if followers else None
+        loaded_window = (t1_wall, t1_wall + elapsed)
         blocks = after[0]["height"] - before[0]["height"]
         msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
         heads = {s["head"] for s in after.values()}
@@ -145,11 +149,18 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
+            "followers": followers, "netns": netns,
+            "follower_catchup_s": None if catchup is None else round(catchup, 3),
+            "follower_rejected": rig.rejected(),
         }
         client.transport.close()
-        return result
     finally:
-        mesh.stop()
+        rig.stop()
+    result.update(lag_figures(rig.lag_samples(), low_window, loaded_window) if followers else
+                  {"follower_lag_p50_ms": None, "follower_lag_p99_ms": None})
+    if followers:  # deliveries of pushed blocks, per block (all followers together)
+        result["follower_pushes_per_block"] = round(rig.pushes() / max(1, after[0]["height"]), 2)
+    return result
 
 
 def process_cpu_s(pid: int) -> float:

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import click
 
-from .consensus import drive, percentile, write_json
+from .consensus import drive, write_json
+from .stats import percentile
 from ..ops.broker_cluster import BrokerCluster, ClusterError
 from ..client import MeshClient, Pending
 

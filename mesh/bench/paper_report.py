@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .consensus import percentile
+from .stats import percentile
 from .paper_rig import TWO_STEP
 from .workload import first_calls, paper_sequence
 

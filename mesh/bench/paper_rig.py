@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .consensus import percentile
+from .stats import percentile
 
 CONFIGS = ("rpc", "redis", "hdpbf", "hdpbf-ledger")
 TWO_STEP = ("hdpbf", "hdpbf-ledger")

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from pbft_tasks.celery_app import PREFETCH
+from pbft_tasks.brokers import PREFETCH
 from pbft_tasks.topology import MeshConfig
 
 
@@ -55,7 +55,7 @@ class LocalMesh:
             # global one after changing its broker_url would keep using the old broker.
             from celery import Celery
 
-            from pbft_tasks.celery_app import celery_settings
+            from pbft_tasks.brokers import celery_settings
             app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
             app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend,
                                             self.cfg.queue_type))

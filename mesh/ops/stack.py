@@ -58,6 +58,7 @@ from pbft_tasks.topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT
                                  MeshConfig, add_readers, init_mesh)
 
 from ..clikit import BadInput, console
+from . import follower_ops
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
 from .respawn import respawn_command
@@ -67,7 +68,7 @@ RUN_FILE = os.path.join("run", "processes.json")
 AUTH_FILE = "flower.auth"
 READER = "api"
 DEFAULT_MAX_LAG = 64          # one checkpoint interval: beyond it a node needs the others' log
-STOP_ORDER = ("api", "compute", "flower", "worker")  # clients of the mesh before the mesh
+STOP_ORDER = ("api", "compute", "flower", "follower", "worker")  # clients of the mesh before the mesh
 ENV_FLOWER_USER = "HDPBF_FLOWER_USER"
 ENV_FLOWER_PASSWORD = "HDPBF_FLOWER_PASSWORD"
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -284,6 +285,8 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
                 waiting.discard(p.name)
             elif p.kind in ("api", "flower") and _answers(p.extra["probe"], timeout=1.0):
                 waiting.discard(p.name)
+            elif p.kind == "follower" and follower_ops.ready(p):
+                waiting.discard(p.name)
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -311,11 +314,13 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
 @click.option("--metrics-port-base", type=click.IntRange(1, 65535), default=None,
               help="Prometheus ports: node <id> on BASE+id, the API reader on BASE+n  "
                    "[default: mesh.json's metrics_port_base for nodes, 9500 for the reader]")
+@click.option("--followers", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="verified non-validating followers f1..fK to start (listed in mesh.json)")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="seconds to wait for everything to answer")
 def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None,
        flower_port: int, api_port: int, api_node: int, computes: str,
-       metrics_port_base: int | None, timeout: float) -> None:
+       metrics_port_base: int | None, followers: int, timeout: float) -> None:
     """Start the mesh as local processes: a worker per node, compute RPC servers, the
     nova-api reader and Flower.  Creates the mesh in DATA_DIR if there is none."""
     data_dir = os.path.abspath(data_dir)
@@ -353,6 +358,8 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         raise BadInput(f"--api-node {api_node} is not a node of this mesh (0..{cfg.n - 1})")
     reader = READER if READER in [r.name for r in cfg.readers] else cfg.readers[0].name
     config_path = str(cfg.path)
+    follower_names = follower_ops.ensure(config_path, followers)  # before workers read mesh.json
+    cfg = MeshConfig.load(config_path)
     log_dir = os.path.join(data_dir, "logs")
     mesh = LocalMesh(config_path, log_dir=log_dir)
     _check_services(mesh, cfg)
@@ -405,6 +412,11 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         # queues for /api/workers), and compute commits through them.
         with out.status(f"waiting for {cfg.n} workers to answer pbft.status"):
             _wait_ready(run, mesh, ("worker",), deadline)
+        for i, name in enumerate(follower_names, 1):
+            start(f"follower-{name}", "follower",
+                  hdpbf + ["follow", "--config", config_path, "--name", name],
+                  follower_ops.start_env(base_env, i), status=follower_ops.status_path(cfg, name),
+                  metrics=metrics_url(follower_ops.METRICS_BASE + i))
         for host in hosts:
             start(host, "compute", hdpbf + ["compute", "--host", host, "--config", config_path],
                   base_env, host=host)
@@ -417,7 +429,7 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
               dict(base_env, FLOWER_BASIC_AUTH=f"{user}:{password}"),
               probe=f"http://127.0.0.1:{flower_port}/healthcheck")
         with out.status("waiting for compute, the API reader and Flower"):
-            _wait_ready(run, mesh, ("compute", "api", "flower"), deadline)
+            _wait_ready(run, mesh, ("compute", "api", "flower", "follower"), deadline)
     except (RuntimeError, OSError, KeyboardInterrupt) as exc:
         out.print(f"up failed: {exc or 'interrupted'}", soft_wrap=True, markup=False)
         outcome = stop_recorded(_stop_order(run["processes"]), timeout=10.0)
@@ -434,7 +446,8 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         serves = {"worker": f"queue {p.extra.get('queue')}",
                   "compute": f"RPC compute.{p.extra.get('host')}",
                   "api": f"{run['api']['url']}/console/<instance>?host=<host>",
-                  "flower": run["flower"]["url"]}[p.kind]
+                  "flower": run["flower"]["url"],
+                  "follower": f"queue follower.{p.name.removeprefix('follower-')}"}[p.kind]
         table.add_row(p.name, str(p.pid), serves, os.path.relpath(p.log, data_dir))
     out.print(table)
     out.print(f"Flower: {run['flower']['url']}  user {user!r}, password in {auth_source}",
@@ -511,12 +524,15 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
             row.update(_reader_metrics(p))
         row["healthy"] = healthy
         others.append(row)
-    healthy = all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
+    followers = follower_ops.rows(cfg, procs, top, max_lag)
+    others = [o for o in others if o["kind"] != "follower"]
+    healthy = (all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
+               and all(f["healthy"] for f in followers))
     return {"data_dir": data_dir, "running": True, "healthy": healthy,
             "broker_error": broker_error, "broker": redact(cfg.broker_url),
             "started_at": run["started_at"], "max_height": top, "max_lag": max_lag,
             "flower": run.get("flower"), "api": run.get("api"), "nodes": nodes,
-            "processes": others}
+            "processes": others, "followers": followers}
 
 
 def _scrape(rec: ProcessRecord | None) -> dict | None:
@@ -593,6 +609,7 @@ def _print_status(report: dict, out) -> None:
                       f"{p['step2_calls']:g} ({p['step2_failures']:g} failed)")
         table.add_row(p["name"], str(p["pid"]), state, mark[p["healthy"]])
     out.print(table)
+    follower_ops.print_table(report, out)
     out.print("all healthy" if report["healthy"] else "[red]not all healthy[/red]")
 
 

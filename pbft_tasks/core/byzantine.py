@@ -42,6 +42,8 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
   VIEW-CHANGE for a view just ahead and one for a view far ahead (a growing series:
   stored VIEW-CHANGEs and the f+1 join rule), and a request for blocks 1..64 (a fetch
   answered with blocks).  Every honest node must keep committing in view 0.
+- ``alter_push``: the blocks it pushes to followers are altered (issue 12); nothing
+  changes here, the adapter that publishes blocks does it (pbft_tasks/follower_node.py).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ from .messages import (Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, 
                        batch_digest, sha256_hex)
 
 BEHAVIOURS = frozenset({"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
-                        "flood"})
+                        "flood", "alter_push"})
 FLOOD_SEQ = 2**62
 REPLAY_HISTORY = 256  # messages remembered for replay
 
