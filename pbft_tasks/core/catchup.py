@@ -62,6 +62,7 @@ class CatchUp:
         for votes in (entry.prepares, entry.commits):
             if self.id in votes:
                 self._msg(Send(to, votes[self.id], cause))
+        self._resend_certificates(entry, to, cause)  # collector mode (collector.py)
 
     def _has_work(self) -> bool:
         return self.last_exec < max(self.log, default=0) or bool(self.pending)
@@ -73,7 +74,8 @@ class CatchUp:
                 self._msg(Broadcast(e.preprepare, cause))
             for votes in (e.prepares, e.commits):
                 if self.id in votes:
-                    self._msg(Broadcast(votes[self.id], cause))
+                    self._send_vote(votes[self.id], cause)
+            self._resend_certificates(e, None, cause)  # collector mode (collector.py)
         for seq, digest in sorted(self.own_checkpoints.items()):
             if seq > self.h:
                 self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))
