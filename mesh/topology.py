@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from pbft_tasks.core.collector import ALL_TO_ALL, VOTE_ROUTINGS
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
@@ -93,8 +94,8 @@ class ReaderInfo:
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", *_STR_SETTINGS,
-             *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", "votes",
+             *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -125,6 +126,10 @@ class MeshConfig:
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
+    # Vote routing (pbft_tasks/core/collector.py): "all-to-all", PBFT's O(n^2) votes, or
+    # "collector", votes to the primary which forwards them as one certificate (O(n)).
+    # Written to mesh.json only when not the default, like metrics_port_base.
+    votes: str = ALL_TO_ALL
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -167,7 +172,8 @@ class MeshConfig:
                              batch_timeout_ticks=self.batch_timeout_ticks,
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
-                             view_change_ticks=self.timer_ticks(TIMER_MS))
+                             view_change_ticks=self.timer_ticks(TIMER_MS),
+                             votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:
         """``ms`` of wall-clock time in this mesh's ticks (at least one)."""
@@ -215,6 +221,9 @@ class MeshConfig:
         if type(mp) is not int or not (mp == 0 or 1 <= mp <= 65535 - len(self.nodes)):
             raise ConfigError(f"metrics_port_base must be 0 (no metrics endpoints) or a port "
                               f"1..{65535 - len(self.nodes)}, got {mp!r}")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ConfigError(f"votes must be one of {', '.join(map(repr, VOTE_ROUTINGS))}, "
+                              f"got {self.votes!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -302,6 +311,8 @@ class MeshConfig:
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
             out["metrics_port_base"] = self.metrics_port_base
+        if self.votes != ALL_TO_ALL:
+            out["votes"] = self.votes
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -325,7 +336,7 @@ class MeshConfig:
                            source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
-        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base")
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base", "votes")
                     if k in obj}
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],

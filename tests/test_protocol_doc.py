@@ -43,7 +43,7 @@ from pbft_tasks.signing import REASONS, Signer, Verifier
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "PROTOCOL.md"
 KEY = SigningKey(bytes(range(32)))
-TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint")
+TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate")
 N = 4
 
 _BLOCK_RE = re.compile(
@@ -152,7 +152,7 @@ def test_signatures_verify_with_the_fixed_key(kind):
 
 def test_signer_of_each_type_is_as_documented():
     identity = {"Request": "alice/5e55104a", "PrePrepare": 0, "Prepare": 2, "Commit": 3,
-                "Reply": 1, "Checkpoint": 2}
+                "Reply": 1, "Checkpoint": 2, "Certificate": 0}
     for kind, who in identity.items():
         msg = from_wire(example(kind))
         assert Signer(who, KEY).sign(msg).sig == msg.sig
@@ -217,6 +217,15 @@ def test_block_example():
             assert (c.view, c.seq, c.digest) == (block["view"], block["seq"], block["digest"])
             v.check(c)
     assert to_wire(cert[-1]) == example("Commit") or example("Commit") in block["certificate"]
+
+
+def test_certificate_example_carries_the_block_examples_commits():
+    block = json.loads(one("block", "1"))
+    cert = from_wire(example("Certificate"))
+    assert cert.phase == "commit" and [to_wire(v) for v in cert.votes] == block["certificate"]
+    assert (cert.view, cert.seq, cert.digest) == (block["view"], block["seq"], block["digest"])
+    from pbft_tasks.core.collector import check_certificate
+    assert check_certificate(cert, N) is None
 
 
 def test_checkpoint_state_digest_is_the_documented_chain_head():

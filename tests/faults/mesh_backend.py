@@ -50,9 +50,9 @@ class MeshBackend:
     time_limit = 60.0      # seconds without an acknowledgement, or to settle, before failing
     quiet_rounds = 10      # rounds (~POLL_S each) without convergence before a nudge
 
-    def __init__(self, scenario, make_mesh):
+    def __init__(self, scenario, make_mesh, votes: str = "all-to-all"):
         self.sc = scenario
-        self.mesh = make_mesh(scenario.nodes, start=False, **scenario.settings)
+        self.mesh = make_mesh(scenario.nodes, start=False, votes=votes, **scenario.settings)
         self.down: set[int] = set()
         self.paused: set[int] = set()
         self.cut: set[int] = set()
