@@ -229,7 +229,8 @@ def bench() -> None:
 
 
 @bench.command("consensus")
-@click.option("--nodes", type=click.IntRange(4, 64), default=4, show_default=True)
+@click.option("--nodes", "nodes_spec", default="4", show_default=True, metavar="N[,N...]",
+              help="mesh size; several (4,7,10,16) run one after another, interleaved with --votes")
 @click.option("--requests", "count", type=click.IntRange(100, 10_000_000), default=5000, show_default=True)
 @click.option("--window", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="requests kept in flight")
@@ -238,31 +239,69 @@ def bench() -> None:
               help="one-at-a-time requests for the low-load latency")
 @click.option("--durability", type=click.Choice(["full", "normal"]), default="full", show_default=True,
               help="ledger fsync policy (mesh.json 'durability')")
+@click.option("--votes", type=click.Choice(["all", "collector", "both"]), default="all", show_default=True,
+              help="vote routing (mesh.json 'votes'): all-to-all, collector, or both interleaved")
+@click.option("--rounds", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="repeat every configuration, interleaved round by round")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
-                    durability: str, broker: str | None, backend: str | None,
-                    json_path: str | None) -> None:
-    """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="one configuration: its figures; several: {\"runs\": [...]} in run order")
+def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, low_load: int,
+                    durability: str, votes: str, rounds: int, broker: str | None,
+                    backend: str | None, json_path: str | None) -> None:
+    """Committed tx/s, commit latency and CPU by stage on real RabbitMQ, one worker per node."""
     from . import bench_consensus as bc
-    r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-               backend=backend, max_batch=max_batch, durability=durability, console=console())
-    table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
-                        f"(real RabbitMQ + Redis)")
+    try:
+        nodes = [int(x) for x in nodes_spec.split(",")]
+    except ValueError:
+        raise BadInput(f"--nodes must be integers separated by commas, got {nodes_spec!r}") from None
+    if any(not 4 <= n <= 64 for n in nodes):
+        raise BadInput(f"--nodes must each be in 4..64, got {nodes_spec!r}")
+    modes = {"all": ["all-to-all"], "collector": ["collector"], "both": ["all-to-all", "collector"]}[votes]
+    runs = bc.run_matrix(nodes, modes, rounds=rounds, say=console().print, requests=count,
+                         window=window, low_load=low_load, broker=broker, backend=backend,
+                         max_batch=max_batch, durability=durability, console=console())
+    console().print(_consensus_table(runs, count, durability))
+    console().print(_stages_table(runs))
+    bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)
+
+
+_CONSENSUS_ROWS = (
+    ("committed tx/s", "tx_per_s"), ("commit p50 ms (low load, all nodes)", "commit_p50_ms"),
+    ("commit p99 ms (low load, all nodes)", "commit_p99_ms"),
+    ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
+    ("commit p50 ms under load", "loaded_commit_p50_ms"),
+    ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
+    ("task runs per request (low load)", "low_load_task_runs_per_request"),
+    ("identical heads", "identical_heads"))
+
+
+def _label(r: dict) -> str:
+    return f"n={r['nodes']} {r['votes']}" + (f" #{r['round']}" if r.get("round", 1) > 1 else "")
+
+
+def _consensus_table(runs: list[dict], count: int, durability: str) -> Table:
+    table = Table(title=f"consensus, {count} requests, durability={durability} (real RabbitMQ + Redis)")
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    for label, key in (("committed tx/s", "tx_per_s"), ("commit p50 ms (low load, all nodes)", "commit_p50_ms"),
-                       ("commit p99 ms (low load, all nodes)", "commit_p99_ms"),
-                       ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
-                       ("commit p50 ms under load", "loaded_commit_p50_ms"),
-                       ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
-                       ("identical heads", "identical_heads")):
-        table.add_row(label, str(r[key]))
-    for who, ms in r["low_load_cpu_ms_per_request"].items():
-        table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
-    console().print(table)
-    bc.write_json(r, json_path)
+    for r in runs:
+        table.add_column(_label(r), justify="right")
+    for label, key in _CONSENSUS_ROWS:
+        table.add_row(label, *(str(r[key]) for r in runs))
+    for who in runs[0]["low_load_cpu_ms_per_request"]:
+        table.add_row(f"CPU ms per request, {who} (low load)",
+                      *(str(r["low_load_cpu_ms_per_request"].get(who)) for r in runs))
+    return table
+
+
+def _stages_table(runs: list[dict]) -> Table:
+    table = Table(title="workers' CPU ms per request at low load, by stage (pbft_tasks/stages.py)")
+    table.add_column("stage")
+    for r in runs:
+        table.add_column(_label(r), justify="right")
+    for stage in runs[0]["low_load_stages_ms_per_request"]:
+        table.add_row(stage, *(str(r["low_load_stages_ms_per_request"].get(stage)) for r in runs))
+    return table
 
 
 @bench.command("read")

@@ -276,6 +276,8 @@ class NodeRuntime:
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
                 "cpu_stages": self.clock.snapshot(),
+                # OS thread id -> name, so a bench can split the process's CPU by thread
+                "threads": {str(t.native_id): t.name for t in threading.enumerate()},
                 "time": time.time()}
 
 
