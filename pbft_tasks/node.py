@@ -116,10 +116,11 @@ class NodeRuntime:
             if expected_type is not None and type(msg).__name__ != expected_type:
                 raise MalformedMessage(f"a {type(msg).__name__} sent to the {expected_type} task")
             limit = MAX_VIEW_CHANGE_BYTES if isinstance(msg, (ViewChange, NewView)) else MAX_WIRE_BYTES
-            if len(signing_bytes(msg)) > limit:
+            data = signing_bytes(msg)  # once: for the size check and the signature
+            if len(data) > limit:
                 return self._reject("oversize", f"over {limit} bytes", wire)
             clock.lap("parse")
-            self.verifier.check(msg)
+            self.verifier.check(msg, data)
             clock.lap("verify")
         except MalformedMessage as exc:
             return self._reject("malformed", str(exc), wire)

@@ -207,7 +207,7 @@ class Signer:
 
 # -- verification -------------------------------------------------------------------
 
-def _verify(key: VerifyKey, msg: Message, prefix: str, label: str) -> None:
+def _verify(key: VerifyKey, msg: Message, prefix: str, label: str, data: bytes | None = None) -> None:
     sig = msg.sig
     if not sig:
         raise Rejected(prefix + "missing_signature", f"{label} has no signature")
@@ -215,7 +215,7 @@ def _verify(key: VerifyKey, msg: Message, prefix: str, label: str) -> None:
         raise Rejected(prefix + "malformed_signature",
                        f"{label}: signature must be {SIG_HEX_LEN} lowercase hex chars")
     try:
-        key.verify(messages.signing_bytes(msg), bytes.fromhex(sig))
+        key.verify(messages.signing_bytes(msg) if data is None else data, bytes.fromhex(sig))
     except BadSignatureError:
         raise Rejected(prefix + "bad_signature", f"{label}: signature does not verify") from None
 
@@ -230,19 +230,20 @@ class Verifier:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    def check(self, msg: Message) -> None:
+    def check(self, msg: Message, data: bytes | None = None) -> None:
         """Return if ``msg`` (and for a PrePrepare, each request in its batch) is signed
-        by who it claims; raise Rejected otherwise."""
+        by who it claims; raise Rejected otherwise.  ``data``, when the caller already
+        has it, is ``signing_bytes(msg)`` (the canonical encoding is not computed twice)."""
         name = type(msg).__name__
         if isinstance(msg, Request):
-            self._check_request(msg, "", f"Request from client {msg.client!r}")
+            self._check_request(msg, "", f"Request from client {msg.client!r}", data)
             return
         if not isinstance(msg, _NODE_SIGNED):
             raise TypeError(f"not a protocol message: {name}")
         key = self._nodes.get(msg.sender)
         if key is None or type(msg.sender) is not int:
             raise Rejected("unknown_node", f"{name} from unknown node {msg.sender!r}")
-        _verify(key, msg, "", f"{name} from node {msg.sender}")
+        _verify(key, msg, "", f"{name} from node {msg.sender}", data)
         if isinstance(msg, (ViewChange, NewView, Certificate)):
             self._check_nested(msg)
         if isinstance(msg, PrePrepare):
@@ -281,11 +282,11 @@ class Verifier:
                 raise Rejected("nested_" + exc.reason.removeprefix("nested_"),
                                f"{type(msg).__name__} from node {msg.sender}: inside it, {exc}") from None
 
-    def _check_request(self, req: Request, prefix: str, label: str) -> None:
+    def _check_request(self, req: Request, prefix: str, label: str, data: bytes | None = None) -> None:
         key = self._clients.get(req.client.partition("/")[0])
         if key is None:
             raise Rejected(prefix + "unknown_client", f"{label}: unknown client")
-        _verify(key, req, prefix, label)
+        _verify(key, req, prefix, label, data)
 
     def _failures(self, msgs: Sequence[Message], start: int, stop: int) -> list[tuple[int, str]]:
         out = []
