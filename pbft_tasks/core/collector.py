@@ -40,6 +40,11 @@ Rules (tests/core/test_collector.py; every safety test of the core runs in both 
   verifies every vote in a certificate, pbft_tasks/signing.py).
 - Votes that come directly (a peer in all-to-all mode, or a retransmission) are counted
   as well, in either mode.
+- A replica that moved to a later view alone (its request timer expired while the
+  others kept committing, e.g. behind a busy collector) and receives a well-formed
+  commit certificate of the earlier view above its last executed seq marks itself
+  behind (``seen_ahead``): the stuck check then fetches the committed blocks by state
+  transfer (catchup.py), rather than waiting for the next checkpoint.
 - A collector that withholds certificates stalls the backups' request timers: a view
   change replaces it as any faulty primary (viewchange.py).  A replica that prepared
   from a certificate holds the 2f signed prepares, so its VIEW-CHANGE proves it exactly
@@ -136,6 +141,12 @@ class Collector:
         reason = check_certificate(cert, self.n)
         if reason:
             return self._evidence(cert.sender, "bad_certificate", reason, cause)
+        if cert.phase == "commit" and cert.view < self.view and cert.seq > self.last_exec:
+            # This replica left the view the others still commit in (its request timer
+            # expired alone, sec. 4.5.2): 2f+1 signed commits prove f+1 honest replicas
+            # executed ``seq``, so the stuck check fetches the blocks (checked block by
+            # block as ever) instead of waiting for the next checkpoint.
+            self.seen_ahead = max(self.seen_ahead, cert.seq)
         if not self._admit(cert, cause):
             return
         kind = "prepares" if cert.phase == "prepare" else "commits"

@@ -233,3 +233,31 @@ def test_messages_per_batch_grow_linearly_with_the_collector(n):
     assert counts["collector"] == 5 * (n - 1)
     assert counts["all-to-all"] == (n - 1) + (n - 1) ** 2 + n * (n - 1)
     assert Q.quorum(n) <= n
+
+
+def test_a_replica_alone_in_a_later_view_catches_up_from_commit_certificates():
+    """Found on the real mesh under load: backup 3's request timer expired behind a busy
+    collector; it moved to view 1 alone and dropped the others' view-0 messages, so it
+    executed nothing more until the next checkpoint.  A commit certificate of the view it
+    left now marks it behind and the stuck check fetches the blocks."""
+    # set up: backup 3 times out alone while the others commit in view 0
+    cfg = dict(CFG, checkpoint_interval=64, log_window=128)  # no checkpoint to catch up from
+    c = Cluster(4, **cfg, votes="collector", retransmit_ticks=5, view_change_ticks=10_000)
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    r3 = c.nodes[3].replica
+    r3._start_view_change(1, "test: request timer expired alone")
+    c.network = [e for e in c.network if e.to == 3]  # its VIEW-CHANGE convinces nobody
+    c.stabilize()
+    for ts in (2, 3, 4):
+        c.request("a", ts, f"k{ts}", ts)
+    c.stabilize()
+    behind = c.height(3)
+    # step
+    for _ in range(12):
+        c.tick()
+        c.serve_fetches()
+        c.stabilize()
+    # check
+    assert behind == 1 and r3.view == 1 and r3.in_view_change
+    assert c.height(3) == c.height(0) == 4 and c.head(3) == c.head(0)
