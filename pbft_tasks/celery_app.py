@@ -213,21 +213,8 @@ def _tick_once() -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_):
     if _runtime is not None and _ticker is not None:
-        _quiet_gc()
         _runtime.start()
         _ticker.start()
-
-
-def _quiet_gc() -> None:
-    """Garbage collection tuned for a long-running worker (issue 14): everything loaded
-    by start-up (Celery, kombu, the ledger, ~10^5 objects) moves to the permanent
-    generation (``gc.freeze``), so a full collection no longer walks it, and the
-    young generation collects every 10,000 allocations instead of 700; a protocol
-    message allocates a few hundred short-lived objects that reference counting frees."""
-    import gc
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
 
 
 @signals.worker_shutdown.connect
