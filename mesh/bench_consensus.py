@@ -32,7 +32,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .client import MeshClient, Pending
+from .client import MeshClient, Pending, SubmitTimeout
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -256,13 +256,19 @@ def _uid(user: str) -> int | None:
 def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callable[[str], None] = print,
                **kw: Any) -> list[dict]:
     """Every (nodes, votes) configuration, ``rounds`` times, interleaved: each round runs
-    all of them in turn, so a change in the machine's load hits every configuration."""
+    all of them in turn, so a change in the machine's load hits every configuration.  A
+    configuration whose requests time out is recorded as ``{"failed": reason}`` and the
+    others still run."""
     out = []
     for r in range(rounds):
         for n in nodes:
             for v in votes:
                 say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
-                res = run(nodes=n, votes=v, **kw)
+                try:
+                    res = run(nodes=n, votes=v, **kw)
+                except SubmitTimeout as exc:  # a figure too: this configuration did not keep up
+                    say(f"  {n} nodes, votes={v}: FAILED: {exc}")
+                    res = {"nodes": n, "votes": v, "failed": str(exc)}
                 res["round"] = r + 1
                 out.append(res)
     return out

@@ -287,10 +287,10 @@ def _consensus_table(runs: list[dict], count: int, durability: str) -> Table:
     for r in runs:
         table.add_column(_label(r), justify="right")
     for label, key in _CONSENSUS_ROWS:
-        table.add_row(label, *(str(r[key]) for r in runs))
-    for who in runs[0]["low_load_cpu_ms_per_request"]:
+        table.add_row(label, *(str(r.get(key, "FAILED" if "failed" in r else "")) for r in runs))
+    for who in ("workers", "rabbitmq", "client"):
         table.add_row(f"CPU ms per request, {who} (low load)",
-                      *(str(r["low_load_cpu_ms_per_request"].get(who)) for r in runs))
+                      *(str(r.get("low_load_cpu_ms_per_request", {}).get(who, "")) for r in runs))
     return table
 
 
@@ -299,8 +299,9 @@ def _stages_table(runs: list[dict]) -> Table:
     table.add_column("stage")
     for r in runs:
         table.add_column(_label(r), justify="right")
-    for stage in runs[0]["low_load_stages_ms_per_request"]:
-        table.add_row(stage, *(str(r["low_load_stages_ms_per_request"].get(stage)) for r in runs))
+    stages = list(dict.fromkeys(k for r in runs for k in r.get("low_load_stages_ms_per_request", {})))
+    for stage in stages:
+        table.add_row(stage, *(str(r.get("low_load_stages_ms_per_request", {}).get(stage, "")) for r in runs))
     return table
 
 
