@@ -47,12 +47,13 @@ from collections import Counter
 from typing import Any, Callable, Protocol
 
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
-from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, MalformedMessage, NewView,
-                            Request, ViewChange, from_wire, signing_bytes, to_wire)
+from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
+                            NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .byzantine import signed_as
 from .reads import answer_reads
 from .signing import Rejected, Signer, Verifier
+from .stages import StageClock
 
 log = logging.getLogger("hdpbf.node")
 
@@ -64,6 +65,7 @@ TASK_FOR_TYPE = {
     "Checkpoint": "pbft.checkpoint",
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
+    "Certificate": "pbft.certificate",
 }
 # State transfer is adapter business: a block is self-certifying (its 2f+1 signed
 # commits), so neither message is signed; both are bounded and checked field by field.
@@ -121,6 +123,8 @@ class NodeRuntime:
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
         self.failure: BaseException | None = None  # our own bug; set once, then NodeFailed
+        # CPU by stage of the task runs (stages.py); the Celery strategy begins and ends runs.
+        self.stages = StageClock()
 
     @contextlib.contextmanager
     def _stepping(self, what: str):
@@ -149,14 +153,18 @@ class NodeRuntime:
             if expected_type not in (None, kind):
                 return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
             return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
+        clock = self.stages
         try:
             msg = from_wire(wire)
             if expected_type is not None and type(msg).__name__ != expected_type:
                 raise MalformedMessage(f"a {type(msg).__name__} sent to the {expected_type} task")
             limit = MAX_VIEW_CHANGE_BYTES if isinstance(msg, (ViewChange, NewView)) else MAX_WIRE_BYTES
-            if len(signing_bytes(msg)) > limit:
+            data = signing_bytes(msg)  # once: for the size check and the signature
+            if len(data) > limit:
                 return self._reject("oversize", f"over {limit} bytes", wire)
-            self.verifier.check(msg)
+            clock.lap("parse")
+            self.verifier.check(msg, data)
+            clock.lap("verify")
         except MalformedMessage as exc:
             return self._reject("malformed", str(exc), wire)
         except Rejected as exc:
@@ -166,7 +174,9 @@ class NodeRuntime:
             return self._reject("check_failed", repr(exc), wire)
         with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
-            self._carry_out(self.replica.step(msg))
+            actions = self.replica.step(msg)
+            clock.lap("step")
+            self._carry_out(actions)
         return None
 
     # -- state transfer -----------------------------------------------------------------
@@ -262,22 +272,34 @@ class NodeRuntime:
             elif isinstance(a, (Send, Broadcast, SendClient)):
                 sends = True
         results: list = []
+        clock = self.stages
         if records or blocks:
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
+            clock.lap("ledger")
             for block, res in zip(blocks, results):
                 for hook in self.on_execute:
                     hook(block, res)
         actions = answer_reads(actions, blocks, results, self.ledger)
         if self.byzantine is not None:
             actions = self.byzantine.outgoing(actions)
+        clock.lap("observe")
         for a in actions:
             if isinstance(a, Send):
-                self._send(a.to, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self._send(a.to, wire)
+                clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
-                self.transport.broadcast(self.id, self.peers, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self.transport.broadcast(self.id, self.peers, wire)
+                clock.lap("publish")
             elif isinstance(a, SendClient):
-                self.transport.send_client(a.client, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self.transport.send_client(a.client, wire)
+                clock.lap("publish")
             elif isinstance(a, FetchState):
                 peer = a.peers[self._fetches % len(a.peers)] if a.peers else self.peers[0]
                 self._fetches += 1  # the next request goes to the next peer
@@ -289,6 +311,7 @@ class NodeRuntime:
                             self.id, a.sender, a.reason, a.detail, a.cause)
         for hook in self.on_actions:
             hook(actions)
+        clock.lap("observe")
 
     def _wire(self, msg: Any) -> dict:
         if self.byzantine is not None:
@@ -296,8 +319,8 @@ class NodeRuntime:
         return to_wire(self._signed(msg))
 
     def _signed(self, msg: Any) -> Any:
-        """``msg`` signed by this node, with its own messages nested in a VIEW-CHANGE or
-        NEW-VIEW signed too (the core keeps them unsigned; Ed25519 is deterministic, so
+        """``msg`` signed by this node, with its own messages nested in a VIEW-CHANGE,
+        NEW-VIEW or CERTIFICATE signed too (the core keeps them unsigned; Ed25519 is deterministic, so
         these are the signatures they were sent with).  Others' messages are untouched."""
         if isinstance(msg, Request) or (msg.sig and msg.sender != self.id):
             return msg
@@ -310,6 +333,8 @@ class NodeRuntime:
             msg = dataclasses.replace(
                 msg, view_changes=tuple(self._signed(vc) for vc in msg.view_changes),
                 preprepares=tuple(self._signed(pp) for pp in msg.preprepares))
+        elif isinstance(msg, Certificate):  # the collector's own commit inside it
+            msg = dataclasses.replace(msg, votes=tuple(self._signed(v) for v in msg.votes))
         return msg if msg.sig else self.signer.sign(msg)
 
     def _send(self, to: int, wire: dict) -> None:
@@ -331,6 +356,9 @@ class NodeRuntime:
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
+                "cpu_stages": self.stages.snapshot(),
+                # OS thread id -> name, so a bench can split the process's CPU by thread
+                "threads": {str(t.native_id): t.name for t in threading.enumerate()},
                 "time": time.time()}
 
 

@@ -25,6 +25,8 @@ Rules:
   and dropped.
 - Monitoring: with ``-E``, one ``task-succeeded`` (or ``task-failed``) event per
   message, carrying the task name, so Flower still counts every protocol task by name.
+- CPU by stage: each run is one ``StageClock`` run of the node (stages.py): decode
+  here, the node's stages inside the task, then task, event and ack here.
 """
 from __future__ import annotations
 
@@ -39,13 +41,28 @@ from .node import NodeFailed
 log = logging.getLogger("hdpbf.strategy")
 
 
+class _NoClock:
+    """A worker without a node runtime (a plain worker): nothing to account."""
+    def begin(self) -> None: ...
+    def lap(self, stage: str) -> None: ...
+    def end(self, stage: str) -> None: ...
+
+
+_NO_CLOCK = _NoClock()
+
+
 def protocol(task: Any, app: Any, consumer: Any, **_: Any):
     run = task.run
     name = task.name
     eventer = consumer.event_dispatcher
     send_event = eventer.send if (eventer is not None and eventer.enabled and task.send_events) else None
 
+    from . import celery_app
+
     def task_message_handler(message, body, ack, reject, callbacks, **__):
+        rt = celery_app._runtime
+        clock = rt.stages if rt is not None else _NO_CLOCK
+        clock.begin()
         try:
             args, kwargs, _embed = message.decode()
             if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
@@ -55,11 +72,14 @@ def protocol(task: Any, app: Any, consumer: Any, **_: Any):
             _count_rejected("undecodable")
             log.warning("dropped an undecodable %s message: %s", name, exc)
             message.ack()
+            clock.end("ack")
             return
+        clock.lap("decode")
         task_id = message.headers.get("id") or str(uuid.uuid4())
         t0 = time.monotonic()
         try:
             run(*args, **kwargs)
+            clock.lap("task")
         except NodeFailed:
             fail_hard(f"{name} {task_id}")  # never returns; the message stays unacknowledged
         except Exception as exc:  # outside the runtime (nothing stepped): loud, acknowledged
@@ -70,6 +90,8 @@ def protocol(task: Any, app: Any, consumer: Any, **_: Any):
             if send_event is not None:
                 send_event("task-succeeded", uuid=task_id, name=name, result="None",
                            runtime=time.monotonic() - t0)
+                clock.lap("event")
         message.ack()
+        clock.end("ack")
 
     return task_message_handler

@@ -51,6 +51,7 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.brokers import QUEUE_TYPES
+from pbft_tasks.core.collector import ALL_TO_ALL, VOTE_ROUTINGS
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
@@ -119,7 +120,7 @@ _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeou
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
 _TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base",
-             "queue_type", *_STR_SETTINGS, *_INT_SETTINGS}
+             "queue_type", "votes", *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -153,6 +154,10 @@ class MeshConfig:
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
     # "classic" node queues on one broker, or "quorum" queues on a RabbitMQ cluster.
     queue_type: str = "classic"
+    # Vote routing (pbft_tasks/core/collector.py): "all-to-all", PBFT's O(n^2) votes, or
+    # "collector", votes to the primary which forwards them as one certificate (O(n)).
+    # Written to mesh.json only when not the default, like metrics_port_base.
+    votes: str = ALL_TO_ALL
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -217,7 +222,8 @@ class MeshConfig:
                              batch_timeout_ticks=self.batch_timeout_ticks,
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
-                             view_change_ticks=self.timer_ticks(TIMER_MS))
+                             view_change_ticks=self.timer_ticks(TIMER_MS),
+                             votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:
         """``ms`` of wall-clock time in this mesh's ticks (at least one)."""
@@ -269,6 +275,9 @@ class MeshConfig:
             raise ConfigError(f"queue_type must be one of {list(QUEUE_TYPES)}, got {self.queue_type!r}")
         if any(not u.strip() for u in self.broker_url.split(";")):
             raise ConfigError(f"broker_url has an empty URL in its list: {self.broker_url!r}")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ConfigError(f"votes must be one of {', '.join(map(repr, VOTE_ROUTINGS))}, "
+                              f"got {self.votes!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -373,6 +382,8 @@ class MeshConfig:
             out["broker_url"] = self.broker_urls
         if self.queue_type != "classic":
             out["queue_type"] = self.queue_type
+        if self.votes != ALL_TO_ALL:
+            out["votes"] = self.votes
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -398,7 +409,7 @@ class MeshConfig:
                            source)
         followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
         settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
-                                        "queue_type") if k in obj}
+                                        "queue_type", "votes") if k in obj}
         urls = settings.get("broker_url")
         if type(urls) is list:
             if not urls or any(type(u) is not str or not u or ";" in u for u in urls):

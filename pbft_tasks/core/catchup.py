@@ -89,6 +89,7 @@ class CatchUp:
         for votes in (entry.prepares, entry.commits):
             if self.id in votes:
                 self._msg(Send(to, votes[self.id], cause))
+        self._resend_certificates(entry, to, cause)  # collector mode (collector.py)
 
     def _retransmit_timeout(self) -> int:
         hi = self.cfg.retransmit_ticks
@@ -123,7 +124,8 @@ class CatchUp:
                 self._msg(Broadcast(e.preprepare, cause))
             for votes in (e.prepares, e.commits):
                 if self.id in votes:
-                    self._msg(Broadcast(votes[self.id], cause))
+                    self._send_vote(votes[self.id], cause)
+            self._resend_certificates(e, None, cause)  # collector mode (collector.py)
         for seq, digest in sorted(self.own_checkpoints.items()):
             if seq > self.h:
                 self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))

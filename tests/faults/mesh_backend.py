@@ -50,7 +50,7 @@ class MeshBackend:
     time_limit = 60.0      # seconds without an acknowledgement, or to settle, before failing
     quiet_rounds = 10      # rounds (~POLL_S each) without convergence before a nudge
 
-    def __init__(self, scenario, make_mesh, cluster=None):
+    def __init__(self, scenario, make_mesh, cluster=None, votes: str = "all-to-all"):
         self.sc = scenario
         # broker_nodes > 1: ``make_mesh`` builds meshes on this RabbitMQ cluster
         # (mesh/ops/broker_cluster.py, tests/broker_cluster/) with quorum queues.
@@ -59,7 +59,7 @@ class MeshBackend:
         if scenario.broker_nodes > 1 and cluster is None:
             raise AssertionError(f"{scenario.name} needs a {scenario.broker_nodes}-node broker "
                                  f"cluster (tests/broker_cluster/test_fault_scenarios.py)")
-        self.mesh = make_mesh(scenario.nodes, start=False, **scenario.settings)
+        self.mesh = make_mesh(scenario.nodes, start=False, votes=votes, **scenario.settings)
         self.down: set[int] = set()
         self.paused: set[int] = set()
         self.cut: set[int] = set()

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 from mesh.ops.follower_launcher import Followers
 from pbft_tasks.topology import add_followers
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from ledger.reader import LedgerReader
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 from mesh.client import BrokerClientTransport, MeshClient
 from mesh.ops.netns_mesh import NetnsMesh
 from pbft_tasks.topology import DEFAULT_RESULT_BACKEND, client_keys, load_client_identity, node_keys
