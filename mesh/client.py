@@ -72,7 +72,7 @@ class MeshClient:
         self.rejected = 0
 
     # -- building requests ---------------------------------------------------------
-    def _next_ts(self) -> int:
+    def next_ts(self) -> int:
         self._ts += 1
         return self._ts
 
@@ -80,14 +80,14 @@ class MeshClient:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
         expires = None if ttl is None else time.time() + ttl
-        return self.signer.sign(Request(self.client_id, self._next_ts(),
+        return self.signer.sign(Request(self.client_id, self.next_ts(),
                                         {"op": "put", "key": key, "value": value, "expires_at": expires}))
 
     def delete_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "delete", "key": key}))
+        return self.signer.sign(Request(self.client_id, self.next_ts(), {"op": "delete", "key": key}))
 
     def get_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "get", "key": key}))
+        return self.signer.sign(Request(self.client_id, self.next_ts(), {"op": "get", "key": key}))
 
     # -- submitting ----------------------------------------------------------------
     def submit(self, requests: Iterable[Request]) -> list[Pending]:

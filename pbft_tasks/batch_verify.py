@@ -71,7 +71,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
 from pbft_tasks.core.messages import Commit
-from pbft_tasks.signing import SIG_HEX_LEN, THREADED_MIN, _signer_of
+from pbft_tasks.signing import SIG_HEX_LEN, THREADED_MIN, signer_of
 
 __all__ = ["BatchVerifier", "Signed", "LOCAL_INLINE_MAX", "CLUSTER_INLINE_MAX",
            "RAY_CHUNK_MIN", "measure"]
@@ -170,7 +170,7 @@ class BatchVerifier:
             if isinstance(item, Signed):
                 signer, data, sig = item.signer, bytes(item.data), item.sig
             else:   # a protocol message: TypeError if it is not one (our bug)
-                signer, sig = _signer_of(item), item.sig
+                signer, sig = signer_of(item), item.sig
                 data = None
             key, unknown = self._key_of(signer)
             if key is None:

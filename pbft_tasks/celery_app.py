@@ -98,15 +98,15 @@ class NodeConsumer(Consumer):
         super().on_connection_error_after_connected(exc)
 
     def on_decode_error(self, message, exc):
-        _count_rejected("undecodable")
+        count_rejected("undecodable")
         super().on_decode_error(message, exc)
 
     def on_unknown_task(self, body, message, exc):
-        _count_rejected("unknown_task")
+        count_rejected("unknown_task")
         super().on_unknown_task(body, message, exc)
 
     def on_unknown_message(self, body, message):
-        _count_rejected("unknown_message")
+        count_rejected("unknown_message")
         super().on_unknown_message(body, message)
 
 
@@ -122,7 +122,7 @@ def runtime():
     return _runtime
 
 
-def _count_rejected(reason: str) -> None:
+def count_rejected(reason: str) -> None:
     if _runtime is not None:
         _runtime.rejected[reason] += 1
     log.warning("rejected a message before decoding: %s", reason)

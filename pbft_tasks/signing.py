@@ -13,7 +13,7 @@ Rules of this file:
 - The signed bytes are ``messages.signing_bytes(msg)`` and nothing else; the ``sig``
   field carries the bare 64-byte Ed25519 signature as exactly 128 *lowercase* hex chars.
   Any other spelling (upper case, spaces) is refused, so one signed message has one wire
-  form and ``message_digest`` stays a usable replay key.
+  form (its canonical bytes are a usable replay key).
 - A bad message from a peer is not our bug: ``Verifier.check`` raises ``Rejected`` whose
   ``reason`` is one of ``REASONS`` (a small fixed set: it labels a Prometheus counter).
   Handing it something that is not a protocol message *is* our bug and raises TypeError.
@@ -45,7 +45,7 @@ from pbft_tasks.core.messages import (Checkpoint, Commit, Message, NewView, PreP
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
     "generate_key", "write_key_file", "read_key_file", "public_key_hex",
-    "verify_key_from_hex", "THREADED_MIN",
+    "verify_key_from_hex", "signer_of", "THREADED_MIN",
 ]
 
 SIG_HEX_LEN = 128
@@ -176,7 +176,7 @@ def read_key_file(path: str | os.PathLike) -> SigningKey:
 
 # -- signing ------------------------------------------------------------------------
 
-def _signer_of(msg: Message) -> int | str:
+def signer_of(msg: Message) -> int | str:
     if isinstance(msg, Request):
         return msg.client
     if isinstance(msg, _NODE_SIGNED):
@@ -194,7 +194,7 @@ class Signer:
 
     def sign(self, msg: Message) -> Message:
         """``msg`` with ``sig`` set.  Signing in another identity's name is a bug."""
-        who = _signer_of(msg)
+        who = signer_of(msg)
         if who != self.identity or type(who) is not type(self.identity):
             raise ValueError(f"signer {self.identity!r} asked to sign a "
                              f"{type(msg).__name__} from {who!r}")

@@ -19,7 +19,7 @@ def _one(args: tuple, name: str):
     """Exactly one positional argument, the wire object; anything else is malformed
     (counted, never a TypeError out of Celery)."""
     if len(args) != 1:
-        runtime()._reject("malformed", f"{name} takes one wire object, got {len(args)} arguments",
+        runtime().reject("malformed", f"{name} takes one wire object, got {len(args)} arguments",
                           {"type": name})
         return None
     return args[0]
@@ -39,7 +39,7 @@ def request(*args, **kwargs) -> None:
         return
     if isinstance(wire, list):
         if len(wire) > 4096:
-            rt._reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
+            rt.reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
             return
         for w in wire:
             rt.handle(w, "Request")
