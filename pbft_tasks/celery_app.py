@@ -93,18 +93,18 @@ class NodeConsumer(Consumer):
         handler = super().create_task_handler(*args, **kwargs)
         guard_channel(self.task_consumer.channel)
         tasks = {name for name in self.strategies if name.startswith("pbft.")}
-        return Gate(tasks, _count_rejected, _poison_journal()).wrap(handler)
+        return Gate(tasks, count_rejected, _poison_journal()).wrap(handler)
 
     def on_decode_error(self, message, exc):
-        _count_rejected("undecodable")
+        count_rejected("undecodable")
         super().on_decode_error(message, exc)
 
     def on_unknown_task(self, body, message, exc):
-        _count_rejected("unknown_task")
+        count_rejected("unknown_task")
         super().on_unknown_task(body, message, exc)
 
     def on_unknown_message(self, body, message):
-        _count_rejected("unknown_message")
+        count_rejected("unknown_message")
         super().on_unknown_message(body, message)
 
 
@@ -120,7 +120,7 @@ def runtime():
     return _runtime
 
 
-def _count_rejected(reason: str) -> None:
+def count_rejected(reason: str) -> None:
     if _runtime is not None:
         _runtime.rejected[reason] += 1
     log.warning("rejected a message before decoding: %s", reason)

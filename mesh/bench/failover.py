@@ -11,7 +11,7 @@ times, each time once the previous victim has rejoined.  Figures, never assertio
 - ``acknowledged``: updates that got f+1 matching replies; ``lost``: acknowledged
   updates missing (or with another value) in some node's ledger at the end.
 
-``hdpbf bench consensus --broker-nodes 3`` (mesh/commands.py) runs the consensus bench on
+``hdpbf bench consensus --broker-nodes 3`` (mesh/bench/commands.py) runs the consensus bench on
 the single broker and then on a fresh cluster with quorum queues, in one run
 (``run_cluster_vs_single``).
 
