@@ -146,7 +146,7 @@ class HdpbfDriver(base.BaseDriver):
             _drivers.append(self)
 
     def _configure(self, opts) -> None:
-        from ..topology import MeshConfig, load_reader_identity
+        from pbft_tasks.topology import MeshConfig, load_reader_identity
         from . import driver_record
         from .sealing import Opener
         mesh_cfg = MeshConfig.load(opts.mesh_config)  # ConfigError names the problem

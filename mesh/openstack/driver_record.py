@@ -27,7 +27,7 @@ from typing import Callable
 from pbft_tasks.core.messages import Request
 
 from ..client import MeshClient
-from ..topology import ConfigError, MeshConfig, client_keys, load_client_identity, node_keys, reader_keys
+from pbft_tasks.topology import ConfigError, MeshConfig, client_keys, load_client_identity, node_keys, reader_keys
 from .recorder import ConsoleRecorder, _Op
 from .sealing import Sealer
 

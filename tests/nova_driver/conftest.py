@@ -19,7 +19,7 @@ from oslo_config import cfg
 from mesh.openstack import driver as hdpbf_driver
 from mesh.openstack import driver_record
 from mesh.openstack.nova_wire import instance_primitive, request_context
-from mesh.topology import init_mesh
+from pbft_tasks.topology import init_mesh
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -28,7 +28,7 @@ from nova.tests.functional import integrated_helpers
 from ledger import LedgerReader
 from mesh.openstack import driver as hdpbf_driver
 from mesh.openstack import driver_record, nova_wire
-from mesh.topology import init_mesh
+from pbft_tasks.topology import init_mesh
 
 CONF = nova_conf.CONF
 hdpbf_driver.register_opts(CONF)

@@ -62,7 +62,7 @@ class ComputeManagerStandIn:
 
 class Nova:
     def __init__(self, tmp):
-        from mesh.topology import init_mesh
+        from pbft_tasks.topology import init_mesh
         self.cfg = init_mesh(tmp / "mesh", clients=("admin", "cmp"), readers=("api0", "api1"))
         self.mesh_config = str(tmp / "mesh" / "mesh.json")
 

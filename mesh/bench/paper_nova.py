@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from .bench_consensus import percentile
+from .stats import percentile
 
 NOVA_CONFIGS = ("nova-rpc", "nova-hdpbf")
 STEP_OWN = "1o"
@@ -85,10 +85,10 @@ class NovaSide:
         import oslo_messaging
         from oslo_messaging import conffixture
 
-        from .openstack import driver as hdpbf_driver
-        from .openstack.driver_read import Step1Reader
-        from .openstack.sealing import Opener
-        from .topology import load_reader_identity
+        from ..openstack import driver as hdpbf_driver
+        from ..openstack.driver_read import Step1Reader
+        from ..openstack.sealing import Opener
+        from pbft_tasks.topology import load_reader_identity
         objects.register_all()
         conf = nova.conf.CONF
         config.parse_args([], default_config_files=[], configure_db=False, init_rpc=False)
@@ -164,11 +164,11 @@ class NovaSide:
         return info, 2
 
     def _key(self, iid: str) -> str:
-        from .openstack.nova_wire import reply_key
+        from ..openstack.nova_wire import reply_key
         return reply_key("compute", "get_vnc_console", iid, "novnc")
 
     def wait_committed(self, iids: list[str], timeout: float = 15.0) -> None:
-        from .openstack.driver_read import STEP1
+        from ..openstack.driver_read import STEP1
         t0 = time.monotonic()
         while True:
             missing = [i for i in iids if self.ledger_only.lookup(
@@ -186,7 +186,7 @@ class NovaSide:
     def micro(self, iids: list[str], n: int = MICRO_CALLS) -> dict:
         """``HdpbfDriver.send`` of a step-1 call as oslo's client hands it over."""
         import oslo_messaging
-        from .openstack.driver_read import STEP1
+        from ..openstack.driver_read import STEP1
         ready = [i for i in iids if self.ledger_only.lookup(
             self._key(i), self._host(i, "nova-hdpbf"))[1] == STEP1]
         if not ready:
@@ -216,7 +216,7 @@ class NovaSide:
                 "driver_micro_calls": n}
 
     def close(self) -> None:
-        from .openstack import driver_record
+        from ..openstack import driver_record
         for server in self.servers:
             server.stop()
         for server in self.servers:

@@ -48,10 +48,9 @@ from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import verify_key_from_hex
+from pbft_tasks.topology import ConfigError, MeshConfig
 
-from .cli import BadInput, console, main
-from .commands import bench
-from .topology import ConfigError, MeshConfig
+from ..clikit import BadInput, console
 
 WINDOW = 50_000   # signatures verified per BatchVerifier call (bounds memory)
 LEDGER_FILE = "ledger.sqlite"
@@ -336,10 +335,25 @@ def _ledgers(cfg: MeshConfig, data_dir: Optional[Path], node: Optional[int]) -> 
     return out
 
 
-@main.command("verify")
+def _follower_ledgers(cfg: MeshConfig, names: tuple[str, ...]) -> list[tuple[Any, str]]:
+    out = []
+    for name in names:
+        try:
+            path = cfg.follower_data_dir(name) / LEDGER_FILE
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+        if not path.is_file():
+            raise BadInput(f"follower {name} has no ledger at {path}")
+        out.append((f"follower {name}", str(path)))
+    return out
+
+
+@click.command("verify")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="directory holding node<ID>/ledger.sqlite (default: the mesh's data_dir)")
 @click.option("--node", "node_id", type=int, default=None, help="audit only this node's ledger")
+@click.option("--follower", "followers", multiple=True, metavar="NAME",
+              help="audit this follower's ledger instead (repeatable; issue 12)")
 @click.option("--config", metavar="PATH",
               help="mesh.json with the public keys (default: DATA_DIR/mesh.json, "
                    "DATA_DIR/../mesh.json, $HDPBF_CONFIG, ./mesh.json)")
@@ -348,12 +362,14 @@ def _ledgers(cfg: MeshConfig, data_dir: Optional[Path], node: Optional[int]) -> 
 @click.option("--num-cpus", type=click.IntRange(1, 1024), default=None,
               help="CPUs for a local Ray, if a batch is big enough to start one")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def verify(data_dir: Optional[Path], node_id: Optional[int], config: Optional[str],
-           ray_address: Optional[str], num_cpus: Optional[int], as_json: bool) -> None:
+def verify(data_dir: Optional[Path], node_id: Optional[int], followers: tuple[str, ...],
+           config: Optional[str], ray_address: Optional[str], num_cpus: Optional[int],
+           as_json: bool) -> None:
     """Audit ledgers: hash links, batch digests, commit certificates, every signature and
     the replayed key/value state. Exit 1 naming the first bad block."""
     cfg = _load_config(config, data_dir)
-    ledgers = _ledgers(cfg, data_dir, node_id)
+    ledgers = (_follower_ledgers(cfg, followers) if followers
+               else _ledgers(cfg, data_dir, node_id))
     temp = Path(ledgers[0][1]).parent.parent / "ray"
     bv = BatchVerifier({n.id: verify_key_from_hex(n.public_key) for n in cfg.nodes},
                        {c.name: verify_key_from_hex(c.public_key) for c in cfg.clients},
@@ -401,7 +417,7 @@ def verify(data_dir: Optional[Path], node_id: Optional[int], config: Optional[st
         sys.exit(1)
 
 
-@bench.command("verify")
+@click.command("verify")
 @click.option("--signatures", type=click.IntRange(1000, 10_000_000), default=100_000,
               show_default=True)
 @click.option("--ray-address", default=None, metavar="ADDR",

@@ -19,11 +19,23 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
+- Brokers (mesh/ops/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
+  or a list of the URLs of one RabbitMQ cluster's nodes; in memory a list is kept as
+  kombu's failover form, the URLs joined by ``;``, so every process that hands
+  ``broker_url`` to Celery or kombu fails over to the next node by itself.
+  ``queue_type`` is ``classic`` (the default, a single broker) or ``quorum`` (node
+  queues replicated by Raft across the cluster; publisher confirms on).  Both are
+  written only when not the default, so such a file stays what older versions wrote.
 - Readers (optional, top-level ``readers``): the API nodes allowed to open sealed values
   (mesh/openstack/sealing.py), each a name and an X25519 public key; the private key is
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
   not signing keys: they never vote and never sign.  A mesh.json without ``readers``
   loads as a mesh with none.
+- Followers (optional, top-level ``followers``, issue 12): non-validating peers that
+  keep a verified copy of the ledger (pbft_tasks/follower.py).  Each is only a name: a
+  follower never signs or votes, so it has no key.  Its queue is ``follower.<name>``
+  and its ledger ``data_dir/follower-<name>/``.  Listing it here makes it a member the
+  validators answer fetches from, and lets ``hdpbf status`` and the metrics show it.
 """
 from __future__ import annotations
 
@@ -38,6 +50,8 @@ from urllib.parse import urlsplit
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from pbft_tasks.brokers import QUEUE_TYPES
+from pbft_tasks.core.collector import ALL_TO_ALL, VOTE_ROUTINGS
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
@@ -45,16 +59,18 @@ from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public
                                 verify_key_from_hex, write_key_file)
 
 __all__ = [
-    "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "MeshConfig", "init_mesh",
+    "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "FollowerInfo", "MeshConfig",
+    "init_mesh", "add_followers",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
-    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
+    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/0"
 CONFIG_NAME = "mesh.json"
+LEDGER_FILE = "ledger.sqlite"  # a node's ledger, in its data directory (ledger_path)
 KEYS_DIR = "keys"
 FORMAT_VERSION = 1
 MIN_NODES = 4
@@ -90,11 +106,21 @@ class ReaderInfo:
     public_key: str
 
 
+@dataclass(frozen=True)
+class FollowerInfo:
+    """A non-validating peer (issue 12): a name only; it holds no key."""
+    name: str
+
+    @property
+    def queue(self) -> str:
+        return f"follower.{self.name}"
+
+
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "metrics_port_base", *_STR_SETTINGS,
-             *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base",
+             "queue_type", "votes", *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -106,6 +132,7 @@ class MeshConfig:
     nodes: list[NodeInfo]
     clients: list[ClientInfo] = field(default_factory=list)
     readers: list[ReaderInfo] = field(default_factory=list)
+    followers: list[FollowerInfo] = field(default_factory=list)
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     data_dir: str = "data"
@@ -121,10 +148,16 @@ class MeshConfig:
     # "full": every transaction a vote depends on is fsynced (survives power loss);
     # "normal": WAL without fsync per commit (survives kill -9, not power loss).
     durability: str = "full"
-    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (mesh/metrics.py;
+    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (pbft_tasks/metrics.py;
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
+    # "classic" node queues on one broker, or "quorum" queues on a RabbitMQ cluster.
+    queue_type: str = "classic"
+    # Vote routing (pbft_tasks/core/collector.py): "all-to-all", PBFT's O(n^2) votes, or
+    # "collector", votes to the primary which forwards them as one certificate (O(n)).
+    # Written to mesh.json only when not the default, like metrics_port_base.
+    votes: str = ALL_TO_ALL
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -132,6 +165,7 @@ class MeshConfig:
         self.nodes = list(self.nodes)
         self.clients = list(self.clients)
         self.readers = list(self.readers)
+        self.followers = list(self.followers)
         self.validate()
 
     # -- derived ----------------------------------------------------------------------
@@ -152,6 +186,11 @@ class MeshConfig:
         return self.path.parent
 
     @property
+    def broker_urls(self) -> list[str]:
+        """Every broker node's URL (one for a single broker)."""
+        return self.broker_url.split(";")
+
+    @property
     def data_path(self) -> Path:
         p = Path(self.data_dir)
         return p if p.is_absolute() else self.base_dir / p
@@ -160,6 +199,22 @@ class MeshConfig:
         """Where node ``node_id`` keeps its ledger (not created here)."""
         return self.data_path / f"node{self.node(node_id).id}"
 
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
+
+    def follower_data_dir(self, name: str) -> Path:
+        """Where follower ``name`` keeps its ledger (not created here)."""
+        return self.data_path / f"follower-{self.follower(name).name}"
+
+    def follower(self, name: str) -> FollowerInfo:
+        for info in self.followers:
+            if info.name == name:
+                return info
+        known = ", ".join(f.name for f in self.followers) or "none"
+        raise ConfigError(f"follower {name!r} is not in the mesh{self._where()} "
+                          f"(known followers: {known}; add one with: hdpbf follow --add {name})")
+
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""
         return ReplicaConfig(n=self.n, checkpoint_interval=self.checkpoint_interval,
@@ -167,7 +222,8 @@ class MeshConfig:
                              batch_timeout_ticks=self.batch_timeout_ticks,
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
-                             view_change_ticks=self.timer_ticks(TIMER_MS))
+                             view_change_ticks=self.timer_ticks(TIMER_MS),
+                             votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:
         """``ms`` of wall-clock time in this mesh's ticks (at least one)."""
@@ -215,6 +271,13 @@ class MeshConfig:
         if type(mp) is not int or not (mp == 0 or 1 <= mp <= 65535 - len(self.nodes)):
             raise ConfigError(f"metrics_port_base must be 0 (no metrics endpoints) or a port "
                               f"1..{65535 - len(self.nodes)}, got {mp!r}")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue_type must be one of {list(QUEUE_TYPES)}, got {self.queue_type!r}")
+        if any(not u.strip() for u in self.broker_url.split(";")):
+            raise ConfigError(f"broker_url has an empty URL in its list: {self.broker_url!r}")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ConfigError(f"votes must be one of {', '.join(map(repr, VOTE_ROUTINGS))}, "
+                              f"got {self.votes!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -228,6 +291,17 @@ class MeshConfig:
         self._validate_nodes()
         self._validate_clients()
         self._validate_readers()
+        self._validate_followers()
+
+    def _validate_followers(self) -> None:
+        seen: set[str] = set()
+        for i, fo in enumerate(self.followers):
+            if not isinstance(fo, FollowerInfo):
+                raise ConfigError(f"followers[{i}] must be a FollowerInfo, got {type(fo).__name__}")
+            _check_client_name(fo.name, f"followers[{i}].name")
+            if fo.name in seen:
+                raise ConfigError(f"duplicate follower name {fo.name!r}")
+            seen.add(fo.name)
 
     def _validate_nodes(self) -> None:
         if len(self.nodes) < MIN_NODES:
@@ -298,10 +372,18 @@ class MeshConfig:
         out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
         if self.readers:  # absent when empty: the file stays what older versions wrote
             out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
+        if self.followers:  # likewise
+            out["followers"] = [{"name": f.name} for f in self.followers]
         for name in (*_STR_SETTINGS, *_INT_SETTINGS):
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
             out["metrics_port_base"] = self.metrics_port_base
+        if len(self.broker_urls) > 1:
+            out["broker_url"] = self.broker_urls
+        if self.queue_type != "classic":
+            out["queue_type"] = self.queue_type
+        if self.votes != ALL_TO_ALL:
+            out["votes"] = self.votes
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -325,12 +407,20 @@ class MeshConfig:
                            source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
-        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base")
-                    if k in obj}
+        followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
+                                        "queue_type", "votes") if k in obj}
+        urls = settings.get("broker_url")
+        if type(urls) is list:
+            if not urls or any(type(u) is not str or not u or ";" in u for u in urls):
+                raise ConfigError(f"{source}: broker_url must be a URL or a non-empty list of "
+                                  f"URLs (one per broker node, without ';'), got {urls!r}")
+            settings["broker_url"] = ";".join(urls)
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
-                       readers=[ReaderInfo(**r) for r in readers], **settings)
+                       readers=[ReaderInfo(**r) for r in readers],
+                       followers=[FollowerInfo(**r) for r in followers], **settings)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -368,7 +458,7 @@ class MeshConfig:
         self.path = path.absolute()
 
     def _has_secrets(self) -> bool:
-        for url in (self.broker_url, self.result_backend):
+        for url in (*self.broker_urls, self.result_backend):
             try:
                 if urlsplit(url).password:
                     return True
@@ -546,12 +636,29 @@ def add_readers(config_path: str | os.PathLike, names: Iterable[str],
     return config
 
 
+def add_followers(config_path: str | os.PathLike, names: Iterable[str]) -> MeshConfig:
+    """List followers ``names`` in an existing mesh (those already listed stay) and save
+    mesh.json.  No keys: a follower never signs.  Running workers read the list at start,
+    so restart them for a new follower's fetches to be answered (pushes reach it at once:
+    its queue binds to the block exchange itself)."""
+    path = Path(config_path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    config = MeshConfig.load(path)
+    have = {f.name for f in config.followers}
+    config.followers = config.followers + [FollowerInfo(n) for n in dict.fromkeys(names) if n not in have]
+    config.validate()
+    config.save(path)
+    return config
+
+
 # -- init -----------------------------------------------------------------------------
 
 def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
-              force: bool = False, readers: Iterable[str] = ()) -> MeshConfig:
+              force: bool = False, readers: Iterable[str] = (),
+              queue_type: str = "classic") -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
 
@@ -579,7 +686,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
-        broker_url=broker_url, result_backend=result_backend)
+        broker_url=broker_url, result_backend=result_backend, queue_type=queue_type)
 
     keys_dir = base / KEYS_DIR
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,7 +5,7 @@ workers with their node identity in the environment, waiting until every node an
 killing and restarting one (for crash tests), and stopping exactly what was started.
 Logs go to ``<data_dir>/logs/node<id>.log`` (or ``log_dir``).
 
-Also owns detached processes (``hdpbf up``/``down``, mesh/ops.py): ``spawn_detached``
+Also owns detached processes (``hdpbf up``/``down``, mesh/ops/stack.py): ``spawn_detached``
 starts a process in a session of its own that outlives its starter, and returns a
 ``ProcessRecord`` (pid, the kernel's start time of that pid, the exact argv) that can be
 written to a file.  ``stop_recorded`` later stops exactly those: a pid is signalled only
@@ -27,9 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from pbft_tasks.celery_app import PREFETCH
-
-from .topology import MeshConfig
+from pbft_tasks.brokers import PREFETCH
+from pbft_tasks.topology import MeshConfig
 
 
 def worker_command(node_id: int, loglevel: str = "INFO") -> list[str]:
@@ -56,9 +55,10 @@ class LocalMesh:
             # global one after changing its broker_url would keep using the old broker.
             from celery import Celery
 
-            from pbft_tasks.celery_app import celery_settings
+            from pbft_tasks.brokers import celery_settings
             app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
-            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend))
+            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend,
+                                            self.cfg.queue_type))
         self.app = app
         self.log_dir = log_dir or os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -72,7 +72,7 @@ class LocalMesh:
         from pbft_tasks.transport import declare_mesh
         with self.app.connection_for_write() as conn:
             ch = conn.default_channel
-            declare_mesh(ch, [n.id for n in self.cfg.nodes])
+            declare_mesh(ch, [n.id for n in self.cfg.nodes], self.cfg.queue_type)
             for info in self.cfg.nodes:
                 ch.queue_purge(info.queue)
 

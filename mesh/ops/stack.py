@@ -3,8 +3,8 @@ without Docker (issue 5, items 5 and 6).
 
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
 command lines, waiting until they answer, and judging health.  Starting and stopping a
-process is mesh/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
-mesh/openstack/commands.py.
+process is mesh/ops/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
+mesh/openstack/api.py.
 
 A data dir (default ``./hdpbf-data``)::
 
@@ -28,10 +28,12 @@ Rules of this file:
 - Healthy node = its process runs, it answers ``pbft.status`` within ``--timeout``, and
   it is at most ``--max-lag`` blocks behind the highest node.  ``status`` exits 0 only
   when every node is healthy and every other process runs (and answers, for Flower and
-  the API reader).  A node's Prometheus endpoint (mesh/metrics.py) adds its head age;
+  the API reader).  A node's Prometheus endpoint (pbft_tasks/metrics.py) adds its head age;
   it is informational, since a taken metrics port does not stop a replica.
 - Flower starts after every worker answers: it inspects the workers it finds at start
   (their queues, for ``/api/workers``).
+- Each worker runs under ``mesh.ops.respawn``, which starts it again when it fails hard
+  on our own bug (exit 70) and passes any other exit through.
 """
 from __future__ import annotations
 
@@ -51,19 +53,22 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 from rich.table import Table
 
-from . import metrics
-from .cli import BadInput, console, main
+from pbft_tasks import metrics
+from pbft_tasks.topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
+                                 MeshConfig, add_readers, init_mesh)
+
+from ..clikit import BadInput, console
+from . import follower_ops
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
-from .topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
-                       MeshConfig, add_readers, init_mesh)
+from .respawn import respawn_command
 
 DEFAULT_DATA_DIR = "./hdpbf-data"
 RUN_FILE = os.path.join("run", "processes.json")
 AUTH_FILE = "flower.auth"
 READER = "api"
 DEFAULT_MAX_LAG = 64          # one checkpoint interval: beyond it a node needs the others' log
-STOP_ORDER = ("api", "compute", "flower", "worker")  # clients of the mesh before the mesh
+STOP_ORDER = ("api", "compute", "flower", "follower", "worker")  # clients of the mesh before the mesh
 ENV_FLOWER_USER = "HDPBF_FLOWER_USER"
 ENV_FLOWER_PASSWORD = "HDPBF_FLOWER_PASSWORD"
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -106,6 +111,8 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
 
 
 def redact(url: str) -> str:
+    if ";" in url:  # a cluster's failover list (mesh.json broker_url as a list)
+        return ";".join(redact(u) for u in url.split(";"))
     parts = urlsplit(url)
     if parts.password:
         netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
@@ -124,9 +131,22 @@ def _hdpbf_argv() -> list[str]:
     return [sys.executable, "-c", "import sys; from mesh.cli import main; sys.exit(main())"]
 
 
+# Flower keeps every task it hears of in memory, 100000 by default: with ~25 protocol
+# messages per request that is ~4000 requests, and past 1.7 GB RSS in a long run here.
+# Its counters (/metrics, the dashboards) count every event all the same; only the task
+# list it can show is shorter.  compose/docker-compose.yml passes the same bounds.
+FLOWER_MAX_TASKS = 10000
+FLOWER_MAX_WORKERS = 50
+
+
 def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "pbft_tasks", "flower",
-            f"--port={port}", f"--address={address}"]
+            f"--port={port}", f"--address={address}", *flower_bounds()]
+
+
+def flower_bounds() -> list[str]:
+    """Flower's options bounding its memory (see FLOWER_MAX_TASKS)."""
+    return [f"--max_tasks={FLOWER_MAX_TASKS}", f"--max_workers={FLOWER_MAX_WORKERS}"]
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -265,6 +285,8 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
                 waiting.discard(p.name)
             elif p.kind in ("api", "flower") and _answers(p.extra["probe"], timeout=1.0):
                 waiting.discard(p.name)
+            elif p.kind == "follower" and follower_ops.ready(p):
+                waiting.discard(p.name)
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -273,7 +295,7 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
         time.sleep(0.2)
 
 
-@main.command()
+@click.command()
 @click.option("--nodes", type=click.IntRange(4, 64), default=None,
               help="replicas of a new mesh  [default: 4]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
@@ -292,11 +314,13 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
 @click.option("--metrics-port-base", type=click.IntRange(1, 65535), default=None,
               help="Prometheus ports: node <id> on BASE+id, the API reader on BASE+n  "
                    "[default: mesh.json's metrics_port_base for nodes, 9500 for the reader]")
+@click.option("--followers", type=click.IntRange(0, 1000), default=0, show_default=True,
+              help="verified non-validating followers f1..fK to start (listed in mesh.json)")
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="seconds to wait for everything to answer")
 def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None,
        flower_port: int, api_port: int, api_node: int, computes: str,
-       metrics_port_base: int | None, timeout: float) -> None:
+       metrics_port_base: int | None, followers: int, timeout: float) -> None:
     """Start the mesh as local processes: a worker per node, compute RPC servers, the
     nova-api reader and Flower.  Creates the mesh in DATA_DIR if there is none."""
     data_dir = os.path.abspath(data_dir)
@@ -334,6 +358,8 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         raise BadInput(f"--api-node {api_node} is not a node of this mesh (0..{cfg.n - 1})")
     reader = READER if READER in [r.name for r in cfg.readers] else cfg.readers[0].name
     config_path = str(cfg.path)
+    follower_names = follower_ops.ensure(config_path, followers)  # before workers read mesh.json
+    cfg = MeshConfig.load(config_path)
     log_dir = os.path.join(data_dir, "logs")
     mesh = LocalMesh(config_path, log_dir=log_dir)
     _check_services(mesh, cfg)
@@ -379,12 +405,18 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
             env = dict(node_env(config_path, node.id), HDPBF_RUN_ID=run_id)
             env.pop(metrics.ENV_PORT, None)
             env.update(metrics_env(metrics_port_base and metrics_port_base + node.id))
-            start(f"node{node.id}", "worker", worker_command(node.id), env, queue=node.queue,
+            start(f"node{node.id}", "worker", respawn_command(worker_command(node.id)), env,
+                  queue=node.queue,
                   metrics=metrics_url(metrics.node_metrics_port(cfg, node.id, env)))
         # Workers first: Flower inspects the workers it finds when it starts (their
         # queues for /api/workers), and compute commits through them.
         with out.status(f"waiting for {cfg.n} workers to answer pbft.status"):
             _wait_ready(run, mesh, ("worker",), deadline)
+        for i, name in enumerate(follower_names, 1):
+            start(f"follower-{name}", "follower",
+                  hdpbf + ["follow", "--config", config_path, "--name", name],
+                  follower_ops.start_env(base_env, i), status=follower_ops.status_path(cfg, name),
+                  metrics=metrics_url(follower_ops.METRICS_BASE + i))
         for host in hosts:
             start(host, "compute", hdpbf + ["compute", "--host", host, "--config", config_path],
                   base_env, host=host)
@@ -397,7 +429,7 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
               dict(base_env, FLOWER_BASIC_AUTH=f"{user}:{password}"),
               probe=f"http://127.0.0.1:{flower_port}/healthcheck")
         with out.status("waiting for compute, the API reader and Flower"):
-            _wait_ready(run, mesh, ("compute", "api", "flower"), deadline)
+            _wait_ready(run, mesh, ("compute", "api", "flower", "follower"), deadline)
     except (RuntimeError, OSError, KeyboardInterrupt) as exc:
         out.print(f"up failed: {exc or 'interrupted'}", soft_wrap=True, markup=False)
         outcome = stop_recorded(_stop_order(run["processes"]), timeout=10.0)
@@ -414,7 +446,8 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         serves = {"worker": f"queue {p.extra.get('queue')}",
                   "compute": f"RPC compute.{p.extra.get('host')}",
                   "api": f"{run['api']['url']}/console/<instance>?host=<host>",
-                  "flower": run["flower"]["url"]}[p.kind]
+                  "flower": run["flower"]["url"],
+                  "follower": f"queue follower.{p.name.removeprefix('follower-')}"}[p.kind]
         table.add_row(p.name, str(p.pid), serves, os.path.relpath(p.log, data_dir))
     out.print(table)
     out.print(f"Flower: {run['flower']['url']}  user {user!r}, password in {auth_source}",
@@ -491,12 +524,15 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
             row.update(_reader_metrics(p))
         row["healthy"] = healthy
         others.append(row)
-    healthy = all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
+    followers = follower_ops.rows(cfg, procs, top, max_lag)
+    others = [o for o in others if o["kind"] != "follower"]
+    healthy = (all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
+               and all(f["healthy"] for f in followers))
     return {"data_dir": data_dir, "running": True, "healthy": healthy,
             "broker_error": broker_error, "broker": redact(cfg.broker_url),
             "started_at": run["started_at"], "max_height": top, "max_lag": max_lag,
             "flower": run.get("flower"), "api": run.get("api"), "nodes": nodes,
-            "processes": others}
+            "processes": others, "followers": followers}
 
 
 def _scrape(rec: ProcessRecord | None) -> dict | None:
@@ -517,7 +553,7 @@ def _sample(scraped: dict, name: str, **labels: str) -> float | None:
 
 
 def _node_metrics(rec: ProcessRecord | None, node_id: int) -> dict:
-    """From the node's Prometheus endpoint (mesh/metrics.py), when it answers: how long
+    """From the node's Prometheus endpoint (pbft_tasks/metrics.py), when it answers: how long
     ago its head block was appended and its commit count.  Informational: a node whose
     endpoint is off or taken is judged by pbft.status alone."""
     scraped = _scrape(rec)
@@ -573,10 +609,11 @@ def _print_status(report: dict, out) -> None:
                       f"{p['step2_calls']:g} ({p['step2_failures']:g} failed)")
         table.add_row(p["name"], str(p["pid"]), state, mark[p["healthy"]])
     out.print(table)
+    follower_ops.print_table(report, out)
     out.print("all healthy" if report["healthy"] else "[red]not all healthy[/red]")
 
 
-@main.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
@@ -597,7 +634,7 @@ def status(data_dir: str, as_json: bool, timeout: float, max_lag: int) -> None:
 
 # -- down ----------------------------------------------------------------------------------
 
-@main.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
               show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=15.0, show_default=True,
