@@ -112,7 +112,7 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
                 timeout: float, transport_url: str | None, config: str | None,
                 as_json: bool, own_answers: bool) -> None:
     """nova-api's two-step get_vnc_console: local ledger first, RPC on a miss."""
-    from .reader import ConsoleReader, ConsoleUnavailable
+    from .reader import ComputeRefused, ConsoleReader, ConsoleUnavailable
     from .sealing import Opener
     path, cfg = _load(config)
     try:
@@ -129,7 +129,9 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
         try:
             info, step = api.get_vnc_console(instance, console_type)
         except ConsoleUnavailable as exc:
-            console(stderr=True).print(f"[red]step 1 missed and step 2 failed:[/red] {exc}",
+            what = ("compute refused step 2" if isinstance(exc, ComputeRefused)
+                    else "step 2 failed")
+            console(stderr=True).print(f"[red]step 1 missed and {what}:[/red] {exc}",
                                        soft_wrap=True)
             sys.exit(1)
         ms = (time.perf_counter() - t0) * 1000

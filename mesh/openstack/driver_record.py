@@ -57,6 +57,16 @@ class ReplyRecorder(ConsoleRecorder):
         return super()._build(op)
 
 
+def use_embedded(config_path: str, mesh) -> None:
+    """Make an already running in-process mesh the one drivers use for ``config_path``
+    (``hdpbf demo``: one mesh, not two on the same ledger files).  From then on only a
+    recorder's thread may step it."""
+    with _lock:
+        if config_path in _embedded and _embedded[config_path] is not mesh:
+            raise RuntimeError(f"another in-process mesh already serves {config_path}")
+        _embedded[config_path] = mesh
+
+
 def embedded_mesh(config_path: str):
     """The process's in-process mesh for ``config_path`` (made on first use)."""
     from ..embedded import EmbeddedMesh
