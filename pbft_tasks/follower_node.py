@@ -164,7 +164,10 @@ class FollowerNode:
         self.app.conf.update(celery_settings(self.broker_url, cfg.result_backend))
         self.queue_name = cfg.follower(name).queue
         self.stop = threading.Event()
-        self.lock = threading.Lock()
+        # Re-entrant: a publish may read frames and deliver a message to on_message
+        # inside it (py-amqp's _basic_publish drains events), i.e. in this same thread.
+        self.lock = threading.RLock()
+        self._fetch_next: Optional[int] = None   # a fetch decided inside a callback
         # lag bookkeeping
         self.first_seen: dict[int, float] = {}
         self.lags: deque[tuple[float, float]] = deque(maxlen=MAX_LAG_SAMPLES)  # (installed at, lag s)
@@ -218,7 +221,7 @@ class FollowerNode:
                 if self.follower.gap is not None and not out.installed:
                     self.next_validator = self._after(sender)   # no help from it: next one
                 elif self.follower.gap is not None:
-                    self._fetch(sender)                         # it helps: keep going
+                    self._fetch_next = sender                   # it helps: keep going
 
     def _on_install(self, block: dict) -> None:
         now = time.time()
@@ -235,8 +238,14 @@ class FollowerNode:
         return (v + 1) % self.cfg.n
 
     def tick(self) -> None:
+        """Timers: a fetch that timed out, a gap, an idle probe.  The fetch itself is
+        published outside the lock and outside any message callback (``_flush_fetch``)."""
         now = time.monotonic()
         with self.lock:
+            for seq in [s for s in self.first_seen if s <= self.follower.height]:
+                del self.first_seen[seq]
+            if self._fetch_next is not None:
+                return
             if self.outstanding is not None:
                 v, sent = self.outstanding
                 if now - sent < FETCH_TIMEOUT_S:
@@ -251,22 +260,24 @@ class FollowerNode:
             if behind or idle:
                 v = self.next_validator
                 self.next_validator = self._after(v) if idle and not behind else v
-                self._fetch(v)
-            for seq in [s for s in self.first_seen if s <= self.follower.height]:
-                del self.first_seen[seq]
+                self._fetch_next = v
 
-    def _fetch(self, v: int) -> None:
+    def _flush_fetch(self) -> None:
+        """Send the fetch decided by ``tick`` or a callback, if any (no lock held)."""
         from .node import FETCH_MAX
         from .transport import task_message
-        lo = self.follower.height + 1
-        hi = lo + FETCH_MAX - 1
-        wire = {"type": "Fetch", "from_seq": lo, "to_seq": hi, "requester": self.name}
+        with self.lock:
+            v, self._fetch_next = self._fetch_next, None
+            if v is None:
+                return
+            lo = self.follower.height + 1
+            self.outstanding = (v, time.monotonic())   # before: the answer may come inside publish
+            self.last_fetch = time.monotonic()
+            self.fetches += 1
+        wire = {"type": "Fetch", "from_seq": lo, "to_seq": lo + FETCH_MAX - 1, "requester": self.name}
         msg = task_message(self.app, "pbft.fetch", wire)
         self._producer.publish(msg.body, exchange="", routing_key=self.cfg.node(v).queue,
                                serializer="json", headers=msg.headers, **msg.properties)
-        self.outstanding = (v, time.monotonic())
-        self.last_fetch = time.monotonic()
-        self.fetches += 1
 
     # -- the loop ---------------------------------------------------------------------
     def declare(self, channel: Any) -> Any:
@@ -306,6 +317,7 @@ class FollowerNode:
                             except socket.timeout:
                                 conn.heartbeat_check()
                             self.tick()
+                            self._flush_fetch()
                             self.write_status()
             except Exception as exc:  # kombu/amqp raise many types for a lost connection
                 from kombu.exceptions import OperationalError
@@ -315,6 +327,7 @@ class FollowerNode:
                 self.connected = False
                 self.reconnects += 1
                 self.outstanding = None
+                self._fetch_next = None
                 log.warning("follower %s: broker connection lost (%s); reconnecting in %.1fs",
                             self.name, exc, backoff)
                 self.write_status(force=True)
