@@ -82,7 +82,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
     try:
-        rig.start(timeout=120)
+        rig.start(timeout=300)  # K=32 followers start slowly on a loaded 2-core box
         say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
         client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                             Verifier(node_keys(cfg), client_keys(cfg)))
