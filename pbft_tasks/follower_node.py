@@ -1,12 +1,8 @@
-"""Followers on the broker: validators push blocks, a follower process installs them.
+"""A follower on the broker: the ``hdpbf follow`` process (issue 12).
 
-Owns the two adapter halves of issue 12 (the checks themselves are
-pbft_tasks/follower.py; the wire is docs/PROTOCOL.md sec. 5.9):
+Owns the follower's adapter half (the checks are pbft_tasks/follower.py, the validators'
+pushes pbft_tasks/follower_push.py, the wire docs/PROTOCOL.md sec. 5.9):
 
-- ``BlockPusher``: a validator's ``NodeRuntime.on_execute`` hook (attached by
-  celery_app.build_runtime when mesh.json lists followers) that publishes every block
-  the node executes, with its certificate, on the ``hdpbf.blocks`` exchange.  With
-  ``HDPBF_BYZANTINE=alter_push`` it publishes altered blocks instead (fault tests).
 - ``FollowerNode``: the ``hdpbf follow`` process.  One kombu connection: it consumes
   its durable queue ``follower.<name>`` (bound to f+1 validators' pushes, so at least one
   is honest), and on the same connection sends ``pbft.fetch`` task messages to any
@@ -41,12 +37,12 @@ import os
 import socket
 import threading
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
 from .follower import Follower
+from .follower_push import sources_for
 
 log = logging.getLogger("hdpbf.follower")
 
@@ -60,78 +56,7 @@ MAX_LAG_SAMPLES = 200_000
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-# -- the validator's half ------------------------------------------------------------------
 
-def altered_block(block: dict) -> dict:
-    """What ``alter_push`` publishes instead of ``block``, three ways by seq: a request
-    changed with digest and hash recomputed (its commits no longer match), a certificate
-    cut to 2f commits, or a header linked elsewhere with its hash recomputed."""
-    from pbft_tasks.core import chain
-    from pbft_tasks.core.messages import sha256_hex
-    b = dict(block)
-    kind = b["seq"] % 3
-    if kind == 0:
-        reqs = [dict(r) for r in b["requests"]]
-        if reqs:
-            op = dict(reqs[0]["op"])
-            op["key"] = "altered-" + str(op.get("key"))
-            reqs[0]["op"] = op
-        b["requests"] = reqs
-        b["digest"] = sha256_hex(reqs) if reqs else sha256_hex(["altered", b["digest"]])
-    elif kind == 1:
-        b["certificate"] = list(b["certificate"])[: max(0, len(b["certificate"]) - 1)]
-        return b
-    else:
-        b["prev"] = sha256_hex(["altered", b["prev"]])
-    b["hash"] = chain.block_hash(b)
-    return b
-
-
-class BlockPusher:
-    """``NodeRuntime.on_execute`` hook: publish each executed block for followers."""
-
-    def __init__(self, runtime: Any, transport: Any) -> None:
-        self.runtime = runtime
-        self.transport = transport
-        byz = runtime.byzantine
-        self.alter = byz is not None and "alter_push" in byz.behaviours
-        self.pushed = 0
-
-    def __call__(self, block: dict, results: Any) -> None:
-        if self.alter:
-            block = altered_block(block)
-            self.runtime.byzantine.counts["alter_push"] += 1
-        wire = {"type": "Block", "sender": self.runtime.id, "executed_at": time.time(),
-                "block": block}
-        try:
-            self.transport.publish_block(self.runtime.id, wire)
-            self.pushed += 1
-        except (OSError, ConnectionError) as exc:  # followers fetch what they miss
-            log.warning("node %s could not push block %s to followers: %s",
-                        self.runtime.id, block.get("seq"), exc)
-
-
-def attach_pusher(runtime: Any, cfg: Any, transport: Any) -> Optional[BlockPusher]:
-    """Make ``runtime`` answer the followers of ``cfg`` and push blocks to them (nothing
-    when mesh.json lists none: no cost to a mesh without followers)."""
-    runtime.followers = frozenset(f.name for f in cfg.followers)
-    if not cfg.followers:
-        return None
-    pusher = BlockPusher(runtime, transport)
-    runtime.on_execute.append(pusher)
-    return pusher
-
-
-def sources_for(n: int, f: int, name: str, count: Optional[int] = None) -> list[int]:
-    """The validators follower ``name`` listens to: ``count`` (default f+1, so at least
-    one is correct) consecutive ids from a start derived from its name, so that many
-    followers spread over the validators."""
-    count = f + 1 if count is None else max(1, min(n, count))
-    start = zlib.crc32(name.encode()) % n
-    return sorted((start + j) % n for j in range(count))
-
-
-# -- the follower process -----------------------------------------------------------------
 
 class FollowerNode:
     """One follower: its ledger, its checks, its queue and its fetches."""
@@ -142,7 +67,7 @@ class FollowerNode:
         from celery import Celery
 
         from ledger.store import LedgerStore
-        from mesh.topology import node_keys
+        from .topology import node_keys
 
         from .batch_verify import BatchVerifier
         from .celery_app import celery_settings
@@ -435,5 +360,4 @@ class FollowerMetrics:
             log.warning("follower %s: no metrics endpoint on %s:%s: %s", self.node.name, addr, port, exc)
 
 
-__all__ = ["BlockPusher", "FollowerNode", "attach_pusher", "sources_for", "altered_block",
-           "read_status"]
+__all__ = ["FollowerNode", "FollowerMetrics", "read_status"]

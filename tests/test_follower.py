@@ -227,7 +227,7 @@ def test_one_batch_of_signatures_for_a_catch_up():
 
 
 def test_mesh_json_lists_followers_by_name(tmp_path):
-    from mesh.topology import ConfigError, MeshConfig, add_followers, init_mesh
+    from pbft_tasks.topology import ConfigError, MeshConfig, add_followers, init_mesh
     init_mesh(tmp_path, nodes=4)
     assert "followers" not in (tmp_path / "mesh.json").read_text()   # unchanged without them
     cfg = add_followers(tmp_path, ["api1", "cmp7", "api1"])

@@ -1,4 +1,4 @@
-"""The real backend of the fault runner: n Celery workers (mesh.launcher.LocalMesh) on
+"""The real backend of the fault runner: n Celery workers (mesh.ops.launcher.LocalMesh) on
 the real RabbitMQ, one client (mesh/client.py), ledgers read from each node's SQLite.
 
 What each action does here (the simulator mirrors it, sim_backend.py):

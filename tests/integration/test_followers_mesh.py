@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from mesh.bench_consensus import drive
-from mesh.follower_launcher import Followers
-from mesh.topology import add_followers
+from mesh.bench.consensus import drive
+from mesh.ops.followers import Followers
+from pbft_tasks.topology import add_followers
 
 from .meshkit import wait_until
 
@@ -92,7 +92,7 @@ def test_followers_refuse_a_byzantine_validators_altered_pushes(make_mesh):
     """Follower fx hears ONLY the Byzantine validator's pushes (``--sources 1``), so
     every push it gets is altered and refused, whatever the timing; it reaches the head
     by fetching.  Follower fy hears f+1 validators as usual."""
-    from pbft_tasks.follower_node import sources_for
+    from pbft_tasks.follower_push import sources_for
     names = ["fx", "fy"]
     mesh, fol = _start_with_followers(make_mesh, names)
     (bad,) = sources_for(4, 1, "fx", 1)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 
 from ledger.reader import LedgerReader
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 from mesh.client import BrokerClientTransport, MeshClient
-from mesh.netns_mesh import NetnsMesh
-from mesh.topology import DEFAULT_RESULT_BACKEND, client_keys, load_client_identity, node_keys
+from mesh.ops.netns_mesh import NetnsMesh
+from pbft_tasks.topology import DEFAULT_RESULT_BACKEND, client_keys, load_client_identity, node_keys
 from pbft_tasks.signing import Verifier
 from tests.integration.meshkit import wait_until
 

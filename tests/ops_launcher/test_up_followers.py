@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mesh.topology import MeshConfig
+from pbft_tasks.topology import MeshConfig
 from tests.integration.meshkit import wait_not_quiet, wait_until
 
 from .conftest import Launch, hdpbf, processes_of

@@ -1,6 +1,6 @@
 """The README's follower figure: tx/s and follower lag against K (followers) and n.
 
-    python -m mesh.bench_followers_plot RESULT.json ... --png docs/img/bench-followers.png
+    python -m mesh.bench.followers_plot RESULT.json ... --png docs/img/bench-followers.png
 
 Each RESULT.json is one ``hdpbf bench consensus --json`` file.  Left: committed tx/s
 against K at the smallest n; middle: follower lag p50/p99 (low load and under load)

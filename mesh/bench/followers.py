@@ -2,7 +2,7 @@
 
 Owns: laying out and starting the benchmark's mesh with K followers (local processes,
 or every validator and follower on a namespace host of its own with ``--netns``,
-mesh/netns_mesh.py), their process ids for CPU accounting, waiting for them to reach
+mesh/ops/netns_mesh.py), their process ids for CPU accounting, waiting for them to reach
 the validators' head, and the follower figures of the JSON:
 
 - ``followers``: K;
@@ -24,10 +24,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .bench_consensus import percentile
-from .follower_launcher import Followers
-from .launcher import LocalMesh
-from .topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, MeshConfig, add_followers, init_mesh
+from ..ops.followers import Followers
+from ..ops.launcher import LocalMesh
+from pbft_tasks.topology import (DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, MeshConfig, add_followers,
+                                 init_mesh)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """As consensus.percentile (not imported: consensus imports this module)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
 class FollowerRig:
@@ -40,7 +48,7 @@ class FollowerRig:
         self.netns = None
         settings = {"max_batch": max_batch, "durability": durability}
         if netns:
-            from .netns_mesh import NetnsMesh
+            from ..ops.netns_mesh import NetnsMesh
             self.netns = NetnsMesh(Path(base), nodes, followers, broker or DEFAULT_BROKER_URL,
                                    backend or DEFAULT_RESULT_BACKEND, prefix="hfolb", **settings)
             self.cfg = self.netns.cfg

@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from .topology import ConfigError, MeshConfig, add_followers
+from pbft_tasks.topology import ConfigError, MeshConfig, add_followers
 
 
 class _BadInput(click.ClickException):

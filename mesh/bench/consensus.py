@@ -17,7 +17,7 @@ The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p
 ``commit_p99_ms``, ``messages_per_batch`` and the details; ``followers``,
 ``follower_lag_p50_ms`` and ``follower_lag_p99_ms`` always (None without followers).
 ``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
-a namespace host of its own (mesh/bench_followers.py says what the figures mean).
+a namespace host of its own (mesh/bench/followers.py says what the figures mean).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .client import MeshClient, Pending
+from ..client import MeshClient, Pending
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,12 +72,13 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         followers: int = 0, netns: bool = False) -> dict:
     from pbft_tasks.signing import Verifier
 
-    from .client import BrokerClientTransport
-    from .topology import client_keys, load_client_identity, node_keys
+    from pbft_tasks.topology import client_keys, load_client_identity, node_keys
+
+    from ..client import BrokerClientTransport
 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
-    from .bench_followers import FollowerRig, lag_figures
+    from .followers import FollowerRig, lag_figures
     rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability)
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()

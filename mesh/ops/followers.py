@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .topology import MeshConfig
+from pbft_tasks.topology import MeshConfig
 
 
 def follower_command(config_path: str, name: str, *extra: str) -> list[str]:

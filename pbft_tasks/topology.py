@@ -55,12 +55,13 @@ __all__ = [
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
-    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
+    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/0"
 CONFIG_NAME = "mesh.json"
+LEDGER_FILE = "ledger.sqlite"  # a node's ledger, in its data directory (ledger_path)
 KEYS_DIR = "keys"
 FORMAT_VERSION = 1
 MIN_NODES = 4
@@ -138,7 +139,7 @@ class MeshConfig:
     # "full": every transaction a vote depends on is fsynced (survives power loss);
     # "normal": WAL without fsync per commit (survives kill -9, not power loss).
     durability: str = "full"
-    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (mesh/metrics.py;
+    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (pbft_tasks/metrics.py;
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
@@ -188,7 +189,11 @@ class MeshConfig:
                 return info
         known = ", ".join(f.name for f in self.followers) or "none"
         raise ConfigError(f"follower {name!r} is not in the mesh{self._where()} "
-                          f"(known followers: {known}; add one with: hdpbf follow --add {name})")
+                          f"(known followers: {known}; add one with: hdpbf add-follower {name})")
+
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""

@@ -1,4 +1,4 @@
-"""A mesh whose validators and followers each run on a host of their own (mesh/netns.py).
+"""A mesh whose validators and followers each run on a host of their own (mesh/ops/netns.py).
 
 Owns: laying out a mesh for a namespace topology (mesh.json names the broker host's
 address, so workers and followers reach RabbitMQ and Redis only over their links),
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from .follower_launcher import Followers
+from .followers import Followers
 from .launcher import LocalMesh, node_env, worker_command
 from .netns import Topology
-from .topology import DEFAULT_RESULT_BACKEND, MeshConfig, add_followers, init_mesh
+from pbft_tasks.topology import DEFAULT_RESULT_BACKEND, MeshConfig, add_followers, init_mesh
 
 
 class WrappedLocalMesh(LocalMesh):

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from rich.table import Table
 
-from .topology import MeshConfig, add_followers
+from pbft_tasks.topology import MeshConfig, add_followers
 
 STALE_S = 5.0
 METRICS_BASE = 9600   # follower i of ``hdpbf up`` exports on METRICS_BASE + i
