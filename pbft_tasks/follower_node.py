@@ -41,7 +41,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
-from .follower import Follower
+from .follower import MAX_AHEAD, Follower
 from .follower_push import sources_for
 
 log = logging.getLogger("hdpbf.follower")
@@ -129,7 +129,8 @@ class FollowerNode:
                 self.pushes += 1
                 block, at = body.get("block"), body.get("executed_at")
                 seq = block.get("seq") if isinstance(block, dict) else None
-                if type(seq) is int and seq > self.follower.height and type(at) in (int, float):
+                if (type(seq) is int and self.follower.height < seq <= self.follower.height + MAX_AHEAD
+                        and type(at) in (int, float)):   # bounded: a liar cannot grow it
                     prev = self.first_seen.get(seq)
                     self.first_seen[seq] = at if prev is None else min(prev, at)
                 self.follower.offer([block], source=body.get("sender"))
