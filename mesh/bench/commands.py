@@ -35,15 +35,18 @@ def bench() -> None:
               help="verified non-validating followers to run beside the validators")
 @click.option("--netns", is_flag=True,
               help="every validator and follower on a network-namespace host of its own (root)")
+@click.option("--followers-nice", type=click.IntRange(0, 19), default=0, show_default=True,
+              help="run the followers under nice N: on one machine they then take only the CPU "
+                   "validators leave, as on hosts of their own")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
                     durability: str, broker: str | None, backend: str | None, followers: int,
-                    netns: bool, json_path: str | None) -> None:
+                    netns: bool, followers_nice: int, json_path: str | None) -> None:
     """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
     from . import consensus as bc
     r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
                backend=backend, max_batch=max_batch, durability=durability, console=console(),
-               followers=followers, netns=netns)
+               followers=followers, netns=netns, followers_nice=followers_nice)
     table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
                         f"(real RabbitMQ + Redis)")
     table.add_column("figure")

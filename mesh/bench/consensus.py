@@ -69,7 +69,7 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
-        followers: int = 0, netns: bool = False) -> dict:
+        followers: int = 0, netns: bool = False, followers_nice: int = 0) -> dict:
     from pbft_tasks.signing import Verifier
 
     from pbft_tasks.topology import client_keys, load_client_identity, node_keys
@@ -79,7 +79,8 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
     from .followers import FollowerRig, lag_figures
-    rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability)
+    rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
+                      nice=followers_nice)
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
     try:
@@ -141,7 +142,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
-            "followers": followers, "netns": netns,
+            "followers": followers, "netns": netns, "followers_nice": followers_nice,
             "follower_catchup_s": None if catchup is None else round(catchup, 3),
             "follower_rejected": rig.rejected(),
         }

@@ -43,7 +43,7 @@ class FollowerRig:
 
     def __init__(self, base: str, nodes: int, followers: int, netns: bool,
                  broker: Optional[str], backend: Optional[str], max_batch: int,
-                 durability: str) -> None:
+                 durability: str, nice: int = 0) -> None:
         self.k = followers
         self.netns = None
         settings = {"max_batch": max_batch, "durability": durability}
@@ -66,6 +66,10 @@ class FollowerRig:
             self.cfg = MeshConfig.load(f"{base}/mesh.json")
             self.mesh = LocalMesh(f"{base}/mesh.json")
             self.followers = Followers(f"{base}/mesh.json", log_dir=self.mesh.log_dir)
+
+        if nice:   # followers yield the CPU to validators, as if on hosts of their own
+            for name in self.names:
+                self.followers.wrap[name] = [*self.followers.wrap.get(name, ()), "nice", "-n", str(nice)]
 
     @property
     def names(self) -> list[str]:
