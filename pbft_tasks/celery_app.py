@@ -154,11 +154,9 @@ def build_runtime(cfg, node_id: int):
     from .wiring import build_node
 
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    transport = CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type)
-    rt = build_node(cfg, node_id, transport, key_file=env_key_file(),
-                    data_dir=os.environ.get("HDPBF_DATA_DIR"), byzantine=byzantine)
-    from .follower_node import attach_pusher
-    attach_pusher(rt, cfg, transport)  # followers of mesh.json: answer their fetches, push blocks
+    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
+                    key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
+                    byzantine=byzantine)
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))

@@ -199,10 +199,6 @@ class MeshConfig:
         """Where node ``node_id`` keeps its ledger (not created here)."""
         return self.data_path / f"node{self.node(node_id).id}"
 
-    def ledger_path(self, node_id: int) -> Path:
-        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
-        return self.node_data_dir(node_id) / LEDGER_FILE
-
     def follower_data_dir(self, name: str) -> Path:
         """Where follower ``name`` keeps its ledger (not created here)."""
         return self.data_path / f"follower-{self.follower(name).name}"
@@ -213,7 +209,11 @@ class MeshConfig:
                 return info
         known = ", ".join(f.name for f in self.followers) or "none"
         raise ConfigError(f"follower {name!r} is not in the mesh{self._where()} "
-                          f"(known followers: {known}; add one with: hdpbf follow --add {name})")
+                          f"(known followers: {known}; add one with: hdpbf add-follower {name})")
+
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""
