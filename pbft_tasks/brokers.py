@@ -7,7 +7,7 @@ and re-publishing a message the broker did not confirm.  The failover design the
 serve is written down in README.md, section "Broker cluster: quorum queues and failover".
 
 Rules and why:
-- A broker URL list (``amqp://a;amqp://b;...``, mesh/topology.py) is kombu's failover
+- A broker URL list (``amqp://a;amqp://b;...``, pbft_tasks/topology.py) is kombu's failover
   form: a connection that fails moves to the next URL (round robin) and every
   ``retry=True`` publish is re-sent on the new connection.  Nothing here parses it.
 - Quorum node queues: ``x-queue-type: quorum`` wherever a node queue is declared

@@ -17,7 +17,7 @@ Settings and why (facts measured in DESIGN.md):
 - ``task_acks_late``: a message is acknowledged only after its effects are in the
   ledger, so a ``kill -9`` redelivers what was in flight; the core drops duplicates.
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
-- Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
+- Prometheus metrics (pbft_tasks/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
 - ``queue_type`` "quorum" (a RabbitMQ cluster): node queues are quorum queues and
   publishes are confirmed (pbft_tasks/brokers.py); a ``;``-separated broker URL list
@@ -66,7 +66,7 @@ def celery_settings(broker_url: str, result_backend: str, queue_type: str = "cla
 def _initial_settings() -> dict:
     path = os.environ.get("HDPBF_CONFIG")
     if path and os.path.exists(path):
-        from mesh.topology import MeshConfig
+        from pbft_tasks.topology import MeshConfig
         cfg = MeshConfig.load(path)
         return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
                                cfg.result_backend, cfg.queue_type)
@@ -139,33 +139,25 @@ def _count_rejected(reason: str) -> None:
     log.warning("rejected a message before decoding: %s", reason)
 
 
-def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
-    """Everything a node needs, checked; raises ConfigError with a clear message."""
+def build_runtime(cfg, node_id: int):
+    """This worker's node (wiring.py builds it), with its key file ($HDPBF_KEY_FILE),
+    data directory ($HDPBF_DATA_DIR) and fault injection ($HDPBF_BYZANTINE) from the
+    environment; raises ConfigError with a clear message."""
     from kombu import Connection  # noqa: F401  (the transport needs kombu; fail early)
 
-    from ledger.store import LedgerStore
-    from mesh.topology import MeshConfig, client_keys, load_node_identity, node_keys
-
     from .byzantine import from_environment
-    from .core.replica import ReplicaConfig
-    from .node import NodeRuntime
-    from .signing import Signer, Verifier
+    from .topology import env_key_file
     from .transport import CeleryTransport
+    from .wiring import build_node
 
-    cfg = MeshConfig.load(config_path)
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    key = load_node_identity(cfg, node_id, key_file)
-    data_dir = os.environ.get("HDPBF_DATA_DIR") or cfg.node_data_dir(node_id)
-    os.makedirs(data_dir, exist_ok=True)
-    ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
-    rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
-                     Verifier(node_keys(cfg), client_keys(cfg)),
-                     CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
-                     byzantine=byzantine)
+    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
+                    key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
+                    byzantine=byzantine)
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))
-    return cfg, rt
+    return rt
 
 
 @signals.worker_init.connect
@@ -175,23 +167,22 @@ def _on_worker_init(sender=None, **_):
     path = os.environ.get("HDPBF_CONFIG")
     if node is None and path is None:
         return  # a plain worker (e.g. for status or tests of Celery itself)
-    from mesh.topology import ConfigError
+    from .topology import ConfigError, from_env
     try:
         if node is None or path is None:
             raise ConfigError("set both HDPBF_CONFIG (path to mesh.json) and HDPBF_NODE_ID")
-        try:
-            node_id = int(node)
-        except ValueError:
-            raise ConfigError(f"HDPBF_NODE_ID must be an integer, got {node!r}") from None
+        cfg, node_id = from_env()
+        if node_id is None:
+            raise ConfigError("HDPBF_NODE_ID is empty: set it to this worker's node id")
         queues = set(sender.app.amqp.queues.consume_from or {}) if sender is not None else set()
         expected = f"node.{node_id}"
         if queues and queues != {expected}:
             raise ConfigError(f"node {node_id} must consume only its own queue {expected} "
                               f"(-Q {expected}), not {sorted(queues)}")
-        cfg, _runtime = build_runtime(path, node_id, os.environ.get("HDPBF_KEY_FILE"))
-        from mesh.metrics import start_node_exporter
+        _runtime = build_runtime(cfg, node_id)
+        from pbft_tasks.metrics import start_node_exporter
         try:
-            start_node_exporter(_runtime, cfg)  # mesh/metrics.py: port, names, why
+            start_node_exporter(_runtime, cfg)  # pbft_tasks/metrics.py: port, names, why
         except ValueError as exc:  # a bad HDPBF_METRICS_PORT
             raise ConfigError(str(exc)) from None
     except ConfigError as exc:

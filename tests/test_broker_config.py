@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.broker_cluster import BrokerCluster
+from mesh.ops.broker_cluster import BrokerCluster
 from mesh.openstack.rpc import transport_url_from_broker
-from mesh.ops import redact
+from mesh.ops.stack import redact
 from pbft_tasks import transport
 from pbft_tasks.brokers import PUBLISH_RETRY, celery_queue_settings, queue_arguments
 from pbft_tasks.celery_app import NodeConsumer, celery_settings

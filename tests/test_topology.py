@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mesh import topology
+from pbft_tasks import topology
 from mesh.cli import main
-from mesh.topology import (ConfigError, MeshConfig, client_keys, from_env, init_mesh,
+from pbft_tasks.topology import (ConfigError, MeshConfig, client_keys, from_env, init_mesh,
                            load_client_identity, load_node_identity, node_keys)
 from pbft_tasks.core.messages import Commit, Request
 from pbft_tasks.signing import Signer, Verifier, public_key_hex

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from mesh.bench_failover import CommitWatch, drive_with_kills, lost_updates
-from mesh.bench_consensus import drive
+from mesh.bench.failover import CommitWatch, drive_with_kills, lost_updates
+from mesh.bench.consensus import drive
 from mesh.client import SubmitTimeout
 from tests.integration.meshkit import Mesh, assert_values, audit_node, wait_until
 

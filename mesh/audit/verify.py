@@ -48,10 +48,9 @@ from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import verify_key_from_hex
+from pbft_tasks.topology import ConfigError, MeshConfig
 
-from .cli import BadInput, console, main
-from .commands import bench
-from .topology import ConfigError, MeshConfig
+from ..clikit import BadInput, console
 
 WINDOW = 50_000   # signatures verified per BatchVerifier call (bounds memory)
 LEDGER_FILE = "ledger.sqlite"
@@ -336,7 +335,7 @@ def _ledgers(cfg: MeshConfig, data_dir: Optional[Path], node: Optional[int]) -> 
     return out
 
 
-@main.command("verify")
+@click.command("verify")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="directory holding node<ID>/ledger.sqlite (default: the mesh's data_dir)")
 @click.option("--node", "node_id", type=int, default=None, help="audit only this node's ledger")
@@ -401,7 +400,7 @@ def verify(data_dir: Optional[Path], node_id: Optional[int], config: Optional[st
         sys.exit(1)
 
 
-@bench.command("verify")
+@click.command("verify")
 @click.option("--signatures", type=click.IntRange(1000, 10_000_000), default=100_000,
               show_default=True)
 @click.option("--ray-address", default=None, metavar="ADDR",

@@ -24,7 +24,7 @@ compute-2.  nova-api (every client) runs in the bench's process and reads node 0
 ledger.  ``EmbeddedRig``: the same in one process, mesh ``EmbeddedMesh``, RPC on oslo's
 ``fake:`` driver, compute services as threads; Redis only if reachable.
 
-Rules: this module never imports mesh.cli/mesh.commands (the compute process imports it
+Rules: this module never imports mesh.cli (the compute process imports it
 first thing); the micro-benchmark times ``ConsoleReader.step1`` (the ledger read alone)
 against a Redis GET of the same value, interleaved.
 """
@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .bench_consensus import percentile
+from .consensus import percentile
 
 CONFIGS = ("rpc", "redis", "hdpbf", "hdpbf-ledger")
 TWO_STEP = ("hdpbf", "hdpbf-ledger")
@@ -50,7 +50,7 @@ HOSTS = ("compute-1", "compute-2")
 API_NODE = 0
 MICRO_READS = 5000
 # The compute process's entry: this module only, so the process does not load the CLI.
-COMPUTE_COMMAND = [sys.executable, "-c", "import sys; from mesh.bench_paper_rig import "
+COMPUTE_COMMAND = [sys.executable, "-c", "import sys; from mesh.bench.paper_rig import "
                    "compute_main; sys.exit(compute_main(sys.argv[1:]))"]
 
 
@@ -97,7 +97,7 @@ class Rig:
     # -- set-up shared by both rigs --------------------------------------------------
     def _layout(self, transport_url: str, broker_url: str | None = None,
                 backend: str | None = None) -> None:
-        from .topology import init_mesh
+        from pbft_tasks.topology import init_mesh
         kw = {k: v for k, v in (("broker_url", broker_url), ("result_backend", backend)) if v}
         self.cfg = init_mesh(self.base, nodes=self.nodes, clients=("admin", *HOSTS),
                              readers=("api",), force=True, **kw)
@@ -107,9 +107,9 @@ class Rig:
     def _open_api_side(self) -> None:
         import oslo_messaging as messaging
 
-        from .openstack import ConsoleReader, Opener
-        from .openstack.rpc import compute_target, get_transport
-        from .topology import load_reader_identity
+        from ..openstack import ConsoleReader, Opener
+        from ..openstack.rpc import compute_target, get_transport
+        from pbft_tasks.topology import load_reader_identity
         # nova-api's own client for the rpc and redis configurations: nova's target
         # (topic compute, version 6.0), called as nova does, prepare(server=host).call().
         self.transport = get_transport(self.transport_url)
@@ -140,7 +140,7 @@ class Rig:
         return info, 2
 
     def redis_aside(self, instance_id: str) -> tuple[dict, int]:
-        from .openstack import instance_key
+        from ..openstack import instance_key
         key = self.redis_prefix + instance_key(instance_id, CONSOLE_TYPE)
         raw = self.redis.get(key)
         if raw is not None:
@@ -230,7 +230,7 @@ class Rig:
             if reader is not None:
                 reader.close()
         if self.transport is not None:
-            from .openstack.rpc import release_transport
+            from ..openstack.rpc import release_transport
             release_transport(self.transport, self.transport_url)
 
     def close(self) -> None:
@@ -253,10 +253,10 @@ class BrokerRig(Rig):
                 f"2 compute hosts as separate processes")
 
     def start(self) -> None:
-        from .launcher import LocalMesh
-        from .topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND
+        from ..ops.launcher import LocalMesh
+        from pbft_tasks.topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND
         broker = self.broker or DEFAULT_BROKER_URL
-        from .openstack.rpc import transport_url_from_broker
+        from ..openstack.rpc import transport_url_from_broker
         self._layout(transport_url_from_broker(broker), broker, self.backend or DEFAULT_RESULT_BACKEND)
         if self.redis_url is None:
             self.redis_url = self.cfg.result_backend
@@ -343,8 +343,8 @@ class EmbeddedRig(Rig):
     label = "EMBEDDED (no broker): one process, in-memory mesh, oslo fake: RPC driver"
 
     def start(self) -> None:
-        from .embedded import EmbeddedMesh
-        from .topology import DEFAULT_RESULT_BACKEND
+        from ..embedded import EmbeddedMesh
+        from pbft_tasks.topology import DEFAULT_RESULT_BACKEND
         self._layout("fake:")
         if self.redis_url is None:
             self.redis_url = DEFAULT_RESULT_BACKEND
@@ -398,15 +398,15 @@ class _LockedClient:
 
 
 def _recorder(cfg: Any, client: Any) -> Any:
-    from .openstack import ConsoleRecorder, Sealer
-    from .topology import reader_keys
+    from ..openstack import ConsoleRecorder, Sealer
+    from pbft_tasks.topology import reader_keys
     return ConsoleRecorder(client, Sealer(reader_keys(cfg)))
 
 
 def _compute_services(host: str, transport_url: str, recorder: Any, service_ms: float,
                       token_ttl: float) -> list:
     """``host`` records through consensus; ``host-plain`` is nova-compute as shipped."""
-    from .openstack import ComputeService
+    from ..openstack import ComputeService
     return [ComputeService(host, transport_url, recorder=recorder, service_ms=service_ms,
                            token_ttl=token_ttl),
             ComputeService(f"{host}-plain", transport_url, recorder=None, service_ms=service_ms,
@@ -430,8 +430,8 @@ def compute_main(argv: list[str]) -> int:
     from pbft_tasks.celery_app import app
     from pbft_tasks.signing import Verifier
 
-    from .client import BrokerClientTransport, MeshClient
-    from .topology import MeshConfig, client_keys, load_client_identity, node_keys
+    from ..client import BrokerClientTransport, MeshClient
+    from pbft_tasks.topology import MeshConfig, client_keys, load_client_identity, node_keys
     cfg = MeshConfig.load(a.config)
     app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend)
     client = MeshClient(a.host, load_client_identity(cfg, a.host), cfg.n,

@@ -1,6 +1,6 @@
 """Broker-node failover under load: kill the node leading the primary's queue, measure.
 
-``hdpbf bench failover --kills 5`` starts a 3-node RabbitMQ cluster (mesh/broker_cluster.py)
+``hdpbf bench failover --kills 5`` starts a 3-node RabbitMQ cluster (mesh/ops/broker_cluster.py)
 and a 4-node mesh on it with quorum queues, drives updates through one client, and
 ``kill -9``s the broker node that leads the primary's queue (``node.0``) ``--kills``
 times, each time once the previous victim has rejoined.  Figures, never assertions:
@@ -11,7 +11,7 @@ times, each time once the previous victim has rejoined.  Figures, never assertio
 - ``acknowledged``: updates that got f+1 matching replies; ``lost``: acknowledged
   updates missing (or with another value) in some node's ledger at the end.
 
-``hdpbf bench consensus --broker-nodes 3`` (mesh/commands.py) runs the consensus bench on
+``hdpbf bench consensus --broker-nodes 3`` (mesh/bench/commands.py) runs the consensus bench on
 the single broker and then on a fresh cluster with quorum queues, in one run
 (``run_cluster_vs_single``).
 
@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import click
 
-from .bench_consensus import drive, percentile, write_json
-from .broker_cluster import BrokerCluster, ClusterError
-from .client import MeshClient, Pending
+from ..client import MeshClient, Pending
+from ..ops.broker_cluster import BrokerCluster, ClusterError
+from .consensus import drive, percentile, write_json
 
 
 class CommitWatch:
@@ -161,9 +161,10 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
     from ledger.reader import LedgerReader
     from pbft_tasks.signing import Verifier
 
-    from .client import BrokerClientTransport
-    from .launcher import LocalMesh
-    from .topology import client_keys, init_mesh, load_client_identity, node_keys
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
+
+    from ..client import BrokerClientTransport
+    from ..ops.launcher import LocalMesh
 
     cdir = cluster_dir or tempfile.mkdtemp(prefix="hdpbf-cluster-")
     cluster = BrokerCluster.plan_free(cdir, 3, prefix=f"b{os.getpid()}c")
@@ -226,7 +227,7 @@ def run_cluster_vs_single(broker_nodes: int = 3, say: Callable = print, **bench_
     """``bench consensus`` on the single broker, then on a fresh ``broker_nodes`` cluster
     with quorum queues, in one run: the cluster's figures, plus ``broker_nodes`` and the
     single broker's ``single_broker_*`` figures for the ratio."""
-    from . import bench_consensus as bc
+    from . import consensus as bc
     say("-- single broker (classic queues)")
     single = bc.run(console=None, **bench_kw)
     cdir = tempfile.mkdtemp(prefix="hdpbf-cluster-")

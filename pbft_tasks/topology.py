@@ -19,7 +19,7 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
-- Brokers (mesh/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
+- Brokers (mesh/ops/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
   or a list of the URLs of one RabbitMQ cluster's nodes; in memory a list is kept as
   kombu's failover form, the URLs joined by ``;``, so every process that hands
   ``broker_url`` to Celery or kombu fails over to the next node by itself.
@@ -57,12 +57,13 @@ __all__ = [
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
     "from_env", "env_key_file", "node_key_path", "client_key_path",
-    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "FORMAT_VERSION",
+    "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/0"
 CONFIG_NAME = "mesh.json"
+LEDGER_FILE = "ledger.sqlite"  # a node's ledger, in its data directory (ledger_path)
 KEYS_DIR = "keys"
 FORMAT_VERSION = 1
 MIN_NODES = 4
@@ -129,7 +130,7 @@ class MeshConfig:
     # "full": every transaction a vote depends on is fsynced (survives power loss);
     # "normal": WAL without fsync per commit (survives kill -9, not power loss).
     durability: str = "full"
-    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (mesh/metrics.py;
+    # Node <id>'s Prometheus endpoint is 127.0.0.1:(metrics_port_base + id) (pbft_tasks/metrics.py;
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
@@ -174,6 +175,10 @@ class MeshConfig:
     def node_data_dir(self, node_id: int) -> Path:
         """Where node ``node_id`` keeps its ledger (not created here)."""
         return self.data_path / f"node{self.node(node_id).id}"
+
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""

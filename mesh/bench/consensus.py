@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from .client import MeshClient, Pending
+from ..client import MeshClient, Pending
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,9 +69,9 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         queue_type: str = "classic") -> dict:
     from pbft_tasks.signing import Verifier
 
-    from .client import BrokerClientTransport
-    from .launcher import LocalMesh
-    from .topology import client_keys, init_mesh, load_client_identity, node_keys
+    from ..client import BrokerClientTransport
+    from ..ops.launcher import LocalMesh
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
@@ -79,7 +79,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     cfg = init_mesh(base, nodes=nodes, force=True, **kw)
     cfg.max_batch = max_batch
     cfg.durability = durability
-    cfg.queue_type = queue_type  # "quorum" on a RabbitMQ cluster (mesh/bench_failover.py)
+    cfg.queue_type = queue_type  # "quorum" on a RabbitMQ cluster (mesh/bench/failover.py)
     cfg.save(f"{base}/mesh.json")
     mesh = LocalMesh(f"{base}/mesh.json")
     mesh.purge()

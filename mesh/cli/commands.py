@@ -1,7 +1,7 @@
-"""The operator's commands beyond ``init``: worker, demo, put, get, bench.
+"""The operator's commands beyond ``init``: worker, demo, put, get.
 
 Each command is a thin shell over the Python API (``mesh.client``, ``mesh.embedded``,
-``mesh.launcher``, ``mesh.bench_*``): parse and check arguments, call, print with rich.
+``mesh.ops.launcher``, ``mesh.bench``): parse and check arguments, call, print with rich.
 Bad input is one ``Error:`` line and exit code 2; a missing answer is exit code 1.
 """
 from __future__ import annotations
@@ -18,22 +18,9 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli import BadInput, console, main
-from .topology import ConfigError, MeshConfig
+from pbft_tasks.topology import ConfigError, MeshConfig
 
-
-def _config_path(config: str | None) -> str:
-    path = config or os.environ.get("HDPBF_CONFIG") or "mesh.json"
-    if os.path.isdir(path):
-        path = os.path.join(path, "mesh.json")
-    if not os.path.exists(path):
-        raise BadInput(f"no mesh configuration at {path}: run 'hdpbf init --dir DIR' and pass "
-                       f"--config DIR/mesh.json (or set HDPBF_CONFIG)")
-    try:
-        MeshConfig.load(path)
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
-    return path
+from ..clikit import BadInput, broker_client, config_option, config_path, console
 
 
 def _parse_value(text: str):
@@ -44,19 +31,15 @@ def _parse_value(text: str):
         return text
 
 
-config_option = click.option("--config", "config", metavar="PATH",
-                             help="mesh.json (default: $HDPBF_CONFIG, then ./mesh.json)")
-
-
 # -- worker ----------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--node", "node_id", type=int, required=True, help="this worker's node id")
 @config_option
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(node_id: int, config: str | None, loglevel: str) -> None:
     """Run node ID's Celery worker (execs the exact `celery -A pbft_tasks worker` line)."""
-    from .launcher import node_env, worker_command
-    path = _config_path(config)
+    from ..ops.launcher import node_env, worker_command
+    path = config_path(config)
     cfg = MeshConfig.load(path)
     if node_id not in [n.id for n in cfg.nodes]:
         raise BadInput(f"node {node_id} is not in {path} (nodes: {[n.id for n in cfg.nodes]})")
@@ -66,26 +49,7 @@ def worker(node_id: int, config: str | None, loglevel: str) -> None:
 
 
 # -- put / get ---------------------------------------------------------------------------
-def _broker_client(path: str, name: str, timeout: float):
-    from pbft_tasks.brokers import celery_queue_settings
-    from pbft_tasks.celery_app import app
-    from pbft_tasks.signing import Verifier
-
-    from .client import BrokerClientTransport, MeshClient
-    from .topology import client_keys, load_client_identity, node_keys
-    cfg = MeshConfig.load(path)
-    app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend,
-                    **celery_queue_settings(cfg.queue_type))
-    try:
-        key = load_client_identity(cfg, name)
-    except ConfigError as exc:
-        raise BadInput(str(exc)) from None
-    client = MeshClient(name, key, cfg.n, Verifier(node_keys(cfg), client_keys(cfg)), timeout=timeout)
-    client.transport = BrokerClientTransport(app, client)
-    return client
-
-
-@main.command()
+@click.command()
 @click.argument("key")
 @click.argument("value")
 @click.option("--ttl", type=float, default=None, help="seconds until the entry expires")
@@ -95,12 +59,12 @@ def _broker_client(path: str, name: str, timeout: float):
 def put(key: str, value: str, ttl: float | None, name: str, timeout: float, config: str | None) -> None:
     """Submit KEY=VALUE to consensus; waits for f+1 matching replies."""
     from pbft_tasks.core.messages import MAX_KEY_LEN, MalformedMessage, from_wire, to_wire
-    from .client import SubmitTimeout
+    from ..client import SubmitTimeout
     if ttl is not None and ttl <= 0:
         raise BadInput("--ttl must be a positive number of seconds")
     if not key or len(key) > MAX_KEY_LEN:
         raise BadInput(f"KEY must be 1..{MAX_KEY_LEN} characters")
-    client = _broker_client(_config_path(config), name, timeout=min(2.0, timeout))
+    client = broker_client(config_path(config), name, timeout=min(2.0, timeout))
     req = client.put_request(key, _parse_value(value), ttl)
     try:
         from_wire(to_wire(req))
@@ -116,7 +80,7 @@ def put(key: str, value: str, ttl: float | None, name: str, timeout: float, conf
                     f"in {(time.perf_counter() - t0) * 1000:.1f} ms (f+1 matching replies)")
 
 
-@main.command()
+@click.command()
 @click.argument("key")
 @click.option("--node", "node_id", type=int, default=None,
               help="read this node's local ledger (default: $HDPBF_NODE_ID, then 0)")
@@ -125,7 +89,7 @@ def put(key: str, value: str, ttl: float | None, name: str, timeout: float, conf
 def get(key: str, node_id: int | None, config: str | None, as_json: bool) -> None:
     """Read KEY from a node's local ledger copy (no broker involved). Exit 1 if absent."""
     from ledger import LedgerError, LedgerReader
-    cfg = MeshConfig.load(_config_path(config))
+    cfg = MeshConfig.load(config_path(config))
     if node_id is None:
         node_id = int(os.environ.get("HDPBF_NODE_ID", "0"))
     try:
@@ -149,7 +113,7 @@ def get(key: str, node_id: int | None, config: str | None, as_json: bool) -> Non
 
 
 # -- demo --------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--nodes", type=click.IntRange(4, 64), default=4, show_default=True)
 @click.option("--requests", "count", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
 @click.option("--broker", default=None, metavar="URL",
@@ -163,9 +127,9 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
     """Run a whole mesh, submit a stream of updates, show every node's ledger."""
     from pbft_tasks.signing import Verifier
 
-    from .bench_consensus import drive
-    from .client import MeshClient
-    from .topology import client_keys, init_mesh, load_client_identity, node_keys
+    from ..bench.consensus import drive
+    from ..client import MeshClient
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
     out = console() if not as_json else console(stderr=True)
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-demo-")
     kw = {"broker_url": broker, "result_backend": backend} if broker else {}
@@ -176,8 +140,8 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
     mesh = None
     try:
         if broker:
-            from .client import BrokerClientTransport
-            from .launcher import LocalMesh
+            from ..client import BrokerClientTransport
+            from ..ops.launcher import LocalMesh
             mesh = LocalMesh(path)
             mesh.purge()
             mesh.start()
@@ -186,7 +150,7 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
                                 Verifier(node_keys(cfg), client_keys(cfg)))
             client.transport = BrokerClientTransport(mesh.app, client)
         else:
-            from .embedded import EmbeddedMesh
+            from ..embedded import EmbeddedMesh
             mesh = EmbeddedMesh(path)
             client = mesh.client()
         with Progress(TextColumn("committing"), BarColumn(), MofNCompleteColumn(),
@@ -224,69 +188,4 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
         sys.exit(1)
 
 
-# -- bench ------------------------------------------------------------------------------
-@main.group()
-def bench() -> None:
-    """Benchmarks: they print figures and write JSON; they assert nothing."""
-
-
-@bench.command("consensus")
-@click.option("--nodes", type=click.IntRange(4, 64), default=4, show_default=True)
-@click.option("--requests", "count", type=click.IntRange(100, 10_000_000), default=5000, show_default=True)
-@click.option("--window", type=click.IntRange(1, 100_000), default=2000, show_default=True,
-              help="requests kept in flight")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=256, show_default=True)
-@click.option("--low-load", type=click.IntRange(10, 100_000), default=200, show_default=True,
-              help="one-at-a-time requests for the low-load latency")
-@click.option("--durability", type=click.Choice(["full", "normal"]), default="full", show_default=True,
-              help="ledger fsync policy (mesh.json 'durability')")
-@click.option("--broker", default=None, metavar="URL")
-@click.option("--backend", default=None, metavar="URL")
-@click.option("--broker-nodes", type=click.IntRange(1, 9), default=1, show_default=True,
-              help="> 1: also start a local RabbitMQ cluster of this many nodes (quorum "
-                   "queues) and report it beside the single broker, in one run")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
-                    durability: str, broker: str | None, backend: str | None,
-                    broker_nodes: int, json_path: str | None) -> None:
-    """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
-    from . import bench_consensus as bc
-    kw = dict(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-              backend=backend, max_batch=max_batch, durability=durability)
-    if broker_nodes > 1:
-        from .bench_failover import run_cluster_vs_single
-        r = run_cluster_vs_single(broker_nodes, say=console().print, **kw)
-    else:
-        r = bc.run(console=console(), **kw)
-    table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
-                        f"(real RabbitMQ + Redis)")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for label, key in (("committed tx/s", "tx_per_s"), ("commit p50 ms (low load, all nodes)", "commit_p50_ms"),
-                       ("commit p99 ms (low load, all nodes)", "commit_p99_ms"),
-                       ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
-                       ("commit p50 ms under load", "loaded_commit_p50_ms"),
-                       ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
-                       ("identical heads", "identical_heads"), ("broker nodes", "broker_nodes"),
-                       ("single broker tx/s (same run)", "single_broker_tx_per_s"),
-                       ("tx/s ratio cluster / single", "tx_per_s_ratio_to_single")):
-        if key in r:
-            table.add_row(label, str(r[key]))
-    for who, ms in r["low_load_cpu_ms_per_request"].items():
-        table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
-    console().print(table)
-    bc.write_json(r, json_path)
-
-
-@bench.command("read")
-@click.option("--n", "count", type=click.IntRange(100, 10_000_000), default=20000, show_default=True)
-@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
-    """Local ledger read vs a Redis GET, in the same run."""
-    from . import bench_read as br
-    from .bench_consensus import write_json
-    write_json(br.run(n=count, redis_url=redis_url), json_path)
-
-
-__all__ = ["worker", "put", "get", "demo", "bench", "Path"]
+__all__ = ["worker", "put", "get", "demo", "Path"]

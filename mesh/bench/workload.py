@@ -15,7 +15,7 @@ order; phase k runs ``ROUNDS[k-1]`` rounds:
 So instance k is first called in phase k, once per instance: six first calls (the
 step-2 candidates of the two-step read), and 94 calls that can be answered by step 1.
 
-Pure: no I/O, no clock; the benchmark (mesh/bench_paper.py) maps instance numbers to
+Pure: no I/O, no clock; the benchmark (mesh/bench/paper.py) maps instance numbers to
 real instance ids.
 """
 from __future__ import annotations

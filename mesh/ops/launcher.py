@@ -5,7 +5,7 @@ workers with their node identity in the environment, waiting until every node an
 killing and restarting one (for crash tests), and stopping exactly what was started.
 Logs go to ``<data_dir>/logs/node<id>.log`` (or ``log_dir``).
 
-Also owns detached processes (``hdpbf up``/``down``, mesh/ops.py): ``spawn_detached``
+Also owns detached processes (``hdpbf up``/``down``, mesh/ops/stack.py): ``spawn_detached``
 starts a process in a session of its own that outlives its starter, and returns a
 ``ProcessRecord`` (pid, the kernel's start time of that pid, the exact argv) that can be
 written to a file.  ``stop_recorded`` later stops exactly those: a pid is signalled only
@@ -28,8 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from pbft_tasks.celery_app import PREFETCH
-
-from .topology import MeshConfig
+from pbft_tasks.topology import MeshConfig
 
 
 def worker_command(node_id: int, loglevel: str = "INFO") -> list[str]:

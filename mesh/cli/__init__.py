@@ -2,15 +2,16 @@
 
 Owns: argument parsing, turning our errors into one-line messages, and printing.  It
 makes no decisions of its own: each command calls into the module that owns the work
-(``init`` -> ``mesh.topology.init_mesh``).
+(``init`` -> ``pbft_tasks.topology.init_mesh``).
 
 Rules of this file:
 - Bad input exits 2: a ConfigError with one line ``Error: ...`` (``BadInput``), a
   malformed option with click's own usage message.  A failure of the machine (disk,
   permissions) exits 1 through click.ClickException.  Never a traceback.
-- Commands live in the group ``main``.  To add one, write it in its own module as
-  ``@main.command()`` (``from mesh.cli import main``) and import that module at the
-  bottom of this file, so the ``hdpbf`` entry point sees it.
+- Commands live in the group ``main``.  To add one, write it in its own module as a plain
+  ``@click.command()`` that does not import ``mesh.cli`` (shared helpers are in
+  ``mesh.clikit``), and add it at the bottom of this file with ``main.add_command``.
+  Nothing imports this package back: no import circle (tests/test_layers.py).
 """
 from __future__ import annotations
 
@@ -18,21 +19,11 @@ import shlex
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from mesh import topology
-from mesh.topology import ConfigError
-
-
-class BadInput(click.ClickException):
-    """One-line error for input the operator must fix; exit code 2 like a usage error."""
-    exit_code = 2
-
-
-def console(stderr: bool = False) -> Console:
-    """A rich console on the current stdout (so click's CliRunner captures it)."""
-    return Console(highlight=False, stderr=stderr)
+from mesh.clikit import BadInput, console
+from pbft_tasks import topology
+from pbft_tasks.topology import ConfigError
 
 
 @click.group(name="hdpbf", context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,9 +46,18 @@ def main() -> None:
 @click.option("--backend", default=topology.DEFAULT_RESULT_BACKEND, show_default=True,
               help="Celery result backend URL (Redis).")
 @click.option("--force", is_flag=True, help="Replace an existing mesh and all its keys.")
+@click.option("--reader", "readers", multiple=True, metavar="NAME",
+              help="An API reader allowed to open sealed console tokens (repeatable; default none).")
 def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
-         backend: str, force: bool) -> None:
+         backend: str, force: bool, readers: tuple[str, ...] = ()) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
+    for name in readers:
+        try:
+            topology._check_client_name(name, "reader name")
+        except ConfigError as exc:
+            raise BadInput(str(exc)) from None
+    if len(set(readers)) != len(readers):
+        raise BadInput("duplicate reader name")
     try:
         config = topology.init_mesh(dir_, nodes=nodes, clients=clients or ("admin",),
                                     broker_url=broker, result_backend=backend, force=force,
@@ -84,15 +84,21 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
     out.print(f"  {topology.ENV_CONFIG}={cfg} {topology.ENV_NODE_ID}=0 celery -A pbft_tasks "
               f"worker -Q {config.nodes[0].queue} -n node0@%h -E -P solo --prefetch-multiplier 64",
               soft_wrap=True, markup=False)
+    if readers:  # the mesh is created as before, then its readers set (fresh X25519 keys)
+        config = topology.add_readers(dir_, readers, replace=True)
+        for r in config.readers:
+            out.print(f"reader {r.name}: {topology.reader_key_path(dir_, r.name)}", soft_wrap=True)
 
 
-# Command modules register themselves on ``main`` when imported; add them here.
-from mesh import commands  # noqa: E402,F401  (registers worker, demo, put, get, bench)
-from mesh import bench_paper  # noqa: E402,F401  (registers bench paper)
-from mesh.openstack import commands as _openstack_commands  # noqa: E402,F401  (compute, console, delete-instance, move-instance, add-reader)
-from mesh import ops  # noqa: E402,F401  (registers up, status, down)
-from mesh import audit_cmd  # noqa: E402,F401  (registers verify, bench verify)
-from mesh.broker_cluster import broker_cluster  # noqa: E402  (hdpbf broker-cluster up/down)
-main.add_command(broker_cluster)
-from mesh.bench_failover import failover as _bench_failover  # noqa: E402
-commands.bench.add_command(_bench_failover)  # hdpbf bench failover
+# The commands of the other modules; none of them imports this package.
+from mesh.audit.verify import verify  # noqa: E402
+from mesh.bench.commands import bench  # noqa: E402  (consensus, read, paper, verify)
+from mesh.cli.commands import demo, get, put, worker  # noqa: E402
+from mesh.openstack.api import api  # noqa: E402
+from mesh.openstack.commands import add_reader, compute, console_cmd, delete_instance, move_instance  # noqa: E402
+from mesh.ops.broker_cluster import broker_cluster  # noqa: E402  (broker-cluster up/down)
+from mesh.ops.stack import down, status, up  # noqa: E402
+
+for _command in (worker, demo, put, get, bench, compute, console_cmd, delete_instance, move_instance,
+                 add_reader, api, up, status, down, verify, broker_cluster):
+    main.add_command(_command)

@@ -3,7 +3,7 @@ without Docker (issue 5, items 5 and 6).
 
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
 command lines, waiting until they answer, and judging health.  Starting and stopping a
-process is mesh/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
+process is mesh/ops/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
 mesh/openstack/commands.py.
 
 A data dir (default ``./hdpbf-data``)::
@@ -28,7 +28,7 @@ Rules of this file:
 - Healthy node = its process runs, it answers ``pbft.status`` within ``--timeout``, and
   it is at most ``--max-lag`` blocks behind the highest node.  ``status`` exits 0 only
   when every node is healthy and every other process runs (and answers, for Flower and
-  the API reader).  A node's Prometheus endpoint (mesh/metrics.py) adds its head age;
+  the API reader).  A node's Prometheus endpoint (pbft_tasks/metrics.py) adds its head age;
   it is informational, since a taken metrics port does not stop a replica.
 - Flower starts after every worker answers: it inspects the workers it finds at start
   (their queues, for ``/api/workers``).
@@ -51,12 +51,13 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 from rich.table import Table
 
-from . import metrics
-from .cli import BadInput, console, main
+from pbft_tasks import metrics
+from pbft_tasks.topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
+                                 MeshConfig, add_readers, init_mesh)
+
+from ..clikit import BadInput, console
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
-from .topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
-                       MeshConfig, add_readers, init_mesh)
 
 DEFAULT_DATA_DIR = "./hdpbf-data"
 RUN_FILE = os.path.join("run", "processes.json")
@@ -275,7 +276,7 @@ def _wait_ready(run: dict, mesh: LocalMesh, kinds: tuple[str, ...], deadline: fl
         time.sleep(0.2)
 
 
-@main.command()
+@click.command()
 @click.option("--nodes", type=click.IntRange(4, 64), default=None,
               help="replicas of a new mesh  [default: 4]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
@@ -519,7 +520,7 @@ def _sample(scraped: dict, name: str, **labels: str) -> float | None:
 
 
 def _node_metrics(rec: ProcessRecord | None, node_id: int) -> dict:
-    """From the node's Prometheus endpoint (mesh/metrics.py), when it answers: how long
+    """From the node's Prometheus endpoint (pbft_tasks/metrics.py), when it answers: how long
     ago its head block was appended and its commit count.  Informational: a node whose
     endpoint is off or taken is judged by pbft.status alone."""
     scraped = _scrape(rec)
@@ -578,7 +579,7 @@ def _print_status(report: dict, out) -> None:
     out.print("all healthy" if report["healthy"] else "[red]not all healthy[/red]")
 
 
-@main.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
@@ -599,7 +600,7 @@ def status(data_dir: str, as_json: bool, timeout: float, max_lag: int) -> None:
 
 # -- down ----------------------------------------------------------------------------------
 
-@main.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
               show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=15.0, show_default=True,

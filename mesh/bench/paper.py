@@ -1,14 +1,14 @@
 """The paper's experiment, reproduced and set against the obvious alternative.
 
 ``hdpbf bench paper`` makes the 100 ``get_vnc_console`` calls of Kim and Park (2020,
-"Performance evaluation", PAPER.md; the order is ``mesh.workload.paper_sequence``)
+"Performance evaluation", PAPER.md; the order is ``mesh.bench.workload.paper_sequence``)
 four ways in one run, back to back as the paper's script made them: ``rpc`` (plain
 OpenStack), ``redis`` (cache-aside), ``hdpbf`` (two-step with the API node's own
 answers) and ``hdpbf-ledger`` (two-step from the ledger alone, the paper's design).
-The rig and the four clients are in ``mesh/bench_paper_rig.py``; the freshness check,
-summary, table and plot in ``mesh/bench_paper_report.py``.  This module owns the run
+The rig and the four clients are in ``mesh/bench/paper_rig.py``; the freshness check,
+summary, table and plot in ``mesh/bench/paper_report.py``.  This module owns the run
 and the ``hdpbf bench paper`` command, and re-exports what callers import from
-``mesh.bench_paper``.
+``mesh.bench.paper``.
 
 Fairness rules: repetitions are interleaved and the order of configurations rotates
 each repetition; every (configuration, repetition) gets fresh instance ids so each one
@@ -18,7 +18,7 @@ run starts on a quiet mesh.  In the same run we time ``ConsoleReader.step1`` (th
 read alone) and a Redis GET of the same value, interleaved.
 
 Correctness, checked on every answer (own answers included) against what compute
-served (``ComputeService.served``): see ``bench_paper_report.check_answers``.
+served (``ComputeService.served``): see ``paper_report.check_answers``.
 
 Figures, never assertions (the tests assert).
 """
@@ -31,11 +31,11 @@ import time
 import uuid
 from typing import Any
 
-from .bench_consensus import write_json
-from .bench_paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
-                                 table)
-from .bench_paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, EmbeddedRig, Rig,
-                              _quiet_imports, compute_main, host_of)
+from .consensus import write_json
+from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
+                           table)
+from .paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, EmbeddedRig, Rig,
+                        _quiet_imports, compute_main, host_of)
 from .workload import INSTANCES, paper_sequence
 
 # -- the run ------------------------------------------------------------------------------
@@ -121,14 +121,10 @@ def _progress(console: Any, enabled: bool) -> Any:
 
 import click  # noqa: E402
 
-# mesh.cli first: it imports mesh.commands and then the modules that build on it (this
-# one, mesh.openstack.commands); importing mesh.commands first would leave it half
-# initialised when those modules ask it for names.
-from . import cli as _cli  # noqa: E402,F401
-from .commands import bench  # noqa: E402
+from ..clikit import console  # noqa: E402
 
 
-@bench.command("paper")
+@click.command("paper")
 @click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
               help="interleaved repetitions of the 100 calls per configuration")
 @click.option("--service-ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
@@ -151,7 +147,6 @@ def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
                 backend: str | None, redis_url: str | None, data_dir: str | None) -> None:
     """The paper's 100 get_vnc_console calls: rpc vs redis cache vs hdpbf two-step (with
     the API node's own answers, and from the ledger alone)."""
-    from .cli import console
     out = console()
     result = run(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
                  embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,

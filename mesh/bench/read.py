@@ -13,7 +13,7 @@ interleaved (the order rotates every iteration) so machine noise hits all three 
 each call timed with ``time.perf_counter_ns``.  Redis keys are deleted afterwards; the
 database is never flushed (it is shared with Celery's result backend).
 
-Run: ``.venv/bin/python -m mesh.bench_read [--n 20000] [--json FILE]``.
+Run: ``.venv/bin/python -m mesh.bench.read [--n 20000] [--json FILE]``.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .bench_consensus import percentile
-from .bench_paper_rig import TWO_STEP
+from .consensus import percentile
+from .paper_rig import TWO_STEP
 from .workload import first_calls, paper_sequence
 
 STEP_OWN = "1o"          # mesh.openstack.reader.STEP_OWN (not imported: no oslo here)
