@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -363,8 +364,8 @@ def up(n: int, dir_: str, base_port: int, dist_base: int) -> None:
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{n} broker nodes up in {time.monotonic() - t0:.1f}s; record {dir_}/{STATE_FILE}")
-    click.echo("mesh.json \"broker_url\": " + json.dumps(cluster.urls))
-    click.echo("for quorum queues also set \"queue_type\": \"quorum\"")
+    click.echo("a mesh on it (mesh.json \"broker_url\": the list, \"queue_type\": \"quorum\"):")
+    click.echo(f"  hdpbf init --dir MESH_DIR --queue-type quorum --broker {shlex.quote(cluster.broker_url)}")
 
 
 @broker_cluster.command()
