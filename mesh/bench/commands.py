@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..audit.verify import bench_verify
 from ..clikit import BadInput, console
+from .backlog import backlog as bench_backlog
 from .failover import failover as bench_failover
 from .paper import bench_paper
 
@@ -150,3 +151,4 @@ def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
 bench.add_command(bench_failover)
+bench.add_command(bench_backlog)

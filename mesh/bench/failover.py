@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import click
 
+from ..client import MeshClient, Pending
+from ..ops.broker_cluster import BrokerCluster, ClusterError
 from .consensus import drive, write_json
 from .stats import percentile
-from ..ops.broker_cluster import BrokerCluster, ClusterError
-from ..client import MeshClient, Pending
 
 
 class CommitWatch:
@@ -162,9 +162,10 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
     from ledger.reader import LedgerReader
     from pbft_tasks.signing import Verifier
 
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
+
     from ..client import BrokerClientTransport
     from ..ops.launcher import LocalMesh
-    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
 
     cdir = cluster_dir or tempfile.mkdtemp(prefix="hdpbf-cluster-")
     cluster = BrokerCluster.plan_free(cdir, 3, prefix=f"b{os.getpid()}c")
