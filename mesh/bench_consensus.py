@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from kombu.exceptions import OperationalError
+
 from .client import MeshClient, Pending, SubmitTimeout
 
 
@@ -254,7 +256,7 @@ def _uid(user: str) -> int | None:
 
 
 def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callable[[str], None] = print,
-               **kw: Any) -> list[dict]:
+               on_result: Callable[[list[dict]], None] | None = None, **kw: Any) -> list[dict]:
     """Every (nodes, votes) configuration, ``rounds`` times, interleaved: each round runs
     all of them in turn, so a change in the machine's load hits every configuration.  A
     configuration whose requests time out is recorded as ``{"failed": reason}`` and the
@@ -266,11 +268,15 @@ def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callabl
                 say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
                 try:
                     res = run(nodes=n, votes=v, **kw)
-                except SubmitTimeout as exc:  # a figure too: this configuration did not keep up
-                    say(f"  {n} nodes, votes={v}: FAILED: {exc}")
-                    res = {"nodes": n, "votes": v, "failed": str(exc)}
+                except (SubmitTimeout, OperationalError, OSError) as exc:  # a figure too: it did not keep up
+                    # (OperationalError: e.g. the broker dropped a connection that missed
+                    # its heartbeats on an overloaded machine)
+                    say(f"  {n} nodes, votes={v}: FAILED: {type(exc).__name__}: {exc}")
+                    res = {"nodes": n, "votes": v, "failed": f"{type(exc).__name__}: {exc}"}
                 res["round"] = r + 1
                 out.append(res)
+                if on_result is not None:
+                    on_result(out)  # e.g. write the JSON so far: a long matrix keeps what it measured
     return out
 
 

@@ -261,7 +261,8 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
     modes = {"all": ["all-to-all"], "collector": ["collector"], "both": ["all-to-all", "collector"]}[votes]
     runs = bc.run_matrix(nodes, modes, rounds=rounds, say=console().print, requests=count,
                          window=window, low_load=low_load, broker=broker, backend=backend,
-                         max_batch=max_batch, durability=durability, console=console())
+                         max_batch=max_batch, durability=durability, console=console(),
+                         on_result=lambda so_far: bc.write_json({"runs": so_far}, json_path))
     console().print(_consensus_table(runs, count, durability))
     console().print(_stages_table(runs))
     bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)
