@@ -107,7 +107,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         stages0 = mesh.statuses()
         threads0 = {i: thread_cpu_s(p) for i, p in pids.items()}
         cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
-        broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
+        broker0, client0 = {p: process_cpu_s(p) for p in broker_pids}, time.process_time()
         low = []
         for i in range(low_load):
             low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
@@ -116,7 +116,11 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
                "client": round((time.process_time() - client0) / low_load * 1000, 2)}
         if broker_pids:
-            cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
+            # per process, and only those still running: another session's RabbitMQ node
+            # that stopped meanwhile made this negative (shared machine, 2026-12-01)
+            used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
+                       if os.path.exists(f"/proc/{p}"))
+            cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
         stages = stage_breakdown(stages0, before, low_load, cpu["workers"])
