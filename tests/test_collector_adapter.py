@@ -20,7 +20,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import ConfigError, MeshConfig, client_keys, init_mesh, node_keys
+from pbft_tasks.topology import ConfigError, MeshConfig, client_keys, init_mesh, node_keys
 from pbft_tasks.core.messages import Certificate, Commit, from_wire, to_wire
 from pbft_tasks.signing import Rejected, Signer, Verifier
 

@@ -33,7 +33,7 @@ from nacl.signing import SigningKey, VerifyKey
 from ledger.audit import check_block_contents
 from ledger.memory import MemoryLedger
 from pbft_tasks.core import chain, messages
-from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire,
+from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire, request_digest,
                                       request_wire, signing_bytes, to_wire)
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.core.replica import ReplicaConfig
@@ -48,7 +48,7 @@ N = 4
 
 _BLOCK_RE = re.compile(
     r"<!--\s*([a-z-]+)(?::\s*([^\s>]+))?\s*-->[ \t]*\n```([a-z]*)\n(.*?)\n```", re.S)
-_TABLE_RE = re.compile(r"<!--\s*(task-table|limits)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
+_TABLE_RE = re.compile(r"<!--\s*(task-table|limits|reasons)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
 KNOWN = {"example", "signed-bytes", "signature", "batch-bytes", "batch-digest",
          "block-header-bytes", "block", "public-key", "envelope-properties",
          "envelope-headers", "envelope-body", "snippet"}
@@ -189,8 +189,9 @@ def test_reply_matches_the_batch():
     reply = from_wire(example("Reply"))
     assert reply.seq == pp.seq and reply.view == pp.view
     assert reply.client == pp.batch[0].client
-    assert list(reply.results) == [{"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i}}
-                                   for i, r in enumerate(pp.batch) if r.client == reply.client]
+    assert list(reply.results) == [
+        {"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i, "request": request_digest(r)}}
+        for i, r in enumerate(pp.batch) if r.client == reply.client]
 
 
 # -- blocks and checkpoints -------------------------------------------------------------
@@ -278,17 +279,15 @@ def test_limits_table_matches_the_code():
     rows = table("limits")
     documented = {code(r[0]): int(r[1]) for r in rows}
     assert set(documented) == {"MAX_WIRE_BYTES", "MAX_BATCH", "MAX_KEY_LEN", "MAX_CLIENT_LEN",
-                               "MAX_VALUE_BYTES"}
+                               "MAX_VALUE_BYTES", "MAX_VALUE_DEPTH"}
     for name, value in documented.items():
         assert getattr(messages, name) == value, name
 
 
 def _evidence_reasons() -> set[str]:
     out = set()
-    # the replica and its sub-protocol mixins (replica.py imports them all)
-    trees = [ast.parse((ROOT / "pbft_tasks" / "core" / name).read_text())
-             for name in ("replica.py", "normalcase.py", "checkpoints.py", "catchup.py",
-                          "viewchange.py")]
+    # the replica and every sub-protocol module of the core (a new one counts too)
+    trees = [ast.parse(path.read_text()) for path in sorted((ROOT / "pbft_tasks" / "core").glob("*.py"))]
     for node in (n for tree in trees for n in ast.walk(tree)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_evidence" and len(node.args) >= 2
@@ -297,13 +296,37 @@ def _evidence_reasons() -> set[str]:
     return out
 
 
+def _adapter_reason_literals() -> set[str]:
+    """Every reason string literal the adapters count: ``_reject("...")``,
+    ``_count_rejected("...")``, ``refuse(msg, "...")`` and ``Refused("...")``."""
+    out = set()
+    for path in (ROOT / "pbft_tasks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            pos = {"_reject": 0, "_count_rejected": 0, "Refused": 0, "refuse": 1}.get(name)
+            if pos is not None and len(node.args) > pos and isinstance(node.args[pos], ast.Constant):
+                out.add(node.args[pos].value)
+    return out
+
+
+def code_reasons() -> set[str]:
+    from pbft_tasks.guard import GUARD_REASONS
+    from pbft_tasks.node import RUNTIME_REASONS
+    return set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+
+
 def test_every_rejection_reason_is_documented():
-    text = _doc_text()
-    reasons = set(REASONS) | _evidence_reasons() | {
-        "malformed", "oversize", "undecodable", "unknown_task", "unknown_message"}
+    """The reasons table of sec. 7 and the code name the same reasons, both ways."""
+    documented = [code(r[0]) for r in table("reasons")]
+    assert len(documented) == len(set(documented)), "a reason listed twice"
     assert len(_evidence_reasons()) >= 10
-    missing = sorted(r for r in reasons if f"`{r}`" not in text)
-    assert not missing, f"reasons not in {DOC.name}: {missing}"
+    reasons = code_reasons()
+    assert not sorted(reasons - set(documented)), f"reasons not in {DOC.name}: {sorted(reasons - set(documented))}"
+    assert not sorted(set(documented) - reasons), f"documented, not in the code: {sorted(set(documented) - reasons)}"
+    stray = _adapter_reason_literals() - reasons
+    assert not stray, f"counted by an adapter but in no reasons list: {sorted(stray)}"
 
 
 # -- the Celery envelope -------------------------------------------------------------------

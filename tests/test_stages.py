@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import init_mesh
+from pbft_tasks.topology import init_mesh
 from pbft_tasks.stages import STAGES, StageClock
 
 
@@ -48,11 +48,11 @@ def test_a_node_reports_its_stages_in_its_status(tmp_path):
         handle = rt.handle
 
         def as_a_run(wire, expected=None):
-            rt.clock.begin()
+            rt.stages.begin()
             try:
                 return handle(wire, expected)
             finally:
-                rt.clock.end("ack")
+                rt.stages.end("ack")
 
         mesh.transport.nodes[1] = as_a_run
         client.put("k", 1, timeout=10)

@@ -146,7 +146,10 @@ class Collector:
             # expired alone, sec. 4.5.2): 2f+1 signed commits prove f+1 honest replicas
             # executed ``seq``, so the stuck check fetches the blocks (checked block by
             # block as ever) instead of waiting for the next checkpoint.
-            self.seen_ahead = max(self.seen_ahead, cert.seq)
+            # Each signed commit inside counts as its sender seen at ``seq`` (the f+1 rule
+            # of catchup.py: 2f+1 distinct signers are more than f+1).
+            for v in cert.votes:
+                self.seen_ahead[v.sender] = max(self.seen_ahead.get(v.sender, 0), cert.seq)
         if not self._admit(cert, cause):
             return
         kind = "prepares" if cert.phase == "prepare" else "commits"

@@ -36,6 +36,14 @@ MAX_BATCH = 4096
 MAX_KEY_LEN = 512
 MAX_CLIENT_LEN = 128
 MAX_VALUE_BYTES = 64 * 1024
+# A primary cuts a batch at MAX_BATCH requests or at this many bytes of requests
+# (canonical wire form), whichever comes first: well below MAX_WIRE_BYTES, so a
+# PRE-PREPARE is never refused as oversize by the backups (issue 10, finding 4).
+MAX_BATCH_BYTES = 1024 * 1024
+# Arrays and objects nested in a put's value.  Python's JSON encoder recurses once per
+# level: a value nested ~950 deep was accepted, committed, and then broke every
+# VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
+MAX_VALUE_DEPTH = 32
 
 
 class MalformedMessage(ValueError):
@@ -112,8 +120,10 @@ class Commit:
 class Reply:
     """<REPLY, v, t, c, i, r>_i, batched: one reply covers all requests of client
     ``client`` that the block at ``seq`` executed; ``results`` is a tuple of
-    {"timestamp": t, "result": r}.  A client accepts a result once f+1 distinct
-    replicas sent the same one."""
+    {"timestamp": t, "result": r}, and every result names the request it answers
+    (``r["request"]``, its ``request_digest``), so a client accepts only replies to the
+    request it sent.  A client accepts a result once f+1 distinct replicas sent the
+    same one."""
     view: int
     seq: int
     client: str
@@ -219,6 +229,17 @@ def signing_bytes(msg: Message) -> bytes:
     return canonical(wire)
 
 
+def request_bytes(req: Request) -> int:
+    """Bytes of a request's canonical wire form (what it adds to a batch)."""
+    return len(canonical(request_wire(req)))
+
+
+def request_digest(req: Request) -> str:
+    """The digest that names a request in its replies: SHA-256 of its signed bytes (the
+    canonical wire form without ``sig``)."""
+    return hashlib.sha256(signing_bytes(req)).hexdigest()
+
+
 def batch_digest(batch: tuple) -> str:
     """d in the pre-prepare: SHA-256 over the canonical list of the requests' wire
     forms, client signatures included, so a certificate binds what clients signed."""
@@ -275,6 +296,8 @@ def _op(v: Any) -> dict:
         # "not 0 <= exp < inf" also refuses NaN, which canonical() cannot encode
         if exp is not None and (type(exp) not in (int, float) or not 0 <= exp < float("inf")):
             raise MalformedMessage("expires_at must be null or a finite non-negative number")
+        if json_depth(v["value"]) > MAX_VALUE_DEPTH:
+            raise MalformedMessage(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
         try:
             size = len(canonical(v["value"]))
         except (ValueError, TypeError, RecursionError):
@@ -290,9 +313,30 @@ def _op(v: Any) -> dict:
     return v
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (0 for a scalar), without
+    recursion, so that any input has an answer."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_VALUE_DEPTH + 8:
+            return d  # deep enough to refuse; no need to walk the rest
+        stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
 def _results(v: Any) -> tuple:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise MalformedMessage("field 'results' must be a list")
+    if json_depth(v) > MAX_VALUE_DEPTH + 4:  # a value read back sits 4 levels down
+        raise MalformedMessage("results nested too deeply")
     try:
         canonical(v)
     except (ValueError, TypeError, RecursionError):

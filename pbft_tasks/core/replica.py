@@ -50,8 +50,8 @@ from .checkpoints import Checkpoints
 from .clients import ClientTable
 from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
 from .log import Entry
-from .messages import (MAX_BATCH, Certificate, Checkpoint, Commit, NewView, PrePrepare, Prepare,
-                       Request, ViewChange, from_wire, to_wire)
+from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
+                       NewView, PrePrepare, Prepare, Request, ViewChange, from_wire, to_wire)
 from .normalcase import NormalCase
 from .viewchange import ViewChanges
 
@@ -62,6 +62,7 @@ class ReplicaConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
+    max_batch_bytes: int = MAX_BATCH_BYTES
     batch_timeout_ticks: int = 0
     pipeline: int = 2
     retransmit_ticks: int = 500
@@ -77,6 +78,8 @@ class ReplicaConfig:
                              f"({k}) and at least twice it")
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
+        if not 1024 <= self.max_batch_bytes <= MAX_WIRE_BYTES // 2:
+            raise ValueError(f"max_batch_bytes must be in 1024..{MAX_WIRE_BYTES // 2}")
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
                 or self.view_change_ticks < 1):
             raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")
@@ -116,6 +119,11 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.pending_since: int | None = None
         self.now = 0
         self.last_progress = 0
+        # Retransmission waits for silence (catchup.py): the tick since which this replica
+        # has had work and seen no progress, and what progress usually takes (a moving
+        # average of ticks, started at a quarter of retransmit_ticks).
+        self.quiet_since = 0
+        self.progress_ticks = config.retransmit_ticks / 4
         self.held: list[Any] = []
         self.behind_to = 0              # a stable checkpoint we have not reached yet
         self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
@@ -130,7 +138,9 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.fetch_asked_at: int | None = None
-        self.seen_ahead = 0  # highest seq of a message dropped beyond the window
+        # Per sender, the highest seq of its messages dropped beyond the window: evidence,
+        # and a state-transfer target only as far as f+1 senders agree (catchup.py).
+        self.seen_ahead: dict[int, int] = {}
         self.fetch_peers: tuple = tuple(i for i in range(config.n) if i != node_id)
         self._reset_output()
         if records:
@@ -170,8 +180,8 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self._stuck_check(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
-            self.last_progress = self.now
-            self._retransmit(cause)
+            self.last_progress = self.now  # the stuck check's period
+        self._retransmit_if_silent(cause)
         return self._finish(cause)
 
     def install(self, block: dict) -> list:
@@ -179,10 +189,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         signatures already checked by the adapter).  A block that does not fit is
         evidence and changes nothing."""
         cause = f"state transfer n{block.get('seq')}"
-        try:
-            reason, entry = self._check_install(block)
-        except (KeyError, TypeError, ValueError) as exc:
-            reason, entry = f"malformed block: {exc}", None
+        reason, entry = self._check_install(block)  # raises only on our own bug
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
         else:

@@ -153,7 +153,8 @@ def test_parse_behaviours_accepts_names_and_lists():
     assert parse_behaviours(" lie , silent,") == {"lie", "silent"}
     assert parse_behaviours(["forge"]) == {"forge"}
     assert parse_behaviours("") == frozenset()
-    assert BEHAVIOURS == {"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie"}
+    assert BEHAVIOURS == {"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
+                          "flood", "alter_push"}
 
 
 @pytest.mark.parametrize("spec", ["equivocate,evil", "Silent", ["lie", "liar"]])
@@ -163,7 +164,7 @@ def test_parse_behaviours_rejects_unknown_names_clearly(spec):
     text = str(err.value)
     assert "unknown Byzantine behaviour" in text
     assert ("'evil'" in text) or ("'Silent'" in text) or ("'liar'" in text)
-    assert "valid behaviours: equivocate, forge, lie, nosig, replay, silent, wrong_digest" in text
+    assert "valid behaviours: alter_push, equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
 
 
 def test_forge_and_nosig_exclude_each_other():

@@ -14,7 +14,8 @@ import pytest
 from pbft_tasks.core import quorum as Q
 from pbft_tasks.core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
 from pbft_tasks.core.chain import GENESIS, block_hash
-from pbft_tasks.core.messages import Certificate, Checkpoint, Commit, PrePrepare, Prepare, Reply, to_wire
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, PrePrepare, Prepare, Reply,
+                                      request_digest, to_wire)
 from pbft_tasks.core.replica import Replica, ReplicaConfig
 from pbft_tasks.core.sim import Cluster
 from pbft_tasks.core.sim import Cluster as _SimCluster
@@ -373,9 +374,10 @@ def test_requests_are_deduplicated_by_client_and_timestamp():
     (b1,), (b2,) = [e.block for e in executes(out1)], [e.block for e in executes(out2)]
     assert b1["skip"] == [] and b2["skip"] == [1]
     (r1,), (r2,) = client_replies(out1), client_replies(out2)
-    assert r1.results == ({"timestamp": 7, "result": {"seq": 1, "index": 0}},)
-    assert r2.results == ({"timestamp": 8, "result": {"seq": 2, "index": 0}},
-                          {"timestamp": 7, "result": {"seq": 1, "index": 0}})
+    d = request_digest
+    assert r1.results == ({"timestamp": 7, "result": {"seq": 1, "index": 0, "request": d(same)}},)
+    assert r2.results == ({"timestamp": 8, "result": {"seq": 2, "index": 0, "request": d(req("a", 8))}},
+                          {"timestamp": 7, "result": {"seq": 1, "index": 0, "request": d(same)}})
 
 
 def test_retransmitted_executed_request_is_answered_from_client_table():
@@ -390,7 +392,8 @@ def test_retransmitted_executed_request_is_answered_from_client_table():
     # check
     assert executes(out) == [] and messages(out) == []
     (reply,) = client_replies(out)
-    assert reply == Reply(0, 1, "a", 1, ({"timestamp": 1, "result": {"seq": 1, "index": 0}},))
+    assert reply == Reply(0, 1, "a", 1, ({"timestamp": 1, "result": {
+        "seq": 1, "index": 0, "request": request_digest(request)}},))
 
 
 def test_backup_forwards_new_request_to_primary():

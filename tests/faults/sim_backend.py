@@ -229,6 +229,15 @@ class SimBackend:
             if self.c.nodes[i].up:
                 self.c.redeliver(i)
 
+    def kill_broker_node(self, queue: str) -> str:
+        """A cluster node dies: the connections through it drop and what they had
+        delivered unacknowledged is redelivered (quorum queues lose nothing)."""
+        self.restart_broker()
+        return "a broker node"
+
+    def restart_broker_node(self) -> None:
+        """The node rejoins; the mesh's traffic never depended on it."""
+
     # -- observations -------------------------------------------------------------------------
     def live(self) -> list[int]:
         return [i for i in range(self.sc.nodes)

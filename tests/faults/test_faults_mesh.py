@@ -19,7 +19,8 @@ from .scenario import load
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 SCENARIOS = [load(p) for p in scenario_files()]
-ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions()]
+# Scenarios on a broker cluster run in tests/broker_cluster/test_fault_scenarios.py.
+ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions() and s.broker_nodes == 1]
 BROKER = [s for s in SCENARIOS if "restart_broker" in s.actions()]
 
 
