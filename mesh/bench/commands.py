@@ -77,7 +77,9 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
                                       votes=modes[0], **kw)]
     else:
         runs = bc.run_matrix(nodes, modes, rounds=rounds, say=console().print,
-                             console=console(), **kw)
+                             console=console(),
+                             on_result=lambda so_far: bc.write_json({"runs": so_far}, json_path),
+                             **kw)
     console().print(_consensus_table(runs, count, durability))
     console().print(_stages_table(runs))
     bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)

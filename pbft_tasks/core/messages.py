@@ -1,7 +1,8 @@
 """PBFT protocol messages and their one canonical encoding.
 
 Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
-"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), their JSON wire form,
+"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), of the view change
+(sec. 4.4), and the collector's Certificate (collector.py), their JSON wire form,
 strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
 
 Rules of this file:
