@@ -21,7 +21,7 @@ Rules of this file:
 - A ``LedgerReader`` belongs to the thread that opened it (sqlite3's
   ``check_same_thread``); open one per thread.
 
-Measured with ``.venv/bin/python -m mesh.bench_read`` (20000 interleaved reads of 1000
+Measured with ``.venv/bin/python -m mesh.bench.read`` (20000 interleaved reads of 1000
 keys, 2-core VM): ``get`` p50 ~16 us (p99 45-75 us) against a local Redis GET p50 ~75 us
 (p99 210-300 us), i.e. ~4.7x faster; back-to-back (no other I/O in between) ``get`` is
 ~7.5 us, of which ~4.5 us is the SQLite lookup and ~2 us the JSON decode.

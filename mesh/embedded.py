@@ -1,22 +1,21 @@
 """Embedded mode: a whole mesh in one process, for a first run and for fast tests.
 
 The nodes are the same ``NodeRuntime``s with the same SQLite ledgers, signatures and
-JSON parsing as the Celery workers; only the transport differs: an in-process FIFO
-(``LocalTransport``) instead of RabbitMQ queues.  Time advances one tick per poll.
+JSON parsing as the Celery workers, built by the same ``pbft_tasks.wiring.build_node``;
+only the transport differs: an in-process FIFO (``LocalTransport``) instead of RabbitMQ
+queues.  Time advances one tick per poll.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from ledger.store import LedgerStore
 from pbft_tasks.node import NodeRuntime
-from pbft_tasks.signing import Signer, Verifier
+from pbft_tasks.topology import MeshConfig, load_client_identity
 from pbft_tasks.transport import LocalTransport
+from pbft_tasks.wiring import build_node, mesh_verifier
 
 from .client import MeshClient
-from .topology import MeshConfig, client_keys, load_client_identity, load_node_identity, node_keys
 
 
 class EmbeddedMesh:
@@ -24,15 +23,10 @@ class EmbeddedMesh:
         self.config_path = config_path
         self.cfg = MeshConfig.load(config_path)
         self.transport = LocalTransport()
-        self.verifier = Verifier(node_keys(self.cfg), client_keys(self.cfg))
+        self.verifier = mesh_verifier(self.cfg)
         self.nodes: list[NodeRuntime] = []
         for info in self.cfg.nodes:
-            data_dir = self.cfg.node_data_dir(info.id)
-            os.makedirs(data_dir, exist_ok=True)
-            ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=self.cfg.durability)
-            rt = NodeRuntime(info.id, self.cfg.replica_config(), ledger,
-                             Signer(info.id, load_node_identity(self.cfg, info.id)),
-                             self.verifier, self.transport)
+            rt = build_node(self.cfg, info.id, self.transport, verifier=self.verifier)
             self.transport.nodes[info.id] = rt.handle
             self.nodes.append(rt)
         for rt in self.nodes:

@@ -33,14 +33,14 @@ ENV = "HDPBF_BYZANTINE"
 
 def from_environment(node_id: int, n: int, environ: Mapping[str, str] | None = None) -> Byzantine | None:
     """The behaviours ``HDPBF_BYZANTINE`` asks this node for, or None when unset or
-    empty.  A bad value raises mesh.topology.ConfigError naming it."""
+    empty.  A bad value raises pbft_tasks.topology.ConfigError naming it."""
     spec = (os.environ if environ is None else environ).get(ENV, "")
     if not spec.strip():
         return None
     try:
         return Byzantine(node_id, n, spec, seed=node_id)
     except ValueError as exc:
-        from mesh.topology import ConfigError
+        from pbft_tasks.topology import ConfigError
         raise ConfigError(f"{ENV}={spec!r}: {exc}") from None
 
 

@@ -17,8 +17,13 @@ Settings and why (facts measured in DESIGN.md):
 - ``task_acks_late``: a message is acknowledged only after its effects are in the
   ledger, so a ``kill -9`` redelivers what was in flight; the core drops duplicates.
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
-- Prometheus metrics (mesh/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
+- Prometheus metrics (pbft_tasks/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
+- ``queue_type`` "quorum" (a RabbitMQ cluster): node queues are quorum queues and
+  publishes are confirmed (pbft_tasks/brokers.py); a ``;``-separated broker URL list
+  fails over node to node.
+- ``control_queue_exclusive = False``: see celery_settings (a cut link must not kill a
+  worker on reconnect).
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
   fault scenarios point one worker at a TCP proxy they can cut, tests/faults/proxy.py).
 """
@@ -32,39 +37,17 @@ import threading
 from celery import Celery, signals
 from celery.worker.consumer.consumer import Consumer
 
+from .brokers import celery_settings
+
 log = logging.getLogger("hdpbf.worker")
-
-PREFETCH = 64
-
-
-def celery_settings(broker_url: str, result_backend: str) -> dict:
-    return {
-        "broker_url": broker_url,
-        "result_backend": result_backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "event_serializer": "json",
-        "task_ignore_result": True,
-        "task_acks_late": True,
-        "worker_prefetch_multiplier": PREFETCH,
-        "worker_consumer": "pbft_tasks.celery_app:NodeConsumer",
-        "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
-        "task_default_queue": "hdpbf.default",
-        "worker_send_task_events": True,
-        "task_send_sent_event": False,
-        "result_expires": 600,
-    }
-
 
 def _initial_settings() -> dict:
     path = os.environ.get("HDPBF_CONFIG")
     if path and os.path.exists(path):
-        from mesh.topology import MeshConfig
+        from pbft_tasks.topology import MeshConfig
         cfg = MeshConfig.load(path)
         return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
-                               cfg.result_backend)
+                               cfg.result_backend, cfg.queue_type)
     return celery_settings(os.environ.get("HDPBF_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
                            os.environ.get("HDPBF_BACKEND", "redis://127.0.0.1:6379/0"))
 
@@ -84,6 +67,12 @@ _broker_up = threading.Event()
 class NodeConsumer(Consumer):
     """Celery's consumer, counting what it drops before our tasks ever see it, and
     telling the tick thread whether the broker is reachable (``_broker_up``)."""
+
+    class Blueprint(Consumer.Blueprint):
+        # Without native delayed delivery: no ETA tasks here, and its set-up on every
+        # reconnect retries each dead cluster node for seconds (pbft_tasks/brokers.py).
+        default_steps = [s for s in Consumer.Blueprint.default_steps
+                         if not s.endswith(":DelayedDelivery")]
 
     def connect(self):
         conn = super().connect()
@@ -153,32 +142,49 @@ def _poison_journal():
     return _journal
 
 
-def build_runtime(config_path: str, node_id: int, key_file: str | None = None):
-    """Everything a node needs, checked; raises ConfigError with a clear message."""
+def build_runtime(cfg, node_id: int):
+    """This worker's node (wiring.py builds it), with its key file ($HDPBF_KEY_FILE),
+    data directory ($HDPBF_DATA_DIR) and fault injection ($HDPBF_BYZANTINE) from the
+    environment; raises ConfigError with a clear message."""
     from kombu import Connection  # noqa: F401  (the transport needs kombu; fail early)
 
-    from ledger.store import LedgerStore
-    from mesh.topology import MeshConfig, client_keys, load_node_identity, node_keys
-
     from .byzantine import from_environment
-    from .core.replica import ReplicaConfig
-    from .node import NodeRuntime
-    from .signing import Signer, Verifier
+    from .topology import env_key_file
     from .transport import CeleryTransport
+    from .wiring import build_node
 
-    cfg = MeshConfig.load(config_path)
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    key = load_node_identity(cfg, node_id, key_file)
-    data_dir = os.environ.get("HDPBF_DATA_DIR") or cfg.node_data_dir(node_id)
-    os.makedirs(data_dir, exist_ok=True)
-    ledger = LedgerStore(os.path.join(data_dir, "ledger.sqlite"), durability=cfg.durability)
-    rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
-                     Verifier(node_keys(cfg), client_keys(cfg)),
-                     CeleryTransport(app, [n.id for n in cfg.nodes]), byzantine=byzantine)
+    transport = CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type)
+    rt = build_node(cfg, node_id, transport, key_file=env_key_file(),
+                    data_dir=os.environ.get("HDPBF_DATA_DIR"), byzantine=byzantine)
+    from .follower_node import attach_pusher
+    attach_pusher(rt, cfg, transport)  # followers of mesh.json: answer their fetches, push blocks
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))
-    return cfg, rt
+    fail_at = os.environ.get(ENV_FAIL_AT_SEQ)
+    if fail_at:
+        rt.on_execute.append(_injected_bug(fail_at))
+        log.warning("node %s will raise an injected bug on executing block %s (%s; for fault "
+                    "tests only)", node_id, fail_at, ENV_FAIL_AT_SEQ)
+    return rt
+
+
+# Fault tests only: our own bug, made to order (tests/integration/test_fail_hard.py).
+ENV_FAIL_AT_SEQ = "HDPBF_FAIL_AT_SEQ"
+
+
+def _injected_bug(value: str):
+    from .topology import ConfigError
+    try:
+        seq = int(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_FAIL_AT_SEQ} must be a block number, got {value!r}") from None
+
+    def hook(block: dict, _results) -> None:
+        if block["seq"] == seq:
+            raise RuntimeError(f"injected bug at block {seq} ({ENV_FAIL_AT_SEQ})")
+    return hook
 
 
 @signals.worker_init.connect
@@ -188,23 +194,22 @@ def _on_worker_init(sender=None, **_):
     path = os.environ.get("HDPBF_CONFIG")
     if node is None and path is None:
         return  # a plain worker (e.g. for status or tests of Celery itself)
-    from mesh.topology import ConfigError
+    from .topology import ConfigError, from_env
     try:
         if node is None or path is None:
             raise ConfigError("set both HDPBF_CONFIG (path to mesh.json) and HDPBF_NODE_ID")
-        try:
-            node_id = int(node)
-        except ValueError:
-            raise ConfigError(f"HDPBF_NODE_ID must be an integer, got {node!r}") from None
+        cfg, node_id = from_env()
+        if node_id is None:
+            raise ConfigError("HDPBF_NODE_ID is empty: set it to this worker's node id")
         queues = set(sender.app.amqp.queues.consume_from or {}) if sender is not None else set()
         expected = f"node.{node_id}"
         if queues and queues != {expected}:
             raise ConfigError(f"node {node_id} must consume only its own queue {expected} "
                               f"(-Q {expected}), not {sorted(queues)}")
-        cfg, _runtime = build_runtime(path, node_id, os.environ.get("HDPBF_KEY_FILE"))
-        from mesh.metrics import start_node_exporter
+        _runtime = build_runtime(cfg, node_id)
+        from pbft_tasks.metrics import start_node_exporter
         try:
-            start_node_exporter(_runtime, cfg)  # mesh/metrics.py: port, names, why
+            start_node_exporter(_runtime, cfg)  # pbft_tasks/metrics.py: port, names, why
         except ValueError as exc:  # a bad HDPBF_METRICS_PORT
             raise ConfigError(str(exc)) from None
     except ConfigError as exc:
@@ -219,11 +224,12 @@ def _on_worker_init(sender=None, **_):
     tick_s = cfg.tick_ms / 1000.0
 
     def tick_loop():
+        from .failhard import fail_hard
         while not _stop.wait(tick_s):
             try:
                 _tick_once()
-            except Exception:  # our bug: loud, but keep the node ticking
-                log.exception("tick failed")
+            except Exception:  # our own bug (NodeFailed): the runtime stopped; so does the process
+                fail_hard("tick")
 
     global _ticker
     _ticker = threading.Thread(target=tick_loop, name="hdpbf-tick", daemon=True)
@@ -238,7 +244,12 @@ def _tick_once() -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_):
     if _runtime is not None and _ticker is not None:
-        _runtime.start()
+        from .node import NodeFailed
+        from .failhard import fail_hard
+        try:
+            _runtime.start()
+        except NodeFailed:  # Celery would log a signal handler's exception and go on
+            fail_hard("resume")
         _ticker.start()
 
 

@@ -39,8 +39,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
-from pbft_tasks.core.messages import (Checkpoint, Commit, Message, NewView, PrePrepare, Prepare,
-                                      Reply, Request, ViewChange)
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, Message, NewView, PrePrepare,
+                                      Prepare, Reply, Request, ViewChange)
 
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
@@ -52,18 +52,18 @@ SIG_HEX_LEN = 128
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
 _SEED_RE = re.compile(r"[0-9a-fA-F]{64}")
 
-_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView)
+_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Certificate)
 
 # Every reason a message can be rejected for.  batch_* mean a request inside a
-# PrePrepare's batch failed the check of the same name.
-# nested_* mean a message inside a VIEW-CHANGE or NEW-VIEW failed that check (the whole
-# message is rejected).
-_OWN_REASONS = (
+# PrePrepare's batch failed the check of the same name; nested_* a message inside a
+# VIEW-CHANGE, NEW-VIEW or CERTIFICATE did (before these were listed, such a message
+# tripped Rejected's own assertion instead of being counted and dropped).
+_DIRECT_REASONS = (
     "unknown_node", "unknown_client", "missing_signature", "malformed_signature",
     "bad_signature", "batch_unknown_client", "batch_missing_signature",
     "batch_malformed_signature", "batch_bad_signature",
 )
-REASONS = _OWN_REASONS + tuple("nested_" + r for r in _OWN_REASONS)
+REASONS = _DIRECT_REASONS + tuple("nested_" + r for r in _DIRECT_REASONS)
 
 # check_many verifies inline below this many messages and on a thread pool from it up.
 # Measured on the 2-core dev box (PyNaCl 1.6.2, Python 3.11; check_many over signed
@@ -207,7 +207,7 @@ class Signer:
 
 # -- verification -------------------------------------------------------------------
 
-def _verify(key: VerifyKey, msg: Message, prefix: str, label: str) -> None:
+def _verify(key: VerifyKey, msg: Message, prefix: str, label: str, data: bytes | None = None) -> None:
     sig = msg.sig
     if not sig:
         raise Rejected(prefix + "missing_signature", f"{label} has no signature")
@@ -215,7 +215,7 @@ def _verify(key: VerifyKey, msg: Message, prefix: str, label: str) -> None:
         raise Rejected(prefix + "malformed_signature",
                        f"{label}: signature must be {SIG_HEX_LEN} lowercase hex chars")
     try:
-        key.verify(messages.signing_bytes(msg), bytes.fromhex(sig))
+        key.verify(messages.signing_bytes(msg) if data is None else data, bytes.fromhex(sig))
     except BadSignatureError:
         raise Rejected(prefix + "bad_signature", f"{label}: signature does not verify") from None
 
@@ -230,20 +230,21 @@ class Verifier:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    def check(self, msg: Message) -> None:
+    def check(self, msg: Message, data: bytes | None = None) -> None:
         """Return if ``msg`` (and for a PrePrepare, each request in its batch) is signed
-        by who it claims; raise Rejected otherwise."""
+        by who it claims; raise Rejected otherwise.  ``data``, when the caller already
+        has it, is ``signing_bytes(msg)`` (the canonical encoding is not computed twice)."""
         name = type(msg).__name__
         if isinstance(msg, Request):
-            self._check_request(msg, "", f"Request from client {msg.client!r}")
+            self._check_request(msg, "", f"Request from client {msg.client!r}", data)
             return
         if not isinstance(msg, _NODE_SIGNED):
             raise TypeError(f"not a protocol message: {name}")
         key = self._nodes.get(msg.sender)
         if key is None or type(msg.sender) is not int:
             raise Rejected("unknown_node", f"{name} from unknown node {msg.sender!r}")
-        _verify(key, msg, "", f"{name} from node {msg.sender}")
-        if isinstance(msg, (ViewChange, NewView)):
+        _verify(key, msg, "", f"{name} from node {msg.sender}", data)
+        if isinstance(msg, (ViewChange, NewView, Certificate)):
             self._check_nested(msg)
         if isinstance(msg, PrePrepare):
             if len(msg.batch) >= THREADED_MIN:  # big batches: verify on the thread pool
@@ -261,14 +262,17 @@ class Verifier:
                     f"(client {req.client!r})")
 
     def _check_nested(self, msg: ViewChange | NewView) -> None:
-        """Every message inside a VIEW-CHANGE or NEW-VIEW is signed by its own sender
-        (the checkpoint proof, the prepared certificates, the VIEW-CHANGEs of V and the
-        re-proposed pre-prepares of O); one bad signature rejects the whole message."""
+        """Every message inside a VIEW-CHANGE, NEW-VIEW or CERTIFICATE is signed by its
+        own sender (the checkpoint proof, the prepared certificates, the VIEW-CHANGEs of
+        V, the re-proposed pre-prepares of O, the votes a collector forwards); one bad
+        signature rejects the whole message."""
         if isinstance(msg, ViewChange):
             inner = list(msg.checkpoints)
             for pp, prepares in msg.prepared:
                 inner.append(pp)
                 inner.extend(prepares)
+        elif isinstance(msg, Certificate):
+            inner = list(msg.votes)
         else:
             inner = list(msg.view_changes) + list(msg.preprepares)
         for m in inner:
@@ -278,11 +282,11 @@ class Verifier:
                 raise Rejected("nested_" + exc.reason.removeprefix("nested_"),
                                f"{type(msg).__name__} from node {msg.sender}: inside it, {exc}") from None
 
-    def _check_request(self, req: Request, prefix: str, label: str) -> None:
+    def _check_request(self, req: Request, prefix: str, label: str, data: bytes | None = None) -> None:
         key = self._clients.get(req.client.partition("/")[0])
         if key is None:
             raise Rejected(prefix + "unknown_client", f"{label}: unknown client")
-        _verify(key, req, prefix, label)
+        _verify(key, req, prefix, label, data)
 
     def _failures(self, msgs: Sequence[Message], start: int, stop: int) -> list[tuple[int, str]]:
         out = []

@@ -66,6 +66,12 @@ def commit(*args, **kwargs) -> None:
     _handle(args, kwargs, "Commit")
 
 
+@app.task(name="pbft.certificate", **_PROTOCOL)
+def certificate(*args) -> None:
+    """Collector vote routing (core/collector.py): 2f prepares or 2f+1 commits in one."""
+    _handle(args, "Certificate")
+
+
 @app.task(name="pbft.checkpoint", **_PROTOCOL)
 def checkpoint(*args, **kwargs) -> None:
     _handle(args, kwargs, "Checkpoint")

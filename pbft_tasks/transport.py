@@ -6,6 +6,11 @@
   ``hdpbf.broadcast`` with routing key ``from.<i>``; every other node's queue is bound
   to that key, so RabbitMQ makes the n-1 copies (one publish instead of n-1).  A reply
   to client c is a plain JSON message on queue ``hdpbf.reply.<c>``.
+- Followers (issue 12, pbft_tasks/follower_node.py): a validator publishes each block
+  it executes, with its certificate, once on the direct exchange ``hdpbf.blocks`` with
+  routing key ``from.<i>``; a follower's queue ``follower.<name>`` binds to the keys of
+  the validators it listens to.  Answers to a follower's fetch are plain JSON messages
+  on its queue (it is a kombu consumer, not a Celery worker).
 - ``LocalTransport``: the same wire objects through an in-process FIFO, for embedded
   mode and tests.  Each message is JSON-encoded and decoded on the way, so embedded mode
   parses exactly what a broker would deliver.
@@ -20,10 +25,16 @@ from typing import Any, Callable
 
 from celery.utils.nodenames import anon_nodename
 
+from .brokers import publish_confirmed, queue_arguments
 from .node import ALL_TASKS, TASK_FOR_TYPE
 
 
 BROADCAST_EXCHANGE = "hdpbf.broadcast"
+BLOCKS_EXCHANGE = "hdpbf.blocks"
+
+
+def follower_queue_name(name: str) -> str:
+    return f"follower.{name}"
 
 
 def task_message(app: Any, name: str, wire: dict) -> Any:
@@ -56,11 +67,12 @@ def reply_queue_name(client: str) -> str:
     return f"hdpbf.reply.{client}"
 
 
-def declare_mesh(channel: Any, node_ids: list[int]) -> None:
+def declare_mesh(channel: Any, node_ids: list[int], queue_type: str = "classic") -> None:
     """Declare every node queue (as its worker does) and the broadcast bindings."""
     channel.exchange_declare(BROADCAST_EXCHANGE, "direct", durable=True, auto_delete=False)
+    args = queue_arguments(queue_type)
     for j in node_ids:
-        channel.queue_declare(f"node.{j}", durable=True, auto_delete=False)
+        channel.queue_declare(f"node.{j}", durable=True, auto_delete=False, arguments=args)
         for i in node_ids:
             if i != j:
                 channel.queue_bind(f"node.{j}", BROADCAST_EXCHANGE, routing_key=f"from.{i}")
@@ -73,12 +85,12 @@ class CeleryTransport:
     message does not need.  Node queues are declared up front (as the worker declares
     them), so a message to a node that has not started yet waits in its queue."""
 
-    def __init__(self, app: Any, node_ids: list[int] | None = None):
+    def __init__(self, app: Any, node_ids: list[int] | None = None, queue_type: str = "classic"):
         self.app = app
         self._local = threading.local()
         if node_ids:
             with app.connection_for_write() as conn:
-                declare_mesh(conn.default_channel, node_ids)
+                declare_mesh(conn.default_channel, node_ids, queue_type)
 
     def _producer(self) -> Any:
         producer = getattr(self._local, "producer", None)
@@ -91,18 +103,32 @@ class CeleryTransport:
     def send(self, to: int, wire: dict) -> None:
         name = ALL_TASKS[wire["type"]]
         msg = task_message(self.app, name, wire)
-        self._producer().publish(msg.body, exchange="", routing_key=f"node.{to}", serializer="json",
-                                 headers=msg.headers, retry=True, **msg.properties)
+        publish_confirmed(self._producer(), msg.body, exchange="", routing_key=f"node.{to}",
+                          serializer="json", headers=msg.headers, **msg.properties)
 
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
         name = TASK_FOR_TYPE[wire["type"]]
         msg = task_message(self.app, name, wire)
-        self._producer().publish(msg.body, exchange=BROADCAST_EXCHANGE, routing_key=f"from.{sender}",
-                                 serializer="json", headers=msg.headers, retry=True, **msg.properties)
+        publish_confirmed(self._producer(), msg.body, exchange=BROADCAST_EXCHANGE,
+                          routing_key=f"from.{sender}", serializer="json", headers=msg.headers,
+                          **msg.properties)
 
     def send_client(self, client: str, wire: dict) -> None:
-        self._producer().publish(wire, exchange="", routing_key=reply_queue_name(client),
+        publish_confirmed(self._producer(), wire, exchange="", routing_key=reply_queue_name(client),
+                          serializer="json")
+
+    def send_follower(self, name: str, wire: dict) -> None:
+        self._producer().publish(wire, exchange="", routing_key=follower_queue_name(name),
                                  serializer="json", retry=True)
+
+    def publish_block(self, sender: int, wire: dict) -> None:
+        producer = self._producer()
+        if not getattr(self._local, "blocks_declared", False):
+            producer.channel.exchange_declare(BLOCKS_EXCHANGE, "direct", durable=True,
+                                              auto_delete=False)
+            self._local.blocks_declared = True
+        producer.publish(wire, exchange=BLOCKS_EXCHANGE, routing_key=f"from.{sender}",
+                         serializer="json", retry=True)
 
 
 class LocalTransport:
@@ -112,6 +138,8 @@ class LocalTransport:
         self.queue: deque[tuple[str, Any, bytes]] = deque()
         self.nodes: dict[int, Callable[[Any], Any]] = {}
         self.clients: dict[str, Callable[[Any], Any]] = {}
+        self.followers: dict[str, Callable[[Any], Any]] = {}
+        self.subscriptions: dict[str, set[int]] = {}  # follower -> validators it hears
         self.delivered = 0
 
     def send(self, to: int, wire: dict) -> None:
@@ -124,11 +152,20 @@ class LocalTransport:
     def send_client(self, client: str, wire: dict) -> None:
         self.queue.append(("client", client, json.dumps(wire).encode()))
 
+    def send_follower(self, name: str, wire: dict) -> None:
+        self.queue.append(("follower", name, json.dumps(wire).encode()))
+
+    def publish_block(self, sender: int, wire: dict) -> None:
+        raw = json.dumps(wire).encode()
+        self.queue.extend(("follower", f, raw) for f, srcs in self.subscriptions.items()
+                          if sender in srcs)
+
     def pump(self, limit: int | None = None) -> int:
         done = 0
         while self.queue and (limit is None or done < limit):
             kind, dest, raw = self.queue.popleft()
-            target = (self.nodes if kind == "node" else self.clients).get(dest)
+            target = {"node": self.nodes, "client": self.clients,
+                      "follower": self.followers}[kind].get(dest)
             if target is not None:
                 target(json.loads(raw))
             done += 1

@@ -14,7 +14,7 @@ from ledger import LedgerReader
 from ledger import format as fmt
 from mesh.cli import main
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import MeshConfig, init_mesh, load_node_identity
+from pbft_tasks.topology import MeshConfig, init_mesh, load_node_identity
 from pbft_tasks.core.chain import block_hash
 from pbft_tasks.core.messages import from_wire, sha256_hex, to_wire
 from pbft_tasks.signing import Signer

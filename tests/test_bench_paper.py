@@ -17,7 +17,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from mesh.bench_paper import CallRecord, check_answers
+from mesh.bench.paper import CallRecord, check_answers
 from mesh.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

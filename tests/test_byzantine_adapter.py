@@ -19,7 +19,7 @@ import pytest
 
 from ledger.memory import MemoryLedger, build_block, put
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import ConfigError, init_mesh
+from pbft_tasks.topology import ConfigError, init_mesh
 from pbft_tasks.byzantine import ENV, forged_key, from_environment
 from pbft_tasks.core.actions import SendClient
 from pbft_tasks.core.byzantine import Byzantine
@@ -55,11 +55,11 @@ def test_a_bad_behaviour_name_is_a_config_error_naming_it():
         from_environment(2, 4, {ENV: "equivocate,sneaky"})
     text = str(err.value)
     assert "HDPBF_BYZANTINE='equivocate,sneaky'" in text and "'sneaky'" in text
-    assert "valid behaviours: equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
+    assert "valid behaviours: alter_push, equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
 
 
 def test_the_forged_key_is_no_node_key(mesh):
-    from mesh.topology import node_keys
+    from pbft_tasks.topology import node_keys
     keys = {bytes(k) for k in node_keys(mesh.cfg).values()}
     assert all(bytes(forged_key(i).verify_key) not in keys for i in range(mesh.cfg.n))
 

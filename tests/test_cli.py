@@ -48,3 +48,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert res.exit_code == 2 and "ttl" in res.output
     res = runner.invoke(main, ["demo", "--nodes", "3"])
     assert res.exit_code == 2
+
+
+def test_init_reader_is_an_option_of_init(tmp_path):
+    """``--reader`` is declared on ``init`` itself: the mesh gets the reader's X25519 key
+    file; a bad or duplicated name is one line and exit 2, and writes no mesh."""
+    from pbft_tasks.topology import MeshConfig, load_reader_identity
+    assert "readers" in [p.name for p in main.commands["init"].params]
+    runner = CliRunner()
+    res = runner.invoke(main, ["init", "--dir", str(tmp_path / "m"), "--reader", "api"])
+    assert res.exit_code == 0, res.output
+    assert "reader api:" in res.output
+    cfg = MeshConfig.load(tmp_path / "m" / "mesh.json")
+    assert [r.name for r in cfg.readers] == ["api"]
+    assert load_reader_identity(cfg, "api") is not None
+    for args, message in ((["--reader", "a b"], "reader name"),
+                          (["--reader", "api", "--reader", "api"], "duplicate reader name")):
+        res = runner.invoke(main, ["init", "--dir", str(tmp_path / "bad"), *args])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not (tmp_path / "bad").exists()

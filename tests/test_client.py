@@ -6,7 +6,7 @@ import pytest
 
 from mesh.client import SubmitTimeout
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import init_mesh
+from pbft_tasks.topology import init_mesh
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from mesh.embedded import EmbeddedMesh
-from mesh.topology import init_mesh, load_node_identity
+from pbft_tasks.topology import init_mesh, load_node_identity
 from pbft_tasks import celery_app, tasks
 from pbft_tasks.core.messages import (Checkpoint, Prepare, PrePrepare, ViewChange, batch_digest,
                                       to_wire)

@@ -1,7 +1,7 @@
 """The workload generator reproduces the paper's 100-call order exactly (PAPER.md)."""
 from collections import Counter
 
-from mesh.workload import INSTANCES, ROUNDS, first_calls, paper_sequence
+from mesh.bench.workload import INSTANCES, ROUNDS, first_calls, paper_sequence
 
 
 def test_exactly_100_calls_over_six_instances():

@@ -1,6 +1,7 @@
-"""``hdpbf compute``, ``console``, ``delete-instance``, ``move-instance``, ``add-reader``,
-``init --reader`` and ``api`` (nova-api's two-step reader over HTTP): thin shells over mesh/openstack (see mesh/cli.py for the rules:
-bad input exits 2 with one ``Error:`` line, a missing answer exits 1, no tracebacks).
+"""``hdpbf compute``, ``console``, ``delete-instance``, ``move-instance``, ``add-reader``:
+thin shells over mesh/openstack (see mesh/cli/__init__.py for the rules: bad input exits 2
+with one ``Error:`` line, a missing answer exits 1, no tracebacks).  ``hdpbf api`` (the
+HTTP front) is in api.py; ``init --reader`` is an option of ``init`` (mesh/cli).
 """
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import click
 
-from .. import topology
-from ..cli import BadInput, console, main
-from ..commands import _broker_client, _config_path, config_option
-from ..topology import ConfigError, MeshConfig
+from pbft_tasks import topology
+from pbft_tasks.topology import ConfigError, MeshConfig
+
+from ..clikit import BadInput, broker_client, config_option, config_path, console
 from . import rpc
 
 transport_option = click.option(
@@ -37,12 +36,12 @@ def _transport_url(cfg: MeshConfig, url: str | None) -> str:
 
 
 def _load(config: str | None) -> tuple[str, MeshConfig]:
-    path = _config_path(config)
+    path = config_path(config)
     return path, MeshConfig.load(path)
 
 
 # -- compute -----------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.option("--host", required=True, help="this compute host's name (the RPC server)")
 @config_option
 @click.option("--service-ms", type=click.FloatRange(0, 60_000), default=0.0, show_default=True,
@@ -70,7 +69,7 @@ def compute(host: str, config: str | None, service_ms: float, token_ttl: float,
                            f"(or pass --no-seal to store tokens in clear)")
         sealer = Sealer(topology.reader_keys(cfg))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    client = _broker_client(path, name, timeout=2.0)
+    client = broker_client(path, name, timeout=2.0)
     recorder = ConsoleRecorder(client, sealer)
     service = ComputeService(host, url, recorder=recorder, service_ms=service_ms,
                              token_ttl=token_ttl)
@@ -93,7 +92,7 @@ def compute(host: str, config: str | None, service_ms: float, token_ttl: float,
 
 
 # -- console -----------------------------------------------------------------------------
-@main.command("console")
+@click.command("console")
 @click.argument("instance")
 @click.option("--host", required=True, help="the compute host the instance runs on")
 @click.option("--node", "node_id", type=int, required=True,
@@ -157,7 +156,7 @@ def _commit_deletes(config: str | None, instance: str, console_types: tuple[str,
     from ..client import SubmitTimeout
     from .sealing import instance_key
     path, _ = _load(config)
-    client = _broker_client(path, name, timeout=min(2.0, timeout))
+    client = broker_client(path, name, timeout=min(2.0, timeout))
     try:
         batch = client.submit([client.delete_request(instance_key(instance, t))
                                for t in console_types])
@@ -179,7 +178,7 @@ _client_option = click.option("--client", "name", default="admin", show_default=
 _timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True)
 
 
-@main.command("delete-instance")
+@click.command("delete-instance")
 @click.argument("instance")
 @_types_option
 @_client_option
@@ -191,7 +190,7 @@ def delete_instance(instance: str, console_types: tuple[str, ...], name: str, ti
     _commit_deletes(config, instance, console_types, name, timeout)
 
 
-@main.command("move-instance")
+@click.command("move-instance")
 @click.argument("instance")
 @click.option("--to", "to_host", required=True, help="the compute host it now runs on")
 @_types_option
@@ -207,12 +206,12 @@ def move_instance(instance: str, to_host: str, console_types: tuple[str, ...], n
 
 
 # -- reader keys -------------------------------------------------------------------------
-@main.command("add-reader")
+@click.command("add-reader")
 @click.argument("names", nargs=-1, required=True)
 @config_option
 def add_reader(names: tuple[str, ...], config: str | None) -> None:
     """Give API reader(s) NAMES an X25519 key to open sealed console tokens."""
-    path = _config_path(config)
+    path = config_path(config)
     try:
         cfg = topology.add_readers(path, names)
     except ConfigError as exc:
@@ -223,144 +222,4 @@ def add_reader(names: tuple[str, ...], config: str | None) -> None:
     console().print("restart compute services so they seal for the new readers")
 
 
-def _add_reader_option_to_init() -> None:
-    """``hdpbf init --reader NAME``: mesh/cli.py owns ``init``; the option is added here so
-    that file only gains one import line.  The mesh is created as before, then its
-    readers are set (fresh X25519 keys)."""
-    init = main.commands["init"]
-    if any(p.name == "readers" for p in init.params):
-        return
-    init.params.append(click.Option(
-        ["--reader", "readers"], multiple=True, metavar="NAME",
-        help="An API reader allowed to open sealed console tokens (repeatable; default none)."))
-    original = init.callback
-
-    def callback(readers: tuple[str, ...] = (), **kw):
-        for name in readers:
-            try:
-                topology._check_client_name(name, "reader name")
-            except ConfigError as exc:
-                raise BadInput(str(exc)) from None
-        if len(set(readers)) != len(readers):
-            raise BadInput("duplicate reader name")
-        original(**kw)
-        if readers:
-            cfg = topology.add_readers(kw["dir_"], readers, replace=True)
-            for r in cfg.readers:
-                console().print(f"reader {r.name}: "
-                                f"{topology.reader_key_path(kw['dir_'], r.name)}", soft_wrap=True)
-
-    init.callback = callback
-
-
-_add_reader_option_to_init()
-
-
-
-# -- api: the nova-api reader over HTTP ---------------------------------------------------
-
-@main.command("api")
-@click.option("--node", "node_id", type=int, default=0, show_default=True,
-              help="the mesh node whose local ledger step 1 reads")
-@click.option("--reader", default=None, help="reader identity whose key opens sealed tokens")
-@click.option("--bind", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8774, show_default=True)
-@click.option("--timeout", type=click.FloatRange(0.01, None), default=5.0, show_default=True,
-              help="step-2 RPC timeout in seconds")
-@click.option("--transport-url", default=None, metavar="URL",
-              help="oslo.messaging URL (default: the mesh's RabbitMQ as rabbit://)")
-@click.option("--own-answers/--no-own-answers", default=True, show_default=True,
-              help="serve this process's own step-2 answers (step \"1o\") until the "
-                   "ledger has them; off: the ledger alone, the paper's design")
-@config_option
-def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
-        transport_url: str | None, own_answers: bool, config: str | None) -> None:
-    """Serve nova-api's two-step get_vnc_console over HTTP:
-    GET /console/<instance>?host=<compute host> -> {"connect_info", "step"}."""
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from .. import metrics
-    from ..ops import redact
-    from .reader import ConsoleReader, ConsoleUnavailable
-    from .sealing import Opener
-    from ..topology import load_reader_identity
-    path = _config_path(config)
-    cfg = MeshConfig.load(path)
-    try:
-        ledger = os.path.join(cfg.node_data_dir(node_id), "ledger.sqlite")
-        opener = Opener(reader, load_reader_identity(cfg, reader)) if reader else None
-        url = transport_url or rpc.transport_url_from_broker(cfg.broker_url)
-    except (ConfigError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
-    # One HTTP thread, one ConsoleReader: its sqlite connection belongs to that thread.
-    console_reader = ConsoleReader(ledger, url, {}, opener, rpc_timeout=timeout,
-                                   own_answers=own_answers)
-    try:  # hdpbf_step1_answers_total etc. on $HDPBF_METRICS_PORT (mesh/metrics.py)
-        metrics.export_reader(console_reader, node_id, metrics.reader_metrics_port())
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "hdpbf-api/1"
-
-        def _reply(self, code: int, obj: dict) -> None:
-            body = json.dumps(obj, sort_keys=True).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            parts = urlsplit(self.path)
-            segs = parts.path.strip("/").split("/")
-            query = parse_qs(parts.query)
-            if parts.path == "/healthz":
-                return self._reply(200, {"ok": True, "node": node_id, "reader": reader,
-                                         "step1_hits": console_reader.step1_hits,
-                                         "step1_own_answers": console_reader.step1_own_answers,
-                                         "step2_calls": console_reader.step2_calls})
-            if len(segs) != 2 or segs[0] != "console" or not segs[1]:
-                return self._reply(404, {"error": "GET /console/<instance>?host=<compute host>"})
-            instance = unquote(segs[1])
-            host = query.get("host", [None])[0]
-            if host:
-                console_reader.hosts[instance] = host
-            elif instance not in console_reader.hosts:
-                return self._reply(400, {"error": f"no compute host known for {instance!r}: "
-                                                  f"pass ?host=<compute host>"})
-            t0 = time.perf_counter()
-            try:
-                info, step = console_reader.get_vnc_console(
-                    instance, query.get("type", ["novnc"])[0])
-            except ConsoleUnavailable as exc:
-                return self._reply(503, {"error": str(exc), "instance": instance})
-            self._reply(200, {"instance": instance, "node": node_id, "step": step,
-                              "connect_info": info,
-                              "ms": round((time.perf_counter() - t0) * 1000, 3)})
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            sys.stderr.write(f"{time.strftime('%H:%M:%S')} {self.address_string()} "
-                             f"{fmt % args}\n")
-
-    try:
-        server = HTTPServer((bind, port), Handler)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {bind}:{port}: {exc}") from None
-
-    def stop(*_: Any) -> None:
-        raise SystemExit(0)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-    console().print(f"nova-api reader on http://{bind}:{port}/console/<instance>?host=<host>: "
-                    f"step 1 node {node_id}'s ledger, step 2 RPC via {redact(url)}; reader "
-                    f"{reader or '(none)'}", soft_wrap=True, markup=False)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-        console_reader.close()
-
-
-__all__ = ["compute", "console_cmd", "delete_instance", "move_instance", "add_reader", "api"]
+__all__ = ["compute", "console_cmd", "delete_instance", "move_instance", "add_reader"]

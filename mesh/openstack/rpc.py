@@ -46,7 +46,17 @@ def is_fake(url: str | None) -> bool:
 
 def transport_url_from_broker(broker_url: str) -> str:
     """``amqp://u:p@h:5672//`` (kombu: vhost "/") -> ``rabbit://u:p@h:5672/``;
-    ``amqp://u:p@h:5672/vh`` -> ``rabbit://u:p@h:5672/vh``."""
+    ``amqp://u:p@h:5672/vh`` -> ``rabbit://u:p@h:5672/vh``.  A cluster's failover list
+    (``amqp://u:p@h1//;amqp://u:p@h2//``) becomes oslo.messaging's multi-host URL
+    ``rabbit://u:p@h1,u:p@h2/``, which fails over between the hosts the same way."""
+    if ";" in broker_url:
+        urls = [transport_url_from_broker(u) for u in broker_url.split(";")]
+        vhosts = {urlsplit(u).path for u in urls}
+        if len(vhosts) != 1:
+            raise ValueError(f"the broker URLs {broker_url!r} name different vhosts; "
+                             f"pass --transport-url rabbit://user:pass@h1,user:pass@h2/vhost")
+        return urlunsplit(("rabbit", ",".join(urlsplit(u).netloc for u in urls),
+                           vhosts.pop(), "", ""))
     parts = urlsplit(broker_url)
     if parts.scheme not in ("amqp", "pyamqp", "rabbit", "amqps"):
         raise ValueError(f"cannot derive an oslo.messaging URL from broker {broker_url!r}; "

@@ -31,7 +31,9 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
   peer always gets the same version of a given message (retransmissions included).
 - ``wrong_digest``: its prepares, commits and checkpoints carry a wrong digest.
 - ``replay``: with every broadcast it also re-broadcasts one of the messages it sent
-  earlier (older seqs, views, checkpoints), chosen by the seeded generator.
+  earlier (older seqs, views, checkpoints), chosen by the seeded generator; with every
+  vote it sends to a collector alone (collector vote routing) it sends the collector
+  one too.
 - ``silent``: sends nothing at all (it still consumes its queue and keeps its ledger).
 - ``forge``: the adapter signs its messages with a key that is not its own.
 - ``nosig``: the adapter sends its messages without a signature.
@@ -42,6 +44,8 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
   VIEW-CHANGE for a view just ahead and one for a view far ahead (a growing series:
   stored VIEW-CHANGEs and the f+1 join rule), and a request for blocks 1..64 (a fetch
   answered with blocks).  Every honest node must keep committing in view 0.
+- ``alter_push``: the blocks it pushes to followers are altered (issue 12); nothing
+  changes here, the adapter that publishes blocks does it (pbft_tasks/follower_node.py).
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ from .messages import (Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, 
                        batch_digest, sha256_hex)
 
 BEHAVIOURS = frozenset({"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
-                        "flood"})
+                        "flood", "alter_push"})
 FLOOD_SEQ = 2**62
 REPLAY_HISTORY = 256  # messages remembered for replay
 
@@ -194,11 +198,14 @@ class Byzantine:
             out = [Send(to, m, a.cause + " [byzantine: equivocate]") for to, m in per_peer.items()]
         if isinstance(a, Broadcast) and "flood" in self.behaviours:
             out += self._flood(msg, a.cause + " [byzantine: flood]")
-        if isinstance(a, Broadcast) and "replay" in self.behaviours:
+        # a vote sent to the collector alone (collector vote routing) replays too
+        vote_to_collector = isinstance(a, Send) and isinstance(msg, (Prepare, Commit))
+        if (isinstance(a, Broadcast) or vote_to_collector) and "replay" in self.behaviours:
             if self._history:
                 old = self._history[self._next() % len(self._history)]
                 self.counts["replayed"] += 1
-                out.append(Broadcast(old, a.cause + " [byzantine: replay]"))
+                cause = a.cause + " [byzantine: replay]"
+                out.append(Broadcast(old, cause) if isinstance(a, Broadcast) else Send(a.to, old, cause))
             self._history.append(msg)
         return out
 

@@ -48,8 +48,25 @@ from . import quorum as Q
 from .actions import Broadcast, FetchState, Send
 from .chain import block_hash, block_header
 from .log import Entry
-from .messages import Checkpoint, Commit, PrePrepare, Request, batch_digest, from_wire
+from .messages import (Checkpoint, Commit, MalformedMessage, PrePrepare, Request, batch_digest,
+                       from_wire)
 
+# A fetched block's fields and their JSON types (core/chain.py make_block, plus the
+# certificate the adapter adds).
+BLOCK_FIELDS = {"seq": int, "view": int, "digest": str, "prev": str, "skip": list,
+                "hash": str, "requests": list, "certificate": list}
+
+
+def block_shape(block: object) -> str | None:
+    """What is wrong with the shape of a block from a peer, or None."""
+    if type(block) is not dict:
+        return "not an object"
+    for name, kind in BLOCK_FIELDS.items():
+        if type(block.get(name)) is not kind:
+            return f"{name} must be a {kind.__name__}"
+    if any(type(i) is not int for i in block["skip"]):
+        return "skip must list integers"
+    return None
 
 class CatchUp:
     """Retransmission, help for a peer that is behind, state transfer, stuck check."""
@@ -72,6 +89,7 @@ class CatchUp:
         for votes in (entry.prepares, entry.commits):
             if self.id in votes:
                 self._msg(Send(to, votes[self.id], cause))
+        self._resend_certificates(entry, to, cause)  # collector mode (collector.py)
 
     def _retransmit_timeout(self) -> int:
         hi = self.cfg.retransmit_ticks
@@ -106,20 +124,30 @@ class CatchUp:
                 self._msg(Broadcast(e.preprepare, cause))
             for votes in (e.prepares, e.commits):
                 if self.id in votes:
-                    self._msg(Broadcast(votes[self.id], cause))
+                    self._send_vote(votes[self.id], cause)
+            self._resend_certificates(e, None, cause)  # collector mode (collector.py)
         for seq, digest in sorted(self.own_checkpoints.items()):
             if seq > self.h:
                 self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))
 
     # -- state transfer ----------------------------------------------------------------
     def _check_install(self, block: dict) -> tuple[str | None, Entry | None]:
+        """Why a fetched block cannot be installed, or its log entry.  Its shape is
+        checked first, field by field, so that what follows cannot raise on a peer's
+        block: an exception past that point is our own bug, never evidence."""
+        shape = block_shape(block)
+        if shape:
+            return f"malformed block: {shape}", None
         seq, view, digest = block["seq"], block["view"], block["digest"]
         if seq != self.last_exec + 1 or block["prev"] != self.head:
             return f"block {seq} does not extend this chain at {self.last_exec}", None
-        batch = tuple(from_wire(w) for w in block["requests"])
+        try:
+            batch = tuple(from_wire(w) for w in block["requests"])
+            cert = [from_wire(w) for w in block["certificate"]]
+        except MalformedMessage as exc:
+            return f"malformed block {seq}: {exc}", None
         if any(not isinstance(r, Request) for r in batch) or batch_digest(batch) != digest:
             return f"block {seq}: requests do not match the digest", None
-        cert = [from_wire(w) for w in block["certificate"]]
         senders = {c.sender for c in cert if isinstance(c, Commit) and c.view == view
                    and c.seq == seq and c.digest == digest and 0 <= c.sender < self.n}
         if len(senders) < self.quorum:

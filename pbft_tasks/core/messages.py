@@ -166,10 +166,29 @@ class NewView:
     sig: str = _sig_field()
 
 
-Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView]
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """<CERTIFICATE, v, n, d, phase, votes>_c (collector vote routing, core/collector.py):
+    the collector ``sender`` (the primary of ``view``) forwards the signed votes it
+    collected for (view, seq, digest): ``phase`` "prepare" carries 2f Prepares from
+    backups, "commit" 2f+1 Commits.  Each vote keeps its own signature; a receiver
+    checks every one of them and counts the votes as if they had come to it directly."""
+    view: int
+    seq: int
+    digest: str
+    phase: str
+    votes: tuple
+    sender: int
+    sig: str = _sig_field()
+
+
+CERTIFICATE_PHASES = {"prepare": Prepare, "commit": Commit}
+
+Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
+                Certificate]
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint,
-                                  ViewChange, NewView)
+                                  ViewChange, NewView, Certificate)
 }
 # A view change carries whole pre-prepares (batches included), so it may be larger than
 # a normal-case message.
@@ -193,7 +212,7 @@ def to_wire(msg: Message) -> dict:
             value = [request_wire(r) for r in value]
         elif f.name == "results":
             value = list(value)
-        elif f.name in ("checkpoints", "view_changes", "preprepares"):
+        elif f.name in ("checkpoints", "view_changes", "preprepares", "votes"):
             value = [to_wire(m) for m in value]
         elif f.name == "prepared":
             value = [{"preprepare": to_wire(pp), "prepares": [to_wire(p) for p in ps]}
@@ -382,6 +401,14 @@ def from_wire(d: Any) -> Message:
         return ViewChange(new_view=_int(d, "new_view", 1), stable_seq=_int(d, "stable_seq"),
                           checkpoints=tuple(_nested(w, Checkpoint) for w in _list(d, "checkpoints")),
                           prepared=tuple(prepared), sender=_int(d, "sender"), sig=_sig(d))
+    if kind == "Certificate":
+        phase = d["phase"]
+        if type(phase) is not str or phase not in CERTIFICATE_PHASES:
+            raise MalformedMessage(f"field 'phase' must be one of {sorted(CERTIFICATE_PHASES)}")
+        return Certificate(view=_int(d, "view"), seq=_int(d, "seq", 1), digest=_hex(d, "digest", 64),
+                           phase=phase,
+                           votes=tuple(_nested(w, CERTIFICATE_PHASES[phase]) for w in _list(d, "votes")),
+                           sender=_int(d, "sender"), sig=_sig(d))
     if kind == "NewView":
         return NewView(view=_int(d, "view", 1),
                        view_changes=tuple(_nested(w, ViewChange) for w in _list(d, "view_changes")),

@@ -16,6 +16,8 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 - prepared = pre-prepare + 2f matching prepares from backups; the replica then
   multicasts a commit.  committed-local = prepared + 2f+1 matching commits.
 - Execution is strictly in sequence order; every seq yields one block.
+- Own votes go out through ``_send_vote``: to every replica, or in collector mode to
+  the collector, which sends certificates (collector.py).
 - Requests are deduplicated by (client, timestamp) at execution, deterministically, via
   the client table; the primary also refuses to propose a request twice.
 - Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait, or
@@ -157,7 +159,7 @@ class NormalCase:
             mine = Prepare(pp.view, pp.seq, pp.digest, self.id)
             entry.prepares[self.id] = mine
             self._dirty_votes.add(pp.seq)
-            self._msg(Broadcast(mine, cause))
+            self._send_vote(mine, cause)
         self._check(entry, cause)
 
     def _on_prepare(self, p: Prepare, cause: str) -> None:
@@ -218,7 +220,8 @@ class NormalCase:
             mine = Commit(pp.view, pp.seq, pp.digest, self.id)
             entry.commits[self.id] = mine
             self._dirty_votes.add(pp.seq)
-            self._msg(Broadcast(mine, cause))
+            self._send_vote(mine, cause)
+        self._collect(entry, cause)  # collector mode: certificates (collector.py)
         if entry.seq == self.last_exec + 1:
             self._execute_ready(cause)
 

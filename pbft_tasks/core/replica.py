@@ -23,6 +23,8 @@ mixins, each in its own module with its own rules:
 - catchup.py     ``CatchUp``: retransmission, state transfer, the stuck check (sec. 4.3);
 - viewchange.py  ``ViewChanges`` and the pure VIEW-CHANGE / NEW-VIEW rules (sec. 4.4,
   4.5.2);
+- collector.py   ``Collector``: vote routing, all-to-all or through the primary as
+  collector with CERTIFICATE messages (SBFT-style, issue 14);
 - quorum.py: the quorum math.
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:
@@ -46,9 +48,10 @@ from .catchup import CatchUp
 from .chain import GENESIS
 from .checkpoints import Checkpoints
 from .clients import ClientTable
+from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
 from .log import Entry
-from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Checkpoint, Commit, NewView, PrePrepare, Prepare, Request,
-                       ViewChange, from_wire, to_wire)
+from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
+                       NewView, PrePrepare, Prepare, Request, ViewChange, from_wire, to_wire)
 from .normalcase import NormalCase
 from .viewchange import ViewChanges
 
@@ -65,6 +68,7 @@ class ReplicaConfig:
     retransmit_ticks: int = 500
     client_window: int = 1024
     view_change_ticks: int = 500
+    votes: str = ALL_TO_ALL  # vote routing (collector.py): "all-to-all" or "collector"
 
     def __post_init__(self) -> None:
         Q.max_faulty(self.n)  # raises for n < 4
@@ -79,9 +83,11 @@ class ReplicaConfig:
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
                 or self.view_change_ticks < 1):
             raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ValueError(f"votes must be one of {', '.join(VOTE_ROUTINGS)}, got {self.votes!r}")
 
 
-class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
+class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     """One PBFT replica.  All of its state is created here, in ``__init__``, and shared
     by the sub-protocol mixins; persistent state is what ``meta_record`` and the log,
     checkpoint and client records hold (written by ``_finish``, read by ``_restore``),
@@ -184,10 +190,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         signatures already checked by the adapter).  A block that does not fit is
         evidence and changes nothing."""
         cause = f"state transfer n{block.get('seq')}"
-        try:
-            reason, entry = self._check_install(block)
-        except (KeyError, TypeError, ValueError) as exc:
-            reason, entry = f"malformed block: {exc}", None
+        reason, entry = self._check_install(block)  # raises only on our own bug
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
         else:
@@ -293,6 +296,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         Checkpoint: Checkpoints._on_checkpoint,
         ViewChange: ViewChanges._on_view_change,
         NewView: ViewChanges._on_new_view,
+        Certificate: Collector._on_certificate,
     }
 
 
@@ -309,4 +313,6 @@ def describe(msg: Any) -> str:
         return f"NewView v{msg.view} from {msg.sender}"
     if isinstance(msg, (PrePrepare, Prepare, Commit)):
         return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
+    if isinstance(msg, Certificate):
+        return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
     return kind

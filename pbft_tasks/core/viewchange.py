@@ -272,7 +272,7 @@ class ViewChanges:
             if self.id != primary:
                 mine = Prepare(view, pp.seq, pp.digest, self.id)
                 entry.prepares[self.id] = mine
-                self._msg(Broadcast(mine, cause))
+                self._send_vote(mine, cause)
         self.pending_bytes = {}  # recomputed as the new view's batches are cut
         if self.id == primary:
             self.next_seq = max(top, self.last_exec, self.h) + 1

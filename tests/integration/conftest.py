@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from mesh.topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND
+from pbft_tasks.topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND
 
 from .meshkit import Mesh
 

@@ -14,8 +14,8 @@ from ledger.audit import audit_chain
 from ledger.format import LedgerError
 from ledger.reader import LedgerReader
 from mesh.client import BrokerClientTransport, MeshClient, SubmitTimeout
-from mesh.launcher import LocalMesh
-from mesh.topology import (DEFAULT_RESULT_BACKEND, MeshConfig, client_keys, init_mesh,
+from mesh.ops.launcher import LocalMesh
+from pbft_tasks.topology import (DEFAULT_RESULT_BACKEND, MeshConfig, client_keys, init_mesh,
                            load_client_identity, node_keys)
 from pbft_tasks.core.messages import Commit, from_wire
 from pbft_tasks.core.quorum import quorum

@@ -25,7 +25,7 @@ from collections import Counter
 import pytest
 from kombu import Connection, Producer
 
-from mesh.topology import load_node_identity
+from pbft_tasks.topology import load_node_identity
 from pbft_tasks.core.messages import (MAX_BATCH, MAX_VALUE_BYTES, MAX_WIRE_BYTES, Commit,
                                       PrePrepare, Prepare, batch_digest, to_wire)
 from pbft_tasks.signing import REASONS, Signer

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mesh import bench_consensus as bc
+from mesh.bench import consensus as bc
 
 pytestmark = pytest.mark.broker
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 
 from .meshkit import Mesh, assert_values, audit_node
 

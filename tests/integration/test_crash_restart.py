@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 
 from .meshkit import MessageStorm, assert_values, audit_node, wait_until
 

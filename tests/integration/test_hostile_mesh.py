@@ -22,7 +22,7 @@ from collections import Counter
 import pytest
 from kombu import Connection, Producer
 
-from mesh.topology import load_client_identity, load_node_identity
+from pbft_tasks.topology import load_client_identity, load_node_identity
 from pbft_tasks.core.messages import (Checkpoint, Prepare, Request, ViewChange, to_wire)
 from pbft_tasks.node import FETCH_BURST
 from pbft_tasks.signing import Signer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 
 from .meshkit import assert_values, audit_node
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ledger.reader import LedgerReader
-from mesh.launcher import node_env, worker_command
+from mesh.ops.launcher import node_env, worker_command
 
 from .meshkit import Mesh, audit_node, wait_until
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mesh.bench_consensus import drive
+from mesh.bench.consensus import drive
 
 from .meshkit import assert_values, audit_node, wait_until
 

@@ -1,7 +1,7 @@
 """A worker that is not sure who it is refuses to start, quickly and saying why.
 
 Set up: a mesh laid out by ``init_mesh``; its key directory broken one way per test.
-Step: run the launcher's exact worker command (``mesh.launcher.worker_command``) with the
+Step: run the launcher's exact worker command (``mesh.ops.launcher.worker_command``) with the
 environment ``node_env`` gives it.
 Check: it exits non-zero (EX_CONFIG, 78) well before the timeout, and stderr says
 "refusing to start" and what is wrong.  The timeout is a hang guard, not a measurement.
@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from mesh.launcher import node_env, worker_command
-from mesh.topology import init_mesh, node_key_path
+from mesh.ops.launcher import node_env, worker_command
+from pbft_tasks.topology import init_mesh, node_key_path
 
 pytestmark = pytest.mark.broker
 

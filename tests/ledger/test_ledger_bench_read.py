@@ -1,9 +1,9 @@
-"""mesh.bench_read runs end to end on a small sample and cleans up after itself."""
+"""mesh.bench.read runs end to end on a small sample and cleans up after itself."""
 from __future__ import annotations
 
 import json
 
-from mesh import bench_read
+from mesh.bench import read as bench_read
 
 REQUIRED = ("ledger_get_p50_us", "ledger_get_p99_us", "sqlitedict_get_p50_us",
             "redis_get_p50_us", "redis_get_p99_us", "ratio_redis_over_ledger")

@@ -10,7 +10,7 @@ import pytest
 
 from mesh.embedded import EmbeddedMesh
 from mesh.openstack import ComputeService, ConsoleReader, ConsoleRecorder, Opener, Sealer
-from mesh.topology import init_mesh, load_reader_identity, reader_keys
+from pbft_tasks.topology import init_mesh, load_reader_identity, reader_keys
 
 
 class Kit:

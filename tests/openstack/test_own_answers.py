@@ -212,7 +212,7 @@ def test_another_reader_never_sees_my_own_answers_and_answers_are_copies(setup):
 
 
 def test_metrics_count_own_answers_apart(setup):
-    from mesh.metrics import export_reader, reader_registry
+    from pbft_tasks.metrics import export_reader, reader_registry
     ledger, compute, reader = setup
     export_reader(reader, 77)
     reader.get_vnc_console("i1")

@@ -6,7 +6,7 @@ from nacl.public import PrivateKey
 
 from mesh.openstack import Opener, Sealer, SealError, instance_key, open_console, seal_console
 from mesh.openstack.sealing import NOVA_KEYS
-from mesh.topology import (ConfigError, MeshConfig, add_readers, init_mesh, load_reader_identity,
+from pbft_tasks.topology import (ConfigError, MeshConfig, add_readers, init_mesh, load_reader_identity,
                            reader_keys)
 
 INFO = {"host": "cmp1", "port": 5901, "internal_access_path": None, "token": "tok-SECRET-123",

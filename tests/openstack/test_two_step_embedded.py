@@ -63,7 +63,7 @@ def test_a_reader_without_the_key_misses_step_1_and_goes_to_step_2(tmp_path):
     from .conftest import Kit
     kit = Kit(tmp_path, readers=("api0",))
     try:
-        from mesh.topology import add_readers
+        from pbft_tasks.topology import add_readers
         rec = kit.recorder()              # seals for api0 only
         add_readers(kit.dir, ["api1"])    # a reader added after compute started
         kit.cfg = type(kit.cfg).load(kit.dir)
@@ -160,7 +160,7 @@ def test_recorder_retry_resends_the_same_request_and_commits_it_once(kit):
     client = kit.mesh.client("admin")
     client.transport = flaky = _DropFirstReplies(client.transport, n=2)
     from mesh.openstack import ConsoleRecorder, Sealer
-    from mesh.topology import reader_keys
+    from pbft_tasks.topology import reader_keys
     rec = ConsoleRecorder(client, Sealer(reader_keys(kit.cfg)), attempt_timeout=2.0)
     try:
         svc = kit.compute("cmp1")

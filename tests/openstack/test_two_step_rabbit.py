@@ -23,7 +23,7 @@ from ledger import LedgerReader
 from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleRecorder,
                             ConsoleUnavailable, Opener, Sealer, instance_key)
 from mesh.openstack.rpc import transport_url_from_broker
-from mesh.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
+from pbft_tasks.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
 from tests.integration.meshkit import Mesh, broker_port_open, wait_not_quiet, wait_until
 

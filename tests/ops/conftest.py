@@ -5,7 +5,7 @@ Reuses the integration suite's isolation (tests/integration/conftest.py): the se
 own RabbitMQ vhost (``broker_url``) and the check that no worker started from this
 session's temp dirs outlives it (``no_stray_workers``; Flower matches its pattern too, so
 the stack stops it first).  Nothing here skips: a missing ``prometheus`` fails with a
-message saying that .ci/run installs it.
+message saying that tests/bootstrap.sh (the README's test command) installs it.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def answers(url: str, **kw: Any) -> bool:
 def prometheus_binary() -> str:
     exe = shutil.which("prometheus")
     if exe is None:
-        pytest.fail("prometheus is not installed; .ci/run installs it (apt-get install -y "
-                    "prometheus). The dashboard test runs it against the live mesh.",
+        pytest.fail("prometheus is not installed; tests/bootstrap.sh, the first step of the "
+                    "README's test command, installs it (Debian package prometheus). The "
+                    "dashboard test runs it against the live mesh.",
                     pytrace=False)
     return exe
 
@@ -133,7 +134,7 @@ class Stack:
 
     def start_reader(self) -> None:
         """An API reader's counters, exported from this process as `hdpbf api` does."""
-        from mesh.metrics import export_reader
+        from pbft_tasks.metrics import export_reader
         from mesh.openstack.reader import ConsoleReader
         self.api_port = free_port()
         self.reader = ConsoleReader(self.mesh.ledger_path(0), "fake:/ops-test", {}, None,

@@ -132,7 +132,7 @@ def test_every_panel_query_runs_on_a_real_scrape_of_the_mesh(loaded_stack):
     wait_until(all_present, 60,
                lambda: "series for every metric the dashboards name; missing: "
                        f"{[n for n in names if series_count(prom, n) == 0]} (renamed or not "
-                       f"exported? see mesh/metrics.py and Flower's /metrics)", interval=0.5)
+                       f"exported? see pbft_tasks/metrics.py and Flower's /metrics)", interval=0.5)
     # rate() needs traffic between two scrapes: commit updates until Prometheus sees some
     client = loaded_stack.mesh.client(timeout=5.0)
     more = iter(range(10_000))

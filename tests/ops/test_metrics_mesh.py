@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.metrics import NODE_METRICS, READER_METRICS, node_url, scrape
+from pbft_tasks.metrics import NODE_METRICS, READER_METRICS, node_url, scrape
 
 from .conftest import BAD_NODE, UPDATES
 from integration.meshkit import wait_until

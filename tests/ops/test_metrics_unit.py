@@ -14,9 +14,9 @@ import pytest
 
 from integration.meshkit import free_port
 from mesh.embedded import EmbeddedMesh
-from mesh.metrics import (NODE_METRICS, READER_METRICS, NodeMetrics, export_reader,
+from pbft_tasks.metrics import (NODE_METRICS, READER_METRICS, NodeMetrics, export_reader,
                           node_metrics_port, reader_registry, scrape, serve)
-from mesh.topology import ConfigError, MeshConfig, init_mesh
+from pbft_tasks.topology import ConfigError, MeshConfig, init_mesh
 
 
 def samples(registry) -> dict[str, list[tuple[dict, float]]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.topology import DEFAULT_RESULT_BACKEND
+from pbft_tasks.topology import DEFAULT_RESULT_BACKEND
 from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
 from tests.integration.meshkit import free_port, free_port_block, wait_not_quiet
 

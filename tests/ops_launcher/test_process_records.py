@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from mesh.cli import main
-from mesh.launcher import ProcessRecord, _proc_start_ticks, spawn_detached, stop_recorded
-from mesh.ops import flower_credentials
+from mesh.ops.launcher import ProcessRecord, _proc_start_ticks, spawn_detached, stop_recorded
+from mesh.ops.stack import flower_credentials
 
 
 def _spawn(tmp_path, name: str, command: list[str]) -> ProcessRecord:
@@ -111,8 +111,8 @@ def test_flower_credentials_are_generated_once_into_a_0600_file(tmp_path, monkey
 
 
 def test_status_with_the_broker_unreachable_says_so_and_exits_1(tmp_path):
-    from mesh.ops import _write_run
-    from mesh.topology import init_mesh
+    from mesh.ops.stack import _write_run
+    from pbft_tasks.topology import init_mesh
     cfg = init_mesh(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:9//")
     _write_run(str(tmp_path), {"data_dir": str(tmp_path), "config": str(cfg.path),
                                "started_at": 0.0, "processes": []}, create=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mesh.topology import init_mesh, node_key_path
+from pbft_tasks.topology import init_mesh, node_key_path
 
 from tests.integration.meshkit import wait_not_quiet
 

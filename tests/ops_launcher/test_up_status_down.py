@@ -20,8 +20,8 @@ import urllib.request
 import pytest
 
 from mesh.client import BrokerClientTransport, MeshClient
-from mesh.launcher import LocalMesh
-from mesh.topology import MeshConfig, client_keys, load_client_identity, node_keys
+from mesh.ops.launcher import LocalMesh
+from pbft_tasks.topology import MeshConfig, client_keys, load_client_identity, node_keys
 from pbft_tasks.signing import Verifier
 from tests.integration.meshkit import wait_until
 
@@ -88,7 +88,7 @@ def test_up_starts_every_process_with_its_log_and_status_is_healthy(launched):
         assert n["view"] == 0 and n["lag"] == 0
     assert {p["name"]: p["healthy"] for p in report["processes"]} == {
         "cmp1": True, "cmp2": True, "api": True, "flower": True}
-    # Each node's Prometheus endpoint (mesh/metrics.py) on the base the test chose.
+    # Each node's Prometheus endpoint (pbft_tasks/metrics.py) on the base the test chose.
     for n in report["nodes"]:
         assert n["metrics"] == f"http://127.0.0.1:{launched.metrics_base + n['id']}/metrics"
         assert n["head_age_s"] is not None, n

@@ -1,0 +1,1 @@
+"""The ledger audit: ``hdpbf verify`` and ``hdpbf bench verify`` (verify.py)."""

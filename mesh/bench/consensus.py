@@ -1,0 +1,311 @@
+"""The consensus benchmark and the demo's workload: figures, never assertions.
+
+``hdpbf bench consensus --nodes 4 --requests 5000`` starts one real Celery worker per
+node on the local RabbitMQ (results in Redis), then measures, in one run:
+
+- low load: requests one at a time; commit latency = submit -> a reply from *every*
+  node (each reply is sent after that node appended the block to its ledger), and
+  submit -> f+1 matching replies (what the client waits for);
+- throughput: ``--requests`` updates kept ``--window`` in flight, bundled as the client
+  does; committed tx/s = requests / (time until every node replied to the last one);
+- messages per committed batch: node-to-node protocol messages sent, over blocks made,
+  under load (``messages_per_batch``) and at low load (``low_load_messages_per_batch``:
+  a PBFT batch at n=4 needs 3 + 3x3 + 4x3 = 24, plus checkpoints; more is
+  retransmission);
+- with ``--low-load-gap S`` the low-load requests are S seconds apart (an idle mesh
+  between them, as with interactive use; the retransmission timer must not take the
+  idle time for silence);
+- CPU per request at low load (``low_load_cpu_ms_per_request``): all workers together,
+  the client, and RabbitMQ when it runs on this machine.  With two cores, half their sum
+  is a floor under the low-load latency.
+
+The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p50_ms``,
+``commit_p99_ms``, ``messages_per_batch`` and the details; ``followers``,
+``follower_lag_p50_ms`` and ``follower_lag_p99_ms`` always (None without followers).
+``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
+a namespace host of its own (mesh/bench/followers.py says what the figures mean).
+
+- CPU by stage at low load: the workers' task runs per request and their CPU split by
+  stage (decode, parse, verify, step, ledger, sign, publish, observe, task, event, ack;
+  pbft_tasks/stages.py), the rest of the workers' CPU as ``rest``.
+
+``votes`` picks the vote routing (mesh.json ``votes``: ``all-to-all`` or ``collector``).
+The JSON file (``--json``) has ``nodes``, ``votes``, ``requests``, ``tx_per_s``,
+``commit_p50_ms``, ``commit_p99_ms``, ``messages_per_batch``,
+``cpu_ms_per_request_workers`` and the details; ``run_matrix`` runs several
+configurations interleaved and returns their results in run order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Any, Callable
+
+from ..client import MeshClient, Pending, SubmitTimeout
+from .stats import percentile
+
+
+def drive(client: MeshClient, count: int, window: int = 1000, chunk: int = 100,
+          key_prefix: str = "k", every: bool = True, timeout: float = 120.0,
+          progress: Callable[[int], None] | None = None) -> list[Pending]:
+    """Submit ``count`` puts keeping at most ``window`` unfinished; returns them all."""
+    done: list[Pending] = []
+    inflight: list[Pending] = []
+    sent = 0
+    deadline = time.perf_counter() + timeout
+    while sent < count or inflight:
+        while sent < count and len(inflight) < window:
+            n = min(chunk, count - sent, window - len(inflight))
+            inflight += client.submit([client.put_request(f"{key_prefix}{sent + i}", sent + i) for i in range(n)])
+            sent += n
+        head = inflight[: chunk]
+        client.wait(head, timeout=max(0.1, deadline - time.perf_counter()), every=every)
+        finished = [p for p in inflight if (p.all_at if every else p.done_at) is not None]
+        inflight = [p for p in inflight if (p.all_at if every else p.done_at) is None]
+        done += finished
+        client.forget(finished)
+        if progress:
+            progress(len(finished))
+    return done
+
+
+def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
+    return [((p.all_at if every else p.done_at) - p.sent_at) * 1000 for p in batch]
+
+
+def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
+        broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
+        max_batch: int = 256, durability: str = "full", console: Any = None,
+        low_load_gap: float = 0.0, queue_type: str = "classic", followers: int = 0,
+        netns: bool = False, votes: str = "all-to-all") -> dict:
+    from pbft_tasks.signing import Verifier
+    from pbft_tasks.topology import client_keys, load_client_identity, node_keys
+
+    from ..client import BrokerClientTransport
+    from .followers import FollowerRig, lag_figures
+
+    say = console.print if console is not None else print
+    base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
+    rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
+                      queue_type=queue_type, votes=votes)
+    cfg, mesh = rig.cfg, rig.mesh
+    t0 = time.perf_counter()
+    try:
+        rig.start(timeout=120)
+        say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
+        client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
+                            Verifier(node_keys(cfg), client_keys(cfg)))
+        client.transport = BrokerClientTransport(mesh.app, client)
+        drive(client, 50, window=10, chunk=10, key_prefix="warm")
+        # Low load: one request at a time, with the CPU it costs (where it can be read).
+        if followers:
+            rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
+        pids = {i: p.pid for i, p in mesh.procs.items()}
+        fpids = rig.follower_pids()
+        fcpu0 = sum(process_cpu_s(p) for p in fpids)
+        broker_pids = local_broker_pids()
+        low_before = mesh.statuses()
+        stages0 = mesh.statuses()
+        threads0 = {i: thread_cpu_s(p) for i, p in pids.items()}
+        cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
+        t_low = time.time()
+        broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
+        low = []
+        for i in range(low_load):
+            if low_load_gap and i:
+                time.sleep(low_load_gap)  # an idle mesh between requests (interactive use)
+            low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
+            client.forget(low[-1:])
+        threads1 = {i: thread_cpu_s(p) for i, p in pids.items()}
+        cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
+               "client": round((time.process_time() - client0) / low_load * 1000, 2)}
+        if fpids:
+            cpu["followers"] = round((sum(process_cpu_s(p) for p in fpids) - fcpu0) / low_load * 1000, 2)
+        low_window = (t_low, time.time())
+        if followers:
+            rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
+        if broker_pids:
+            cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
+        low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
+        before = mesh.statuses()
+        low_blocks = before[0]["height"] - low_before[0]["height"]
+        low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
+        stages = stage_breakdown(stages0, before, low_load, cpu["workers"])
+        stages["ms_per_request"].update(thread_breakdown(
+            pids, threads0, threads1, before, low_load, stages["ms_per_request"]))
+        t1, t1_wall = time.perf_counter(), time.time()
+        loaded = drive(client, requests, window=window, chunk=100)
+        elapsed = max(p.all_at for p in loaded) - t1
+        after = mesh.statuses()
+        catchup = rig.wait_followers(after[0]["height"], timeout=120) if followers else None
+        loaded_window = (t1_wall, t1_wall + elapsed)
+        blocks = after[0]["height"] - before[0]["height"]
+        msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
+        heads = {s["head"] for s in after.values()}
+        heights = {s["height"] for s in after.values()}
+        load_all = latencies_ms(loaded)
+        result = {
+            "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
+            "low_load": low_load, "low_load_gap_s": low_load_gap,
+            "durability": durability, "votes": votes,
+            "cpu_ms_per_request_workers": cpu["workers"],
+            "low_load_task_runs_per_request": stages["runs_per_request"],
+            "low_load_stages_ms_per_request": stages["ms_per_request"],
+            "low_load_stages_us_per_task_run": stages["us_per_run"],
+            "tx_per_s": round(requests / elapsed, 1),
+            "elapsed_s": round(elapsed, 3),
+            "commit_p50_ms": round(percentile(low_all, 50), 3),
+            "commit_p99_ms": round(percentile(low_all, 99), 3),
+            "quorum_reply_p50_ms": round(percentile(low_quorum, 50), 3),
+            "low_load_cpu_ms_per_request": cpu,
+            "loaded_commit_p50_ms": round(percentile(load_all, 50), 3),
+            "loaded_commit_p99_ms": round(percentile(load_all, 99), 3),
+            "blocks": blocks,
+            "mean_batch": round(requests / blocks, 1) if blocks else None,
+            "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
+            "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
+            "identical_heads": len(heads) == 1 and len(heights) == 1,
+            "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
+            "followers": followers, "netns": netns,
+            "follower_catchup_s": None if catchup is None else round(catchup, 3),
+            "follower_rejected": rig.rejected(),
+        }
+        client.transport.close()
+    finally:
+        rig.stop()
+    result.update(lag_figures(rig.lag_samples(), low_window, loaded_window) if followers else
+                  {"follower_lag_p50_ms": None, "follower_lag_p99_ms": None})
+    if followers:  # deliveries of pushed blocks, per block (all followers together)
+        result["follower_pushes_per_block"] = round(rig.pushes() / max(1, after[0]["height"]), 2)
+    return result
+
+
+def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float) -> dict:
+    """The workers' CPU per request split by stage (pbft_tasks/stages.py), from two
+    ``pbft.status`` snapshots of every node around ``requests`` low-load requests.
+    ``rest`` is what the process spent outside the measured stages (socket and AMQP
+    framing, Celery's consumer loop, the tick thread, sqlitedict's thread, GC): the
+    workers' CPU from /proc minus the stages."""
+    runs = 0
+    ns: dict[str, int] = {}
+    for i, st in after.items():
+        a, b = st.get("cpu_stages"), before.get(i, {}).get("cpu_stages")
+        if not a or not b:
+            continue
+        runs += a["runs"] - b["runs"]
+        for k, v in a["ns"].items():
+            ns[k] = ns.get(k, 0) + v - b["ns"].get(k, 0)
+    ms = {k: round(v / 1e6 / requests, 3) for k, v in ns.items()}
+    measured = sum(ms.values())
+    ms["rest"] = round(workers_ms - measured, 3)
+    return {"runs_per_request": round(runs / requests, 2), "ms_per_request": ms,
+            "us_per_run": {k: round(v / 1e3 / runs, 1) for k, v in ns.items()} if runs else {}}
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of a process so far (Linux /proc), by OS thread id."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requests: int,
+                     stages_ms: dict) -> dict:
+    """Split ``rest`` (the workers' CPU outside the measured stages): the main thread's
+    unmeasured part (receiving from the socket, AMQP framing, Celery's consumer loop) and
+    every other thread by name (the tick thread, sqlitedict's writer, ...).  Clock ticks
+    of /proc are 10 ms, so these are coarse at small ``requests``."""
+    by_name: dict[str, float] = {}
+    main = 0.0
+    for i, pid in pids.items():
+        names = statuses.get(i, {}).get("threads", {})
+        for tid, t1 in after[i].items():
+            used = t1 - before[i].get(tid, 0.0)
+            if tid == pid:
+                main += used
+                continue
+            name = names.get(str(tid), "other")
+            if name.startswith("Thread-"):
+                name = "sqlitedict and other unnamed"
+            by_name[name] = by_name.get(name, 0.0) + used
+    measured = sum(v for k, v in stages_ms.items() if k != "rest")
+    out = {"rest: consumer loop (receive, AMQP, Celery)": round(main / requests * 1000 - measured, 3)}
+    for name, used in sorted(by_name.items()):
+        out[f"rest: thread {name}"] = round(used / requests * 1000, 3)
+    return out
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def local_broker_pids() -> list[int]:
+    """RabbitMQ's Erlang VM on this machine (owned by the rabbitmq user), if any."""
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() == "beam.smp" and os.stat(f"/proc/{entry}").st_uid == _uid("rabbitmq"):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _uid(user: str) -> int | None:
+    try:
+        import pwd
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ImportError):
+        return None
+
+
+def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callable[[str], None] = print,
+               **kw: Any) -> list[dict]:
+    """Every (nodes, votes) configuration, ``rounds`` times, interleaved: each round runs
+    all of them in turn, so a change in the machine's load hits every configuration.  A
+    configuration whose requests time out is recorded as ``{"failed": reason}`` and the
+    others still run."""
+    out = []
+    for r in range(rounds):
+        for n in nodes:
+            for v in votes:
+                say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
+                try:
+                    res = run(nodes=n, votes=v, **kw)
+                except SubmitTimeout as exc:  # a figure too: this configuration did not keep up
+                    say(f"  {n} nodes, votes={v}: FAILED: {exc}")
+                    res = {"nodes": n, "votes": v, "failed": str(exc)}
+                res["round"] = r + 1
+                out.append(res)
+    return out
+
+
+def write_json(result: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+
+
+__all__ = ["drive", "run", "run_matrix", "stage_breakdown", "percentile", "latencies_ms", "write_json", "statistics"]

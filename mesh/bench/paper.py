@@ -1,0 +1,166 @@
+"""The paper's experiment, reproduced and set against the obvious alternative.
+
+``hdpbf bench paper`` makes the 100 ``get_vnc_console`` calls of Kim and Park (2020,
+"Performance evaluation", PAPER.md; the order is ``mesh.bench.workload.paper_sequence``)
+four ways in one run, back to back as the paper's script made them: ``rpc`` (plain
+OpenStack), ``redis`` (cache-aside), ``hdpbf`` (two-step with the API node's own
+answers) and ``hdpbf-ledger`` (two-step from the ledger alone, the paper's design).
+The rig and the four clients are in ``mesh/bench/paper_rig.py``; the freshness check,
+summary, table and plot in ``mesh/bench/paper_report.py``.  This module owns the run
+and the ``hdpbf bench paper`` command, and re-exports what callers import from
+``mesh.bench.paper``.
+
+Fairness rules: repetitions are interleaved and the order of configurations rotates
+each repetition; every (configuration, repetition) gets fresh instance ids so each one
+starts cold; every path is warmed up once on an instance outside the workload; after an
+hdpbf run (either configuration) we wait until its entries are committed, so the next
+run starts on a quiet mesh.  In the same run we time ``ConsoleReader.step1`` (the ledger
+read alone) and a Redis GET of the same value, interleaved.
+
+Correctness, checked on every answer (own answers included) against what compute
+served (``ComputeService.served``): see ``paper_report.check_answers``.
+
+Figures, never assertions (the tests assert).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from .consensus import write_json
+from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
+                           table)
+from .paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, EmbeddedRig, Rig,
+                        _quiet_imports, compute_main, host_of)
+from .workload import INSTANCES, paper_sequence
+
+# -- the run ------------------------------------------------------------------------------
+
+def make_instance_ids(repeat: int) -> dict[tuple[str, int, int], str]:
+    """Fresh ids per (configuration, repetition, instance number): each run starts cold."""
+    return {(c, r, k): str(uuid.uuid4()) for c in CONFIGS for r in range(repeat)
+            for k in range(1, INSTANCES + 1)}
+
+
+def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: float = 600.0,
+        embedded: bool = False, broker: str | None = None, backend: str | None = None,
+        redis_url: str | None = None, rpc_timeout: float = 10.0, data_dir: str | None = None,
+        console: Any = None, progress: bool = True) -> dict:
+    say = console.print if console is not None else print
+    _quiet_imports()
+    seq = paper_sequence()
+    ids = make_instance_ids(repeat)
+    warm = {host: f"warmup-{host}-{uuid.uuid4().hex[:8]}" for host in HOSTS}
+    hosts = {iid: host_of(k) for (c, r, k), iid in ids.items()}
+    hosts.update({iid: host for host, iid in warm.items()})
+    base = data_dir or tempfile.mkdtemp(prefix="hdpbf-paper-")
+    common = dict(nodes=nodes, service_ms=service_ms, token_ttl=token_ttl, redis_url=redis_url,
+                  rpc_timeout=rpc_timeout, instance_ids=hosts, say=say)
+    rig: Rig = EmbeddedRig(base, **common) if embedded else BrokerRig(base, broker=broker,
+                                                                     backend=backend, **common)
+    records: list[CallRecord] = []
+    try:
+        rig.start()
+        configs = [c for c in CONFIGS if c != "redis" or rig.redis is not None]
+        if rig.redis is None:
+            say(f"[yellow]redis configuration skipped: {rig.redis_skip}[/yellow]")
+        for c in configs:                               # warm every path once
+            for iid in warm.values():
+                rig.call(c, iid)
+        rig.wait_committed(list(warm.values()))
+        schedule = [(r, c) for r in range(repeat)
+                    for c in configs[r % len(configs):] + configs[:r % len(configs)]]
+        bar = _progress(console, progress)
+        with bar:
+            task = bar.add_task("calls", total=len(schedule) * len(seq))
+            for r, c in schedule:
+                bar.update(task, description=f"{c:>12} repeat {r + 1}/{repeat}")
+                for n, (_, k) in enumerate(seq, start=1):
+                    iid = ids[(c, r, k)]
+                    w0 = time.time()
+                    t0 = time.perf_counter()
+                    info, step = rig.call(c, iid)
+                    dt = time.perf_counter() - t0
+                    records.append(CallRecord(c, r + 1, n, k, dt * 1000, step, iid, w0,
+                                              time.time(), info))
+                    bar.advance(task)
+                if c in TWO_STEP:                       # start the next run on a quiet mesh
+                    rig.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
+        last_r = repeat - 1
+        micro = rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)])
+        if isinstance(rig, BrokerRig):
+            rig.close_api_side()
+            rig.reader = rig.ledger_reader = rig.transport = rig.redis = None
+            rig.stop_compute()
+        served = rig.served()
+    finally:
+        rig.close()
+        if data_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    result = summarize(records, served, configs, seq)
+    result.update(micro)
+    result.update(mode=rig.mode, label=rig.label, compute=rig.compute_mode, nodes=nodes,
+                  repeat=repeat, service_ms=service_ms, token_ttl=token_ttl,
+                  skipped={"redis": rig.redis_skip} if rig.redis is None and "redis" not in configs
+                  else {})
+    return result
+
+
+def _progress(console: Any, enabled: bool) -> Any:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True, disable=not enabled)
+
+
+# -- the click command ---------------------------------------------------------------------
+
+import click  # noqa: E402
+
+from ..clikit import console  # noqa: E402
+
+
+@click.command("paper")
+@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="interleaved repetitions of the 100 calls per configuration")
+@click.option("--service-ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
+              help="compute sleeps this long per call (emulates the hypervisor)")
+@click.option("--nodes", type=click.IntRange(4, 64), default=4, show_default=True)
+@click.option("--token-ttl", type=click.FloatRange(1, 86_400), default=600.0, show_default=True,
+              help="console token lifetime, s (nova's [consoleauth] token_ttl)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default="bench-paper.png",
+              show_default=True)
+@click.option("--embedded", is_flag=True, help="one process, no broker (in-memory mesh, fake: RPC)")
+@click.option("--broker", default=None, metavar="URL", help="AMQP URL (default: mesh default)")
+@click.option("--backend", default=None, metavar="URL", help="Celery result backend (Redis)")
+@click.option("--redis-url", default=None, metavar="URL",
+              help="Redis for the cache-aside configuration (default: the result backend)")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="keep the mesh here (default: a temporary directory, removed afterwards)")
+def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
+                json_path: str | None, png_path: str, embedded: bool, broker: str | None,
+                backend: str | None, redis_url: str | None, data_dir: str | None) -> None:
+    """The paper's 100 get_vnc_console calls: rpc vs redis cache vs hdpbf two-step (with
+    the API node's own answers, and from the ledger alone)."""
+    out = console()
+    result = run(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
+                 embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,
+                 data_dir=data_dir, console=out)
+    plot(result, png_path)
+    result["png"] = os.path.abspath(png_path)
+    result["plot_series"] = ("median over repeats" if repeat > 1 else "the one run")
+    report(result, out)
+    out.print(f"plot: {png_path} (per-call series: {result['plot_series']})")
+    if json_path:
+        write_json(result, json_path)
+        out.print(f"JSON: {json_path}")
+
+
+__all__ = ["run", "summarize", "check_answers", "plot", "table", "report", "median_series",
+           "paper_sequence", "make_instance_ids", "compute_main", "CallRecord", "CONFIGS",
+           "TWO_STEP", "CONSOLE_TYPE", "HOSTS", "host_of"]

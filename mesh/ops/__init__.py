@@ -1,0 +1,1 @@
+"""Operations: ``hdpbf up/status/down`` (stack.py) on the process records of launcher.py."""
