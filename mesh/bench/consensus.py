@@ -82,7 +82,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
         low_load_gap: float = 0.0, queue_type: str = "classic", followers: int = 0,
-        netns: bool = False, votes: str = "all-to-all") -> dict:
+        netns: bool = False, votes: str = "all-to-all", followers_nice: int = 0) -> dict:
     from pbft_tasks.signing import Verifier
     from pbft_tasks.topology import client_keys, load_client_identity, node_keys
 
@@ -92,11 +92,11 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
     rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
-                      queue_type=queue_type, votes=votes)
+                      queue_type=queue_type, votes=votes, nice=followers_nice)
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
     try:
-        rig.start(timeout=120)
+        rig.start(timeout=300)  # K=32 followers start slowly on a loaded 2-core box
         say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
         client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                             Verifier(node_keys(cfg), client_keys(cfg)))
@@ -175,7 +175,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
-            "followers": followers, "netns": netns,
+            "followers": followers, "netns": netns, "followers_nice": followers_nice,
             "follower_catchup_s": None if catchup is None else round(catchup, 3),
             "follower_rejected": rig.rejected(),
         }

@@ -17,8 +17,11 @@ Rules of this file:
   ``token_ttl`` (never later than compute's own: compute mints the token after the
   call was sent); served while the version is still ``base``, the token is live and the
   call goes to the same host; dropped for good once the ledger has anything newer.
-- sqlite3 connections belong to their thread: one read-only connection per thread
-  (nova-api serves requests on many green threads; each opens its own, once).
+- sqlite3 connections belong to their OS thread: one read-only connection per OS
+  thread (``threading.get_native_id``), not per ``threading.local``: under eventlet
+  (nova's default) every request is a new green thread on one OS thread, and a
+  connection per green thread would pile up.  A connection a reused thread id cannot
+  use (sqlite3 says wrong thread) is replaced.
 """
 from __future__ import annotations
 
@@ -55,37 +58,37 @@ class Step1Reader:
         self.opener = opener
         self.own_answers = own_answers
         self.own_answers_max = own_answers_max
-        self._local = threading.local()
-        self._readers: list[LedgerReader] = []
+        self._readers: dict[int, LedgerReader] = {}   # by OS thread id
         self._own: collections.OrderedDict[str, _Own] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     # -- the ledger -----------------------------------------------------------------------
     def _ledger(self) -> LedgerReader:
-        reader = getattr(self._local, "reader", None)
+        tid = threading.get_native_id()
+        reader = self._readers.get(tid)
         if reader is None:
             reader = LedgerReader(self.ledger_path)  # LedgerNotFound: caller's miss
-            self._local.reader = reader
             with self._lock:
-                self._readers.append(reader)
+                self._readers[tid] = reader
         return reader
 
     def _drop_ledger(self) -> None:
-        reader = getattr(self._local, "reader", None)
-        self._local.reader = None
+        with self._lock:
+            reader = self._readers.pop(threading.get_native_id(), None)
         if reader is not None:
-            with self._lock:
-                if reader in self._readers:
-                    self._readers.remove(reader)
             try:
                 reader.close()
-            except Exception:  # a broken file: nothing left to close cleanly
+            except Exception:  # a broken file, or another thread's connection
                 pass
 
     def record(self, key: str) -> tuple[dict | None, str | None]:
         """(raw record or None, None) or (None, reason) when the ledger cannot be read."""
         try:
-            record = self._ledger().get_record(key)
+            try:
+                record = self._ledger().get_record(key)
+            except sqlite3.ProgrammingError:   # a dead thread's connection, id reused
+                self._drop_ledger()
+                record = self._ledger().get_record(key)
         except LedgerNotFound:
             return None, "no_ledger"
         except (LedgerError, sqlite3.Error, ValueError) as exc:
@@ -144,11 +147,10 @@ class Step1Reader:
 
     def close(self) -> None:
         with self._lock:
-            readers, self._readers = self._readers, []
+            readers, self._readers = list(self._readers.values()), {}
             self._own.clear()
         for reader in readers:
             try:
                 reader.close()
             except Exception:  # closing from another thread than its own: best effort
                 pass
-        self._local = threading.local()

@@ -53,8 +53,18 @@ class ReplyRecorder(ConsoleRecorder):
             c = self.client
             body = {"op": "put", "key": op.key, "value": op.args[0](),
                     "expires_at": op.expires_at}
-            return c.signer.sign(Request(c.client_id, c._next_ts(), body))
+            return c.signer.sign(Request(c.client_id, c.next_ts(), body))
         return super()._build(op)
+
+
+def use_embedded(config_path: str, mesh) -> None:
+    """Make an already running in-process mesh the one drivers use for ``config_path``
+    (``hdpbf demo``: one mesh, not two on the same ledger files).  From then on only a
+    recorder's thread may step it."""
+    with _lock:
+        if config_path in _embedded and _embedded[config_path] is not mesh:
+            raise RuntimeError(f"another in-process mesh already serves {config_path}")
+        _embedded[config_path] = mesh
 
 
 def embedded_mesh(config_path: str):

@@ -11,7 +11,9 @@ Rules of this file:
   keeps its queues inside the transport object, so a server and a client only meet when
   they share it: fake transports are cached per URL here (``fake:`` and ``fake:/other``
   are two separate buses).  Real transports are not shared; each side owns its own.
-- The target is nova's: topic ``compute``, one server per compute host, version "6.0".
+- The target is nova's: exchange ``nova`` (nova sets ``control_exchange``; oslo's
+  default, ``openstack``, would never meet a real nova), topic ``compute``, one server
+  per compute host, version "6.0".
 - A compute that records its answers in the ledger adds ``EXPIRES_AT_FIELD`` (the
   token's expiry, compute's wall clock) to its reply, a key nova's client never reads;
   ``ConsoleReader`` removes it before returning nova's ``connect_info``.
@@ -23,6 +25,7 @@ import warnings
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TRANSPORT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+EXCHANGE = "nova"
 TOPIC = "compute"
 VERSION = "6.0"
 EXPIRES_AT_FIELD = "hdpbf_expires_at"
@@ -88,4 +91,4 @@ def release_transport(transport, url: str | None) -> None:
 
 
 def compute_target(server: str | None = None):
-    return oslo().Target(topic=TOPIC, server=server, version=VERSION)
+    return oslo().Target(exchange=EXCHANGE, topic=TOPIC, server=server, version=VERSION)

@@ -26,8 +26,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-WIRE_VERSION = 1
-
 # Bounds on untrusted input.  A message whose canonical encoding exceeds MAX_WIRE_BYTES
 # is refused as "oversize" after decoding; the broker's own frame limit bounds the raw
 # body before that (RabbitMQ: max_message_size, 128 MiB by default).
@@ -244,11 +242,6 @@ def batch_digest(batch: tuple) -> str:
     """d in the pre-prepare: SHA-256 over the canonical list of the requests' wire
     forms, client signatures included, so a certificate binds what clients signed."""
     return sha256_hex([request_wire(r) for r in batch])
-
-
-def message_digest(msg: Message) -> str:
-    """Digest of a whole signed message (for evidence and replay detection)."""
-    return sha256_hex(to_wire(msg))
 
 
 # -- strict parsing ---------------------------------------------------------------

@@ -238,3 +238,20 @@ def test_the_reply_does_not_wait_for_consensus(kit):
         gate.set()
     kit.settle()
     assert _record(kit, 0, _key())["value"]["compute_host"] == ep.host
+
+
+def test_one_ledger_connection_per_os_thread_not_per_call(kit):
+    """nova-api under eventlet makes a green thread per request: connections must not
+    pile up per thread object; a dead thread's reused id gets a fresh one."""
+    ep, _ = kit.compute("cmp1")
+    api0 = kit.api(0, "api0", own_answers=False)
+    c = kit.client(api0, ep.host)
+    vnc(c, UUID, ep.host)
+    kit.settle()
+    for _ in range(3):
+        t = threading.Thread(target=lambda: vnc(c, UUID, ep.host))
+        t.start()
+        t.join(10)
+    reader = kit.driver(api0).reader
+    assert kit.driver(api0).stats["step1"] == 3
+    assert len(reader._readers) <= 4      # at most one per OS thread that called

@@ -40,8 +40,11 @@ class ComputeManagerStandIn:
             self.done.notify_all()
 
     def get_vnc_console(self, context, console_type, instance):
+        from nova import exception
         from nova.console import type as ctype
         self._seen("get_vnc_console", context, console_type=console_type, instance=instance)
+        if console_type != "novnc":  # as nova's ComputeManager.get_vnc_console
+            raise exception.ConsoleTypeInvalid(console_type=console_type)
         token = uuid.uuid4().hex + uuid.uuid4().hex
         return ctype.ConsoleVNC(host="192.0.2.7", port=5901).get_connection_info(
             token, f"http://ctl:6080/vnc_auto.html?path=%3Ftoken%3D{token}")
@@ -141,7 +144,7 @@ class Nova:
             s.stop()
             s.wait()
         for t in (self.transport1, self.plain_transport):
-            t.cleanup()
+            t.cleanup()  # rabbit's reply pollers take a few seconds each to stop
         self.rpc.cleanup()
         driver_record.shutdown()
 
@@ -236,3 +239,30 @@ def _without_host(prim):
         data = dict(prim["nova_object.data"], host="-", node="-")
         return {**prim, "nova_object.data": data}
     return prim
+
+
+def test_the_stand_ins_speak_novas_wire_both_ways(nova):
+    """``hdpbf compute`` answers nova's own client; the stand-in reader's step 2 is
+    accepted by a compute on nova's serializer; a refusal is compute's, not the broker's."""
+    from mesh.openstack import ComputeRefused, ComputeService, ConsoleReader
+    host = f"standin-{uuid.uuid4().hex[:8]}"
+    with ComputeService(host, RABBIT) as standin:
+        vm = str(uuid.uuid4())
+        info = nova.on("plain").get_vnc_console(_ctx(), _instance(host, vm), "novnc")
+        assert info["token"] and standin.served[-1]["instance"] == vm
+        assert info == standin.served[-1]["connect_info"]
+
+    vm = str(uuid.uuid4())
+    reader = ConsoleReader("/nonexistent/ledger.sqlite", RABBIT, {vm: PLAIN_HOST},
+                           rpc_timeout=20)
+    try:
+        info, step = reader.get_vnc_console(vm)
+        assert step == 2 and info["token"]
+        method, ctx, args = nova.plain_compute.received[-1]
+        assert method == "get_vnc_console"
+        assert args["instance"]["nova_object.data"]["uuid"] == vm   # an objects.Instance
+        assert ctx["user_id"]                                       # a RequestContext
+        with pytest.raises(ComputeRefused, match="ConsoleTypeInvalid"):
+            reader.get_vnc_console(vm, "spice-html5")
+    finally:
+        reader.close()
