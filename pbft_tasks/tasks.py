@@ -67,9 +67,9 @@ def commit(*args, **kwargs) -> None:
 
 
 @app.task(name="pbft.certificate", **_PROTOCOL)
-def certificate(*args) -> None:
+def certificate(*args, **kwargs) -> None:
     """Collector vote routing (core/collector.py): 2f prepares or 2f+1 commits in one."""
-    _handle(args, "Certificate")
+    _handle(args, kwargs, "Certificate")
 
 
 @app.task(name="pbft.checkpoint", **_PROTOCOL)

@@ -95,3 +95,22 @@ def test_one_forged_vote_rejects_the_whole_certificate(tmp_path):
         assert mesh.nodes[1].handle(to_wire(bad)) == "nested_bad_signature"
         assert mesh.nodes[1].rejected["nested_bad_signature"] == 1
         assert 1 not in mesh.nodes[1].replica.log
+
+
+def test_every_protocol_task_takes_one_wire_object(tmp_path, monkeypatch):
+    """Regression (merge of issues 10 and 14): pbft.certificate kept the old
+    ``_handle(args, expected)`` call when the tasks grew keyword checking, so every
+    certificate raised TypeError in the worker and a collector mesh never committed.
+    Each task, called as the worker calls it, hands its one wire object to the node."""
+    from pbft_tasks import celery_app, tasks
+    from pbft_tasks.node import TASK_FOR_TYPE
+    with EmbeddedMesh(collector_mesh(tmp_path)) as mesh:
+        rt = mesh.nodes[1]
+        monkeypatch.setattr(celery_app, "_runtime", rt)
+        handled = []
+        monkeypatch.setattr(rt, "handle", lambda wire, expected=None: handled.append(expected))
+        by_name = {t.name: t for t in (getattr(tasks, n) for n in dir(tasks))
+                   if hasattr(t, "name") and hasattr(t, "run")}
+        for kind, name in TASK_FOR_TYPE.items():
+            by_name[name].run({"type": kind})
+        assert sorted(handled) == sorted(TASK_FOR_TYPE)
