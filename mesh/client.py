@@ -74,7 +74,7 @@ class MeshClient:
         self.rejected = 0
 
     # -- building requests ---------------------------------------------------------
-    def _next_ts(self) -> int:
+    def next_ts(self) -> int:
         self._ts += 1
         return self._ts
 
@@ -99,7 +99,7 @@ class MeshClient:
             from_wire(to_wire(req))
         except MalformedMessage as exc:
             raise ValueError(f"request refused before sending: {exc}") from None
-        self._next_ts()
+        self.next_ts()
         return self.signer.sign(req)
 
     # -- submitting ----------------------------------------------------------------

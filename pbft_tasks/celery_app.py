@@ -93,18 +93,18 @@ class NodeConsumer(Consumer):
         handler = super().create_task_handler(*args, **kwargs)
         guard_channel(self.task_consumer.channel)
         tasks = {name for name in self.strategies if name.startswith("pbft.")}
-        return Gate(tasks, _count_rejected, _poison_journal()).wrap(handler)
+        return Gate(tasks, count_rejected, _poison_journal()).wrap(handler)
 
     def on_decode_error(self, message, exc):
-        _count_rejected("undecodable")
+        count_rejected("undecodable")
         super().on_decode_error(message, exc)
 
     def on_unknown_task(self, body, message, exc):
-        _count_rejected("unknown_task")
+        count_rejected("unknown_task")
         super().on_unknown_task(body, message, exc)
 
     def on_unknown_message(self, body, message):
-        _count_rejected("unknown_message")
+        count_rejected("unknown_message")
         super().on_unknown_message(body, message)
 
 
@@ -120,7 +120,7 @@ def runtime():
     return _runtime
 
 
-def _count_rejected(reason: str) -> None:
+def count_rejected(reason: str) -> None:
     if _runtime is not None:
         _runtime.rejected[reason] += 1
     log.warning("rejected a message before decoding: %s", reason)
@@ -154,11 +154,9 @@ def build_runtime(cfg, node_id: int):
     from .wiring import build_node
 
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    transport = CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type)
-    rt = build_node(cfg, node_id, transport, key_file=env_key_file(),
-                    data_dir=os.environ.get("HDPBF_DATA_DIR"), byzantine=byzantine)
-    from .follower_node import attach_pusher
-    attach_pusher(rt, cfg, transport)  # followers of mesh.json: answer their fetches, push blocks
+    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
+                    key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
+                    byzantine=byzantine)
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))

@@ -1,12 +1,8 @@
-"""Followers on the broker: validators push blocks, a follower process installs them.
+"""A follower on the broker: the ``hdpbf follow`` process (issue 12).
 
-Owns the two adapter halves of issue 12 (the checks themselves are
-pbft_tasks/follower.py; the wire is docs/PROTOCOL.md sec. 5.9):
+Owns the follower's adapter half (the checks are pbft_tasks/follower.py, the validators'
+pushes pbft_tasks/follower_push.py, the wire docs/PROTOCOL.md sec. 5.9):
 
-- ``BlockPusher``: a validator's ``NodeRuntime.on_execute`` hook (attached by
-  celery_app.build_runtime when mesh.json lists followers) that publishes every block
-  the node executes, with its certificate, on the ``hdpbf.blocks`` exchange.  With
-  ``HDPBF_BYZANTINE=alter_push`` it publishes altered blocks instead (fault tests).
 - ``FollowerNode``: the ``hdpbf follow`` process.  One kombu connection: it consumes
   its durable queue ``follower.<name>`` (bound to f+1 validators' pushes, so at least one
   is honest), and on the same connection sends ``pbft.fetch`` task messages to any
@@ -41,12 +37,12 @@ import os
 import socket
 import threading
 import time
-import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
-from .follower import Follower
+from .follower import MAX_AHEAD, Follower
+from .follower_push import sources_for
 
 log = logging.getLogger("hdpbf.follower")
 
@@ -60,78 +56,7 @@ MAX_LAG_SAMPLES = 200_000
 LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-# -- the validator's half ------------------------------------------------------------------
 
-def altered_block(block: dict) -> dict:
-    """What ``alter_push`` publishes instead of ``block``, three ways by seq: a request
-    changed with digest and hash recomputed (its commits no longer match), a certificate
-    cut to 2f commits, or a header linked elsewhere with its hash recomputed."""
-    from pbft_tasks.core import chain
-    from pbft_tasks.core.messages import sha256_hex
-    b = dict(block)
-    kind = b["seq"] % 3
-    if kind == 0:
-        reqs = [dict(r) for r in b["requests"]]
-        if reqs:
-            op = dict(reqs[0]["op"])
-            op["key"] = "altered-" + str(op.get("key"))
-            reqs[0]["op"] = op
-        b["requests"] = reqs
-        b["digest"] = sha256_hex(reqs) if reqs else sha256_hex(["altered", b["digest"]])
-    elif kind == 1:
-        b["certificate"] = list(b["certificate"])[: max(0, len(b["certificate"]) - 1)]
-        return b
-    else:
-        b["prev"] = sha256_hex(["altered", b["prev"]])
-    b["hash"] = chain.block_hash(b)
-    return b
-
-
-class BlockPusher:
-    """``NodeRuntime.on_execute`` hook: publish each executed block for followers."""
-
-    def __init__(self, runtime: Any, transport: Any) -> None:
-        self.runtime = runtime
-        self.transport = transport
-        byz = runtime.byzantine
-        self.alter = byz is not None and "alter_push" in byz.behaviours
-        self.pushed = 0
-
-    def __call__(self, block: dict, results: Any) -> None:
-        if self.alter:
-            block = altered_block(block)
-            self.runtime.byzantine.counts["alter_push"] += 1
-        wire = {"type": "Block", "sender": self.runtime.id, "executed_at": time.time(),
-                "block": block}
-        try:
-            self.transport.publish_block(self.runtime.id, wire)
-            self.pushed += 1
-        except (OSError, ConnectionError) as exc:  # followers fetch what they miss
-            log.warning("node %s could not push block %s to followers: %s",
-                        self.runtime.id, block.get("seq"), exc)
-
-
-def attach_pusher(runtime: Any, cfg: Any, transport: Any) -> Optional[BlockPusher]:
-    """Make ``runtime`` answer the followers of ``cfg`` and push blocks to them (nothing
-    when mesh.json lists none: no cost to a mesh without followers)."""
-    runtime.followers = frozenset(f.name for f in cfg.followers)
-    if not cfg.followers:
-        return None
-    pusher = BlockPusher(runtime, transport)
-    runtime.on_execute.append(pusher)
-    return pusher
-
-
-def sources_for(n: int, f: int, name: str, count: Optional[int] = None) -> list[int]:
-    """The validators follower ``name`` listens to: ``count`` (default f+1, so at least
-    one is correct) consecutive ids from a start derived from its name, so that many
-    followers spread over the validators."""
-    count = f + 1 if count is None else max(1, min(n, count))
-    start = zlib.crc32(name.encode()) % n
-    return sorted((start + j) % n for j in range(count))
-
-
-# -- the follower process -----------------------------------------------------------------
 
 class FollowerNode:
     """One follower: its ledger, its checks, its queue and its fetches."""
@@ -142,10 +67,10 @@ class FollowerNode:
         from celery import Celery
 
         from ledger.store import LedgerStore
-        from pbft_tasks.topology import node_keys
+        from .topology import node_keys
 
         from .batch_verify import BatchVerifier
-        from .brokers import celery_settings
+        from .celery_app import celery_settings
 
         self.cfg = cfg
         self.name = cfg.follower(name).name
@@ -164,7 +89,10 @@ class FollowerNode:
         self.app.conf.update(celery_settings(self.broker_url, cfg.result_backend))
         self.queue_name = cfg.follower(name).queue
         self.stop = threading.Event()
-        self.lock = threading.Lock()
+        # Re-entrant: a publish may read frames and deliver a message to on_message
+        # inside it (py-amqp's _basic_publish drains events), i.e. in this same thread.
+        self.lock = threading.RLock()
+        self._fetch_next: Optional[int] = None   # a fetch decided inside a callback
         # lag bookkeeping
         self.first_seen: dict[int, float] = {}
         self.lags: deque[tuple[float, float]] = deque(maxlen=MAX_LAG_SAMPLES)  # (installed at, lag s)
@@ -201,7 +129,8 @@ class FollowerNode:
                 self.pushes += 1
                 block, at = body.get("block"), body.get("executed_at")
                 seq = block.get("seq") if isinstance(block, dict) else None
-                if type(seq) is int and seq > self.follower.height and type(at) in (int, float):
+                if (type(seq) is int and self.follower.height < seq <= self.follower.height + MAX_AHEAD
+                        and type(at) in (int, float)):   # bounded: a liar cannot grow it
                     prev = self.first_seen.get(seq)
                     self.first_seen[seq] = at if prev is None else min(prev, at)
                 self.follower.offer([block], source=body.get("sender"))
@@ -218,7 +147,7 @@ class FollowerNode:
                 if self.follower.gap is not None and not out.installed:
                     self.next_validator = self._after(sender)   # no help from it: next one
                 elif self.follower.gap is not None:
-                    self._fetch(sender)                         # it helps: keep going
+                    self._fetch_next = sender                   # it helps: keep going
 
     def _on_install(self, block: dict) -> None:
         now = time.time()
@@ -235,8 +164,14 @@ class FollowerNode:
         return (v + 1) % self.cfg.n
 
     def tick(self) -> None:
+        """Timers: a fetch that timed out, a gap, an idle probe.  The fetch itself is
+        published outside the lock and outside any message callback (``_flush_fetch``)."""
         now = time.monotonic()
         with self.lock:
+            for seq in [s for s in self.first_seen if s <= self.follower.height]:
+                del self.first_seen[seq]
+            if self._fetch_next is not None:
+                return
             if self.outstanding is not None:
                 v, sent = self.outstanding
                 if now - sent < FETCH_TIMEOUT_S:
@@ -251,22 +186,24 @@ class FollowerNode:
             if behind or idle:
                 v = self.next_validator
                 self.next_validator = self._after(v) if idle and not behind else v
-                self._fetch(v)
-            for seq in [s for s in self.first_seen if s <= self.follower.height]:
-                del self.first_seen[seq]
+                self._fetch_next = v
 
-    def _fetch(self, v: int) -> None:
+    def _flush_fetch(self) -> None:
+        """Send the fetch decided by ``tick`` or a callback, if any (no lock held)."""
         from .node import FETCH_MAX
         from .transport import task_message
-        lo = self.follower.height + 1
-        hi = lo + FETCH_MAX - 1
-        wire = {"type": "Fetch", "from_seq": lo, "to_seq": hi, "requester": self.name}
+        with self.lock:
+            v, self._fetch_next = self._fetch_next, None
+            if v is None:
+                return
+            lo = self.follower.height + 1
+            self.outstanding = (v, time.monotonic())   # before: the answer may come inside publish
+            self.last_fetch = time.monotonic()
+            self.fetches += 1
+        wire = {"type": "Fetch", "from_seq": lo, "to_seq": lo + FETCH_MAX - 1, "requester": self.name}
         msg = task_message(self.app, "pbft.fetch", wire)
         self._producer.publish(msg.body, exchange="", routing_key=self.cfg.node(v).queue,
                                serializer="json", headers=msg.headers, **msg.properties)
-        self.outstanding = (v, time.monotonic())
-        self.last_fetch = time.monotonic()
-        self.fetches += 1
 
     # -- the loop ---------------------------------------------------------------------
     def declare(self, channel: Any) -> Any:
@@ -306,6 +243,7 @@ class FollowerNode:
                             except socket.timeout:
                                 conn.heartbeat_check()
                             self.tick()
+                            self._flush_fetch()
                             self.write_status()
             except Exception as exc:  # kombu/amqp raise many types for a lost connection
                 from kombu.exceptions import OperationalError
@@ -315,6 +253,7 @@ class FollowerNode:
                 self.connected = False
                 self.reconnects += 1
                 self.outstanding = None
+                self._fetch_next = None
                 log.warning("follower %s: broker connection lost (%s); reconnecting in %.1fs",
                             self.name, exc, backoff)
                 self.write_status(force=True)
@@ -422,5 +361,4 @@ class FollowerMetrics:
             log.warning("follower %s: no metrics endpoint on %s:%s: %s", self.node.name, addr, port, exc)
 
 
-__all__ = ["BlockPusher", "FollowerNode", "attach_pusher", "sources_for", "altered_block",
-           "read_status"]
+__all__ = ["FollowerNode", "FollowerMetrics", "read_status"]

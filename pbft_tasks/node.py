@@ -151,7 +151,7 @@ class NodeRuntime:
         kind = wire.get("type") if isinstance(wire, dict) else None
         if type(kind) is str and kind in STATE_TRANSFER_TASKS:
             if expected_type not in (None, kind):
-                return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
+                return self.reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
             return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
         clock = self.stages
         try:
@@ -161,17 +161,17 @@ class NodeRuntime:
             limit = MAX_VIEW_CHANGE_BYTES if isinstance(msg, (ViewChange, NewView)) else MAX_WIRE_BYTES
             data = signing_bytes(msg)  # once: for the size check and the signature
             if len(data) > limit:
-                return self._reject("oversize", f"over {limit} bytes", wire)
+                return self.reject("oversize", f"over {limit} bytes", wire)
             clock.lap("parse")
             self.verifier.check(msg, data)
             clock.lap("verify")
         except MalformedMessage as exc:
-            return self._reject("malformed", str(exc), wire)
+            return self.reject("malformed", str(exc), wire)
         except Rejected as exc:
-            return self._reject(exc.reason, str(exc), wire)
+            return self.reject(exc.reason, str(exc), wire)
         except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
             log.error("node %s: checking a message raised", self.id, exc_info=True)
-            return self._reject("check_failed", repr(exc), wire)
+            return self.reject("check_failed", repr(exc), wire)
         with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
             actions = self.replica.step(msg)
@@ -189,13 +189,13 @@ class NodeRuntime:
                     or (type(who) is str and who in self.followers)):
                 raise ValueError
         except (KeyError, ValueError):
-            return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
+            return self.reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
         if self.byzantine is not None and self.byzantine.silent:
             return None
         if lo > self.ledger.height:
             return None  # nothing to send: only blocks that exist are answered
         if not self._fetch_allowed(who):
-            return self._reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
+            return self.reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
                                                       f"fetches a second", wire)
         with self.lock, self._stepping("answering a Fetch"):
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
@@ -227,7 +227,7 @@ class NodeRuntime:
     def _on_blocks(self, wire: dict) -> str | None:
         blocks = wire.get("blocks")
         if set(wire) != {"type", "sender", "blocks"} or type(blocks) is not list or len(blocks) > FETCH_MAX:
-            return self._reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
+            return self.reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
         for block in blocks:
             try:  # every signature before the core sees the block
                 if (type(block) is not dict or type(block.get("seq")) is not int
@@ -238,12 +238,12 @@ class NodeRuntime:
                 for w in block["certificate"] + block["requests"]:
                     self.verifier.check(from_wire(w))
             except MalformedMessage as exc:
-                return self._reject("malformed", f"fetched block: {exc}", wire)
+                return self.reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
-                return self._reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
+                return self.reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
             except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
                 log.error("node %s: checking a fetched block raised", self.id, exc_info=True)
-                return self._reject("check_failed", repr(exc), wire)
+                return self.reject("check_failed", repr(exc), wire)
             with self.lock, self._stepping("installing a fetched block"):
                 if block.get("seq", 0) <= self.replica.last_exec:
                     continue  # already have it (a duplicate answer)
@@ -341,7 +341,7 @@ class NodeRuntime:
         self.sent += 1
         self.transport.send(to, wire)
 
-    def _reject(self, reason: str, detail: str, wire: Any) -> str:
+    def reject(self, reason: str, detail: str, wire: Any) -> str:
         self.rejected[reason] += 1
         kind = wire.get("type") if isinstance(wire, dict) else type(wire).__name__
         sender = wire.get("sender", wire.get("client")) if isinstance(wire, dict) else None

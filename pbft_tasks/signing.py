@@ -13,7 +13,7 @@ Rules of this file:
 - The signed bytes are ``messages.signing_bytes(msg)`` and nothing else; the ``sig``
   field carries the bare 64-byte Ed25519 signature as exactly 128 *lowercase* hex chars.
   Any other spelling (upper case, spaces) is refused, so one signed message has one wire
-  form and ``message_digest`` stays a usable replay key.
+  form (its canonical bytes are a usable replay key).
 - A bad message from a peer is not our bug: ``Verifier.check`` raises ``Rejected`` whose
   ``reason`` is one of ``REASONS`` (a small fixed set: it labels a Prometheus counter).
   Handing it something that is not a protocol message *is* our bug and raises TypeError.
@@ -33,7 +33,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -45,7 +45,7 @@ from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, Message, 
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
     "generate_key", "write_key_file", "read_key_file", "public_key_hex",
-    "verify_key_from_hex", "THREADED_MIN",
+    "verify_key_from_hex", "signer_of", "signature_format", "SlicePool", "THREADED_MIN",
 ]
 
 SIG_HEX_LEN = 128
@@ -179,7 +179,7 @@ def read_key_file(path: str | os.PathLike) -> SigningKey:
 
 # -- signing ------------------------------------------------------------------------
 
-def _signer_of(msg: Message) -> int | str:
+def signer_of(msg: Message) -> int | str:
     if isinstance(msg, Request):
         return msg.client
     if isinstance(msg, _NODE_SIGNED):
@@ -197,7 +197,7 @@ class Signer:
 
     def sign(self, msg: Message) -> Message:
         """``msg`` with ``sig`` set.  Signing in another identity's name is a bug."""
-        who = _signer_of(msg)
+        who = signer_of(msg)
         if who != self.identity or type(who) is not type(self.identity):
             raise ValueError(f"signer {self.identity!r} asked to sign a "
                              f"{type(msg).__name__} from {who!r}")
@@ -207,13 +207,57 @@ class Signer:
 
 # -- verification -------------------------------------------------------------------
 
+def signature_format(sig: object) -> str | None:
+    """Why ``sig`` is not a signature as the wire carries it (``missing_signature``,
+    ``malformed_signature``), or None: exactly 128 lowercase hex chars.  The one
+    format check, for Verifier and for batch_verify.BatchVerifier."""
+    if not sig:
+        return "missing_signature"
+    if type(sig) is not str or len(sig) != SIG_HEX_LEN or not _SIG_RE.fullmatch(sig):
+        return "malformed_signature"
+    return None
+
+
+class SlicePool:
+    """A thread pool, started on first use, that runs ``fn(lo, hi)`` over ``workers``
+    equal slices of ``range(n)`` and joins the lists it returns in slice order.  PyNaCl
+    releases the GIL while it verifies, so slices run in parallel.  Verifier and
+    batch_verify.BatchVerifier each keep one.  Thread-safe."""
+
+    def __init__(self, name: str, workers: int) -> None:
+        self.name = name
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def map_slices(self, fn: Callable[[int, int], list], n: int) -> list:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers,
+                                                thread_name_prefix=self.name)
+            pool = self._pool
+        step = -(-n // self.workers)
+        futures = [pool.submit(fn, lo, min(lo + step, n)) for lo in range(0, n, step)]
+        out: list = []
+        for fut in futures:
+            out.extend(fut.result())
+        return out
+
+    def close(self) -> None:
+        """Stop the threads, if any were started."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
 def _verify(key: VerifyKey, msg: Message, prefix: str, label: str, data: bytes | None = None) -> None:
     sig = msg.sig
-    if not sig:
-        raise Rejected(prefix + "missing_signature", f"{label} has no signature")
-    if len(sig) != SIG_HEX_LEN or not _SIG_RE.fullmatch(sig):
-        raise Rejected(prefix + "malformed_signature",
-                       f"{label}: signature must be {SIG_HEX_LEN} lowercase hex chars")
+    bad = signature_format(sig)
+    if bad == "missing_signature":
+        raise Rejected(prefix + bad, f"{label} has no signature")
+    if bad:
+        raise Rejected(prefix + bad, f"{label}: signature must be {SIG_HEX_LEN} lowercase hex chars")
     try:
         key.verify(messages.signing_bytes(msg) if data is None else data, bytes.fromhex(sig))
     except BadSignatureError:
@@ -227,8 +271,7 @@ class Verifier:
                  client_keys: dict[str, VerifyKey]) -> None:
         self._nodes = dict(node_keys)
         self._clients = dict(client_keys)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+        self._pool = SlicePool("hdpbf-verify", _WORKERS)
 
     def check(self, msg: Message, data: bytes | None = None) -> None:
         """Return if ``msg`` (and for a PrePrepare, each request in its batch) is signed
@@ -304,28 +347,11 @@ class Verifier:
         n = len(msgs)
         if n < THREADED_MIN or _WORKERS == 1:
             return self._failures(msgs, 0, n)
-        pool = self._executor()
-        step = -(-n // _WORKERS)
-        futures = [pool.submit(self._failures, msgs, lo, min(lo + step, n))
-                   for lo in range(0, n, step)]
-        out: list[tuple[int, str]] = []
-        for fut in futures:
-            out.extend(fut.result())
-        return out
-
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=_WORKERS,
-                                                thread_name_prefix="hdpbf-verify")
-            return self._pool
+        return self._pool.map_slices(lambda lo, hi: self._failures(msgs, lo, hi), n)
 
     def close(self) -> None:
         """Stop the pool threads (if check_many started any)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        self._pool.close()
 
     def __enter__(self) -> "Verifier":
         return self

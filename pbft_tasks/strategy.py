@@ -68,8 +68,8 @@ def protocol(task: Any, app: Any, consumer: Any, **_: Any):
             if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
                 raise ValueError("the body is not [args, kwargs, embed]")
         except Exception as exc:
-            from .celery_app import _count_rejected
-            _count_rejected("undecodable")
+            from .celery_app import count_rejected
+            count_rejected("undecodable")
             log.warning("dropped an undecodable %s message: %s", name, exc)
             message.ack()
             clock.end("ack")

@@ -23,8 +23,8 @@ def _one(args: tuple, name: str, kwargs: dict | None = None):
     anything else is malformed (counted, never a TypeError out of Celery).  A ``null``
     wire object is one argument: NodeRuntime.handle counts it as malformed."""
     if len(args) != 1 or kwargs:
-        runtime()._reject("malformed", f"{name} takes one wire object, got {len(args)} arguments"
-                          f"{' and keyword arguments' if kwargs else ''}", {"type": name})
+        runtime().reject("malformed", f"{name} takes one wire object, got {len(args)} arguments"
+                         f"{' and keyword arguments' if kwargs else ''}", {"type": name})
         return _NONE
     return args[0]
 
@@ -43,7 +43,7 @@ def request(*args, **kwargs) -> None:
         return
     if isinstance(wire, list):
         if len(wire) > 4096:
-            rt._reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
+            rt.reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
             return
         for w in wire:
             rt.handle(w, "Request")

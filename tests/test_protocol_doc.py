@@ -150,6 +150,54 @@ def test_signatures_verify_with_the_fixed_key(kind):
     assert one("signature", kind) == example(kind)["sig"]
 
 
+VIEW_TYPES = ("ViewChange", "NewView")
+
+
+@pytest.mark.parametrize("kind", VIEW_TYPES)
+def test_view_change_examples_parse_round_trip_and_verify(kind):
+    """Sec. 5.7's examples: the exact wire form, every signature (nested ones included,
+    each by its own sender) valid, within the view-change size limit."""
+    (body,) = blocks("example", kind)
+    wire = json.loads(body)
+    msg = from_wire(wire)
+    assert type(msg).__name__ == kind and to_wire(msg) == wire
+    assert len(signing_bytes(msg)) <= messages.MAX_VIEW_CHANGE_BYTES
+    assert KEY.sign(signing_bytes(msg)).signature.hex() == wire["sig"]
+    with fixed_verifier() as v:
+        v.check(msg)
+
+
+def test_the_new_view_example_is_built_from_the_view_change_example():
+    vc, nv = example("ViewChange"), example("NewView")
+    assert vc in nv["view_changes"]
+    assert nv["sender"] == nv["view"] % N
+    assert len({w["sender"] for w in nv["view_changes"]}) == quorum(N)
+    pp, cert = from_wire(example("PrePrepare")), vc["prepared"][0]
+    assert cert["preprepare"] == example("PrePrepare")
+    assert [(o["view"], o["seq"], o["digest"]) for o in nv["preprepares"]] == \
+        [(nv["view"], pp.seq, pp.digest)]                # O re-proposes the prepared batch
+
+
+def test_a_node_accepts_the_view_change_examples():
+    """Node 3 takes node 2's ViewChange without evidence; node 0, the silent primary
+    back, takes the NewView and moves to view 1 (sec. 4.4)."""
+    node3 = NodeRuntime(3, ReplicaConfig(n=N), MemoryLedger(), Signer(3, KEY), fixed_verifier(),
+                        _Capture())
+    assert node3.handle(example("ViewChange"), "ViewChange") is None
+    assert not node3.rejected and node3.handled == {"ViewChange": 1}
+    node0 = NodeRuntime(0, ReplicaConfig(n=N), MemoryLedger(), Signer(0, KEY), fixed_verifier(),
+                        _Capture())
+    assert node0.handle(example("NewView"), "NewView") is None
+    assert not node0.rejected and node0.replica.view == 1
+    # and refuses it, validly signed, with O emptied: the core's evidence
+    bad = dict(example("NewView"), preprepares=[])
+    node0b = NodeRuntime(0, ReplicaConfig(n=N), MemoryLedger(), Signer(0, KEY), fixed_verifier(),
+                         _Capture())
+    forged = to_wire(Signer(1, KEY).sign(from_wire({**bad, "sig": ""})))  # re-signed by node 1
+    node0b.handle(forged, "NewView")
+    assert node0b.rejected == {"bad_new_view": 1} and node0b.replica.view == 0
+
+
 def test_signer_of_each_type_is_as_documented():
     identity = {"Request": "alice/5e55104a", "PrePrepare": 0, "Prepare": 2, "Commit": 3,
                 "Reply": 1, "Checkpoint": 2, "Certificate": 0}
@@ -297,15 +345,15 @@ def _evidence_reasons() -> set[str]:
 
 
 def _adapter_reason_literals() -> set[str]:
-    """Every reason string literal the adapters count: ``_reject("...")``,
-    ``_count_rejected("...")``, ``refuse(msg, "...")`` and ``Refused("...")``."""
+    """Every reason string literal the adapters count: ``reject("...")``,
+    ``count_rejected("...")``, ``refuse(msg, "...")`` and ``Refused("...")``."""
     out = set()
     for path in (ROOT / "pbft_tasks").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
                 continue
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            pos = {"_reject": 0, "_count_rejected": 0, "Refused": 0, "refuse": 1}.get(name)
+            pos = {"reject": 0, "count_rejected": 0, "Refused": 0, "refuse": 1}.get(name)
             if pos is not None and len(node.args) > pos and isinstance(node.args[pos], ast.Constant):
                 out.add(node.args[pos].value)
     return out

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..audit.verify import bench_verify
 from ..clikit import BadInput, console
+from .backlog import backlog as bench_backlog
 from .failover import failover as bench_failover
 from .paper import bench_paper
 
@@ -46,12 +47,15 @@ def bench() -> None:
               help="verified non-validating followers to run beside the validators")
 @click.option("--netns", is_flag=True,
               help="every validator and follower on a network-namespace host of its own (root)")
+@click.option("--followers-nice", type=click.IntRange(0, 19), default=0, show_default=True,
+              help="run the followers under nice N: on one machine they then take only the CPU "
+                   "validators leave, as on hosts of their own")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="one configuration: its figures; several: {\"runs\": [...]} in run order")
 def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, low_load: int,
                     low_load_gap: float, durability: str, votes: str, rounds: int,
                     broker: str | None, backend: str | None, broker_nodes: int, followers: int,
-                    netns: bool, json_path: str | None) -> None:
+                    netns: bool, followers_nice: int, json_path: str | None) -> None:
     """Committed tx/s, commit latency and CPU by stage on real RabbitMQ, one worker per node."""
     from . import consensus as bc
     try:
@@ -63,7 +67,7 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
     modes = {"all": ["all-to-all"], "collector": ["collector"], "both": ["all-to-all", "collector"]}[votes]
     kw = dict(requests=count, window=window, low_load=low_load, broker=broker, backend=backend,
               max_batch=max_batch, durability=durability, low_load_gap=low_load_gap,
-              followers=followers, netns=netns)
+              followers=followers, netns=netns, followers_nice=followers_nice)
     if broker_nodes > 1:
         if len(nodes) > 1 or len(modes) > 1 or rounds > 1:
             raise BadInput("--broker-nodes compares one configuration: give one --nodes, one "
@@ -73,7 +77,9 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
                                       votes=modes[0], **kw)]
     else:
         runs = bc.run_matrix(nodes, modes, rounds=rounds, say=console().print,
-                             console=console(), **kw)
+                             console=console(),
+                             on_result=lambda so_far: bc.write_json({"runs": so_far}, json_path),
+                             **kw)
     console().print(_consensus_table(runs, count, durability))
     console().print(_stages_table(runs))
     bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)
@@ -95,7 +101,8 @@ _FOLLOWER_ROWS = (("followers", "followers"), ("follower lag p50 ms (low load)",
                   ("follower lag p99 ms (low load)", "follower_lag_p99_ms"),
                   ("follower lag p50 ms under load", "follower_lag_loaded_p50_ms"),
                   ("follower lag p99 ms under load", "follower_lag_loaded_p99_ms"),
-                  ("followers at head after the last commit, s", "follower_catchup_s"))
+                  ("followers at head after the last commit, s", "follower_catchup_s"),
+                  ("pushed blocks received per block", "follower_pushes_per_block"))
 
 
 def _label(r: dict) -> str:
@@ -146,3 +153,4 @@ def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
 bench.add_command(bench_failover)
+bench.add_command(bench_backlog)

@@ -44,6 +44,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from kombu.exceptions import OperationalError
+
 from ..client import MeshClient, Pending, SubmitTimeout
 from .stats import percentile
 
@@ -80,7 +82,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
         low_load_gap: float = 0.0, queue_type: str = "classic", followers: int = 0,
-        netns: bool = False, votes: str = "all-to-all") -> dict:
+        netns: bool = False, votes: str = "all-to-all", followers_nice: int = 0) -> dict:
     from pbft_tasks.signing import Verifier
     from pbft_tasks.topology import client_keys, load_client_identity, node_keys
 
@@ -90,11 +92,11 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
     rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
-                      queue_type=queue_type, votes=votes)
+                      queue_type=queue_type, votes=votes, nice=followers_nice)
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
     try:
-        rig.start(timeout=120)
+        rig.start(timeout=300)  # K=32 followers start slowly on a loaded 2-core box
         say(f"{nodes} workers ready in {time.perf_counter() - t0:.1f}s (data in {base})")
         client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
                             Verifier(node_keys(cfg), client_keys(cfg)))
@@ -112,7 +114,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         threads0 = {i: thread_cpu_s(p) for i, p in pids.items()}
         cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
         t_low = time.time()
-        broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
+        broker0, client0 = {p: process_cpu_s(p) for p in broker_pids}, time.process_time()
         low = []
         for i in range(low_load):
             if low_load_gap and i:
@@ -128,7 +130,11 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         if followers:
             rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
         if broker_pids:
-            cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
+            # per process, and only those still running: another session's RabbitMQ node
+            # that stopped meanwhile made this negative (shared machine, 2026-12-01)
+            used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
+                       if os.path.exists(f"/proc/{p}"))
+            cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
         low_blocks = before[0]["height"] - low_before[0]["height"]
@@ -169,7 +175,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
-            "followers": followers, "netns": netns,
+            "followers": followers, "netns": netns, "followers_nice": followers_nice,
             "follower_catchup_s": None if catchup is None else round(catchup, 3),
             "follower_rejected": rig.rejected(),
         }
@@ -281,7 +287,7 @@ def _uid(user: str) -> int | None:
 
 
 def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callable[[str], None] = print,
-               **kw: Any) -> list[dict]:
+               on_result: Callable[[list[dict]], None] | None = None, **kw: Any) -> list[dict]:
     """Every (nodes, votes) configuration, ``rounds`` times, interleaved: each round runs
     all of them in turn, so a change in the machine's load hits every configuration.  A
     configuration whose requests time out is recorded as ``{"failed": reason}`` and the
@@ -293,11 +299,15 @@ def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callabl
                 say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
                 try:
                     res = run(nodes=n, votes=v, **kw)
-                except SubmitTimeout as exc:  # a figure too: this configuration did not keep up
-                    say(f"  {n} nodes, votes={v}: FAILED: {exc}")
-                    res = {"nodes": n, "votes": v, "failed": str(exc)}
+                except (SubmitTimeout, OperationalError, OSError) as exc:  # a figure too: it did not keep up
+                    # (OperationalError: e.g. the broker dropped a connection that missed
+                    # its heartbeats on an overloaded machine)
+                    say(f"  {n} nodes, votes={v}: FAILED: {type(exc).__name__}: {exc}")
+                    res = {"nodes": n, "votes": v, "failed": f"{type(exc).__name__}: {exc}"}
                 res["round"] = r + 1
                 out.append(res)
+                if on_result is not None:
+                    on_result(out)  # e.g. write the JSON so far: a long matrix keeps what it measured
     return out
 
 

@@ -11,7 +11,7 @@ times, each time once the previous victim has rejoined.  Figures, never assertio
 - ``acknowledged``: updates that got f+1 matching replies; ``lost``: acknowledged
   updates missing (or with another value) in some node's ledger at the end.
 
-``hdpbf bench consensus --broker-nodes 3`` (mesh/commands.py) runs the consensus bench on
+``hdpbf bench consensus --broker-nodes 3`` (mesh/bench/commands.py) runs the consensus bench on
 the single broker and then on a fresh cluster with quorum queues, in one run
 (``run_cluster_vs_single``).
 
@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import click
 
+from ..client import MeshClient, Pending
+from ..ops.broker_cluster import BrokerCluster, ClusterError
 from .consensus import drive, write_json
 from .stats import percentile
-from ..ops.broker_cluster import BrokerCluster, ClusterError
-from ..client import MeshClient, Pending
 
 
 class CommitWatch:
@@ -162,9 +162,10 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
     from ledger.reader import LedgerReader
     from pbft_tasks.signing import Verifier
 
+    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
+
     from ..client import BrokerClientTransport
     from ..ops.launcher import LocalMesh
-    from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
 
     cdir = cluster_dir or tempfile.mkdtemp(prefix="hdpbf-cluster-")
     cluster = BrokerCluster.plan_free(cdir, 3, prefix=f"b{os.getpid()}c")

@@ -24,10 +24,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .stats import percentile
-from ..ops.follower_launcher import Followers
+from ..ops.followers import Followers
 from ..ops.launcher import LocalMesh
-from pbft_tasks.topology import DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, MeshConfig, add_followers, init_mesh
+from pbft_tasks.topology import (DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, MeshConfig, add_followers,
+                                 init_mesh)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """As consensus.percentile (not imported: consensus imports this module)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
 class FollowerRig:
@@ -35,7 +43,7 @@ class FollowerRig:
 
     def __init__(self, base: str, nodes: int, followers: int, netns: bool,
                  broker: Optional[str], backend: Optional[str], max_batch: int,
-                 durability: str, queue_type: str = "classic",
+                 durability: str, nice: int = 0, queue_type: str = "classic",
                  votes: str = "all-to-all") -> None:
         self.k = followers
         self.netns = None
@@ -60,6 +68,10 @@ class FollowerRig:
             self.cfg = MeshConfig.load(f"{base}/mesh.json")
             self.mesh = LocalMesh(f"{base}/mesh.json")
             self.followers = Followers(f"{base}/mesh.json", log_dir=self.mesh.log_dir)
+
+        if nice:   # followers yield the CPU to validators, as if on hosts of their own
+            for name in self.names:
+                self.followers.wrap[name] = [*self.followers.wrap.get(name, ()), "nice", "-n", str(nice)]
 
     @property
     def names(self) -> list[str]:

@@ -115,7 +115,7 @@ class Rig:
         self.transport = get_transport(self.transport_url)
         self.rpc_client = messaging.get_rpc_client(self.transport, compute_target(),
                                                    timeout=self.rpc_timeout)
-        ledger = os.path.join(str(self.cfg.node_data_dir(API_NODE)), "ledger.sqlite")
+        ledger = str(self.cfg.ledger_path(API_NODE))
         opener = Opener("api", load_reader_identity(self.cfg, "api"))
         self.reader = ConsoleReader(ledger, self.transport_url, self.hosts, opener=opener,
                                     rpc_timeout=self.rpc_timeout, own_answers=True)

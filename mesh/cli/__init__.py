@@ -53,7 +53,7 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
     for name in readers:
         try:
-            topology._check_client_name(name, "reader name")
+            topology.check_name(name, "reader name")
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
     if len(set(readers)) != len(readers):

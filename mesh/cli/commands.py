@@ -18,7 +18,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pbft_tasks.topology import ConfigError, MeshConfig
+from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig
 
 from ..clikit import BadInput, broker_client, config_option, config_path, console
 
@@ -97,7 +97,7 @@ def get(key: str, node_id: int | None, config: str | None, as_json: bool) -> Non
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     try:
-        with LedgerReader(os.path.join(data_dir, "ledger.sqlite")) as reader:
+        with LedgerReader(os.path.join(data_dir, LEDGER_FILE)) as reader:
             record = reader.get(key)
     except LedgerError as exc:
         raise BadInput(f"node {node_id}: {exc}") from None

@@ -1,11 +1,12 @@
 """``hdpbf follow``: run a follower, a verified non-validating ledger copy (issue 12).
 
-A plain click command (registered in mesh/cli.py with one line); the work is in
+A plain click command (added to the group in mesh/cli/__init__.py); the work is in
 pbft_tasks/follower_node.py (wire, pulling, status) and pbft_tasks/follower.py (checks).
 Bad input is one ``Error:`` line and exit 2, like every hdpbf command.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -67,6 +68,7 @@ def follow(config: Optional[str], name: str, data_dir: Optional[str], add: bool,
     def _stop(*_):
         node.stop.set()
     if threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1)   # kill -USR1 <pid>: every thread's stack to the log
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
     click.echo(f"follower {name}: ledger {node.data_dir / 'ledger.sqlite'} at height "

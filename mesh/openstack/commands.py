@@ -123,7 +123,7 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     url = _transport_url(cfg, transport_url)
-    with ConsoleReader(os.path.join(data_dir, "ledger.sqlite"), url, {instance: host},
+    with ConsoleReader(os.path.join(data_dir, topology.LEDGER_FILE), url, {instance: host},
                        opener, rpc_timeout=timeout, own_answers=own_answers) as api:
         t0 = time.perf_counter()
         try:

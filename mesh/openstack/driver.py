@@ -34,7 +34,7 @@ Rules of this file:
   the driver is a pure pass-through and logs that once.  Broken settings raise
   ``ConfigError`` when the transport is built (nova does not start).
 - The base class is oslo.messaging's private ``_drivers.base.BaseDriver``; the versions
-  tested are pinned in pyproject.toml and tests/nova/test_driver_contract.py fails
+  tested are pinned in pyproject.toml and tests/nova_driver/test_driver_contract.py fails
   loudly if what we rely on changes.
 """
 from __future__ import annotations

@@ -53,7 +53,7 @@ class ReplyRecorder(ConsoleRecorder):
             c = self.client
             body = {"op": "put", "key": op.key, "value": op.args[0](),
                     "expires_at": op.expires_at}
-            return c.signer.sign(Request(c.client_id, c._next_ts(), body))
+            return c.signer.sign(Request(c.client_id, c.next_ts(), body))
         return super()._build(op)
 
 

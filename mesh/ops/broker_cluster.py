@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -158,8 +159,11 @@ class BrokerCluster:
             check: bool = True) -> subprocess.CompletedProcess:
         """``rabbitmqctl -n <node> ARGS`` (as the rabbitmq user, with the node's env)."""
         argv = self._as_rabbitmq([RABBITMQCTL, "-n", node.name, *args])
-        res = subprocess.run(argv, env=self._env(node), capture_output=True, text=True,
-                             timeout=timeout, cwd=RABBITMQ_HOME)
+        try:
+            res = subprocess.run(argv, env=self._env(node), capture_output=True, text=True,
+                                 timeout=timeout, cwd=RABBITMQ_HOME)
+        except subprocess.TimeoutExpired:  # a loaded machine: callers that poll try again
+            res = subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout:.0f}s")
         if check and res.returncode != 0:
             raise ClusterError(f"rabbitmqctl -n {node.name} {' '.join(args)} failed "
                                f"({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
@@ -247,11 +251,14 @@ class BrokerCluster:
         if self.pid(node) is not None:
             self.ctl(node, "stop", timeout=90)
 
-    def restart_node(self, which: int | str, wait: bool = True) -> None:
+    def restart_node(self, which: int | str, wait: bool = True, timeout: float = 90.0) -> None:
+        """Start a stopped or killed member again; it rejoins the cluster by itself.  A
+        node that went down first boots only once a node that outlived it is back
+        (Mnesia waits for it), so under pause_minority that can take a while."""
         node = self.node(which)
         self.start_node(node)
         if wait:
-            self.await_node(node)
+            self.await_node(node, timeout)
 
     def running(self) -> list[BrokerNode]:
         return [n for n in self.nodes if self.pid(n) is not None]
@@ -363,8 +370,8 @@ def up(n: int, dir_: str, base_port: int, dist_base: int) -> None:
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{n} broker nodes up in {time.monotonic() - t0:.1f}s; record {dir_}/{STATE_FILE}")
-    click.echo("mesh.json \"broker_url\": " + json.dumps(cluster.urls))
-    click.echo("for quorum queues also set \"queue_type\": \"quorum\"")
+    click.echo("a mesh on it (mesh.json \"broker_url\": the list, \"queue_type\": \"quorum\"):")
+    click.echo(f"  hdpbf init --dir MESH_DIR --queue-type quorum --broker {shlex.quote(cluster.broker_url)}")
 
 
 @broker_cluster.command()

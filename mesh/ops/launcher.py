@@ -31,10 +31,10 @@ from pbft_tasks.brokers import PREFETCH
 from pbft_tasks.topology import MeshConfig
 
 
-def worker_command(node_id: int, loglevel: str = "INFO") -> list[str]:
+def worker_command(node_id: int, loglevel: str = "INFO", prefetch: int = PREFETCH) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "pbft_tasks", "worker",
             "-Q", f"node.{node_id}", "-n", f"node{node_id}@%h", "-E",
-            "-P", "solo", "--prefetch-multiplier", str(PREFETCH),
+            "-P", "solo", "--prefetch-multiplier", str(prefetch),
             "--without-gossip", "--without-mingle", "-l", loglevel]
 
 
@@ -66,6 +66,8 @@ class LocalMesh:
         # Extra environment per node (e.g. HDPBF_BYZANTINE for fault tests), kept for
         # restarts: a restarted worker is the same node with the same settings.
         self.extra_env: dict[int, dict[str, str]] = {}
+        # Only ``hdpbf bench backlog`` changes it, to show what a small one does.
+        self.prefetch = PREFETCH
 
     def purge(self) -> None:
         """Empty the node queues: a new mesh must not inherit an old mesh's messages."""
@@ -80,7 +82,7 @@ class LocalMesh:
         for i in nodes if nodes is not None else [n.id for n in self.cfg.nodes]:
             logf = open(os.path.join(self.log_dir, f"node{i}.log"), "ab")
             env = {**node_env(self.config_path, i), **self.extra_env.get(i, {})}
-            self.procs[i] = subprocess.Popen(worker_command(i), env=env,
+            self.procs[i] = subprocess.Popen(worker_command(i, prefetch=self.prefetch), env=env,
                                              stdout=logf, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
             logf.close()

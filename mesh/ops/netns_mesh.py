@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
-from .follower_launcher import Followers
+from .followers import Followers
 from .launcher import LocalMesh, node_env, worker_command
 from .netns import Topology
 from pbft_tasks.topology import DEFAULT_RESULT_BACKEND, MeshConfig, add_followers, init_mesh

@@ -58,7 +58,7 @@ from pbft_tasks.topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT
                                  MeshConfig, add_readers, init_mesh)
 
 from ..clikit import BadInput, console
-from . import follower_ops
+from . import follower_status as follower_ops
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
 from .respawn import respawn_command

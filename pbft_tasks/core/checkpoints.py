@@ -18,7 +18,11 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   ``seen_ahead`` for the stuck check) and replayed when the window moves; messages at or below h are
   dropped.
 - f+1 matching CHECKPOINTs for a seq this replica has not executed, or beyond 2L past
-  h (kept bounded: the newest per sender), start state transfer (catchup.py).
+  h (kept bounded: the newest per sender), start state transfer (catchup.py).  When it
+  then takes its own checkpoint at such a far seq, the far ones for that seq count as
+  votes for it: without them a replica that caught up by state transfer kept h = 0,
+  refused every later normal-case message as outside its window and never voted again
+  (found by tests/core/scenarios/state_transfer.txt).
 - A duplicate CHECKPOINT for the stable checkpoint is answered with our own (the sender
   missed stability), at most once per (peer, seq, ``retransmit_ticks``).
 """
@@ -39,7 +43,11 @@ class Checkpoints:
     def _take_checkpoint(self, seq: int, cause: str) -> None:
         self.own_checkpoints[seq] = self.head
         mine = Checkpoint(seq, self.head, self.id)
-        self.checkpoints.setdefault(seq, {})[self.id] = mine
+        votes = self.checkpoints.setdefault(seq, {})
+        votes[self.id] = mine
+        for far in self.far_checkpoints.values():  # heard of while beyond our window:
+            if far.seq == seq:                     # after a state transfer, they make it
+                votes.setdefault(far.sender, far)  # stable and the window moves on
         self._dirty_ckpt.add(seq)
         self._msg(Broadcast(mine, cause))
         self._check_stable(seq, cause)

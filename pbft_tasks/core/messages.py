@@ -1,7 +1,8 @@
 """PBFT protocol messages and their one canonical encoding.
 
 Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
-"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), their JSON wire form,
+"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), of the view change
+(sec. 4.4), and the collector's Certificate (collector.py), their JSON wire form,
 strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
 
 Rules of this file:
@@ -24,8 +25,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Union
-
-WIRE_VERSION = 1
 
 # Bounds on untrusted input.  A message whose canonical encoding exceeds MAX_WIRE_BYTES
 # is refused as "oversize" after decoding; the broker's own frame limit bounds the raw
@@ -243,11 +242,6 @@ def batch_digest(batch: tuple) -> str:
     """d in the pre-prepare: SHA-256 over the canonical list of the requests' wire
     forms, client signatures included, so a certificate binds what clients signed."""
     return sha256_hex([request_wire(r) for r in batch])
-
-
-def message_digest(msg: Message) -> str:
-    """Digest of a whole signed message (for evidence and replay detection)."""
-    return sha256_hex(to_wire(msg))
 
 
 # -- strict parsing ---------------------------------------------------------------

@@ -69,11 +69,13 @@ class NormalCase:
             return
         if key in self.in_flight:
             return
-        if request_bytes(req) > self.cfg.max_batch_bytes:
+        size = request_bytes(req)
+        if size > self.cfg.max_batch_bytes:
             self.awaiting.pop(key, None)
             return self._evidence(None, "request_too_large",
                                   f"request {req.client}/{req.timestamp} alone is over "
                                   f"max_batch_bytes ({self.cfg.max_batch_bytes})", cause)
+        self.pending_bytes[key] = size
         self.in_flight.add(key)
         self.pending.append(req)
         if self.pending_since is None:
@@ -96,8 +98,12 @@ class NormalCase:
         no more than fit in ``max_batch_bytes`` (at least one; a single request over it
         was refused on arrival)."""
         total, count, limit = 0, 0, self.cfg.max_batch_bytes
+        sizes = self.pending_bytes
         for r in self.pending[: self.cfg.max_batch]:
-            total += request_bytes(r)
+            size = sizes.get((r.client, r.timestamp))
+            if size is None:  # pending again after a view change
+                size = sizes[(r.client, r.timestamp)] = request_bytes(r)
+            total += size
             if count and total > limit:
                 break
             count += 1
@@ -113,6 +119,8 @@ class NormalCase:
                     break
                 limit -= 1
             batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
+            for r in batch:
+                self.pending_bytes.pop((r.client, r.timestamp), None)
             seq = self.next_seq
             self.next_seq += 1
             pp = PrePrepare(self.view, seq, batch_digest(batch), batch, self.id)

@@ -115,6 +115,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.clients = ClientTable(config.client_window)
         # Volatile state: lost on restart on purpose (clients retransmit).
         self.pending: list[Request] = []
+        self.pending_bytes: dict[tuple[str, int], int] = {}  # request_bytes of pending ones
         self.in_flight: set[tuple[str, int]] = set()
         self.pending_since: int | None = None
         self.now = 0

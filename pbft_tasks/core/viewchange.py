@@ -273,6 +273,7 @@ class ViewChanges:
                 mine = Prepare(view, pp.seq, pp.digest, self.id)
                 entry.prepares[self.id] = mine
                 self._send_vote(mine, cause)
+        self.pending_bytes = {}  # recomputed as the new view's batches are cut
         if self.id == primary:
             self.next_seq = max(top, self.last_exec, self.h) + 1
             proposed = {(r.client, r.timestamp) for pp in pps for r in pp.batch}

@@ -36,6 +36,10 @@ Commands (``ID`` is a replica number; filters are optional):
   log ID                           watermarks, last executed seq and the seqs in its log
   evidence ID                      the evidence ID has recorded, as "from=S reason"
   replies client=C                 the replies C received: timestamp, result, senders
+  views                            each replica's view, and "changing" while it waits
+                                   for a NEW-VIEW
+  fetch                            serve the state-transfer requests made so far
+                                   (Cluster.serve_fetches): blocks installed
 """
 from __future__ import annotations
 
@@ -47,8 +51,8 @@ from pathlib import Path
 
 import pytest
 
-from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, PrePrepare, Prepare, Request,
-                                      batch_digest)
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, NewView, PrePrepare, Prepare,
+                                      Request, ViewChange, batch_digest)
 from pbft_tasks.core.sim import Cluster
 
 HERE = Path(__file__).parent / "scenarios"
@@ -101,6 +105,11 @@ def describe(env) -> str:
         body = f"n{m.seq} d={m.state_digest[:8]}"
     elif isinstance(m, Certificate):
         body = f"{m.phase} v{m.view} n{m.seq} d={m.digest[:8]} votes={','.join(str(v.sender) for v in m.votes)}"
+    elif isinstance(m, ViewChange):
+        body = f"v{m.new_view} stable=n{m.stable_seq} P={[pp.seq for pp, _ in m.prepared]}"
+    elif isinstance(m, NewView):
+        body = f"v{m.view} V={sorted(vc.sender for vc in m.view_changes)} " \
+               f"O={[(pp.seq, len(pp.batch)) for pp in m.preprepares]}"
     else:
         body = ""
     return f"{env.origin}->{env.to} {kind} {body}".rstrip()
@@ -254,6 +263,18 @@ class Runner:
                 got[(r["timestamp"], res["seq"], res["index"])].add(rep.sender)
         return [f"ts={ts} seq={s} index={ix} from={sorted(senders)}"
                 for (ts, s, ix), senders in sorted(got.items())] or ["(none)"]
+
+
+    def cmd_views(self, pos, kw):
+        out = []
+        for i, node in enumerate(self.c.nodes):
+            r = node.replica
+            out.append(f"{i}: down" if r is None else
+                       f"{i}: view={r.view}{' changing' if r.in_view_change else ''}")
+        return out
+
+    def cmd_fetch(self, pos, kw):
+        return [f"installed {self.c.serve_fetches()}"]
 
 
 def run_file(path: Path) -> str:

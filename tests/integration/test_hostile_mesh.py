@@ -54,6 +54,20 @@ def _body(*args, kwargs=None) -> bytes:
                                                   "chain": None, "chord": None}]).encode()
 
 
+def _unacked(mesh, queue: str) -> int:
+    """Messages delivered to a consumer and not acknowledged, from rabbitmqctl."""
+    import shutil
+    import subprocess
+    from urllib.parse import unquote, urlparse
+    exe = shutil.which("rabbitmqctl")
+    assert exe, "rabbitmqctl is needed to see unacknowledged messages"
+    vhost = unquote(urlparse(mesh.cfg.broker_url).path[1:]) or "/"
+    out = subprocess.run([exe, "list_queues", "-q", "-p", vhost, "name", "messages_unacknowledged"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = dict(line.split() for line in out.splitlines() if line.strip())
+    return int(rows[queue])
+
+
 def attacks(mesh):
     """(reason, publish(producer)) for every bad message of issue 10."""
     node3 = Signer(FAULTY, load_node_identity(mesh.cfg, FAULTY))
@@ -178,6 +192,12 @@ def test_every_attack_at_once_and_the_mesh_keeps_committing(mesh):
     sent_before = mesh.local.status(TARGET, timeout=30)["sent"]
     mesh.wait_quiet(timeout=60)
     assert mesh.local.status(TARGET, timeout=30)["sent"] - sent_before < 10, "node 1 keeps sending"
+
+    # finding 2: no delayed message is parked unacknowledged in node 1's worker (it used
+    # to hold them until RabbitMQ's consumer timeout closed the channel)
+    wait_until(lambda: _unacked(mesh, f"node.{TARGET}") == 0, 60,
+               lambda: f"node.{TARGET} to have no unacknowledged messages "
+                       f"(now {_unacked(mesh, f'node.{TARGET}')})")
 
     t1 = time.monotonic()
     client.wait(client.submit([client.put_request("after", 1)]), timeout=max(10.0, 3 * normal),
