@@ -34,6 +34,8 @@ import uuid
 from typing import Any
 
 from .consensus import write_json
+from . import broker_counts as counts
+from .broker_counts import PrivateBroker, RabbitCounters
 from .paper_nova import NOVA_CONFIGS, NovaSide
 from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
                            table)
@@ -42,6 +44,7 @@ from .paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, Embed
 from .workload import INSTANCES, paper_sequence
 
 # -- the run ------------------------------------------------------------------------------
+STEADY_ROUNDS = 10
 
 def make_instance_ids(repeat: int, configs: tuple[str, ...] = CONFIGS + NOVA_CONFIGS
                       ) -> dict[tuple[str, int, int], str]:
@@ -53,7 +56,8 @@ def make_instance_ids(repeat: int, configs: tuple[str, ...] = CONFIGS + NOVA_CON
 def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: float = 600.0,
         embedded: bool = False, broker: str | None = None, backend: str | None = None,
         redis_url: str | None = None, rpc_timeout: float = 10.0, data_dir: str | None = None,
-        console: Any = None, progress: bool = True, nova: bool = True) -> dict:
+        console: Any = None, progress: bool = True, nova: bool = True,
+        rabbit_api: str | None = None, steady_rounds: int = STEADY_ROUNDS) -> dict:
     say = console.print if console is not None else print
     _quiet_imports()
     seq = paper_sequence()
@@ -67,6 +71,8 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     rig: Rig = EmbeddedRig(base, **common) if embedded else BrokerRig(base, broker=broker,
                                                                      backend=backend, **common)
     records: list[CallRecord] = []
+    msgs: dict[str, dict] = {}      # messages RabbitMQ routed per configuration
+    steady: dict[str, dict] = {}
     use_nova, nova = nova, NovaSide(rig)
     nova_on = False
     try:
@@ -88,6 +94,13 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
         rig.wait_committed(list(warm.values()))
         if nova_on:
             nova.wait_committed(list(warm.values()))
+        counters = None
+        if rabbit_api is not None:
+            from urllib.parse import urlsplit
+            path = urlsplit(rig.cfg.broker_url).path
+            counters = RabbitCounters(rabbit_api, path[1:] if path not in ("", "/", "//")
+                                      else "/")
+        before = None
         schedule = [(r, c) for r in range(repeat)
                     for c in configs[r % len(configs):] + configs[:r % len(configs)]]
         bar = _progress(console, progress)
@@ -95,6 +108,8 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             task = bar.add_task("calls", total=len(schedule) * len(seq))
             for r, c in schedule:
                 bar.update(task, description=f"{c:>12} repeat {r + 1}/{repeat}")
+                if counters and before is None:
+                    before = counters.settled()
                 for n, (_, k) in enumerate(seq, start=1):
                     iid = ids[(c, r, k)]
                     w0 = time.time()
@@ -108,7 +123,22 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
                     rig.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
                 elif c == "nova-hdpbf":
                     nova.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
+                if counters:  # this run's "after" is the next run's "before"
+                    now = counters.settled()
+                    msgs[c] = counts.add(msgs.get(c, {}), counts.routed(before, now))
+                    before = now
         last_r = repeat - 1
+        if counters:  # steady state: the workload again and again on the same instances
+            for c in configs:
+                bar_say = f"steady state: {c}, {steady_rounds} x {len(seq)} calls"
+                say(bar_say)
+                for _ in range(steady_rounds):
+                    for _, k in seq:
+                        call(c, ids[(c, last_r, k)])
+                now = counters.settled()
+                steady[c] = counts.scale(counts.routed(before, now),
+                                         1000 / (steady_rounds * len(seq)))
+                before = now
         micro = rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)])
         if nova_on:
             micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
@@ -131,6 +161,12 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             shutil.rmtree(base, ignore_errors=True)
     result = summarize(records, served, configs, seq)
     result.update(micro)
+    for c in msgs:
+        result["configs"][c]["broker_messages"] = counts.scale(msgs[c], 100 / (repeat * len(seq)))
+        result["configs"][c]["broker_messages_per_1000_steady"] = steady.get(c)
+    if msgs:
+        result["broker_counts"] = {"source": "RabbitMQ management API, per-queue message_stats"
+                                             ".publish", "steady_rounds": steady_rounds}
     result.update(mode=rig.mode, label=rig.label, compute=rig.compute_mode, nodes=nodes,
                   repeat=repeat, service_ms=service_ms, token_ttl=token_ttl,
                   skipped={**({"redis": rig.redis_skip} if rig.redis is None
@@ -175,19 +211,46 @@ from ..clikit import console  # noqa: E402
               help="Redis for the cache-aside configuration (default: the result backend)")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="keep the mesh here (default: a temporary directory, removed afterwards)")
+@click.option("--count-messages", is_flag=True,
+              help="count the messages RabbitMQ routes per configuration (RPC and consensus, "
+                   "per 100 calls and at steady state): starts a private RabbitMQ with the "
+                   "management plugin for the run, unless --rabbit-api is given")
+@click.option("--rabbit-api", default=None, metavar="URL",
+              help="management API of the --broker (http://user:pass@host:15672) for "
+                   "--count-messages")
 @click.option("--nova/--no-nova", default=True, show_default=True,
               help="also nova-rpc and nova-hdpbf, through nova 34's own client (needs nova "
                    "installed: pip install -e '.[test]'; broker rig only)")
 def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
                 json_path: str | None, png_path: str, embedded: bool, broker: str | None,
                 backend: str | None, redis_url: str | None, data_dir: str | None,
-                nova: bool) -> None:
+                count_messages: bool, rabbit_api: str | None, nova: bool) -> None:
     """The paper's 100 get_vnc_console calls: rpc vs redis cache vs hdpbf two-step (with
     the API node's own answers, and from the ledger alone)."""
     out = console()
-    result = run(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
-                 embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,
-                 data_dir=data_dir, console=out, nova=nova)
+    if count_messages and embedded:
+        raise click.UsageError("--count-messages needs the broker rig (not --embedded)")
+    if rabbit_api and not count_messages:
+        raise click.UsageError("--rabbit-api is for --count-messages")
+    kw = dict(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
+              embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,
+              data_dir=data_dir, console=out, nova=nova)
+    if count_messages and rabbit_api is None:
+        if broker is not None:
+            raise click.UsageError("--count-messages with --broker needs --rabbit-api (the "
+                                   "broker's management API); without --broker a private "
+                                   "RabbitMQ with the management plugin is started")
+        pdir = tempfile.mkdtemp(prefix="hdpbf-paper-broker-")
+        out.print("starting a private RabbitMQ with the management plugin (its message "
+                  "counters); the machine's own broker has none")
+        try:
+            with PrivateBroker(pdir) as pb:
+                out.print(f"private broker {pb.broker_url}, management {pb.api_url.split('@')[-1]}")
+                result = run(**{**kw, "broker": pb.broker_url}, rabbit_api=pb.api_url)
+        finally:
+            shutil.rmtree(pdir, ignore_errors=True)
+    else:
+        result = run(**kw, rabbit_api=rabbit_api if count_messages else None)
     plot(result, png_path)
     result["png"] = os.path.abspath(png_path)
     result["plot_series"] = ("median over repeats" if repeat > 1 else "the one run")
