@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
-from pbft_tasks.core.messages import MalformedMessage, Reply, Request, from_wire, to_wire
+from pbft_tasks.core.messages import (MalformedMessage, Reply, Request, from_wire, request_digest,
+                                      to_wire)
 from pbft_tasks.core.quorum import primary, weak_quorum
 from pbft_tasks.signing import Rejected, Signer, Verifier
 
@@ -40,6 +41,7 @@ class ClientTransport(Protocol):
 class Pending:
     request: Request
     sent_at: float
+    digest: str = ""                                   # request_digest: what replies must name
     votes: dict = field(default_factory=dict)        # sender -> result
     result: Any = None
     done_at: float | None = None                       # f+1 matching replies
@@ -72,7 +74,7 @@ class MeshClient:
         self.rejected = 0
 
     # -- building requests ---------------------------------------------------------
-    def _next_ts(self) -> int:
+    def next_ts(self) -> int:
         self._ts += 1
         return self._ts
 
@@ -80,20 +82,31 @@ class MeshClient:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
         expires = None if ttl is None else time.time() + ttl
-        return self.signer.sign(Request(self.client_id, self._next_ts(),
-                                        {"op": "put", "key": key, "value": value, "expires_at": expires}))
+        return self._signed({"op": "put", "key": key, "value": value, "expires_at": expires})
 
     def delete_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "delete", "key": key}))
+        return self._signed({"op": "delete", "key": key})
 
     def get_request(self, key: str) -> Request:
-        return self.signer.sign(Request(self.client_id, self._next_ts(), {"op": "get", "key": key}))
+        return self._signed({"op": "get", "key": key})
+
+    def _signed(self, op: dict) -> Request:
+        """A signed request, checked first by the nodes' own parser: a request every node
+        would refuse (a value over MAX_VALUE_BYTES or nested deeper than MAX_VALUE_DEPTH,
+        a key too long, NaN) is a ValueError here, not a submit that times out."""
+        req = Request(self.client_id, self._ts + 1, op)
+        try:
+            from_wire(to_wire(req))
+        except MalformedMessage as exc:
+            raise ValueError(f"request refused before sending: {exc}") from None
+        self.next_ts()
+        return self.signer.sign(req)
 
     # -- submitting ----------------------------------------------------------------
     def submit(self, requests: Iterable[Request]) -> list[Pending]:
         """Send requests to the primary (bundled) without waiting."""
         now = time.perf_counter()
-        batch = [Pending(r, now) for r in requests]
+        batch = [Pending(r, now, request_digest(r)) for r in requests]
         for p in batch:
             self.pending[p.request.timestamp] = p
         wires = [to_wire(p.request) for p in batch]
@@ -166,6 +179,10 @@ class MeshClient:
             p = self.pending.get(r["timestamp"])
             if p is None or msg.sender in p.votes:
                 continue
+            result = r["result"]
+            if type(result) is not dict or result.get("request") != p.digest:
+                self.rejected += 1  # a reply to another request with this timestamp
+                continue
             p.votes[msg.sender] = r["result"]
             if p.done_at is None:
                 same = sum(1 for v in p.votes.values() if v == r["result"])
@@ -180,41 +197,108 @@ class MeshClient:
 
 
 class BrokerClientTransport:
-    """Requests as Celery task messages; replies from a kombu queue of our own."""
+    """Requests as Celery task messages; replies from a kombu queue of our own.
+
+    The reply queue is classic, auto-deleted with its connection (a quorum queue cannot
+    be).  When the broker node under this connection dies (a cluster, mesh.json's
+    broker URL list), ``poll`` reconnects to the next node and declares the queue again;
+    a reply sent while it was gone is lost, and ``MeshClient.wait`` sends the request to
+    every replica again, which answer it from their client table (README "Broker
+    cluster")."""
 
     def __init__(self, app: Any, client: MeshClient):
-        from kombu import Consumer, Queue
+        from kombu import Queue
 
         from pbft_tasks.transport import reply_queue_name
         self.app = app
+        self.client = client
+        self.reconnects = 0
+        self.unsent = 0  # request messages no broker node confirmed (resent by the timer)
+        self.pconn = self.producer = None
+        urls = app.conf.broker_url or ""
+        self.nurls = len(urls.split(";")) if isinstance(urls, str) else len(urls)
         self.conn = app.connection_for_write()
         self.conn.ensure_connection(max_retries=3)
         self.queue = Queue(reply_queue_name(client.client_id), exchange="", durable=False,
                            auto_delete=True, routing_key=reply_queue_name(client.client_id))
+        from kombu.exceptions import OperationalError
+        # What a dying broker node raises here: kombu re-raises a connection error it
+        # gave up on as OperationalError.
+        self._lost = (self.conn.recoverable_connection_errors
+                      + self.conn.recoverable_channel_errors + (OperationalError, ConnectionError))
+        self._open()
+
+    def _open(self) -> None:
+        from kombu import Consumer
         self.consumer = Consumer(self.conn.channel(), queues=[self.queue], accept=["json"],
                                  callbacks=[self._on_message], no_ack=True)
         self.consumer.consume()
-        self.client = client
-        self.producer = app.amqp.Producer(self.conn.channel(), auto_declare=False)
+        # kombu may replace the connection under us (a publish's ``ensure`` reconnects
+        # to the next node): the consumer's channel then belongs to the dead one.
+        self._raw = self.conn.connection
+
+    def _producer(self) -> Any:
+        # Requests go out on a connection of their own, so that kombu's reconnect on a
+        # failed publish never leaves the reply consumer on a dead connection.
+        if self.producer is None:
+            if self.pconn is None:
+                self.pconn = self.conn.clone()
+            else:
+                self.pconn.collect()
+            self.pconn.ensure_connection(max_retries=self.nurls, interval_start=0)
+            self.producer = self.app.amqp.Producer(self.pconn.channel(), auto_declare=False)
+        return self.producer
+
+    def _reconnect(self) -> None:
+        """A new connection (the next broker URL once this one fails), consumer and
+        producer.  Gives up after three rounds of the broker URLs (a few seconds) with no
+        node answering; ``poll`` tries again on its next call."""
+        self.reconnects += 1
+        self.conn.collect()
+        self.conn.ensure_connection(max_retries=3 * self.nurls, interval_start=0,
+                                    interval_step=0.25, interval_max=1)
+        self._open()
 
     def _on_message(self, body: Any, message: Any) -> None:
         self.client.on_reply(body)
 
+    # A request publish waits for the broker's confirm and retries (on the next node)
+    # for a few seconds at most: past that the request counts as sent and lost, and the
+    # client's own timer sends it again (to every replica), as for any lost message.
+    RETRY = {"max_retries": 8, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
     def send_requests(self, to: int, wires: list[dict]) -> None:
-        self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
-                           ignore_result=True, producer=self.producer,
-                           argsrepr=f"[{len(wires)} requests from {self.client.name}]", kwargsrepr="{}")
+        try:
+            self.app.send_task("pbft.request", args=[wires], queue=f"node.{to}",
+                               ignore_result=True, producer=self._producer(),
+                               retry=True, retry_policy=self.RETRY,
+                               argsrepr=f"[{len(wires)} requests from {self.client.name}]",
+                               kwargsrepr="{}")
+        except self._lost:
+            self.unsent += 1
+            self.producer = None  # a new connection for the next request
 
     def poll(self, timeout: float) -> None:
         try:
+            if self.conn.connection is not self._raw:
+                self._reconnect()
             self.conn.drain_events(timeout=timeout)
         except TimeoutError:
             pass
+        except self._lost:
+            try:
+                self._reconnect()
+            except self._lost:
+                pass  # no broker node reachable now; the caller's wait keeps trying
         except OSError:  # socket.timeout is an OSError subclass
             pass
 
     def close(self) -> None:
         try:
             self.consumer.cancel()
+        except Exception:
+            pass
         finally:
             self.conn.release()
+            if self.pconn is not None:
+                self.pconn.release()

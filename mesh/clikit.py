@@ -51,13 +51,15 @@ def config_path(config: str | None) -> str:
 
 def broker_client(path: str, name: str, timeout: float):
     """A MeshClient for client identity NAME of mesh PATH, over the real broker."""
+    from pbft_tasks.brokers import celery_queue_settings
     from pbft_tasks.celery_app import app
     from pbft_tasks.signing import Verifier
     from pbft_tasks.topology import client_keys, load_client_identity, node_keys
 
     from .client import BrokerClientTransport, MeshClient
     cfg = MeshConfig.load(path)
-    app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend)
+    app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend,
+                    **celery_queue_settings(cfg.queue_type))
     try:
         key = load_client_identity(cfg, name)
     except ConfigError as exc:

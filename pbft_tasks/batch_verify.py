@@ -58,10 +58,8 @@ import argparse
 import json
 import logging
 import os
-import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -71,7 +69,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
 from pbft_tasks.core.messages import Commit
-from pbft_tasks.signing import SIG_HEX_LEN, THREADED_MIN, _signer_of
+from pbft_tasks.signing import THREADED_MIN, SlicePool, signature_format, signer_of
 
 __all__ = ["BatchVerifier", "Signed", "LOCAL_INLINE_MAX", "CLUSTER_INLINE_MAX",
            "RAY_CHUNK_MIN", "measure"]
@@ -83,7 +81,6 @@ LOCAL_INLINE_MAX = 1_000_000
 CLUSTER_INLINE_MAX = 5_000
 RAY_CHUNK_MIN = 2_000
 
-_SIG_RE = re.compile(r"[0-9a-f]{128}")
 _THREADS = max(1, os.cpu_count() or 1)
 # Unix socket paths are limited to 107 bytes; Ray puts its sockets ~60 bytes deep
 # inside its temp dir (session_<date>_<pid>/sockets/plasma_store).
@@ -147,7 +144,7 @@ class BatchVerifier:
         self._started_ray = False
         self._remote = None
         self._ray_lock = threading.Lock()
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool = SlicePool("hdpbf-batch-verify", _THREADS)
 
     # -- normalising items ----------------------------------------------------------
     def _key_of(self, signer: Any) -> tuple[Optional[bytes], str]:
@@ -170,18 +167,16 @@ class BatchVerifier:
             if isinstance(item, Signed):
                 signer, data, sig = item.signer, bytes(item.data), item.sig
             else:   # a protocol message: TypeError if it is not one (our bug)
-                signer, sig = _signer_of(item), item.sig
+                signer, sig = signer_of(item), item.sig
                 data = None
             key, unknown = self._key_of(signer)
             if key is None:
                 early.append((i, unknown))
                 continue
             if isinstance(sig, str):
-                if not sig:
-                    early.append((i, "missing_signature"))
-                    continue
-                if len(sig) != SIG_HEX_LEN or not _SIG_RE.fullmatch(sig):
-                    early.append((i, "malformed_signature"))
+                bad = signature_format(sig)  # signing.py's rule, the same for both
+                if bad:
+                    early.append((i, bad))
                     continue
                 sig = bytes.fromhex(sig)
             elif not sig:
@@ -222,17 +217,8 @@ class BatchVerifier:
         raise ValueError(f"unknown path {path!r}")
 
     def _on_threads(self, triples: Sequence[tuple[bytes, bytes, bytes]]) -> list[tuple[int, str]]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=_THREADS,
-                                            thread_name_prefix="hdpbf-batch-verify")
-        n = len(triples)
-        step = -(-n // _THREADS)
-        futures = [self._pool.submit(_verify_slice, triples[lo:lo + step], lo)
-                   for lo in range(0, n, step)]
-        out: list[tuple[int, str]] = []
-        for fut in futures:
-            out.extend(fut.result())
-        return out
+        return self._pool.map_slices(lambda lo, hi: _verify_slice(triples[lo:hi], lo),
+                                     len(triples))
 
     def _on_ray(self, triples: Sequence[tuple[bytes, bytes, bytes]]) -> list[tuple[int, str]]:
         ray = self.start_ray()
@@ -272,9 +258,7 @@ class BatchVerifier:
 
     def close(self) -> None:
         """Stop the thread pool, and Ray if this verifier started it."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._pool.close()
         if self._started_ray:
             import ray
             ray.shutdown()

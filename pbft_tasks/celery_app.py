@@ -19,6 +19,9 @@ Settings and why (facts measured in DESIGN.md):
 - Unparseable bodies and unknown task names are counted as rejected, then dropped.
 - Prometheus metrics (pbft_tasks/metrics.py) on 127.0.0.1:(metrics_port_base + node id),
   from a daemon thread started at worker init.
+- ``queue_type`` "quorum" (a RabbitMQ cluster): node queues are quorum queues and
+  publishes are confirmed (pbft_tasks/brokers.py); a ``;``-separated broker URL list
+  fails over node to node.
 - ``control_queue_exclusive = False``: see celery_settings (a cut link must not kill a
   worker on reconnect).
 - ``HDPBF_BROKER_URL`` overrides mesh.json's ``broker_url`` for this process only (the
@@ -34,36 +37,9 @@ import threading
 from celery import Celery, signals
 from celery.worker.consumer.consumer import Consumer
 
+from .brokers import celery_settings
+
 log = logging.getLogger("hdpbf.worker")
-
-PREFETCH = 64
-
-
-def celery_settings(broker_url: str, result_backend: str) -> dict:
-    return {
-        "broker_url": broker_url,
-        "result_backend": result_backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "event_serializer": "json",
-        "task_ignore_result": True,
-        "task_acks_late": True,
-        "worker_prefetch_multiplier": PREFETCH,
-        "worker_consumer": "pbft_tasks.celery_app:NodeConsumer",
-        "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
-        "task_default_queue": "hdpbf.default",
-        "worker_send_task_events": True,
-        "task_send_sent_event": False,
-        "result_expires": 600,
-        # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has
-        # noticed (heartbeat) that its old connection is dead; an exclusive remote-control
-        # queue of that old connection then makes the new one fail "RESOURCE_LOCKED" and
-        # the worker exit (found by tests/netns: a validator's link down for a few s).
-        "control_queue_exclusive": False,
-    }
-
 
 def _initial_settings() -> dict:
     path = os.environ.get("HDPBF_CONFIG")
@@ -71,7 +47,7 @@ def _initial_settings() -> dict:
         from pbft_tasks.topology import MeshConfig
         cfg = MeshConfig.load(path)
         return celery_settings(os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url,
-                               cfg.result_backend)
+                               cfg.result_backend, cfg.queue_type)
     return celery_settings(os.environ.get("HDPBF_BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
                            os.environ.get("HDPBF_BACKEND", "redis://127.0.0.1:6379/0"))
 
@@ -92,6 +68,12 @@ class NodeConsumer(Consumer):
     """Celery's consumer, counting what it drops before our tasks ever see it, and
     telling the tick thread whether the broker is reachable (``_broker_up``)."""
 
+    class Blueprint(Consumer.Blueprint):
+        # Without native delayed delivery: no ETA tasks here, and its set-up on every
+        # reconnect retries each dead cluster node for seconds (pbft_tasks/brokers.py).
+        default_steps = [s for s in Consumer.Blueprint.default_steps
+                         if not s.endswith(":DelayedDelivery")]
+
     def connect(self):
         conn = super().connect()
         if not _broker_up.is_set():
@@ -104,16 +86,25 @@ class NodeConsumer(Consumer):
         log.warning("broker connection lost: node timers paused until it is back")
         super().on_connection_error_after_connected(exc)
 
+    def create_task_handler(self, *args, **kwargs):
+        """Celery's task handler behind the gate of pbft_tasks/guard.py: every message
+        off the node queue is checked before Celery's machinery sees it."""
+        from .guard import Gate, guard_channel
+        handler = super().create_task_handler(*args, **kwargs)
+        guard_channel(self.task_consumer.channel)
+        tasks = {name for name in self.strategies if name.startswith("pbft.")}
+        return Gate(tasks, count_rejected, _poison_journal()).wrap(handler)
+
     def on_decode_error(self, message, exc):
-        _count_rejected("undecodable")
+        count_rejected("undecodable")
         super().on_decode_error(message, exc)
 
     def on_unknown_task(self, body, message, exc):
-        _count_rejected("unknown_task")
+        count_rejected("unknown_task")
         super().on_unknown_task(body, message, exc)
 
     def on_unknown_message(self, body, message):
-        _count_rejected("unknown_message")
+        count_rejected("unknown_message")
         super().on_unknown_message(body, message)
 
 
@@ -129,10 +120,26 @@ def runtime():
     return _runtime
 
 
-def _count_rejected(reason: str) -> None:
+def count_rejected(reason: str) -> None:
     if _runtime is not None:
         _runtime.rejected[reason] += 1
     log.warning("rejected a message before decoding: %s", reason)
+
+
+_journal = None
+
+
+def _poison_journal():
+    """The node's poison journal (guard.py), beside its ledger; in memory for a plain
+    worker."""
+    global _journal
+    if _journal is None:
+        from .guard import PoisonJournal
+        path = None
+        if _runtime is not None and getattr(_runtime.ledger, "path", None):
+            path = os.path.join(os.path.dirname(_runtime.ledger.path), "poison.json")
+        _journal = PoisonJournal(path)
+    return _journal
 
 
 def build_runtime(cfg, node_id: int):
@@ -147,13 +154,35 @@ def build_runtime(cfg, node_id: int):
     from .wiring import build_node
 
     byzantine = from_environment(node_id, cfg.n)  # HDPBF_BYZANTINE: fault tests only
-    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes]),
+    rt = build_node(cfg, node_id, CeleryTransport(app, [n.id for n in cfg.nodes], cfg.queue_type),
                     key_file=env_key_file(), data_dir=os.environ.get("HDPBF_DATA_DIR"),
                     byzantine=byzantine)
     if byzantine is not None:
         log.warning("node %s is running BYZANTINE behaviours: %s (HDPBF_BYZANTINE; for fault "
                     "tests only)", node_id, ", ".join(sorted(byzantine.behaviours)))
+    fail_at = os.environ.get(ENV_FAIL_AT_SEQ)
+    if fail_at:
+        rt.on_execute.append(_injected_bug(fail_at))
+        log.warning("node %s will raise an injected bug on executing block %s (%s; for fault "
+                    "tests only)", node_id, fail_at, ENV_FAIL_AT_SEQ)
     return rt
+
+
+# Fault tests only: our own bug, made to order (tests/integration/test_fail_hard.py).
+ENV_FAIL_AT_SEQ = "HDPBF_FAIL_AT_SEQ"
+
+
+def _injected_bug(value: str):
+    from .topology import ConfigError
+    try:
+        seq = int(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_FAIL_AT_SEQ} must be a block number, got {value!r}") from None
+
+    def hook(block: dict, _results) -> None:
+        if block["seq"] == seq:
+            raise RuntimeError(f"injected bug at block {seq} ({ENV_FAIL_AT_SEQ})")
+    return hook
 
 
 @signals.worker_init.connect
@@ -193,11 +222,12 @@ def _on_worker_init(sender=None, **_):
     tick_s = cfg.tick_ms / 1000.0
 
     def tick_loop():
+        from .failhard import fail_hard
         while not _stop.wait(tick_s):
             try:
                 _tick_once()
-            except Exception:  # our bug: loud, but keep the node ticking
-                log.exception("tick failed")
+            except Exception:  # our own bug (NodeFailed): the runtime stopped; so does the process
+                fail_hard("tick")
 
     global _ticker
     _ticker = threading.Thread(target=tick_loop, name="hdpbf-tick", daemon=True)
@@ -212,7 +242,12 @@ def _tick_once() -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_):
     if _runtime is not None and _ticker is not None:
-        _runtime.start()
+        from .node import NodeFailed
+        from .failhard import fail_hard
+        try:
+            _runtime.start()
+        except NodeFailed:  # Celery would log a signal handler's exception and go on
+            fail_hard("resume")
         _ticker.start()
 
 

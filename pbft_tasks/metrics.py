@@ -204,8 +204,10 @@ class _RuntimeCollector(Collector):
 
 
 def _known_reasons() -> tuple[str, ...]:
+    from pbft_tasks.guard import GUARD_REASONS
+    from pbft_tasks.node import RUNTIME_REASONS
     from pbft_tasks.signing import REASONS
-    return WIRE_REASONS + tuple(REASONS)
+    return tuple(dict.fromkeys(WIRE_REASONS + GUARD_REASONS + RUNTIME_REASONS + tuple(REASONS)))
 
 
 def node_metrics_port(cfg: Any, node_id: int, environ: Mapping[str, str] | None = None) -> int | None:

@@ -17,7 +17,14 @@ Rules:
   that message), and no message this node signed depends on it.  This halves the
   fsyncs per batch.
 - A bad message from a peer is dropped, logged with its reason and counted in
-  ``rejected``; it never raises out of ``handle``.  Our own bugs do raise.
+  ``rejected``; it never raises out of ``handle``.  Checking a message (parse, size,
+  signature) changes no state, so an unexpected exception there is counted as
+  ``check_failed`` and logged with its traceback, and the message dropped.
+- Our own bug fails hard (h11's ERROR state, dask's fail_hard): an exception while
+  stepping the replica or carrying out its actions (ledger, signing, sending) leaves the
+  replica half-stepped, so the runtime stops: it raises ``NodeFailed`` now and for every
+  later stimulus.  The worker exits without acknowledging the message and restarts
+  from its durable records (pbft_tasks/strategy.py, celery_app.py).
 - One replica is one state machine: ``handle`` and ``tick`` run under one lock, so a
   worker may tick from a timer thread while its pool runs tasks.
 - Client requests keep the client's signature when forwarded; every other outgoing
@@ -30,7 +37,9 @@ Rules:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -38,12 +47,13 @@ from collections import Counter
 from typing import Any, Callable, Protocol
 
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
-from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, MalformedMessage, NewView,
-                            Request, ViewChange, from_wire, signing_bytes, to_wire)
+from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
+                            NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .byzantine import signed_as
 from .reads import answer_reads
 from .signing import Rejected, Signer, Verifier
+from .stages import StageClock
 
 log = logging.getLogger("hdpbf.node")
 
@@ -55,12 +65,28 @@ TASK_FOR_TYPE = {
     "Checkpoint": "pbft.checkpoint",
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
+    "Certificate": "pbft.certificate",
 }
 # State transfer is adapter business: a block is self-certifying (its 2f+1 signed
 # commits), so neither message is signed; both are bounded and checked field by field.
 STATE_TRANSFER_TASKS = {"Fetch": "pbft.fetch", "Blocks": "pbft.blocks"}
 ALL_TASKS = {**TASK_FOR_TYPE, **STATE_TRANSFER_TASKS}
 FETCH_MAX = 64  # blocks per Blocks message
+FETCH_MAX_BYTES = 16 * 1024 * 1024  # and at most this much JSON, whatever the count
+# Fetches are unsigned and cheap to send, the answer is not: each requester (a mesh
+# member; anyone may name one) gets at most FETCH_BURST answers at once and FETCH_RATE a
+# second after that.  An honest node behind by 10,000 blocks catches up at up to
+# FETCH_RATE x FETCH_MAX blocks a second.
+FETCH_RATE = 10.0
+FETCH_BURST = 10.0
+# What NodeRuntime itself counts (the gate's reasons are guard.GUARD_REASONS, the
+# signature checks' signing.REASONS, the replica's its Evidence; docs/PROTOCOL.md sec. 7).
+RUNTIME_REASONS = ("malformed", "oversize", "fetch_rate_limited", "check_failed")
+
+
+class NodeFailed(RuntimeError):
+    """This node runtime hit one of our own bugs and stopped (see the rules above); the
+    process must end and restart from its durable records."""
 
 
 class Transport(Protocol):
@@ -91,38 +117,66 @@ class NodeRuntime:
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
+        self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
+        self._fetch_tokens: dict[int | str, tuple[float, float]] = {}  # requester -> (tokens, at)
         self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
+        self.failure: BaseException | None = None  # our own bug; set once, then NodeFailed
+        # CPU by stage of the task runs (stages.py); the Celery strategy begins and ends runs.
+        self.stages = StageClock()
+
+    @contextlib.contextmanager
+    def _stepping(self, what: str):
+        """Around every change of state: our own exception stops the runtime for good."""
+        if self.failure is not None:
+            raise NodeFailed(f"node {self.id} stopped after our own bug: {self.failure!r}")
+        try:
+            yield
+        except Exception as exc:
+            self.failure = exc
+            log.critical("node %s: our own bug while %s; the runtime stops (the process must "
+                         "restart from its durable records)", self.id, what, exc_info=True)
+            raise NodeFailed(f"node {self.id} failed while {what}: {exc!r}") from exc
 
     # -- stimuli ----------------------------------------------------------------------
     def start(self) -> None:
         """Re-send own votes for everything unexecuted (a crash may have cut them off)."""
-        with self.lock:
+        with self.lock, self._stepping("resuming"):
             self._carry_out(self.replica.resume())
 
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
         reason it was rejected."""
-        if isinstance(wire, dict) and wire.get("type") in STATE_TRANSFER_TASKS:
-            if expected_type not in (None, wire["type"]):
-                return self._reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
+        kind = wire.get("type") if isinstance(wire, dict) else None
+        if type(kind) is str and kind in STATE_TRANSFER_TASKS:
+            if expected_type not in (None, kind):
+                return self.reject("malformed", f"a {wire['type']} sent to the {expected_type} task", wire)
             return self._on_fetch(wire) if wire["type"] == "Fetch" else self._on_blocks(wire)
+        clock = self.stages
         try:
             msg = from_wire(wire)
             if expected_type is not None and type(msg).__name__ != expected_type:
                 raise MalformedMessage(f"a {type(msg).__name__} sent to the {expected_type} task")
             limit = MAX_VIEW_CHANGE_BYTES if isinstance(msg, (ViewChange, NewView)) else MAX_WIRE_BYTES
-            if len(signing_bytes(msg)) > limit:
-                return self._reject("oversize", f"over {limit} bytes", wire)
-            self.verifier.check(msg)
+            data = signing_bytes(msg)  # once: for the size check and the signature
+            if len(data) > limit:
+                return self.reject("oversize", f"over {limit} bytes", wire)
+            clock.lap("parse")
+            self.verifier.check(msg, data)
+            clock.lap("verify")
         except MalformedMessage as exc:
-            return self._reject("malformed", str(exc), wire)
+            return self.reject("malformed", str(exc), wire)
         except Rejected as exc:
-            return self._reject(exc.reason, str(exc), wire)
-        with self.lock:
+            return self.reject(exc.reason, str(exc), wire)
+        except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
+            log.error("node %s: checking a message raised", self.id, exc_info=True)
+            return self.reject("check_failed", repr(exc), wire)
+        with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
-            self._carry_out(self.replica.step(msg))
+            actions = self.replica.step(msg)
+            clock.lap("step")
+            self._carry_out(actions)
         return None
 
     # -- state transfer -----------------------------------------------------------------
@@ -135,46 +189,73 @@ class NodeRuntime:
                     or (type(who) is str and who in self.followers)):
                 raise ValueError
         except (KeyError, ValueError):
-            return self._reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
+            return self.reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
         if self.byzantine is not None and self.byzantine.silent:
             return None
-        with self.lock:
+        if lo > self.ledger.height:
+            return None  # nothing to send: only blocks that exist are answered
+        if not self._fetch_allowed(who):
+            return self.reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
+                                                      f"fetches a second", wire)
+        with self.lock, self._stepping("answering a Fetch"):
             top = min(hi, lo + FETCH_MAX - 1, self.ledger.height)
-            blocks = list(self.ledger.iter_blocks(lo, top)) if lo <= top else []
-        answer = {"type": "Blocks", "sender": self.id, "blocks": blocks}
-        if type(who) is str:  # a follower: plain JSON on its own queue
-            self.sent += 1
-            self.transport.send_follower(who, answer)
-        else:
-            self._send(who, answer)
+            blocks, size = [], 0
+            for block in self.ledger.iter_blocks(lo, top):
+                size += len(json.dumps(block))
+                if blocks and size > FETCH_MAX_BYTES:
+                    break  # the requester asks again for the rest
+                blocks.append(block)
+            answer = {"type": "Blocks", "sender": self.id, "blocks": blocks}
+            if type(who) is str:  # a follower: plain JSON on its own queue
+                self.sent += 1
+                self.transport.send_follower(who, answer)
+            else:
+                self._send(who, answer)
         return None
+
+    def _fetch_allowed(self, who: int) -> bool:
+        """A token bucket per requester (FETCH_RATE, FETCH_BURST)."""
+        now = self.clock()
+        tokens, at = self._fetch_tokens.get(who, (FETCH_BURST, now))
+        tokens = min(FETCH_BURST, tokens + (now - at) * FETCH_RATE)
+        if tokens < 1.0:
+            self._fetch_tokens[who] = (tokens, now)
+            return False
+        self._fetch_tokens[who] = (tokens - 1.0, now)
+        return True
 
     def _on_blocks(self, wire: dict) -> str | None:
         blocks = wire.get("blocks")
         if set(wire) != {"type", "sender", "blocks"} or type(blocks) is not list or len(blocks) > FETCH_MAX:
-            return self._reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
+            return self.reject("malformed", f"Blocks needs sender and at most {FETCH_MAX} blocks", wire)
         for block in blocks:
             try:  # every signature before the core sees the block
-                if type(block) is not dict:
-                    raise MalformedMessage("a block must be an object")
-                for w in list(block.get("certificate", [])) + list(block.get("requests", [])):
+                if (type(block) is not dict or type(block.get("seq")) is not int
+                        or type(block.get("certificate")) is not list
+                        or type(block.get("requests")) is not list):
+                    raise MalformedMessage("a block must be an object with an integer seq and "
+                                           "lists certificate and requests")
+                for w in block["certificate"] + block["requests"]:
                     self.verifier.check(from_wire(w))
             except MalformedMessage as exc:
-                return self._reject("malformed", f"fetched block: {exc}", wire)
+                return self.reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
-                return self._reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
-            with self.lock:
+                return self.reject(exc.reason, f"fetched block {block.get('seq')}: {exc}", wire)
+            except Exception as exc:  # a checking bug; nothing was changed: drop, loudly
+                log.error("node %s: checking a fetched block raised", self.id, exc_info=True)
+                return self.reject("check_failed", repr(exc), wire)
+            with self.lock, self._stepping("installing a fetched block"):
                 if block.get("seq", 0) <= self.replica.last_exec:
                     continue  # already have it (a duplicate answer)
                 before = self.replica.last_exec
                 self._carry_out(self.replica.install(block))
                 self.installed += self.replica.last_exec - before
-        with self.lock:
+        with self.lock, self._stepping("asking for more state"):
             self._carry_out(self.replica.request_state())
         return None
 
     def tick(self) -> None:
-        with self.lock:
+        with self.lock, self._stepping("ticking"):
             self._carry_out(self.replica.tick())
 
     # -- carrying out actions ----------------------------------------------------------
@@ -191,22 +272,34 @@ class NodeRuntime:
             elif isinstance(a, (Send, Broadcast, SendClient)):
                 sends = True
         results: list = []
+        clock = self.stages
         if records or blocks:
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
+            clock.lap("ledger")
             for block, res in zip(blocks, results):
                 for hook in self.on_execute:
                     hook(block, res)
         actions = answer_reads(actions, blocks, results, self.ledger)
         if self.byzantine is not None:
             actions = self.byzantine.outgoing(actions)
+        clock.lap("observe")
         for a in actions:
             if isinstance(a, Send):
-                self._send(a.to, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self._send(a.to, wire)
+                clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
-                self.transport.broadcast(self.id, self.peers, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self.transport.broadcast(self.id, self.peers, wire)
+                clock.lap("publish")
             elif isinstance(a, SendClient):
-                self.transport.send_client(a.client, self._wire(a.msg))
+                wire = self._wire(a.msg)
+                clock.lap("sign")
+                self.transport.send_client(a.client, wire)
+                clock.lap("publish")
             elif isinstance(a, FetchState):
                 peer = a.peers[self._fetches % len(a.peers)] if a.peers else self.peers[0]
                 self._fetches += 1  # the next request goes to the next peer
@@ -218,6 +311,7 @@ class NodeRuntime:
                             self.id, a.sender, a.reason, a.detail, a.cause)
         for hook in self.on_actions:
             hook(actions)
+        clock.lap("observe")
 
     def _wire(self, msg: Any) -> dict:
         if self.byzantine is not None:
@@ -225,8 +319,8 @@ class NodeRuntime:
         return to_wire(self._signed(msg))
 
     def _signed(self, msg: Any) -> Any:
-        """``msg`` signed by this node, with its own messages nested in a VIEW-CHANGE or
-        NEW-VIEW signed too (the core keeps them unsigned; Ed25519 is deterministic, so
+        """``msg`` signed by this node, with its own messages nested in a VIEW-CHANGE,
+        NEW-VIEW or CERTIFICATE signed too (the core keeps them unsigned; Ed25519 is deterministic, so
         these are the signatures they were sent with).  Others' messages are untouched."""
         if isinstance(msg, Request) or (msg.sig and msg.sender != self.id):
             return msg
@@ -239,13 +333,15 @@ class NodeRuntime:
             msg = dataclasses.replace(
                 msg, view_changes=tuple(self._signed(vc) for vc in msg.view_changes),
                 preprepares=tuple(self._signed(pp) for pp in msg.preprepares))
+        elif isinstance(msg, Certificate):  # the collector's own commit inside it
+            msg = dataclasses.replace(msg, votes=tuple(self._signed(v) for v in msg.votes))
         return msg if msg.sig else self.signer.sign(msg)
 
     def _send(self, to: int, wire: dict) -> None:
         self.sent += 1
         self.transport.send(to, wire)
 
-    def _reject(self, reason: str, detail: str, wire: Any) -> str:
+    def reject(self, reason: str, detail: str, wire: Any) -> str:
         self.rejected[reason] += 1
         kind = wire.get("type") if isinstance(wire, dict) else type(wire).__name__
         sender = wire.get("sender", wire.get("client")) if isinstance(wire, dict) else None
@@ -260,7 +356,10 @@ class NodeRuntime:
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
+                "cpu_stages": self.stages.snapshot(),
+                # OS thread id -> name, so a bench can split the process's CPU by thread
+                "threads": {str(t.native_id): t.name for t in threading.enumerate()},
                 "time": time.time()}
 
 
-__all__ = ["NodeRuntime", "Transport", "TASK_FOR_TYPE", "describe"]
+__all__ = ["NodeRuntime", "NodeFailed", "Transport", "TASK_FOR_TYPE", "describe"]

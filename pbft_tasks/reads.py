@@ -66,4 +66,5 @@ def _answer(placeholder: dict, executed: dict, ledger: Any) -> dict | None:
         if record is not None and record.get("block", 0) >= seq:
             return None
         value = read_result(key, record)
-    return {"seq": seq, "index": index, **value}
+    named = {"request": placeholder["request"]} if "request" in placeholder else {}
+    return {"seq": seq, "index": index, **named, **value}

@@ -15,31 +15,35 @@ from .celery_app import app, runtime
 _PROTOCOL = {"ignore_result": True, "acks_late": True, "Strategy": "pbft_tasks.strategy:protocol"}
 
 
-def _one(args: tuple, name: str):
-    """Exactly one positional argument, the wire object; anything else is malformed
-    (counted, never a TypeError out of Celery)."""
-    if len(args) != 1:
-        runtime()._reject("malformed", f"{name} takes one wire object, got {len(args)} arguments",
-                          {"type": name})
-        return None
+_NONE = object()
+
+
+def _one(args: tuple, name: str, kwargs: dict | None = None):
+    """Exactly one positional argument, the wire object, and no keyword arguments;
+    anything else is malformed (counted, never a TypeError out of Celery).  A ``null``
+    wire object is one argument: NodeRuntime.handle counts it as malformed."""
+    if len(args) != 1 or kwargs:
+        runtime().reject("malformed", f"{name} takes one wire object, got {len(args)} arguments"
+                         f"{' and keyword arguments' if kwargs else ''}", {"type": name})
+        return _NONE
     return args[0]
 
 
-def _handle(args: tuple, expected: str) -> None:
-    wire = _one(args, expected)
-    if wire is not None:
+def _handle(args: tuple, kwargs: dict, expected: str) -> None:
+    wire = _one(args, expected, kwargs)
+    if wire is not _NONE:
         runtime().handle(wire, expected)
 
 
 @app.task(name="pbft.request", **_PROTOCOL)
 def request(*args, **kwargs) -> None:
     rt = runtime()
-    wire = _one(args, "Request") if not kwargs else _one((), "Request")
-    if wire is None:
+    wire = _one(args, "Request", kwargs)
+    if wire is _NONE:
         return
     if isinstance(wire, list):
         if len(wire) > 4096:
-            rt._reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
+            rt.reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
             return
         for w in wire:
             rt.handle(w, "Request")
@@ -48,49 +52,51 @@ def request(*args, **kwargs) -> None:
 
 
 @app.task(name="pbft.preprepare", **_PROTOCOL)
-def preprepare(*args) -> None:
-    _handle(args, "PrePrepare")
+def preprepare(*args, **kwargs) -> None:
+    _handle(args, kwargs, "PrePrepare")
 
 
 @app.task(name="pbft.prepare", **_PROTOCOL)
-def prepare(*args) -> None:
-    _handle(args, "Prepare")
+def prepare(*args, **kwargs) -> None:
+    _handle(args, kwargs, "Prepare")
 
 
 @app.task(name="pbft.commit", **_PROTOCOL)
-def commit(*args) -> None:
-    _handle(args, "Commit")
+def commit(*args, **kwargs) -> None:
+    _handle(args, kwargs, "Commit")
+
+
+@app.task(name="pbft.certificate", **_PROTOCOL)
+def certificate(*args) -> None:
+    """Collector vote routing (core/collector.py): 2f prepares or 2f+1 commits in one."""
+    _handle(args, "Certificate")
 
 
 @app.task(name="pbft.checkpoint", **_PROTOCOL)
-def checkpoint(*args) -> None:
-    _handle(args, "Checkpoint")
+def checkpoint(*args, **kwargs) -> None:
+    _handle(args, kwargs, "Checkpoint")
 
 
 @app.task(name="pbft.viewchange", **_PROTOCOL)
-def viewchange(*args) -> None:
-    _handle(args, "ViewChange")
+def viewchange(*args, **kwargs) -> None:
+    _handle(args, kwargs, "ViewChange")
 
 
 @app.task(name="pbft.newview", **_PROTOCOL)
-def newview(*args) -> None:
-    _handle(args, "NewView")
+def newview(*args, **kwargs) -> None:
+    _handle(args, kwargs, "NewView")
 
 
 @app.task(name="pbft.fetch", **_PROTOCOL)
-def fetch(*args) -> None:
+def fetch(*args, **kwargs) -> None:
     """State transfer: a peer asks for committed blocks (adapter-level, see node.py)."""
-    wire = _one(args, "Fetch")
-    if wire is not None:
-        runtime().handle(wire, "Fetch")
+    _handle(args, kwargs, "Fetch")
 
 
 @app.task(name="pbft.blocks", **_PROTOCOL)
-def blocks(*args) -> None:
+def blocks(*args, **kwargs) -> None:
     """State transfer: committed blocks with their certificates, checked then installed."""
-    wire = _one(args, "Blocks")
-    if wire is not None:
-        runtime().handle(wire, "Blocks")
+    _handle(args, kwargs, "Blocks")
 
 
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)

@@ -19,6 +19,13 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
+- Brokers (mesh/ops/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
+  or a list of the URLs of one RabbitMQ cluster's nodes; in memory a list is kept as
+  kombu's failover form, the URLs joined by ``;``, so every process that hands
+  ``broker_url`` to Celery or kombu fails over to the next node by itself.
+  ``queue_type`` is ``classic`` (the default, a single broker) or ``quorum`` (node
+  queues replicated by Raft across the cluster; publisher confirms on).  Both are
+  written only when not the default, so such a file stays what older versions wrote.
 - Readers (optional, top-level ``readers``): the API nodes allowed to open sealed values
   (mesh/openstack/sealing.py), each a name and an X25519 public key; the private key is
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
@@ -43,6 +50,8 @@ from urllib.parse import urlsplit
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from pbft_tasks.brokers import QUEUE_TYPES
+from pbft_tasks.core.collector import ALL_TO_ALL, VOTE_ROUTINGS
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
@@ -54,7 +63,7 @@ __all__ = [
     "init_mesh", "add_followers",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
     "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
-    "from_env", "env_key_file", "node_key_path", "client_key_path",
+    "from_env", "env_key_file", "node_key_path", "client_key_path", "check_name",
     "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
 
@@ -110,8 +119,8 @@ class FollowerInfo:
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base", *_STR_SETTINGS,
-             *_INT_SETTINGS}
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base",
+             "queue_type", "votes", *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
@@ -143,6 +152,12 @@ class MeshConfig:
     # $HDPBF_METRICS_PORT overrides it, 0 disables).  Written to mesh.json only when not
     # the default, so a file stays what older versions wrote and read.
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE
+    # "classic" node queues on one broker, or "quorum" queues on a RabbitMQ cluster.
+    queue_type: str = "classic"
+    # Vote routing (pbft_tasks/core/collector.py): "all-to-all", PBFT's O(n^2) votes, or
+    # "collector", votes to the primary which forwards them as one certificate (O(n)).
+    # Written to mesh.json only when not the default, like metrics_port_base.
+    votes: str = ALL_TO_ALL
     # Where this config was loaded from or saved to; not part of the file.
     path: Path | None = field(default=None, compare=False, repr=False)
 
@@ -169,6 +184,11 @@ class MeshConfig:
             raise ConfigError("this mesh config was not loaded from a file; "
                               "pass explicit paths or save it first")
         return self.path.parent
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every broker node's URL (one for a single broker)."""
+        return self.broker_url.split(";")
 
     @property
     def data_path(self) -> Path:
@@ -202,7 +222,8 @@ class MeshConfig:
                              batch_timeout_ticks=self.batch_timeout_ticks,
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
-                             view_change_ticks=self.timer_ticks(TIMER_MS))
+                             view_change_ticks=self.timer_ticks(TIMER_MS),
+                             votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:
         """``ms`` of wall-clock time in this mesh's ticks (at least one)."""
@@ -250,6 +271,13 @@ class MeshConfig:
         if type(mp) is not int or not (mp == 0 or 1 <= mp <= 65535 - len(self.nodes)):
             raise ConfigError(f"metrics_port_base must be 0 (no metrics endpoints) or a port "
                               f"1..{65535 - len(self.nodes)}, got {mp!r}")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue_type must be one of {list(QUEUE_TYPES)}, got {self.queue_type!r}")
+        if any(not u.strip() for u in self.broker_url.split(";")):
+            raise ConfigError(f"broker_url has an empty URL in its list: {self.broker_url!r}")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ConfigError(f"votes must be one of {', '.join(map(repr, VOTE_ROUTINGS))}, "
+                              f"got {self.votes!r}")
         if self.durability not in ("full", "normal"):
             raise ConfigError(f"durability must be 'full' or 'normal', got {self.durability!r}")
         ci, lw = self.checkpoint_interval, self.log_window
@@ -270,7 +298,7 @@ class MeshConfig:
         for i, fo in enumerate(self.followers):
             if not isinstance(fo, FollowerInfo):
                 raise ConfigError(f"followers[{i}] must be a FollowerInfo, got {type(fo).__name__}")
-            _check_client_name(fo.name, f"followers[{i}].name")
+            check_name(fo.name, f"followers[{i}].name")
             if fo.name in seen:
                 raise ConfigError(f"duplicate follower name {fo.name!r}")
             seen.add(fo.name)
@@ -311,7 +339,7 @@ class MeshConfig:
         for i, c in enumerate(self.clients):
             if not isinstance(c, ClientInfo):
                 raise ConfigError(f"clients[{i}] must be a ClientInfo, got {type(c).__name__}")
-            _check_client_name(c.name, f"clients[{i}].name")
+            check_name(c.name, f"clients[{i}].name")
             if c.name in seen:
                 raise ConfigError(f"duplicate client name {c.name!r}")
             seen.add(c.name)
@@ -323,7 +351,7 @@ class MeshConfig:
         for i, r in enumerate(self.readers):
             if not isinstance(r, ReaderInfo):
                 raise ConfigError(f"readers[{i}] must be a ReaderInfo, got {type(r).__name__}")
-            _check_client_name(r.name, f"readers[{i}].name")
+            check_name(r.name, f"readers[{i}].name")
             if r.name in seen:
                 raise ConfigError(f"duplicate reader name {r.name!r}")
             seen.add(r.name)
@@ -350,6 +378,12 @@ class MeshConfig:
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
             out["metrics_port_base"] = self.metrics_port_base
+        if len(self.broker_urls) > 1:
+            out["broker_url"] = self.broker_urls
+        if self.queue_type != "classic":
+            out["queue_type"] = self.queue_type
+        if self.votes != ALL_TO_ALL:
+            out["votes"] = self.votes
         data = Path(self.data_dir)
         if base_dir is not None and data.is_absolute() and data.is_relative_to(base_dir):
             out["data_dir"] = str(data.relative_to(base_dir)) or "."
@@ -374,8 +408,14 @@ class MeshConfig:
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
         followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
-        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base")
-                    if k in obj}
+        settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
+                                        "queue_type", "votes") if k in obj}
+        urls = settings.get("broker_url")
+        if type(urls) is list:
+            if not urls or any(type(u) is not str or not u or ";" in u for u in urls):
+                raise ConfigError(f"{source}: broker_url must be a URL or a non-empty list of "
+                                  f"URLs (one per broker node, without ';'), got {urls!r}")
+            settings["broker_url"] = ";".join(urls)
         try:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
@@ -418,7 +458,7 @@ class MeshConfig:
         self.path = path.absolute()
 
     def _has_secrets(self) -> bool:
-        for url in (self.broker_url, self.result_backend):
+        for url in (*self.broker_urls, self.result_backend):
             try:
                 if urlsplit(url).password:
                     return True
@@ -433,7 +473,7 @@ def _check_pubkey(value: Any, who: str) -> None:
                           f"(a 32-byte Ed25519 public key), got {value!r}")
 
 
-def _check_client_name(value: Any, where: str) -> None:
+def check_name(value: Any, where: str) -> None:
     if (type(value) is not str or len(value) > MAX_CLIENT_LEN
             or not _CLIENT_NAME_RE.fullmatch(value)):
         raise ConfigError(f"{where} must be 1-{MAX_CLIENT_LEN} letters, digits, '_', '.' or '-' "
@@ -558,7 +598,7 @@ def _write_reader_key(path: Path, key: PrivateKey) -> None:
 def _new_readers(names: Iterable[str]) -> dict[str, PrivateKey]:
     out: dict[str, PrivateKey] = {}
     for name in names:
-        _check_client_name(name, "reader name")
+        check_name(name, "reader name")
         if name in out:
             raise ConfigError(f"duplicate reader name {name!r}")
         out[name] = PrivateKey.generate()
@@ -617,7 +657,8 @@ def add_followers(config_path: str | os.PathLike, names: Iterable[str]) -> MeshC
 def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = ("admin",),
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
-              force: bool = False, readers: Iterable[str] = ()) -> MeshConfig:
+              force: bool = False, readers: Iterable[str] = (),
+              queue_type: str = "classic") -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
 
@@ -635,7 +676,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
     node_sks = {i: generate_key() for i in range(nodes)}
     client_sks = {}
     for name in clients:
-        _check_client_name(name, "client name")
+        check_name(name, "client name")
         if name in client_sks:
             raise ConfigError(f"duplicate client name {name!r}")
         client_sks[name] = generate_key()
@@ -645,7 +686,7 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
-        broker_url=broker_url, result_backend=result_backend)
+        broker_url=broker_url, result_backend=result_backend, queue_type=queue_type)
 
     keys_dir = base / KEYS_DIR
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from celery.utils.nodenames import anon_nodename
 
+from .brokers import publish_confirmed, queue_arguments
 from .node import ALL_TASKS, TASK_FOR_TYPE
 
 
@@ -66,11 +67,12 @@ def reply_queue_name(client: str) -> str:
     return f"hdpbf.reply.{client}"
 
 
-def declare_mesh(channel: Any, node_ids: list[int]) -> None:
+def declare_mesh(channel: Any, node_ids: list[int], queue_type: str = "classic") -> None:
     """Declare every node queue (as its worker does) and the broadcast bindings."""
     channel.exchange_declare(BROADCAST_EXCHANGE, "direct", durable=True, auto_delete=False)
+    args = queue_arguments(queue_type)
     for j in node_ids:
-        channel.queue_declare(f"node.{j}", durable=True, auto_delete=False)
+        channel.queue_declare(f"node.{j}", durable=True, auto_delete=False, arguments=args)
         for i in node_ids:
             if i != j:
                 channel.queue_bind(f"node.{j}", BROADCAST_EXCHANGE, routing_key=f"from.{i}")
@@ -83,12 +85,12 @@ class CeleryTransport:
     message does not need.  Node queues are declared up front (as the worker declares
     them), so a message to a node that has not started yet waits in its queue."""
 
-    def __init__(self, app: Any, node_ids: list[int] | None = None):
+    def __init__(self, app: Any, node_ids: list[int] | None = None, queue_type: str = "classic"):
         self.app = app
         self._local = threading.local()
         if node_ids:
             with app.connection_for_write() as conn:
-                declare_mesh(conn.default_channel, node_ids)
+                declare_mesh(conn.default_channel, node_ids, queue_type)
 
     def _producer(self) -> Any:
         producer = getattr(self._local, "producer", None)
@@ -101,18 +103,19 @@ class CeleryTransport:
     def send(self, to: int, wire: dict) -> None:
         name = ALL_TASKS[wire["type"]]
         msg = task_message(self.app, name, wire)
-        self._producer().publish(msg.body, exchange="", routing_key=f"node.{to}", serializer="json",
-                                 headers=msg.headers, retry=True, **msg.properties)
+        publish_confirmed(self._producer(), msg.body, exchange="", routing_key=f"node.{to}",
+                          serializer="json", headers=msg.headers, **msg.properties)
 
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
         name = TASK_FOR_TYPE[wire["type"]]
         msg = task_message(self.app, name, wire)
-        self._producer().publish(msg.body, exchange=BROADCAST_EXCHANGE, routing_key=f"from.{sender}",
-                                 serializer="json", headers=msg.headers, retry=True, **msg.properties)
+        publish_confirmed(self._producer(), msg.body, exchange=BROADCAST_EXCHANGE,
+                          routing_key=f"from.{sender}", serializer="json", headers=msg.headers,
+                          **msg.properties)
 
     def send_client(self, client: str, wire: dict) -> None:
-        self._producer().publish(wire, exchange="", routing_key=reply_queue_name(client),
-                                 serializer="json", retry=True)
+        publish_confirmed(self._producer(), wire, exchange="", routing_key=reply_queue_name(client),
+                          serializer="json")
 
     def send_follower(self, name: str, wire: dict) -> None:
         self._producer().publish(wire, exchange="", routing_key=follower_queue_name(name),

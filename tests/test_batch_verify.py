@@ -17,7 +17,7 @@ from pbft_tasks.signing import Signer
 @pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """One local Ray for the whole test session (2-3 s to start), shut down at the end."""
-    ray = pytest.importorskip("ray")
+    import ray  # a hard dependency (pyproject.toml): its absence fails, never skips
     if ray.is_initialized():   # someone else's session Ray: use it, leave it running
         yield ray
         return

@@ -55,7 +55,7 @@ def test_a_bad_behaviour_name_is_a_config_error_naming_it():
         from_environment(2, 4, {ENV: "equivocate,sneaky"})
     text = str(err.value)
     assert "HDPBF_BYZANTINE='equivocate,sneaky'" in text and "'sneaky'" in text
-    assert "valid behaviours: alter_push, equivocate, forge, lie, nosig, replay, silent, wrong_digest" in text
+    assert "valid behaviours: alter_push, equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
 
 
 def test_the_forged_key_is_no_node_key(mesh):
@@ -87,10 +87,12 @@ def test_a_get_answered_again_only_while_its_key_is_unchanged():
     block1 = build_block(1, GENESIS, [put("k", "v1")])
     block2 = build_block(2, block1["hash"], [put("x", 0), {"op": "get", "key": "k"}], first_timestamp=5)
     ledger.apply({}, [block1, block2])
-    reply = Reply(0, 2, "c/1", 2, ({"timestamp": 6, "result": {"seq": 2, "index": 1, "read": "k"}},))
+    reply = Reply(0, 2, "c/1", 2, ({"timestamp": 6, "result": {"seq": 2, "index": 1, "read": "k",
+                                                                "request": "ab" * 32}},))
     again = answer_reads([SendClient("c/1", reply, "retransmitted")], [], [], ledger)
-    assert again[0].msg.results[0]["result"] == {"seq": 2, "index": 1, "key": "k", "version": 1,
-                                                 "value": "v1", "expires_at": None}
+    assert again[0].msg.results[0]["result"] == {"seq": 2, "index": 1, "request": "ab" * 32,
+                                                 "key": "k", "version": 1, "value": "v1",
+                                                 "expires_at": None}
     ledger.apply({}, [build_block(3, block2["hash"], [put("k", "v2")], first_timestamp=9)])
     assert answer_reads([SendClient("c/1", reply, "retransmitted")], [], [], ledger) == []
 

@@ -33,7 +33,7 @@ from nacl.signing import SigningKey, VerifyKey
 from ledger.audit import check_block_contents
 from ledger.memory import MemoryLedger
 from pbft_tasks.core import chain, messages
-from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire,
+from pbft_tasks.core.messages import (PrePrepare, batch_digest, canonical, from_wire, request_digest,
                                       request_wire, signing_bytes, to_wire)
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.core.replica import ReplicaConfig
@@ -43,12 +43,12 @@ from pbft_tasks.signing import REASONS, Signer, Verifier
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "PROTOCOL.md"
 KEY = SigningKey(bytes(range(32)))
-TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint")
+TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate")
 N = 4
 
 _BLOCK_RE = re.compile(
     r"<!--\s*([a-z-]+)(?::\s*([^\s>]+))?\s*-->[ \t]*\n```([a-z]*)\n(.*?)\n```", re.S)
-_TABLE_RE = re.compile(r"<!--\s*(task-table|limits)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
+_TABLE_RE = re.compile(r"<!--\s*(task-table|limits|reasons)\s*-->[ \t]*\n((?:\|.*\|[ \t]*\n)+)")
 KNOWN = {"example", "signed-bytes", "signature", "batch-bytes", "batch-digest",
          "block-header-bytes", "block", "public-key", "envelope-properties",
          "envelope-headers", "envelope-body", "snippet"}
@@ -150,9 +150,57 @@ def test_signatures_verify_with_the_fixed_key(kind):
     assert one("signature", kind) == example(kind)["sig"]
 
 
+VIEW_TYPES = ("ViewChange", "NewView")
+
+
+@pytest.mark.parametrize("kind", VIEW_TYPES)
+def test_view_change_examples_parse_round_trip_and_verify(kind):
+    """Sec. 5.7's examples: the exact wire form, every signature (nested ones included,
+    each by its own sender) valid, within the view-change size limit."""
+    (body,) = blocks("example", kind)
+    wire = json.loads(body)
+    msg = from_wire(wire)
+    assert type(msg).__name__ == kind and to_wire(msg) == wire
+    assert len(signing_bytes(msg)) <= messages.MAX_VIEW_CHANGE_BYTES
+    assert KEY.sign(signing_bytes(msg)).signature.hex() == wire["sig"]
+    with fixed_verifier() as v:
+        v.check(msg)
+
+
+def test_the_new_view_example_is_built_from_the_view_change_example():
+    vc, nv = example("ViewChange"), example("NewView")
+    assert vc in nv["view_changes"]
+    assert nv["sender"] == nv["view"] % N
+    assert len({w["sender"] for w in nv["view_changes"]}) == quorum(N)
+    pp, cert = from_wire(example("PrePrepare")), vc["prepared"][0]
+    assert cert["preprepare"] == example("PrePrepare")
+    assert [(o["view"], o["seq"], o["digest"]) for o in nv["preprepares"]] == \
+        [(nv["view"], pp.seq, pp.digest)]                # O re-proposes the prepared batch
+
+
+def test_a_node_accepts_the_view_change_examples():
+    """Node 3 takes node 2's ViewChange without evidence; node 0, the silent primary
+    back, takes the NewView and moves to view 1 (sec. 4.4)."""
+    node3 = NodeRuntime(3, ReplicaConfig(n=N), MemoryLedger(), Signer(3, KEY), fixed_verifier(),
+                        _Capture())
+    assert node3.handle(example("ViewChange"), "ViewChange") is None
+    assert not node3.rejected and node3.handled == {"ViewChange": 1}
+    node0 = NodeRuntime(0, ReplicaConfig(n=N), MemoryLedger(), Signer(0, KEY), fixed_verifier(),
+                        _Capture())
+    assert node0.handle(example("NewView"), "NewView") is None
+    assert not node0.rejected and node0.replica.view == 1
+    # and refuses it, validly signed, with O emptied: the core's evidence
+    bad = dict(example("NewView"), preprepares=[])
+    node0b = NodeRuntime(0, ReplicaConfig(n=N), MemoryLedger(), Signer(0, KEY), fixed_verifier(),
+                         _Capture())
+    forged = to_wire(Signer(1, KEY).sign(from_wire({**bad, "sig": ""})))  # re-signed by node 1
+    node0b.handle(forged, "NewView")
+    assert node0b.rejected == {"bad_new_view": 1} and node0b.replica.view == 0
+
+
 def test_signer_of_each_type_is_as_documented():
     identity = {"Request": "alice/5e55104a", "PrePrepare": 0, "Prepare": 2, "Commit": 3,
-                "Reply": 1, "Checkpoint": 2}
+                "Reply": 1, "Checkpoint": 2, "Certificate": 0}
     for kind, who in identity.items():
         msg = from_wire(example(kind))
         assert Signer(who, KEY).sign(msg).sig == msg.sig
@@ -189,8 +237,9 @@ def test_reply_matches_the_batch():
     reply = from_wire(example("Reply"))
     assert reply.seq == pp.seq and reply.view == pp.view
     assert reply.client == pp.batch[0].client
-    assert list(reply.results) == [{"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i}}
-                                   for i, r in enumerate(pp.batch) if r.client == reply.client]
+    assert list(reply.results) == [
+        {"timestamp": r.timestamp, "result": {"seq": pp.seq, "index": i, "request": request_digest(r)}}
+        for i, r in enumerate(pp.batch) if r.client == reply.client]
 
 
 # -- blocks and checkpoints -------------------------------------------------------------
@@ -217,6 +266,15 @@ def test_block_example():
             assert (c.view, c.seq, c.digest) == (block["view"], block["seq"], block["digest"])
             v.check(c)
     assert to_wire(cert[-1]) == example("Commit") or example("Commit") in block["certificate"]
+
+
+def test_certificate_example_carries_the_block_examples_commits():
+    block = json.loads(one("block", "1"))
+    cert = from_wire(example("Certificate"))
+    assert cert.phase == "commit" and [to_wire(v) for v in cert.votes] == block["certificate"]
+    assert (cert.view, cert.seq, cert.digest) == (block["view"], block["seq"], block["digest"])
+    from pbft_tasks.core.collector import check_certificate
+    assert check_certificate(cert, N) is None
 
 
 def test_checkpoint_state_digest_is_the_documented_chain_head():
@@ -269,17 +327,15 @@ def test_limits_table_matches_the_code():
     rows = table("limits")
     documented = {code(r[0]): int(r[1]) for r in rows}
     assert set(documented) == {"MAX_WIRE_BYTES", "MAX_BATCH", "MAX_KEY_LEN", "MAX_CLIENT_LEN",
-                               "MAX_VALUE_BYTES"}
+                               "MAX_VALUE_BYTES", "MAX_VALUE_DEPTH"}
     for name, value in documented.items():
         assert getattr(messages, name) == value, name
 
 
 def _evidence_reasons() -> set[str]:
     out = set()
-    # the replica and its sub-protocol mixins (replica.py imports them all)
-    trees = [ast.parse((ROOT / "pbft_tasks" / "core" / name).read_text())
-             for name in ("replica.py", "normalcase.py", "checkpoints.py", "catchup.py",
-                          "viewchange.py")]
+    # the replica and every sub-protocol module of the core (a new one counts too)
+    trees = [ast.parse(path.read_text()) for path in sorted((ROOT / "pbft_tasks" / "core").glob("*.py"))]
     for node in (n for tree in trees for n in ast.walk(tree)):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "_evidence" and len(node.args) >= 2
@@ -288,13 +344,37 @@ def _evidence_reasons() -> set[str]:
     return out
 
 
+def _adapter_reason_literals() -> set[str]:
+    """Every reason string literal the adapters count: ``reject("...")``,
+    ``count_rejected("...")``, ``refuse(msg, "...")`` and ``Refused("...")``."""
+    out = set()
+    for path in (ROOT / "pbft_tasks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            pos = {"reject": 0, "count_rejected": 0, "Refused": 0, "refuse": 1}.get(name)
+            if pos is not None and len(node.args) > pos and isinstance(node.args[pos], ast.Constant):
+                out.add(node.args[pos].value)
+    return out
+
+
+def code_reasons() -> set[str]:
+    from pbft_tasks.guard import GUARD_REASONS
+    from pbft_tasks.node import RUNTIME_REASONS
+    return set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+
+
 def test_every_rejection_reason_is_documented():
-    text = _doc_text()
-    reasons = set(REASONS) | _evidence_reasons() | {
-        "malformed", "oversize", "undecodable", "unknown_task", "unknown_message"}
+    """The reasons table of sec. 7 and the code name the same reasons, both ways."""
+    documented = [code(r[0]) for r in table("reasons")]
+    assert len(documented) == len(set(documented)), "a reason listed twice"
     assert len(_evidence_reasons()) >= 10
-    missing = sorted(r for r in reasons if f"`{r}`" not in text)
-    assert not missing, f"reasons not in {DOC.name}: {missing}"
+    reasons = code_reasons()
+    assert not sorted(reasons - set(documented)), f"reasons not in {DOC.name}: {sorted(reasons - set(documented))}"
+    assert not sorted(set(documented) - reasons), f"documented, not in the code: {sorted(set(documented) - reasons)}"
+    stray = _adapter_reason_literals() - reasons
+    assert not stray, f"counted by an adapter but in no reasons list: {sorted(stray)}"
 
 
 # -- the Celery envelope -------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_a_failing_task_is_acknowledged_and_reported_as_failed():
                                   json.dumps([[1], [], {}])])
 def test_an_undecodable_body_is_counted_dropped_and_never_run(body, monkeypatch):
     counted: list[str] = []
-    monkeypatch.setattr(celery_app, "_count_rejected", counted.append)
+    monkeypatch.setattr(celery_app, "count_rejected", counted.append)
     msg = FakeMessage(body)
     task = FakeTask()
     handler_for(task, FakeConsumer())(msg, None, None, None, [])

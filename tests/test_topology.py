@@ -315,3 +315,42 @@ def test_from_env_errors(mesh, env, message):
         env = {**env, "HDPBF_CONFIG": str(mesh.path)}
     with pytest.raises(ConfigError, match=message):
         from_env(env)
+
+
+# -- broker cluster settings (issue 13) -------------------------------------------------
+
+def test_broker_url_list_and_quorum_queue_type_round_trip(tmp_path):
+    cfg = init_mesh(tmp_path, broker_url="amqp://a:1//")
+    urls = ["amqp://guest:guest@127.0.0.1:5681//", "amqp://guest:guest@127.0.0.1:5682//"]
+    obj = json.loads((tmp_path / "mesh.json").read_text())
+    assert "queue_type" not in obj and obj["broker_url"] == "amqp://a:1//"
+    obj["broker_url"], obj["queue_type"] = urls, "quorum"
+    (tmp_path / "mesh.json").write_text(json.dumps(obj))
+    loaded = MeshConfig.load(tmp_path)
+    assert loaded.broker_url == ";".join(urls)  # kombu's failover form
+    assert loaded.broker_urls == urls and loaded.queue_type == "quorum"
+    loaded.save(tmp_path / "mesh.json")
+    again = json.loads((tmp_path / "mesh.json").read_text())
+    assert again["broker_url"] == urls and again["queue_type"] == "quorum"
+    assert cfg.queue_type == "classic"
+
+
+@pytest.mark.parametrize("value, needle", [
+    ([], "non-empty list"), (["amqp://a//", ""], "non-empty list"),
+    (["amqp://a//;amqp://b//"], "without ';'"), ([5], "non-empty list")])
+def test_bad_broker_url_lists_are_refused(tmp_path, value, needle):
+    init_mesh(tmp_path)
+    obj = json.loads((tmp_path / "mesh.json").read_text())
+    obj["broker_url"] = value
+    (tmp_path / "mesh.json").write_text(json.dumps(obj))
+    with pytest.raises(ConfigError, match=needle):
+        MeshConfig.load(tmp_path)
+
+
+def test_unknown_queue_type_is_refused(tmp_path):
+    init_mesh(tmp_path)
+    obj = json.loads((tmp_path / "mesh.json").read_text())
+    obj["queue_type"] = "stream"
+    (tmp_path / "mesh.json").write_text(json.dumps(obj))
+    with pytest.raises(ConfigError, match="queue_type must be one of"):
+        MeshConfig.load(tmp_path)

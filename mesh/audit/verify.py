@@ -48,12 +48,11 @@ from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import verify_key_from_hex
-from pbft_tasks.topology import ConfigError, MeshConfig
+from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig
 
 from ..clikit import BadInput, console
 
 WINDOW = 50_000   # signatures verified per BatchVerifier call (bounds memory)
-LEDGER_FILE = "ledger.sqlite"
 
 
 class BadBlock(Exception):

@@ -10,7 +10,9 @@ import click
 from rich.table import Table
 
 from ..audit.verify import bench_verify
-from ..clikit import console
+from ..clikit import BadInput, console
+from .backlog import backlog as bench_backlog
+from .failover import failover as bench_failover
 from .paper import bench_paper
 
 
@@ -20,17 +22,27 @@ def bench() -> None:
 
 
 @bench.command("consensus")
-@click.option("--nodes", type=click.IntRange(4, 64), default=4, show_default=True)
+@click.option("--nodes", "nodes_spec", default="4", show_default=True, metavar="N[,N...]",
+              help="mesh size; several (4,7,10,16) run one after another, interleaved with --votes")
 @click.option("--requests", "count", type=click.IntRange(100, 10_000_000), default=5000, show_default=True)
 @click.option("--window", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="requests kept in flight")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=256, show_default=True)
 @click.option("--low-load", type=click.IntRange(10, 100_000), default=200, show_default=True,
               help="one-at-a-time requests for the low-load latency")
+@click.option("--low-load-gap", type=click.FloatRange(0, 60), default=0.0, show_default=True,
+              help="seconds between the low-load requests (an idle mesh between them)")
 @click.option("--durability", type=click.Choice(["full", "normal"]), default="full", show_default=True,
               help="ledger fsync policy (mesh.json 'durability')")
+@click.option("--votes", type=click.Choice(["all", "collector", "both"]), default="all", show_default=True,
+              help="vote routing (mesh.json 'votes'): all-to-all, collector, or both interleaved")
+@click.option("--rounds", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="repeat every configuration, interleaved round by round")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
+@click.option("--broker-nodes", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="> 1: also start a local RabbitMQ cluster of this many nodes (quorum "
+                   "queues) and report it beside the single broker, in one run")
 @click.option("--followers", type=click.IntRange(0, 1000), default=0, show_default=True,
               help="verified non-validating followers to run beside the validators")
 @click.option("--netns", is_flag=True,
@@ -38,38 +50,93 @@ def bench() -> None:
 @click.option("--followers-nice", type=click.IntRange(0, 19), default=0, show_default=True,
               help="run the followers under nice N: on one machine they then take only the CPU "
                    "validators leave, as on hosts of their own")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
-def bench_consensus(nodes: int, count: int, window: int, max_batch: int, low_load: int,
-                    durability: str, broker: str | None, backend: str | None, followers: int,
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="one configuration: its figures; several: {\"runs\": [...]} in run order")
+def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, low_load: int,
+                    low_load_gap: float, durability: str, votes: str, rounds: int,
+                    broker: str | None, backend: str | None, broker_nodes: int, followers: int,
                     netns: bool, followers_nice: int, json_path: str | None) -> None:
-    """Committed tx/s and commit latency on real RabbitMQ with one worker per node."""
+    """Committed tx/s, commit latency and CPU by stage on real RabbitMQ, one worker per node."""
     from . import consensus as bc
-    r = bc.run(nodes=nodes, requests=count, window=window, low_load=low_load, broker=broker,
-               backend=backend, max_batch=max_batch, durability=durability, console=console(),
-               followers=followers, netns=netns, followers_nice=followers_nice)
-    table = Table(title=f"consensus, {nodes} nodes, {count} requests, durability={durability} "
-                        f"(real RabbitMQ + Redis)")
+    try:
+        nodes = [int(x) for x in nodes_spec.split(",")]
+    except ValueError:
+        raise BadInput(f"--nodes must be integers separated by commas, got {nodes_spec!r}") from None
+    if any(not 4 <= n <= 64 for n in nodes):
+        raise BadInput(f"--nodes must each be in 4..64, got {nodes_spec!r}")
+    modes = {"all": ["all-to-all"], "collector": ["collector"], "both": ["all-to-all", "collector"]}[votes]
+    kw = dict(requests=count, window=window, low_load=low_load, broker=broker, backend=backend,
+              max_batch=max_batch, durability=durability, low_load_gap=low_load_gap,
+              followers=followers, netns=netns, followers_nice=followers_nice)
+    if broker_nodes > 1:
+        if len(nodes) > 1 or len(modes) > 1 or rounds > 1:
+            raise BadInput("--broker-nodes compares one configuration: give one --nodes, one "
+                           "--votes and no --rounds")
+        from .failover import run_cluster_vs_single
+        runs = [run_cluster_vs_single(broker_nodes, say=console().print, nodes=nodes[0],
+                                      votes=modes[0], **kw)]
+    else:
+        runs = bc.run_matrix(nodes, modes, rounds=rounds, say=console().print,
+                             console=console(),
+                             on_result=lambda so_far: bc.write_json({"runs": so_far}, json_path),
+                             **kw)
+    console().print(_consensus_table(runs, count, durability))
+    console().print(_stages_table(runs))
+    bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)
+
+
+_CONSENSUS_ROWS = (
+    ("committed tx/s", "tx_per_s"), ("commit p50 ms (low load, all nodes)", "commit_p50_ms"),
+    ("commit p99 ms (low load, all nodes)", "commit_p99_ms"),
+    ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
+    ("commit p50 ms under load", "loaded_commit_p50_ms"),
+    ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
+    ("messages per batch (low load)", "low_load_messages_per_batch"),
+    ("task runs per request (low load)", "low_load_task_runs_per_request"),
+    ("identical heads", "identical_heads"))
+_BROKER_ROWS = (("broker nodes", "broker_nodes"),
+                ("single broker tx/s (same run)", "single_broker_tx_per_s"),
+                ("tx/s ratio cluster / single", "tx_per_s_ratio_to_single"))
+_FOLLOWER_ROWS = (("followers", "followers"), ("follower lag p50 ms (low load)", "follower_lag_p50_ms"),
+                  ("follower lag p99 ms (low load)", "follower_lag_p99_ms"),
+                  ("follower lag p50 ms under load", "follower_lag_loaded_p50_ms"),
+                  ("follower lag p99 ms under load", "follower_lag_loaded_p99_ms"),
+                  ("followers at head after the last commit, s", "follower_catchup_s"),
+                  ("pushed blocks received per block", "follower_pushes_per_block"))
+
+
+def _label(r: dict) -> str:
+    return f"n={r['nodes']} {r['votes']}" + (f" #{r['round']}" if r.get("round", 1) > 1 else "")
+
+
+def _consensus_table(runs: list[dict], count: int, durability: str) -> Table:
+    table = Table(title=f"consensus, {count} requests, durability={durability} (real RabbitMQ + Redis)")
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    for label, key in (("committed tx/s", "tx_per_s"), ("commit p50 ms (low load, all nodes)", "commit_p50_ms"),
-                       ("commit p99 ms (low load, all nodes)", "commit_p99_ms"),
-                       ("f+1 replies p50 ms (low load)", "quorum_reply_p50_ms"),
-                       ("commit p50 ms under load", "loaded_commit_p50_ms"),
-                       ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
-                       ("identical heads", "identical_heads")):
-        table.add_row(label, str(r[key]))
-    if followers:
-        for label, key in (("followers", "followers"), ("follower lag p50 ms (low load)", "follower_lag_p50_ms"),
-                           ("follower lag p99 ms (low load)", "follower_lag_p99_ms"),
-                           ("follower lag p50 ms under load", "follower_lag_loaded_p50_ms"),
-                           ("follower lag p99 ms under load", "follower_lag_loaded_p99_ms"),
-                           ("followers at head after the last commit, s", "follower_catchup_s"),
-                           ("pushed blocks received per block", "follower_pushes_per_block")):
-            table.add_row(label, str(r.get(key)))
-    for who, ms in r["low_load_cpu_ms_per_request"].items():
-        table.add_row(f"CPU ms per request, {who} (low load)", str(ms))
-    console().print(table)
-    bc.write_json(r, json_path)
+    for r in runs:
+        table.add_column(_label(r), justify="right")
+    rows = list(_CONSENSUS_ROWS)
+    if any("broker_nodes" in r for r in runs):
+        rows += _BROKER_ROWS
+    if any(r.get("followers") for r in runs):
+        rows += _FOLLOWER_ROWS
+    for label, key in rows:
+        table.add_row(label, *(str(r.get(key, "FAILED" if "failed" in r else "")) for r in runs))
+    for who in ("workers", "followers", "rabbitmq", "client"):
+        if any(who in r.get("low_load_cpu_ms_per_request", {}) for r in runs):
+            table.add_row(f"CPU ms per request, {who} (low load)",
+                          *(str(r.get("low_load_cpu_ms_per_request", {}).get(who, "")) for r in runs))
+    return table
+
+
+def _stages_table(runs: list[dict]) -> Table:
+    table = Table(title="workers' CPU ms per request at low load, by stage (pbft_tasks/stages.py)")
+    table.add_column("stage")
+    for r in runs:
+        table.add_column(_label(r), justify="right")
+    stages = list(dict.fromkeys(k for r in runs for k in r.get("low_load_stages_ms_per_request", {})))
+    for stage in stages:
+        table.add_row(stage, *(str(r.get("low_load_stages_ms_per_request", {}).get(stage, "")) for r in runs))
+    return table
 
 
 @bench.command("read")
@@ -85,3 +152,5 @@ def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
 
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
+bench.add_command(bench_failover)
+bench.add_command(bench_backlog)

@@ -8,7 +8,13 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   submit -> f+1 matching replies (what the client waits for);
 - throughput: ``--requests`` updates kept ``--window`` in flight, bundled as the client
   does; committed tx/s = requests / (time until every node replied to the last one);
-- messages per committed batch: node-to-node protocol messages sent, over blocks made;
+- messages per committed batch: node-to-node protocol messages sent, over blocks made,
+  under load (``messages_per_batch``) and at low load (``low_load_messages_per_batch``:
+  a PBFT batch at n=4 needs 3 + 3x3 + 4x3 = 24, plus checkpoints; more is
+  retransmission);
+- with ``--low-load-gap S`` the low-load requests are S seconds apart (an idle mesh
+  between them, as with interactive use; the retransmission timer must not take the
+  idle time for silence);
 - CPU per request at low load (``low_load_cpu_ms_per_request``): all workers together,
   the client, and RabbitMQ when it runs on this machine.  With two cores, half their sum
   is a floor under the low-load latency.
@@ -18,6 +24,16 @@ The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p
 ``follower_lag_p50_ms`` and ``follower_lag_p99_ms`` always (None without followers).
 ``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
 a namespace host of its own (mesh/bench/followers.py says what the figures mean).
+
+- CPU by stage at low load: the workers' task runs per request and their CPU split by
+  stage (decode, parse, verify, step, ledger, sign, publish, observe, task, event, ack;
+  pbft_tasks/stages.py), the rest of the workers' CPU as ``rest``.
+
+``votes`` picks the vote routing (mesh.json ``votes``: ``all-to-all`` or ``collector``).
+The JSON file (``--json``) has ``nodes``, ``votes``, ``requests``, ``tx_per_s``,
+``commit_p50_ms``, ``commit_p99_ms``, ``messages_per_batch``,
+``cpu_ms_per_request_workers`` and the details; ``run_matrix`` runs several
+configurations interleaved and returns their results in run order.
 """
 from __future__ import annotations
 
@@ -28,14 +44,10 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from ..client import MeshClient, Pending
+from kombu.exceptions import OperationalError
 
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+from ..client import MeshClient, Pending, SubmitTimeout
+from .stats import percentile
 
 
 def drive(client: MeshClient, count: int, window: int = 1000, chunk: int = 100,
@@ -69,18 +81,18 @@ def latencies_ms(batch: list[Pending], every: bool = True) -> list[float]:
 def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int = 200,
         broker: str | None = None, backend: str | None = None, data_dir: str | None = None,
         max_batch: int = 256, durability: str = "full", console: Any = None,
-        followers: int = 0, netns: bool = False, followers_nice: int = 0) -> dict:
+        low_load_gap: float = 0.0, queue_type: str = "classic", followers: int = 0,
+        netns: bool = False, votes: str = "all-to-all", followers_nice: int = 0) -> dict:
     from pbft_tasks.signing import Verifier
-
     from pbft_tasks.topology import client_keys, load_client_identity, node_keys
 
     from ..client import BrokerClientTransport
+    from .followers import FollowerRig, lag_figures
 
     say = console.print if console is not None else print
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-bench-")
-    from .followers import FollowerRig, lag_figures
     rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
-                      nice=followers_nice)
+                      queue_type=queue_type, votes=votes, nice=followers_nice)
     cfg, mesh = rig.cfg, rig.mesh
     t0 = time.perf_counter()
     try:
@@ -97,13 +109,19 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         fpids = rig.follower_pids()
         fcpu0 = sum(process_cpu_s(p) for p in fpids)
         broker_pids = local_broker_pids()
+        low_before = mesh.statuses()
+        stages0 = mesh.statuses()
+        threads0 = {i: thread_cpu_s(p) for i, p in pids.items()}
         cpu0 = {i: process_cpu_s(p) for i, p in pids.items()}
         t_low = time.time()
-        broker0, client0 = sum(process_cpu_s(p) for p in broker_pids), time.process_time()
+        broker0, client0 = {p: process_cpu_s(p) for p in broker_pids}, time.process_time()
         low = []
         for i in range(low_load):
+            if low_load_gap and i:
+                time.sleep(low_load_gap)  # an idle mesh between requests (interactive use)
             low += client.wait(client.submit([client.put_request(f"low{i}", i)]), every=True, timeout=30)
             client.forget(low[-1:])
+        threads1 = {i: thread_cpu_s(p) for i, p in pids.items()}
         cpu = {"workers": round(sum(process_cpu_s(p) - cpu0[i] for i, p in pids.items()) / low_load * 1000, 2),
                "client": round((time.process_time() - client0) / low_load * 1000, 2)}
         if fpids:
@@ -112,9 +130,18 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         if followers:
             rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
         if broker_pids:
-            cpu["rabbitmq"] = round((sum(process_cpu_s(p) for p in broker_pids) - broker0) / low_load * 1000, 2)
+            # per process, and only those still running: another session's RabbitMQ node
+            # that stopped meanwhile made this negative (shared machine, 2026-12-01)
+            used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
+                       if os.path.exists(f"/proc/{p}"))
+            cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
+        low_blocks = before[0]["height"] - low_before[0]["height"]
+        low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
+        stages = stage_breakdown(stages0, before, low_load, cpu["workers"])
+        stages["ms_per_request"].update(thread_breakdown(
+            pids, threads0, threads1, before, low_load, stages["ms_per_request"]))
         t1, t1_wall = time.perf_counter(), time.time()
         loaded = drive(client, requests, window=window, chunk=100)
         elapsed = max(p.all_at for p in loaded) - t1
@@ -128,7 +155,12 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         load_all = latencies_ms(loaded)
         result = {
             "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
-            "durability": durability,
+            "low_load": low_load, "low_load_gap_s": low_load_gap,
+            "durability": durability, "votes": votes,
+            "cpu_ms_per_request_workers": cpu["workers"],
+            "low_load_task_runs_per_request": stages["runs_per_request"],
+            "low_load_stages_ms_per_request": stages["ms_per_request"],
+            "low_load_stages_us_per_task_run": stages["us_per_run"],
             "tx_per_s": round(requests / elapsed, 1),
             "elapsed_s": round(elapsed, 3),
             "commit_p50_ms": round(percentile(low_all, 50), 3),
@@ -140,6 +172,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "blocks": blocks,
             "mean_batch": round(requests / blocks, 1) if blocks else None,
             "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
+            "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
             "followers": followers, "netns": netns, "followers_nice": followers_nice,
@@ -154,6 +187,71 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     if followers:  # deliveries of pushed blocks, per block (all followers together)
         result["follower_pushes_per_block"] = round(rig.pushes() / max(1, after[0]["height"]), 2)
     return result
+
+
+def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float) -> dict:
+    """The workers' CPU per request split by stage (pbft_tasks/stages.py), from two
+    ``pbft.status`` snapshots of every node around ``requests`` low-load requests.
+    ``rest`` is what the process spent outside the measured stages (socket and AMQP
+    framing, Celery's consumer loop, the tick thread, sqlitedict's thread, GC): the
+    workers' CPU from /proc minus the stages."""
+    runs = 0
+    ns: dict[str, int] = {}
+    for i, st in after.items():
+        a, b = st.get("cpu_stages"), before.get(i, {}).get("cpu_stages")
+        if not a or not b:
+            continue
+        runs += a["runs"] - b["runs"]
+        for k, v in a["ns"].items():
+            ns[k] = ns.get(k, 0) + v - b["ns"].get(k, 0)
+    ms = {k: round(v / 1e6 / requests, 3) for k, v in ns.items()}
+    measured = sum(ms.values())
+    ms["rest"] = round(workers_ms - measured, 3)
+    return {"runs_per_request": round(runs / requests, 2), "ms_per_request": ms,
+            "us_per_run": {k: round(v / 1e3 / runs, 1) for k, v in ns.items()} if runs else {}}
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of a process so far (Linux /proc), by OS thread id."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requests: int,
+                     stages_ms: dict) -> dict:
+    """Split ``rest`` (the workers' CPU outside the measured stages): the main thread's
+    unmeasured part (receiving from the socket, AMQP framing, Celery's consumer loop) and
+    every other thread by name (the tick thread, sqlitedict's writer, ...).  Clock ticks
+    of /proc are 10 ms, so these are coarse at small ``requests``."""
+    by_name: dict[str, float] = {}
+    main = 0.0
+    for i, pid in pids.items():
+        names = statuses.get(i, {}).get("threads", {})
+        for tid, t1 in after[i].items():
+            used = t1 - before[i].get(tid, 0.0)
+            if tid == pid:
+                main += used
+                continue
+            name = names.get(str(tid), "other")
+            if name.startswith("Thread-"):
+                name = "sqlitedict and other unnamed"
+            by_name[name] = by_name.get(name, 0.0) + used
+    measured = sum(v for k, v in stages_ms.items() if k != "rest")
+    out = {"rest: consumer loop (receive, AMQP, Celery)": round(main / requests * 1000 - measured, 3)}
+    for name, used in sorted(by_name.items()):
+        out[f"rest: thread {name}"] = round(used / requests * 1000, 3)
+    return out
 
 
 def process_cpu_s(pid: int) -> float:
@@ -188,6 +286,31 @@ def _uid(user: str) -> int | None:
         return None
 
 
+def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callable[[str], None] = print,
+               on_result: Callable[[list[dict]], None] | None = None, **kw: Any) -> list[dict]:
+    """Every (nodes, votes) configuration, ``rounds`` times, interleaved: each round runs
+    all of them in turn, so a change in the machine's load hits every configuration.  A
+    configuration whose requests time out is recorded as ``{"failed": reason}`` and the
+    others still run."""
+    out = []
+    for r in range(rounds):
+        for n in nodes:
+            for v in votes:
+                say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
+                try:
+                    res = run(nodes=n, votes=v, **kw)
+                except (SubmitTimeout, OperationalError, OSError) as exc:  # a figure too: it did not keep up
+                    # (OperationalError: e.g. the broker dropped a connection that missed
+                    # its heartbeats on an overloaded machine)
+                    say(f"  {n} nodes, votes={v}: FAILED: {type(exc).__name__}: {exc}")
+                    res = {"nodes": n, "votes": v, "failed": f"{type(exc).__name__}: {exc}"}
+                res["round"] = r + 1
+                out.append(res)
+                if on_result is not None:
+                    on_result(out)  # e.g. write the JSON so far: a long matrix keeps what it measured
+    return out
+
+
 def write_json(result: dict, path: str | None) -> None:
     if path:
         with open(path, "w") as fh:
@@ -195,4 +318,4 @@ def write_json(result: dict, path: str | None) -> None:
             fh.write("\n")
 
 
-__all__ = ["drive", "run", "percentile", "latencies_ms", "write_json", "statistics"]
+__all__ = ["drive", "run", "run_matrix", "stage_breakdown", "percentile", "latencies_ms", "write_json", "statistics"]

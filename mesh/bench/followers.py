@@ -43,10 +43,12 @@ class FollowerRig:
 
     def __init__(self, base: str, nodes: int, followers: int, netns: bool,
                  broker: Optional[str], backend: Optional[str], max_batch: int,
-                 durability: str, nice: int = 0) -> None:
+                 durability: str, nice: int = 0, queue_type: str = "classic",
+                 votes: str = "all-to-all") -> None:
         self.k = followers
         self.netns = None
-        settings = {"max_batch": max_batch, "durability": durability}
+        settings = {"max_batch": max_batch, "durability": durability, "queue_type": queue_type,
+                    "votes": votes}
         if netns:
             from ..ops.netns_mesh import NetnsMesh
             self.netns = NetnsMesh(Path(base), nodes, followers, broker or DEFAULT_BROKER_URL,

@@ -4,7 +4,9 @@
 "Performance evaluation", PAPER.md; the order is ``mesh.bench.workload.paper_sequence``)
 four ways in one run, back to back as the paper's script made them: ``rpc`` (plain
 OpenStack), ``redis`` (cache-aside), ``hdpbf`` (two-step with the API node's own
-answers) and ``hdpbf-ledger`` (two-step from the ledger alone, the paper's design).
+answers) and ``hdpbf-ledger`` (two-step from the ledger alone, the paper's design);
+with nova installed, two more through nova 34's own client (``paper_nova``):
+``nova-rpc`` (``rabbit://``) and ``nova-hdpbf`` (``hdpbf+rabbit://``, the driver).
 The rig and the four clients are in ``mesh/bench/paper_rig.py``; the freshness check,
 summary, table and plot in ``mesh/bench/paper_report.py``.  This module owns the run
 and the ``hdpbf bench paper`` command, and re-exports what callers import from
@@ -32,6 +34,7 @@ import uuid
 from typing import Any
 
 from .consensus import write_json
+from .paper_nova import NOVA_CONFIGS, NovaSide
 from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
                            table)
 from .paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, EmbeddedRig, Rig,
@@ -40,16 +43,17 @@ from .workload import INSTANCES, paper_sequence
 
 # -- the run ------------------------------------------------------------------------------
 
-def make_instance_ids(repeat: int) -> dict[tuple[str, int, int], str]:
+def make_instance_ids(repeat: int, configs: tuple[str, ...] = CONFIGS + NOVA_CONFIGS
+                      ) -> dict[tuple[str, int, int], str]:
     """Fresh ids per (configuration, repetition, instance number): each run starts cold."""
-    return {(c, r, k): str(uuid.uuid4()) for c in CONFIGS for r in range(repeat)
+    return {(c, r, k): str(uuid.uuid4()) for c in configs for r in range(repeat)
             for k in range(1, INSTANCES + 1)}
 
 
 def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: float = 600.0,
         embedded: bool = False, broker: str | None = None, backend: str | None = None,
         redis_url: str | None = None, rpc_timeout: float = 10.0, data_dir: str | None = None,
-        console: Any = None, progress: bool = True) -> dict:
+        console: Any = None, progress: bool = True, nova: bool = True) -> dict:
     say = console.print if console is not None else print
     _quiet_imports()
     seq = paper_sequence()
@@ -63,15 +67,27 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     rig: Rig = EmbeddedRig(base, **common) if embedded else BrokerRig(base, broker=broker,
                                                                      backend=backend, **common)
     records: list[CallRecord] = []
+    use_nova, nova = nova, NovaSide(rig)
+    nova_on = False
     try:
         rig.start()
         configs = [c for c in CONFIGS if c != "redis" or rig.redis is not None]
         if rig.redis is None:
             say(f"[yellow]redis configuration skipped: {rig.redis_skip}[/yellow]")
+        nova_on = use_nova and nova.start()
+        if nova_on:
+            configs += list(NOVA_CONFIGS)
+        elif use_nova:
+            say(f"[yellow]nova configurations skipped: {nova.skip}[/yellow]")
+
+        def call(c: str, iid: str):
+            return nova.call(c, iid) if c in NOVA_CONFIGS else rig.call(c, iid)
         for c in configs:                               # warm every path once
             for iid in warm.values():
-                rig.call(c, iid)
+                call(c, iid)
         rig.wait_committed(list(warm.values()))
+        if nova_on:
+            nova.wait_committed(list(warm.values()))
         schedule = [(r, c) for r in range(repeat)
                     for c in configs[r % len(configs):] + configs[:r % len(configs)]]
         bar = _progress(console, progress)
@@ -83,21 +99,33 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
                     iid = ids[(c, r, k)]
                     w0 = time.time()
                     t0 = time.perf_counter()
-                    info, step = rig.call(c, iid)
+                    info, step = call(c, iid)
                     dt = time.perf_counter() - t0
                     records.append(CallRecord(c, r + 1, n, k, dt * 1000, step, iid, w0,
                                               time.time(), info))
                     bar.advance(task)
                 if c in TWO_STEP:                       # start the next run on a quiet mesh
                     rig.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
+                elif c == "nova-hdpbf":
+                    nova.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
         last_r = repeat - 1
         micro = rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)])
+        if nova_on:
+            micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
+                                     for k in range(1, INSTANCES + 1)]))
+            nova_served = nova.served()
+            nova.close()
+            nova_on = False
         if isinstance(rig, BrokerRig):
             rig.close_api_side()
             rig.reader = rig.ledger_reader = rig.transport = rig.redis = None
             rig.stop_compute()
         served = rig.served()
+        if "nova-rpc" in configs:
+            served += nova_served
     finally:
+        if nova_on:
+            nova.close()
         rig.close()
         if data_dir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -105,8 +133,13 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     result.update(micro)
     result.update(mode=rig.mode, label=rig.label, compute=rig.compute_mode, nodes=nodes,
                   repeat=repeat, service_ms=service_ms, token_ttl=token_ttl,
-                  skipped={"redis": rig.redis_skip} if rig.redis is None and "redis" not in configs
-                  else {})
+                  skipped={**({"redis": rig.redis_skip} if rig.redis is None
+                               and "redis" not in configs else {}),
+                           **({"nova": nova.skip} if nova.skip else {})})
+    if "nova-rpc" in result["configs"] and "nova-hdpbf" in result["configs"]:
+        result["nova_hdpbf_vs_nova_rpc_pct"] = round(
+            100 * result["configs"]["nova-hdpbf"]["mean_ms"]
+            / result["configs"]["nova-rpc"]["mean_ms"], 2)
     return result
 
 
@@ -142,15 +175,19 @@ from ..clikit import console  # noqa: E402
               help="Redis for the cache-aside configuration (default: the result backend)")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="keep the mesh here (default: a temporary directory, removed afterwards)")
+@click.option("--nova/--no-nova", default=True, show_default=True,
+              help="also nova-rpc and nova-hdpbf, through nova 34's own client (needs nova "
+                   "installed: pip install -e '.[test]'; broker rig only)")
 def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
                 json_path: str | None, png_path: str, embedded: bool, broker: str | None,
-                backend: str | None, redis_url: str | None, data_dir: str | None) -> None:
+                backend: str | None, redis_url: str | None, data_dir: str | None,
+                nova: bool) -> None:
     """The paper's 100 get_vnc_console calls: rpc vs redis cache vs hdpbf two-step (with
     the API node's own answers, and from the ledger alone)."""
     out = console()
     result = run(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
                  embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,
-                 data_dir=data_dir, console=out)
+                 data_dir=data_dir, console=out, nova=nova)
     plot(result, png_path)
     result["png"] = os.path.abspath(png_path)
     result["plot_series"] = ("median over repeats" if repeat > 1 else "the one run")

@@ -22,12 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .consensus import percentile
+from .stats import percentile
 from .paper_rig import TWO_STEP
 from .workload import first_calls, paper_sequence
 
 STEP_OWN = "1o"          # mesh.openstack.reader.STEP_OWN (not imported: no oslo here)
-COLORS = {"rpc": "#d62728", "redis": "#1f77b4", "hdpbf": "#2ca02c", "hdpbf-ledger": "#ff7f0e"}
+COLORS = {"rpc": "#d62728", "redis": "#1f77b4", "hdpbf": "#2ca02c", "hdpbf-ledger": "#ff7f0e",
+          "nova-rpc": "#8c564b", "nova-hdpbf": "#9467bd"}
+CHECKED = TWO_STEP + ("nova-hdpbf",)  # answers from a ledger or an own answer
 
 
 @dataclass
@@ -115,14 +117,14 @@ def summarize(records: list[CallRecord], served: list[dict], configs: list[str],
             "stale_own": check.get("stale_own", 0),
             "older_token": check.get("older_token", 0),
         }
-        if c in TWO_STEP:
+        if c in CHECKED:
             per[c]["step2_at_first_calls"] = sum(1 for r in recs if r.step == 2
                                                  and r.call - 1 in firsts)
             per[c]["first_ledger_answer_after_ms"] = _first_ledger_answer_ms(recs)
     base = per["rpc"]["mean_ms"]
     for c in configs:
         per[c]["reduction_vs_rpc_pct"] = round((1 - per[c]["mean_ms"] / base) * 100, 2)
-    two = [per[c] for c in TWO_STEP if c in per]
+    two = [per[c] for c in CHECKED if c in per]
     return {
         "configs": per,
         "stale_answers": sum(p["stale"] for p in two),
@@ -217,7 +219,7 @@ def table(result: dict) -> Any:
     for c, r in result["configs"].items():
         t.add_row(c, f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
                   f"{r['total_s']:.3f}", "-" if c == "rpc" else f"{-r['reduction_vs_rpc_pct']:+.1f} %",
-                  str(r["step1"]), str(r["own_answers"]) if c in TWO_STEP else "-",
+                  str(r["step1"]), str(r["own_answers"]) if c in CHECKED else "-",
                   str(r["step2"]))
     return t
 
@@ -232,13 +234,22 @@ def report(result: dict, console: Any) -> None:
     if rg is not None and s1:
         line += f"; Redis GET of the same value p50 {rg} us ({rg / s1:.1f}x the step-1 read)"
     console.print(line)
+    if result.get("driver_step1_p50_us") is not None:
+        console.print(f"a whole step-1 call through the hdpbf driver (HdpbfDriver.send: key from "
+                      f"the Instance primitive, ledger read, open) p50 "
+                      f"{result['driver_step1_p50_us']} us, p99 {result['driver_step1_p99_us']} us")
+    nr, nh = result["configs"].get("nova-rpc"), result["configs"].get("nova-hdpbf")
+    if nr and nh:
+        console.print(f"nova's own ComputeAPI client: nova-hdpbf mean {nh['mean_ms']:.3f} ms = "
+                      f"{100 * nh['mean_ms'] / nr['mean_ms']:.1f} % of nova-rpc's "
+                      f"{nr['mean_ms']:.3f} ms")
     colour = "green" if result["stale_answers"] == 0 else "red"
-    own = sum(result["configs"][c]["own_answers"] for c in TWO_STEP if c in result["configs"])
-    console.print(f"[{colour}]stale_answers = {result['stale_answers']}[/{colour}] (hdpbf and "
-                  f"hdpbf-ledger answers matching no live token compute served; "
+    own = sum(result["configs"][c]["own_answers"] for c in CHECKED if c in result["configs"])
+    console.print(f"[{colour}]stale_answers = {result['stale_answers']}[/{colour}] (hdpbf, "
+                  f"hdpbf-ledger and nova-hdpbf answers matching no live token compute served; "
                   f"{result['stale_own_answers']} of them among the {own} own answers); "
                   f"older-but-live tokens: {result['older_token_answers']}")
-    for c in TWO_STEP:
+    for c in CHECKED:
         r = result["configs"].get(c)
         if r is None:
             continue

@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .consensus import percentile
+from .stats import percentile
 
 CONFIGS = ("rpc", "redis", "hdpbf", "hdpbf-ledger")
 TWO_STEP = ("hdpbf", "hdpbf-ledger")
@@ -115,7 +115,7 @@ class Rig:
         self.transport = get_transport(self.transport_url)
         self.rpc_client = messaging.get_rpc_client(self.transport, compute_target(),
                                                    timeout=self.rpc_timeout)
-        ledger = os.path.join(str(self.cfg.node_data_dir(API_NODE)), "ledger.sqlite")
+        ledger = str(self.cfg.ledger_path(API_NODE))
         opener = Opener("api", load_reader_identity(self.cfg, "api"))
         self.reader = ConsoleReader(ledger, self.transport_url, self.hosts, opener=opener,
                                     rpc_timeout=self.rpc_timeout, own_answers=True)

@@ -40,25 +40,28 @@ def main() -> None:
 @click.option("--client", "clients", multiple=True, metavar="NAME",
               help="A client identity to create (repeatable; default: admin).")
 @click.option("--broker", default=topology.DEFAULT_BROKER_URL, show_default=True,
-              help="Celery broker URL (RabbitMQ).")
+              help="Celery broker URL (RabbitMQ); a cluster's node URLs joined by ';'.")
+@click.option("--queue-type", type=click.Choice(["classic", "quorum"]), default="classic",
+              show_default=True, help="Node queues: classic (one broker) or quorum (a cluster).")
 @click.option("--backend", default=topology.DEFAULT_RESULT_BACKEND, show_default=True,
               help="Celery result backend URL (Redis).")
 @click.option("--force", is_flag=True, help="Replace an existing mesh and all its keys.")
 @click.option("--reader", "readers", multiple=True, metavar="NAME",
               help="An API reader allowed to open sealed console tokens (repeatable; default none).")
-def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, backend: str,
-         force: bool, readers: tuple[str, ...] = ()) -> None:
+def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
+         backend: str, force: bool, readers: tuple[str, ...] = ()) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
     for name in readers:
         try:
-            topology._check_client_name(name, "reader name")
+            topology.check_name(name, "reader name")
         except ConfigError as exc:
             raise BadInput(str(exc)) from None
     if len(set(readers)) != len(readers):
         raise BadInput("duplicate reader name")
     try:
         config = topology.init_mesh(dir_, nodes=nodes, clients=clients or ("admin",),
-                                    broker_url=broker, result_backend=backend, force=force)
+                                    broker_url=broker, result_backend=backend, force=force,
+                                    queue_type=queue_type)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
@@ -89,13 +92,15 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, backend:
 
 # The commands of the other modules; none of them imports this package.
 from mesh.audit.verify import verify  # noqa: E402
+from mesh.ops.broker_cluster import broker_cluster  # noqa: E402  (hdpbf broker-cluster up/down)
 from mesh.bench.commands import bench  # noqa: E402  (consensus, read, paper, verify)
 from mesh.cli.commands import demo, get, put, worker  # noqa: E402
-from mesh.cli.follow import add_follower, follow  # noqa: E402  (issue 12: followers)
+from mesh.cli.follow import add_follower, follow  # noqa: E402  (issue 12)
 from mesh.openstack.api import api  # noqa: E402
 from mesh.openstack.commands import add_reader, compute, console_cmd, delete_instance, move_instance  # noqa: E402
 from mesh.ops.stack import down, status, up  # noqa: E402
 
 for _command in (worker, demo, put, get, bench, compute, console_cmd, delete_instance, move_instance,
-                 add_reader, api, up, status, down, verify, follow, add_follower):
+                 add_reader, api, up, status, down, verify, broker_cluster,
+                 follow, add_follower):
     main.add_command(_command)

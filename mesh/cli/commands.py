@@ -18,7 +18,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pbft_tasks.topology import ConfigError, MeshConfig
+from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig
 
 from ..clikit import BadInput, broker_client, config_option, config_path, console
 
@@ -97,7 +97,7 @@ def get(key: str, node_id: int | None, config: str | None, as_json: bool) -> Non
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     try:
-        with LedgerReader(os.path.join(data_dir, "ledger.sqlite")) as reader:
+        with LedgerReader(os.path.join(data_dir, LEDGER_FILE)) as reader:
             record = reader.get(key)
     except LedgerError as exc:
         raise BadInput(f"node {node_id}: {exc}") from None
@@ -133,7 +133,8 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
     out = console() if not as_json else console(stderr=True)
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-demo-")
     kw = {"broker_url": broker, "result_backend": backend} if broker else {}
-    cfg = init_mesh(base, nodes=nodes, force=True, **kw)
+    cfg = init_mesh(base, nodes=nodes, force=True, clients=("admin", "cmp"),
+                    readers=("api0", "api1"), **kw)
     path = os.path.join(base, "mesh.json")
     mode = f"broker {broker}, one worker process per node" if broker else "embedded: one process, in-memory transport"
     out.print(f"[bold]HdPBF demo[/bold]: {nodes} nodes (f={cfg.f}), {count} updates; {mode}")
@@ -168,6 +169,9 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
         result = {"nodes": rows, "requests": count, "elapsed_s": round(elapsed, 3),
                   "tx_per_s": round(count / elapsed, 1), "mode": "broker" if broker else "embedded",
                   "identical": len({(r["height"], r["head"]) for r in rows}) == 1}
+        if not broker:  # act two: nova's console reads through the hdpbf driver
+            from ..openstack import driver_demo
+            result["console_reads"] = driver_demo.run(path, mesh, cfg)
     finally:
         if mesh is not None:
             (mesh.stop if broker else mesh.close)()
@@ -184,6 +188,9 @@ def demo(nodes: int, count: int, broker: str | None, backend: str, data_dir: str
         out.print(table)
         verdict = "[green]identical on every node[/green]" if result["identical"] else "[red]DIFFERENT[/red]"
         out.print(f"{count} updates committed in {elapsed:.2f}s: {result['tx_per_s']} tx/s; ledgers {verdict}")
+        if "console_reads" in result:
+            from ..openstack import driver_demo
+            driver_demo.show(result["console_reads"], out)
     if not result["identical"]:
         sys.exit(1)
 

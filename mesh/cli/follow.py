@@ -1,6 +1,6 @@
 """``hdpbf follow``: run a follower, a verified non-validating ledger copy (issue 12).
 
-A plain click command (registered in mesh/cli.py with one line); the work is in
+A plain click command (added to the group in mesh/cli/__init__.py); the work is in
 pbft_tasks/follower_node.py (wire, pulling, status) and pbft_tasks/follower.py (checks).
 Bad input is one ``Error:`` line and exit 2, like every hdpbf command.
 """

@@ -8,10 +8,10 @@ its answers through consensus, and nova-api's two-step reader (PAPER.md, issue 3
 - ``Sealer`` / ``Opener`` (sealing.py): console tokens sealed per API reader.
 """
 from .compute import ComputeService, ConsoleTypeInvalid
-from .reader import STEP_OWN, ConsoleReader, ConsoleUnavailable
+from .reader import STEP_OWN, ComputeRefused, ConsoleReader, ConsoleUnavailable
 from .recorder import ConsoleRecorder
 from .sealing import Opener, Sealer, SealError, instance_key, open_console, seal_console
 
 __all__ = ["instance_key", "ComputeService", "ConsoleRecorder", "ConsoleReader",
-           "ConsoleUnavailable", "ConsoleTypeInvalid", "STEP_OWN", "Sealer", "Opener", "SealError",
+           "ConsoleUnavailable", "ComputeRefused", "ConsoleTypeInvalid", "STEP_OWN", "Sealer", "Opener", "SealError",
            "seal_console", "open_console"]

@@ -8,7 +8,6 @@ commands (mesh/cli/__init__.py): bad input exits 2 with one ``Error:`` line.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -52,7 +51,7 @@ def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
     path = config_path(config)
     cfg = MeshConfig.load(path)
     try:
-        ledger = os.path.join(cfg.node_data_dir(node_id), "ledger.sqlite")
+        ledger = str(cfg.ledger_path(node_id))
         opener = Opener(reader, load_reader_identity(cfg, reader)) if reader else None
         url = transport_url or rpc.transport_url_from_broker(cfg.broker_url)
     except (ConfigError, ValueError) as exc:

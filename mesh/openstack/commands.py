@@ -112,7 +112,7 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
                 timeout: float, transport_url: str | None, config: str | None,
                 as_json: bool, own_answers: bool) -> None:
     """nova-api's two-step get_vnc_console: local ledger first, RPC on a miss."""
-    from .reader import ConsoleReader, ConsoleUnavailable
+    from .reader import ComputeRefused, ConsoleReader, ConsoleUnavailable
     from .sealing import Opener
     path, cfg = _load(config)
     try:
@@ -123,13 +123,15 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     url = _transport_url(cfg, transport_url)
-    with ConsoleReader(os.path.join(data_dir, "ledger.sqlite"), url, {instance: host},
+    with ConsoleReader(os.path.join(data_dir, topology.LEDGER_FILE), url, {instance: host},
                        opener, rpc_timeout=timeout, own_answers=own_answers) as api:
         t0 = time.perf_counter()
         try:
             info, step = api.get_vnc_console(instance, console_type)
         except ConsoleUnavailable as exc:
-            console(stderr=True).print(f"[red]step 1 missed and step 2 failed:[/red] {exc}",
+            what = ("compute refused step 2" if isinstance(exc, ComputeRefused)
+                    else "step 2 failed")
+            console(stderr=True).print(f"[red]step 1 missed and {what}:[/red] {exc}",
                                        soft_wrap=True)
             sys.exit(1)
         ms = (time.perf_counter() - t0) * 1000

@@ -6,6 +6,9 @@ on topic ``compute`` with one server per compute host, minting a fresh console t
 call, and handing each answer to the recorder (step 5a) without delaying the reply (5b).
 
 Rules of this file:
+- nova's wire: the method signature is ComputeManager's (``context, console_type,
+  instance``), ``instance`` a NovaObject primitive (its ``uuid`` is the instance) or,
+  from older callers, the uuid itself; exchange ``nova`` (rpc.py).
 - ``connect_info`` has nova's keys (``host``, ``port``, ``internal_access_path``,
   ``token``, ``access_url``) and nova's novnc URL shape
   ``<base_url>?path=%3Ftoken%3D<token>``; the token is ``secrets.token_urlsafe()``
@@ -31,7 +34,7 @@ import warnings
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from . import rpc
+from . import nova_wire, rpc
 
 if TYPE_CHECKING:
     from .recorder import ConsoleRecorder
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hdpbf.compute")
 
 CONSOLE_TYPES = ("novnc",)
+ENDPOINT_VERSION = "6.4"  # nova 34's ComputeManager: serves any 6.x call up to 6.4
 DEFAULT_BASE_URL = "http://127.0.0.1:6080/vnc_auto.html"
 
 
@@ -51,11 +55,14 @@ class _ComputeEndpoint:
 
     def __init__(self, service: "ComputeService"):
         oslo_messaging = rpc.oslo()
-        self.target = oslo_messaging.Target(version=rpc.VERSION)
+        self.target = oslo_messaging.Target(version=ENDPOINT_VERSION)
         self._service = service
 
-    def get_vnc_console(self, ctxt: Any, instance: str, console_type: str) -> dict:
-        return self._service.serve(instance, console_type)
+    def get_vnc_console(self, ctxt: Any, console_type: str, instance: Any) -> dict:
+        # nova sends the instance as a NovaObject primitive (this server has no nova
+        # serializer, so it arrives as one); older stand-in callers send the uuid.
+        uuid = instance if type(instance) is str else nova_wire.instance_uuid(instance)
+        return self._service.serve(uuid if uuid is not None else instance, console_type)
 
 
 class ComputeService:

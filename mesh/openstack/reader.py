@@ -65,7 +65,7 @@ from ledger import LedgerReader
 from ledger import format as fmt
 from ledger.format import LedgerNotFound
 
-from . import rpc
+from . import nova_wire, rpc
 from .sealing import Opener, SealError, instance_key, open_console
 
 log = logging.getLogger("hdpbf.api")
@@ -77,6 +77,11 @@ Step = Union[int, str]   # 1 (ledger), STEP_OWN, 2 (RPC)
 
 class ConsoleUnavailable(RuntimeError):
     """Step 2 could not get a console from compute (broker down, timeout, compute error)."""
+
+
+class ComputeRefused(ConsoleUnavailable):
+    """Compute answered step 2 with an exception (nova's own error, raised remotely):
+    the broker and compute are up; the request was refused."""
 
 
 class _Own:
@@ -222,7 +227,11 @@ class ConsoleReader:
             self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="hdpbf-rpc")
         try:
             cctxt = self._rpc().prepare(server=host, timeout=self.rpc_timeout, retry=0)
-            future = self._pool.submit(cctxt.call, {}, "get_vnc_console", instance=instance,
+            # nova's wire: a serialized RequestContext and the Instance as a NovaObject
+            # primitive, so a real nova-compute (nova's serializer) accepts the call.
+            future = self._pool.submit(cctxt.call, nova_wire.request_context(),
+                                       "get_vnc_console",
+                                       instance=nova_wire.instance_primitive(instance, host),
                                        console_type=console_type)
             reply = future.result(timeout=self.rpc_timeout + 0.25)
         except (oslo_messaging.MessagingTimeout, concurrent.futures.TimeoutError):
@@ -230,9 +239,15 @@ class ConsoleReader:
                 f"compute {host!r} did not answer get_vnc_console for {instance!r} within "
                 f"{self.rpc_timeout:g}s (RabbitMQ down, or compute not running?)") from None
         except oslo_messaging.RemoteError as exc:
-            raise ConsoleUnavailable(f"compute {host!r} refused get_vnc_console for "
-                                     f"{instance!r}: {exc.exc_type}: {exc.value}") from None
+            raise ComputeRefused(f"compute {host!r} refused get_vnc_console for "
+                                 f"{instance!r}: {exc.exc_type}: {exc.value}") from None
         except Exception as exc:  # delivery failures, connection errors: all "unavailable"
+            if type(exc).__name__.endswith("_Remote"):
+                # oslo re-raises a builtin exception from the server as <Name>_Remote
+                # (ValueError_Remote ...): compute's error, not the broker's.
+                name = type(exc).__name__[:-len("_Remote")]
+                raise ComputeRefused(f"compute {host!r} refused get_vnc_console for "
+                                     f"{instance!r}: {name}: {exc}") from None
             raise ConsoleUnavailable(
                 f"get_vnc_console for {instance!r} via RabbitMQ failed after "
                 f"{time.monotonic() - t0:.2f}s: {type(exc).__name__}: {exc}") from None

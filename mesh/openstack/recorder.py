@@ -218,7 +218,7 @@ class ConsoleRecorder:
         else:
             body = {"op": "delete", "key": op.key}
         # The token's own expiry, exactly (put_request would re-derive it from a ttl).
-        return c.signer.sign(Request(c.client_id, c._next_ts(), body))
+        return c.signer.sign(Request(c.client_id, c.next_ts(), body))
 
     def _reconnect(self) -> None:
         from ..client import BrokerClientTransport

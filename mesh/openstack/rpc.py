@@ -11,7 +11,9 @@ Rules of this file:
   keeps its queues inside the transport object, so a server and a client only meet when
   they share it: fake transports are cached per URL here (``fake:`` and ``fake:/other``
   are two separate buses).  Real transports are not shared; each side owns its own.
-- The target is nova's: topic ``compute``, one server per compute host, version "6.0".
+- The target is nova's: exchange ``nova`` (nova sets ``control_exchange``; oslo's
+  default, ``openstack``, would never meet a real nova), topic ``compute``, one server
+  per compute host, version "6.0".
 - A compute that records its answers in the ledger adds ``EXPIRES_AT_FIELD`` (the
   token's expiry, compute's wall clock) to its reply, a key nova's client never reads;
   ``ConsoleReader`` removes it before returning nova's ``connect_info``.
@@ -23,6 +25,7 @@ import warnings
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TRANSPORT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+EXCHANGE = "nova"
 TOPIC = "compute"
 VERSION = "6.0"
 EXPIRES_AT_FIELD = "hdpbf_expires_at"
@@ -46,7 +49,17 @@ def is_fake(url: str | None) -> bool:
 
 def transport_url_from_broker(broker_url: str) -> str:
     """``amqp://u:p@h:5672//`` (kombu: vhost "/") -> ``rabbit://u:p@h:5672/``;
-    ``amqp://u:p@h:5672/vh`` -> ``rabbit://u:p@h:5672/vh``."""
+    ``amqp://u:p@h:5672/vh`` -> ``rabbit://u:p@h:5672/vh``.  A cluster's failover list
+    (``amqp://u:p@h1//;amqp://u:p@h2//``) becomes oslo.messaging's multi-host URL
+    ``rabbit://u:p@h1,u:p@h2/``, which fails over between the hosts the same way."""
+    if ";" in broker_url:
+        urls = [transport_url_from_broker(u) for u in broker_url.split(";")]
+        vhosts = {urlsplit(u).path for u in urls}
+        if len(vhosts) != 1:
+            raise ValueError(f"the broker URLs {broker_url!r} name different vhosts; "
+                             f"pass --transport-url rabbit://user:pass@h1,user:pass@h2/vhost")
+        return urlunsplit(("rabbit", ",".join(urlsplit(u).netloc for u in urls),
+                           vhosts.pop(), "", ""))
     parts = urlsplit(broker_url)
     if parts.scheme not in ("amqp", "pyamqp", "rabbit", "amqps"):
         raise ValueError(f"cannot derive an oslo.messaging URL from broker {broker_url!r}; "
@@ -78,4 +91,4 @@ def release_transport(transport, url: str | None) -> None:
 
 
 def compute_target(server: str | None = None):
-    return oslo().Target(topic=TOPIC, server=server, version=VERSION)
+    return oslo().Target(exchange=EXCHANGE, topic=TOPIC, server=server, version=VERSION)

@@ -1,4 +1,4 @@
-"""Followers in ``hdpbf up`` and ``hdpbf status`` (issue 12), kept out of mesh/ops.py.
+"""Followers in ``hdpbf up`` and ``hdpbf status`` (issue 12), kept out of mesh/ops/stack.py.
 
 Owns: the names ``hdpbf up --followers K`` gives (``f1`` .. ``fK``), when a started
 follower counts as ready, the follower rows of ``hdpbf status`` (from each follower's

@@ -2,7 +2,7 @@
 
 Owns: the exact ``hdpbf follow`` command line for a follower and a small process set
 used by ``hdpbf up --followers K``, the benchmark and the tests (the validators' own
-launcher is mesh/launcher.py).  A follower's log is ``<log_dir>/follower-<name>.log``.
+launcher is mesh/ops/launcher.py).  A follower's log is ``<log_dir>/follower-<name>.log``.
 ``wrap`` prefixes the command (``ip netns exec <ns>`` for the namespace topology).
 """
 from __future__ import annotations

@@ -27,14 +27,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from pbft_tasks.celery_app import PREFETCH
+from pbft_tasks.brokers import PREFETCH
 from pbft_tasks.topology import MeshConfig
 
 
-def worker_command(node_id: int, loglevel: str = "INFO") -> list[str]:
+def worker_command(node_id: int, loglevel: str = "INFO", prefetch: int = PREFETCH) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "pbft_tasks", "worker",
             "-Q", f"node.{node_id}", "-n", f"node{node_id}@%h", "-E",
-            "-P", "solo", "--prefetch-multiplier", str(PREFETCH),
+            "-P", "solo", "--prefetch-multiplier", str(prefetch),
             "--without-gossip", "--without-mingle", "-l", loglevel]
 
 
@@ -55,9 +55,10 @@ class LocalMesh:
             # global one after changing its broker_url would keep using the old broker.
             from celery import Celery
 
-            from pbft_tasks.celery_app import celery_settings
+            from pbft_tasks.brokers import celery_settings
             app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
-            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend))
+            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend,
+                                            self.cfg.queue_type))
         self.app = app
         self.log_dir = log_dir or os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -65,13 +66,15 @@ class LocalMesh:
         # Extra environment per node (e.g. HDPBF_BYZANTINE for fault tests), kept for
         # restarts: a restarted worker is the same node with the same settings.
         self.extra_env: dict[int, dict[str, str]] = {}
+        # Only ``hdpbf bench backlog`` changes it, to show what a small one does.
+        self.prefetch = PREFETCH
 
     def purge(self) -> None:
         """Empty the node queues: a new mesh must not inherit an old mesh's messages."""
         from pbft_tasks.transport import declare_mesh
         with self.app.connection_for_write() as conn:
             ch = conn.default_channel
-            declare_mesh(ch, [n.id for n in self.cfg.nodes])
+            declare_mesh(ch, [n.id for n in self.cfg.nodes], self.cfg.queue_type)
             for info in self.cfg.nodes:
                 ch.queue_purge(info.queue)
 
@@ -79,7 +82,7 @@ class LocalMesh:
         for i in nodes if nodes is not None else [n.id for n in self.cfg.nodes]:
             logf = open(os.path.join(self.log_dir, f"node{i}.log"), "ab")
             env = {**node_env(self.config_path, i), **self.extra_env.get(i, {})}
-            self.procs[i] = subprocess.Popen(worker_command(i), env=env,
+            self.procs[i] = subprocess.Popen(worker_command(i, prefetch=self.prefetch), env=env,
                                              stdout=logf, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, start_new_session=True)
             logf.close()

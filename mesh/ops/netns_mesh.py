@@ -65,7 +65,7 @@ class NetnsMesh:
         self.cfg = MeshConfig.load(self.config_path)
         from celery import Celery
 
-        from pbft_tasks.celery_app import celery_settings
+        from pbft_tasks.brokers import celery_settings
         self.app = Celery(f"hdpbf-netns-{id(self)}", set_as_current=False)
         self.app.conf.update(celery_settings(root_broker_url, root_backend))
         self.local = WrappedLocalMesh(self.config_path, lambda i: self.topo.wrap(f"v{i}"),

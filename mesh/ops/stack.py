@@ -4,7 +4,7 @@ without Docker (issue 5, items 5 and 6).
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
 command lines, waiting until they answer, and judging health.  Starting and stopping a
 process is mesh/ops/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
-mesh/openstack/commands.py.
+mesh/openstack/api.py.
 
 A data dir (default ``./hdpbf-data``)::
 
@@ -32,6 +32,8 @@ Rules of this file:
   it is informational, since a taken metrics port does not stop a replica.
 - Flower starts after every worker answers: it inspects the workers it finds at start
   (their queues, for ``/api/workers``).
+- Each worker runs under ``mesh.ops.respawn``, which starts it again when it fails hard
+  on our own bug (exit 70) and passes any other exit through.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ from ..clikit import BadInput, console
 from . import follower_status as follower_ops
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
+from .respawn import respawn_command
 
 DEFAULT_DATA_DIR = "./hdpbf-data"
 RUN_FILE = os.path.join("run", "processes.json")
@@ -108,6 +111,8 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
 
 
 def redact(url: str) -> str:
+    if ";" in url:  # a cluster's failover list (mesh.json broker_url as a list)
+        return ";".join(redact(u) for u in url.split(";"))
     parts = urlsplit(url)
     if parts.password:
         netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
@@ -126,9 +131,22 @@ def _hdpbf_argv() -> list[str]:
     return [sys.executable, "-c", "import sys; from mesh.cli import main; sys.exit(main())"]
 
 
+# Flower keeps every task it hears of in memory, 100000 by default: with ~25 protocol
+# messages per request that is ~4000 requests, and past 1.7 GB RSS in a long run here.
+# Its counters (/metrics, the dashboards) count every event all the same; only the task
+# list it can show is shorter.  compose/docker-compose.yml passes the same bounds.
+FLOWER_MAX_TASKS = 10000
+FLOWER_MAX_WORKERS = 50
+
+
 def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "pbft_tasks", "flower",
-            f"--port={port}", f"--address={address}"]
+            f"--port={port}", f"--address={address}", *flower_bounds()]
+
+
+def flower_bounds() -> list[str]:
+    """Flower's options bounding its memory (see FLOWER_MAX_TASKS)."""
+    return [f"--max_tasks={FLOWER_MAX_TASKS}", f"--max_workers={FLOWER_MAX_WORKERS}"]
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -390,7 +408,8 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
             env = dict(node_env(config_path, node.id), HDPBF_RUN_ID=run_id)
             env.pop(metrics.ENV_PORT, None)
             env.update(metrics_env(metrics_port_base and metrics_port_base + node.id))
-            start(f"node{node.id}", "worker", worker_command(node.id), env, queue=node.queue,
+            start(f"node{node.id}", "worker", respawn_command(worker_command(node.id)), env,
+                  queue=node.queue,
                   metrics=metrics_url(metrics.node_metrics_port(cfg, node.id, env)))
         # Workers first: Flower inspects the workers it finds when it starts (their
         # queues for /api/workers), and compute commits through them.

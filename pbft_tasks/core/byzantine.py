@@ -31,12 +31,19 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
   peer always gets the same version of a given message (retransmissions included).
 - ``wrong_digest``: its prepares, commits and checkpoints carry a wrong digest.
 - ``replay``: with every broadcast it also re-broadcasts one of the messages it sent
-  earlier (older seqs, views, checkpoints), chosen by the seeded generator.
+  earlier (older seqs, views, checkpoints), chosen by the seeded generator; with every
+  vote it sends to a collector alone (collector vote routing) it sends the collector
+  one too.
 - ``silent``: sends nothing at all (it still consumes its queue and keeps its ledger).
 - ``forge``: the adapter signs its messages with a key that is not its own.
 - ``nosig``: the adapter sends its messages without a signature.
 - ``lie``: its replies to clients carry falsified results (a read's value altered:
   for a console key another host, port and token).
+- ``flood``: with every broadcast it also sends what issue 10 found a faulty node can
+  use against the others' liveness: a Prepare with seq 2^62 (a "seen ahead" target), a
+  VIEW-CHANGE for a view just ahead and one for a view far ahead (a growing series:
+  stored VIEW-CHANGEs and the f+1 join rule), and a request for blocks 1..64 (a fetch
+  answered with blocks).  Every honest node must keep committing in view 0.
 - ``alter_push``: the blocks it pushes to followers are altered (issue 12); nothing
   changes here, the adapter that publishes blocks does it (pbft_tasks/follower_node.py).
 """
@@ -46,10 +53,12 @@ from collections import Counter, deque
 from typing import Any, Iterable
 
 from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
-from .messages import Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, batch_digest, sha256_hex
+from .messages import (Checkpoint, Commit, PrePrepare, Prepare, Reply, Request, ViewChange,
+                       batch_digest, sha256_hex)
 
 BEHAVIOURS = frozenset({"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
-                        "alter_push"})
+                        "flood", "alter_push"})
+FLOOD_SEQ = 2**62
 REPLAY_HISTORY = 256  # messages remembered for replay
 
 
@@ -136,6 +145,7 @@ class Byzantine:
         self._rng = (seed * 2862933555777941757 + 3037000493) % 2**64
         self._history: deque = deque(maxlen=REPLAY_HISTORY)
         self.counts: Counter[str] = Counter()  # what was perverted, for tests and status
+        self._far_view = 0  # flood: the last far-ahead view it asked for
 
     @property
     def signature_mode(self) -> str:
@@ -186,11 +196,16 @@ class Byzantine:
             out = [Broadcast(msg, a.cause)]
         else:
             out = [Send(to, m, a.cause + " [byzantine: equivocate]") for to, m in per_peer.items()]
-        if isinstance(a, Broadcast) and "replay" in self.behaviours:
+        if isinstance(a, Broadcast) and "flood" in self.behaviours:
+            out += self._flood(msg, a.cause + " [byzantine: flood]")
+        # a vote sent to the collector alone (collector vote routing) replays too
+        vote_to_collector = isinstance(a, Send) and isinstance(msg, (Prepare, Commit))
+        if (isinstance(a, Broadcast) or vote_to_collector) and "replay" in self.behaviours:
             if self._history:
                 old = self._history[self._next() % len(self._history)]
                 self.counts["replayed"] += 1
-                out.append(Broadcast(old, a.cause + " [byzantine: replay]"))
+                cause = a.cause + " [byzantine: replay]"
+                out.append(Broadcast(old, cause) if isinstance(a, Broadcast) else Send(a.to, old, cause))
             self._history.append(msg)
         return out
 
@@ -219,6 +234,16 @@ class Byzantine:
         if isinstance(msg, Checkpoint):
             return Checkpoint(msg.seq, digest, msg.sender)
         return type(msg)(msg.view, msg.seq, digest, msg.sender)
+
+    # -- flooding -----------------------------------------------------------------------
+    def _flood(self, msg: Any, cause: str) -> list:
+        view = getattr(msg, "view", getattr(msg, "new_view", 0))
+        self.counts["flooded"] += 1
+        self._far_view = max(self._far_view, view + 100) + 1
+        return [Broadcast(Prepare(view, FLOOD_SEQ, wrong_digest(str(view), "flood"), self.id), cause),
+                Broadcast(ViewChange(view + 2, 0, (), (), self.id), cause),
+                Broadcast(ViewChange(self._far_view, 0, (), (), self.id), cause),
+                FetchState(1, 64, tuple(self.peers), cause)]
 
     # -- lies and replays -----------------------------------------------------------------
     def _lie(self, reply: Reply) -> Reply:

@@ -14,11 +14,15 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   marks this replica behind (``behind_to``) instead; one whose 2f+1 digest differs from
   our own is ``state_divergence`` evidence against ourselves.
 - Messages beyond H are held (bounded: at most 4 L n of them and none beyond H + L;
-  the rest are dropped as evidence, their highest seq remembered in ``seen_ahead`` for
-  the stuck check) and replayed when the window moves; messages at or below h are
+  the rest are dropped as evidence, their highest seq per sender remembered in
+  ``seen_ahead`` for the stuck check) and replayed when the window moves; messages at or below h are
   dropped.
 - f+1 matching CHECKPOINTs for a seq this replica has not executed, or beyond 2L past
-  h (kept bounded: the newest per sender), start state transfer (catchup.py).
+  h (kept bounded: the newest per sender), start state transfer (catchup.py).  When it
+  then takes its own checkpoint at such a far seq, the far ones for that seq count as
+  votes for it: without them a replica that caught up by state transfer kept h = 0,
+  refused every later normal-case message as outside its window and never voted again
+  (found by tests/core/scenarios/state_transfer.txt).
 - A duplicate CHECKPOINT for the stable checkpoint is answered with our own (the sender
   missed stability), at most once per (peer, seq, ``retransmit_ticks``).
 """
@@ -39,7 +43,11 @@ class Checkpoints:
     def _take_checkpoint(self, seq: int, cause: str) -> None:
         self.own_checkpoints[seq] = self.head
         mine = Checkpoint(seq, self.head, self.id)
-        self.checkpoints.setdefault(seq, {})[self.id] = mine
+        votes = self.checkpoints.setdefault(seq, {})
+        votes[self.id] = mine
+        for far in self.far_checkpoints.values():  # heard of while beyond our window:
+            if far.seq == seq:                     # after a state transfer, they make it
+                votes.setdefault(far.sender, far)  # stable and the window moves on
         self._dirty_ckpt.add(seq)
         self._msg(Broadcast(mine, cause))
         self._check_stable(seq, cause)
@@ -56,6 +64,10 @@ class Checkpoints:
                 self._msg(Send(ck.sender, stable[self.id], cause))  # it missed stability
             return
         if ck.seq > self.h + 2 * self.cfg.log_window:
+            # Evidence, not a target: one sender's far checkpoint only counts once f+1
+            # senders name the same one (at least one of them honest).
+            self._evidence(ck.sender, "checkpoint_out_of_range",
+                           f"seq {ck.seq} beyond {self.h + 2 * self.cfg.log_window}", cause)
             old = self.far_checkpoints.get(ck.sender)
             if old is None or ck.seq > old.seq:  # bounded: the newest per sender
                 self.far_checkpoints[ck.sender] = ck
@@ -117,7 +129,7 @@ class Checkpoints:
     def _hold(self, m: Any, cause: str) -> None:
         limit = 4 * self.cfg.log_window * self.n
         if m.seq > self.high + self.cfg.log_window or len(self.held) >= limit:
-            self.seen_ahead = max(self.seen_ahead, m.seq)
+            self.seen_ahead[m.sender] = max(self.seen_ahead.get(m.sender, 0), m.seq)
             self._evidence(m.sender, "outside_watermarks", f"seq {m.seq} beyond {self.high}", cause)
         else:
             self.held.append(m)

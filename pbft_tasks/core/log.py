@@ -23,7 +23,7 @@ from .messages import Commit, PrePrepare, Prepare, from_wire, to_wire
 
 
 class Entry:
-    __slots__ = ("seq", "preprepare", "prepares", "commits", "executed", "prior")
+    __slots__ = ("seq", "preprepare", "prepares", "commits", "executed", "prior", "sent_certificates")
 
     def __init__(self, seq: int):
         self.seq = seq
@@ -32,6 +32,9 @@ class Entry:
         self.commits: dict[int, Commit] = {}
         self.executed = False
         self.prior: tuple[PrePrepare, tuple[Prepare, ...]] | None = None
+        # Collector mode (collector.py): the certificate phases this replica, as the
+        # collector, has sent for this entry.  Volatile: after a restart it sends them again.
+        self.sent_certificates: set[str] = set()
 
     def matching_prepares(self, primary: int) -> int:
         pp = self.preprepare

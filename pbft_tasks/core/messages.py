@@ -1,7 +1,8 @@
 """PBFT protocol messages and their one canonical encoding.
 
 Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
-"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), their JSON wire form,
+"Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), of the view change
+(sec. 4.4), and the collector's Certificate (collector.py), their JSON wire form,
 strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
 
 Rules of this file:
@@ -25,8 +26,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-WIRE_VERSION = 1
-
 # Bounds on untrusted input.  A message whose canonical encoding exceeds MAX_WIRE_BYTES
 # is refused as "oversize" after decoding; the broker's own frame limit bounds the raw
 # body before that (RabbitMQ: max_message_size, 128 MiB by default).
@@ -35,6 +34,14 @@ MAX_BATCH = 4096
 MAX_KEY_LEN = 512
 MAX_CLIENT_LEN = 128
 MAX_VALUE_BYTES = 64 * 1024
+# A primary cuts a batch at MAX_BATCH requests or at this many bytes of requests
+# (canonical wire form), whichever comes first: well below MAX_WIRE_BYTES, so a
+# PRE-PREPARE is never refused as oversize by the backups (issue 10, finding 4).
+MAX_BATCH_BYTES = 1024 * 1024
+# Arrays and objects nested in a put's value.  Python's JSON encoder recurses once per
+# level: a value nested ~950 deep was accepted, committed, and then broke every
+# VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
+MAX_VALUE_DEPTH = 32
 
 
 class MalformedMessage(ValueError):
@@ -111,8 +118,10 @@ class Commit:
 class Reply:
     """<REPLY, v, t, c, i, r>_i, batched: one reply covers all requests of client
     ``client`` that the block at ``seq`` executed; ``results`` is a tuple of
-    {"timestamp": t, "result": r}.  A client accepts a result once f+1 distinct
-    replicas sent the same one."""
+    {"timestamp": t, "result": r}, and every result names the request it answers
+    (``r["request"]``, its ``request_digest``), so a client accepts only replies to the
+    request it sent.  A client accepts a result once f+1 distinct replicas sent the
+    same one."""
     view: int
     seq: int
     client: str
@@ -156,10 +165,29 @@ class NewView:
     sig: str = _sig_field()
 
 
-Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView]
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """<CERTIFICATE, v, n, d, phase, votes>_c (collector vote routing, core/collector.py):
+    the collector ``sender`` (the primary of ``view``) forwards the signed votes it
+    collected for (view, seq, digest): ``phase`` "prepare" carries 2f Prepares from
+    backups, "commit" 2f+1 Commits.  Each vote keeps its own signature; a receiver
+    checks every one of them and counts the votes as if they had come to it directly."""
+    view: int
+    seq: int
+    digest: str
+    phase: str
+    votes: tuple
+    sender: int
+    sig: str = _sig_field()
+
+
+CERTIFICATE_PHASES = {"prepare": Prepare, "commit": Commit}
+
+Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
+                Certificate]
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint,
-                                  ViewChange, NewView)
+                                  ViewChange, NewView, Certificate)
 }
 # A view change carries whole pre-prepares (batches included), so it may be larger than
 # a normal-case message.
@@ -183,7 +211,7 @@ def to_wire(msg: Message) -> dict:
             value = [request_wire(r) for r in value]
         elif f.name == "results":
             value = list(value)
-        elif f.name in ("checkpoints", "view_changes", "preprepares"):
+        elif f.name in ("checkpoints", "view_changes", "preprepares", "votes"):
             value = [to_wire(m) for m in value]
         elif f.name == "prepared":
             value = [{"preprepare": to_wire(pp), "prepares": [to_wire(p) for p in ps]}
@@ -199,15 +227,21 @@ def signing_bytes(msg: Message) -> bytes:
     return canonical(wire)
 
 
+def request_bytes(req: Request) -> int:
+    """Bytes of a request's canonical wire form (what it adds to a batch)."""
+    return len(canonical(request_wire(req)))
+
+
+def request_digest(req: Request) -> str:
+    """The digest that names a request in its replies: SHA-256 of its signed bytes (the
+    canonical wire form without ``sig``)."""
+    return hashlib.sha256(signing_bytes(req)).hexdigest()
+
+
 def batch_digest(batch: tuple) -> str:
     """d in the pre-prepare: SHA-256 over the canonical list of the requests' wire
     forms, client signatures included, so a certificate binds what clients signed."""
     return sha256_hex([request_wire(r) for r in batch])
-
-
-def message_digest(msg: Message) -> str:
-    """Digest of a whole signed message (for evidence and replay detection)."""
-    return sha256_hex(to_wire(msg))
 
 
 # -- strict parsing ---------------------------------------------------------------
@@ -255,6 +289,8 @@ def _op(v: Any) -> dict:
         # "not 0 <= exp < inf" also refuses NaN, which canonical() cannot encode
         if exp is not None and (type(exp) not in (int, float) or not 0 <= exp < float("inf")):
             raise MalformedMessage("expires_at must be null or a finite non-negative number")
+        if json_depth(v["value"]) > MAX_VALUE_DEPTH:
+            raise MalformedMessage(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
         try:
             size = len(canonical(v["value"]))
         except (ValueError, TypeError, RecursionError):
@@ -270,9 +306,30 @@ def _op(v: Any) -> dict:
     return v
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (0 for a scalar), without
+    recursion, so that any input has an answer."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        deepest = max(deepest, d)
+        if d > MAX_VALUE_DEPTH + 8:
+            return d  # deep enough to refuse; no need to walk the rest
+        stack.extend((c, d + 1) for c in children)
+    return deepest
+
+
 def _results(v: Any) -> tuple:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise MalformedMessage("field 'results' must be a list")
+    if json_depth(v) > MAX_VALUE_DEPTH + 4:  # a value read back sits 4 levels down
+        raise MalformedMessage("results nested too deeply")
     try:
         canonical(v)
     except (ValueError, TypeError, RecursionError):
@@ -338,6 +395,14 @@ def from_wire(d: Any) -> Message:
         return ViewChange(new_view=_int(d, "new_view", 1), stable_seq=_int(d, "stable_seq"),
                           checkpoints=tuple(_nested(w, Checkpoint) for w in _list(d, "checkpoints")),
                           prepared=tuple(prepared), sender=_int(d, "sender"), sig=_sig(d))
+    if kind == "Certificate":
+        phase = d["phase"]
+        if type(phase) is not str or phase not in CERTIFICATE_PHASES:
+            raise MalformedMessage(f"field 'phase' must be one of {sorted(CERTIFICATE_PHASES)}")
+        return Certificate(view=_int(d, "view"), seq=_int(d, "seq", 1), digest=_hex(d, "digest", 64),
+                           phase=phase,
+                           votes=tuple(_nested(w, CERTIFICATE_PHASES[phase]) for w in _list(d, "votes")),
+                           sender=_int(d, "sender"), sig=_sig(d))
     if kind == "NewView":
         return NewView(view=_int(d, "view", 1),
                        view_changes=tuple(_nested(w, ViewChange) for w in _list(d, "view_changes")),

@@ -16,9 +16,15 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 - prepared = pre-prepare + 2f matching prepares from backups; the replica then
   multicasts a commit.  committed-local = prepared + 2f+1 matching commits.
 - Execution is strictly in sequence order; every seq yields one block.
+- Own votes go out through ``_send_vote``: to every replica, or in collector mode to
+  the collector, which sends certificates (collector.py).
 - Requests are deduplicated by (client, timestamp) at execution, deterministically, via
   the client table; the primary also refuses to propose a request twice.
-- Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait; it
+- Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait, or
+  when the waiting requests fill ``max_batch_bytes`` (their canonical wire form; 1 MiB,
+  well below the 4 MiB a backup accepts: a batch over it was refused by every backup and
+  each new primary repeated it, finding 4 of issue 10); a request that alone is over
+  ``max_batch_bytes`` is refused on arrival (``request_too_large``).  It
   cuts a partial batch once the oldest waiting request has waited
   ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
   flight (proposed, not yet executed).  Under load requests pile up behind the window
@@ -38,7 +44,8 @@ from . import quorum as Q
 from .actions import Broadcast, Execute, Send, SendClient
 from .chain import make_block
 from .log import Entry
-from .messages import MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, batch_digest
+from .messages import (MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, batch_digest,
+                       request_bytes, request_digest)
 
 
 class NormalCase:
@@ -62,6 +69,13 @@ class NormalCase:
             return
         if key in self.in_flight:
             return
+        size = request_bytes(req)
+        if size > self.cfg.max_batch_bytes:
+            self.awaiting.pop(key, None)
+            return self._evidence(None, "request_too_large",
+                                  f"request {req.client}/{req.timestamp} alone is over "
+                                  f"max_batch_bytes ({self.cfg.max_batch_bytes})", cause)
+        self.pending_bytes[key] = size
         self.in_flight.add(key)
         self.pending.append(req)
         if self.pending_since is None:
@@ -79,16 +93,34 @@ class NormalCase:
         if self.cfg.pipeline == 0 or in_flight < self.cfg.pipeline:
             self._propose(cause, force=True, limit=1 if self.cfg.pipeline else None)
 
-    def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
-        size = self.cfg.max_batch
-        while self.pending and self.next_seq <= self.high:
-            if len(self.pending) < size and not force:
+    def _batch_size(self) -> int:
+        """How many pending requests the next batch takes: at most ``max_batch``, and
+        no more than fit in ``max_batch_bytes`` (at least one; a single request over it
+        was refused on arrival)."""
+        total, count, limit = 0, 0, self.cfg.max_batch_bytes
+        sizes = self.pending_bytes
+        for r in self.pending[: self.cfg.max_batch]:
+            size = sizes.get((r.client, r.timestamp))
+            if size is None:  # pending again after a view change
+                size = sizes[(r.client, r.timestamp)] = request_bytes(r)
+            total += size
+            if count and total > limit:
                 break
+            count += 1
+        return count
+
+    def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
+        while self.pending and self.next_seq <= self.high:
+            size = self._batch_size()
+            if size == len(self.pending) < self.cfg.max_batch and not force:
+                break  # neither full by count nor by bytes
             if limit is not None:
                 if limit == 0:
                     break
                 limit -= 1
             batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
+            for r in batch:
+                self.pending_bytes.pop((r.client, r.timestamp), None)
             seq = self.next_seq
             self.next_seq += 1
             pp = PrePrepare(self.view, seq, batch_digest(batch), batch, self.id)
@@ -120,13 +152,14 @@ class NormalCase:
             return
         entry.preprepare = pp
         self._dirty_pp.add(pp.seq)
+        self._heard()
         for r in pp.batch:
             self.in_flight.add((r.client, r.timestamp))
         if self.id != pp.sender:
             mine = Prepare(pp.view, pp.seq, pp.digest, self.id)
             entry.prepares[self.id] = mine
             self._dirty_votes.add(pp.seq)
-            self._msg(Broadcast(mine, cause))
+            self._send_vote(mine, cause)
         self._check(entry, cause)
 
     def _on_prepare(self, p: Prepare, cause: str) -> None:
@@ -170,6 +203,8 @@ class NormalCase:
                 self._help_behind(entry, m.sender, cause)
             return
         votes[m.sender] = m
+        if m.seq > self.last_exec:
+            self._heard()
         # Not persisted on its own: a vote short of a quorum commits this replica to
         # nothing, and if a crash loses it, peers send it again (resume / help-behind).
         # The votes are written with the step that completes a certificate (our commit
@@ -185,7 +220,8 @@ class NormalCase:
             mine = Commit(pp.view, pp.seq, pp.digest, self.id)
             entry.commits[self.id] = mine
             self._dirty_votes.add(pp.seq)
-            self._msg(Broadcast(mine, cause))
+            self._send_vote(mine, cause)
+        self._collect(entry, cause)  # collector mode: certificates (collector.py)
         if entry.seq == self.last_exec + 1:
             self._execute_ready(cause)
 
@@ -210,7 +246,9 @@ class NormalCase:
                 skip.append(i)
                 result = self.clients.result(*key)
             else:
-                result = {"seq": pp.seq, "index": i}
+                # the result names its request: a request reusing a timestamp with
+                # another operation must not be answered with this one's result
+                result = {"seq": pp.seq, "index": i, "request": request_digest(r)}
                 if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
                     result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
@@ -226,6 +264,7 @@ class NormalCase:
         self.head = block["hash"]
         self.last_exec = pp.seq
         self.last_progress = self.now
+        self._observe_progress()
         self._dirty_meta = True
         for client, results in replies.items():
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))

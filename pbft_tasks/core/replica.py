@@ -23,6 +23,8 @@ mixins, each in its own module with its own rules:
 - catchup.py     ``CatchUp``: retransmission, state transfer, the stuck check (sec. 4.3);
 - viewchange.py  ``ViewChanges`` and the pure VIEW-CHANGE / NEW-VIEW rules (sec. 4.4,
   4.5.2);
+- collector.py   ``Collector``: vote routing, all-to-all or through the primary as
+  collector with CERTIFICATE messages (SBFT-style, issue 14);
 - quorum.py: the quorum math.
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:
@@ -46,9 +48,10 @@ from .catchup import CatchUp
 from .chain import GENESIS
 from .checkpoints import Checkpoints
 from .clients import ClientTable
+from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
 from .log import Entry
-from .messages import (MAX_BATCH, Checkpoint, Commit, NewView, PrePrepare, Prepare, Request,
-                       ViewChange, from_wire, to_wire)
+from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
+                       NewView, PrePrepare, Prepare, Request, ViewChange, from_wire, to_wire)
 from .normalcase import NormalCase
 from .viewchange import ViewChanges
 
@@ -59,11 +62,13 @@ class ReplicaConfig:
     checkpoint_interval: int = 64
     log_window: int = 256
     max_batch: int = 256
+    max_batch_bytes: int = MAX_BATCH_BYTES
     batch_timeout_ticks: int = 0
     pipeline: int = 2
     retransmit_ticks: int = 500
     client_window: int = 1024
     view_change_ticks: int = 500
+    votes: str = ALL_TO_ALL  # vote routing (collector.py): "all-to-all" or "collector"
 
     def __post_init__(self) -> None:
         Q.max_faulty(self.n)  # raises for n < 4
@@ -73,12 +78,16 @@ class ReplicaConfig:
                              f"({k}) and at least twice it")
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
+        if not 1024 <= self.max_batch_bytes <= MAX_WIRE_BYTES // 2:
+            raise ValueError(f"max_batch_bytes must be in 1024..{MAX_WIRE_BYTES // 2}")
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
                 or self.view_change_ticks < 1):
             raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")
+        if self.votes not in VOTE_ROUTINGS:
+            raise ValueError(f"votes must be one of {', '.join(VOTE_ROUTINGS)}, got {self.votes!r}")
 
 
-class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
+class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     """One PBFT replica.  All of its state is created here, in ``__init__``, and shared
     by the sub-protocol mixins; persistent state is what ``meta_record`` and the log,
     checkpoint and client records hold (written by ``_finish``, read by ``_restore``),
@@ -106,10 +115,16 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self.clients = ClientTable(config.client_window)
         # Volatile state: lost on restart on purpose (clients retransmit).
         self.pending: list[Request] = []
+        self.pending_bytes: dict[tuple[str, int], int] = {}  # request_bytes of pending ones
         self.in_flight: set[tuple[str, int]] = set()
         self.pending_since: int | None = None
         self.now = 0
         self.last_progress = 0
+        # Retransmission waits for silence (catchup.py): the tick since which this replica
+        # has had work and seen no progress, and what progress usually takes (a moving
+        # average of ticks, started at a quarter of retransmit_ticks).
+        self.quiet_since = 0
+        self.progress_ticks = config.retransmit_ticks / 4
         self.held: list[Any] = []
         self.behind_to = 0              # a stable checkpoint we have not reached yet
         self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
@@ -124,7 +139,9 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.fetch_asked_at: int | None = None
-        self.seen_ahead = 0  # highest seq of a message dropped beyond the window
+        # Per sender, the highest seq of its messages dropped beyond the window: evidence,
+        # and a state-transfer target only as far as f+1 senders agree (catchup.py).
+        self.seen_ahead: dict[int, int] = {}
         self.fetch_peers: tuple = tuple(i for i in range(config.n) if i != node_id)
         self._reset_output()
         if records:
@@ -164,8 +181,8 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         self._stuck_check(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
-            self.last_progress = self.now
-            self._retransmit(cause)
+            self.last_progress = self.now  # the stuck check's period
+        self._retransmit_if_silent(cause)
         return self._finish(cause)
 
     def install(self, block: dict) -> list:
@@ -173,10 +190,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         signatures already checked by the adapter).  A block that does not fit is
         evidence and changes nothing."""
         cause = f"state transfer n{block.get('seq')}"
-        try:
-            reason, entry = self._check_install(block)
-        except (KeyError, TypeError, ValueError) as exc:
-            reason, entry = f"malformed block: {exc}", None
+        reason, entry = self._check_install(block)  # raises only on our own bug
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
         else:
@@ -282,6 +296,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges):
         Checkpoint: Checkpoints._on_checkpoint,
         ViewChange: ViewChanges._on_view_change,
         NewView: ViewChanges._on_new_view,
+        Certificate: Collector._on_certificate,
     }
 
 
@@ -298,4 +313,6 @@ def describe(msg: Any) -> str:
         return f"NewView v{msg.view} from {msg.sender}"
     if isinstance(msg, (PrePrepare, Prepare, Commit)):
         return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
+    if isinstance(msg, Certificate):
+        return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
     return kind

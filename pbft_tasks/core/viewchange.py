@@ -32,6 +32,11 @@ tests/core/test_view_change.py:
   stable-checkpoint proof and prepared certificates, and holds messages of v+1 until
   the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it has 2f+1 VIEW-CHANGEs;
   backups check it by recomputing O.
+- Stored VIEW-CHANGEs are bounded: the newest per sender only (an older one or a
+  duplicate is ignored before its proofs are checked), and none for a view more than
+  ``MAX_VIEWS_AHEAD`` past this replica's (``view_out_of_range``).  So a flood from one
+  faulty node costs constant time per message, and its VIEW-CHANGEs count once toward
+  the f+1 join rule, for its newest view only (issue 10, finding 6).
 - If no NEW-VIEW comes in time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the
   timer starts then, so a replica that timed out alone does not climb views on its
   own) it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
@@ -126,6 +131,12 @@ def check_new_view(nv: NewView, n: int, log_window: int) -> str | None:
     return None
 
 
+# A VIEW-CHANGE for a view further ahead of this replica's than this is evidence, never
+# stored: honest replicas climb one view per failed view change and join others by the
+# f+1 rule, so they are never this far apart.
+MAX_VIEWS_AHEAD = 64
+
+
 class ViewChanges:
     """The replica's side of the view change: timers, VIEW-CHANGE, NEW-VIEW, new view."""
 
@@ -193,13 +204,21 @@ class ViewChanges:
             return self._evidence(vc.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
         if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
             return  # a view this replica has already left or installed
+        if vc.new_view > self.view + MAX_VIEWS_AHEAD:
+            return self._evidence(vc.sender, "view_out_of_range",
+                                  f"VIEW-CHANGE for view {vc.new_view}, this replica is in "
+                                  f"view {self.view}", cause)
+        held = [v for v, vs in self.view_changes.items() if vc.sender in vs]
+        if any(v >= vc.new_view for v in held):
+            return  # a duplicate, or older than what this sender already asked for
         reason = check_view_change(vc, self.n, self.cfg.log_window)
         if reason:
             return self._evidence(vc.sender, "bad_view_change", reason, cause)
-        votes = self.view_changes.setdefault(vc.new_view, {})
-        if vc.sender in votes:
-            return
-        votes[vc.sender] = vc
+        for v in held:  # the newest per sender only (Castro-Liskov): at most n stored
+            del self.view_changes[v][vc.sender]
+            if not self.view_changes[v]:
+                del self.view_changes[v]
+        self.view_changes.setdefault(vc.new_view, {})[vc.sender] = vc
         # sec. 4.5.2: f+1 replicas want a higher view, so at least one honest one does
         higher = {s for v, vs in self.view_changes.items() if v > self.view for s in vs}
         if len(higher) >= Q.weak_quorum(self.n):
@@ -253,7 +272,8 @@ class ViewChanges:
             if self.id != primary:
                 mine = Prepare(view, pp.seq, pp.digest, self.id)
                 entry.prepares[self.id] = mine
-                self._msg(Broadcast(mine, cause))
+                self._send_vote(mine, cause)
+        self.pending_bytes = {}  # recomputed as the new view's batches are cut
         if self.id == primary:
             self.next_seq = max(top, self.last_exec, self.h) + 1
             proposed = {(r.client, r.timestamp) for pp in pps for r in pp.batch}

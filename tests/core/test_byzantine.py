@@ -26,7 +26,7 @@ from pbft_tasks.core import quorum as Q
 from pbft_tasks.core.actions import Broadcast, Evidence, Execute, Persist
 from pbft_tasks.core.byzantine import (BEHAVIOURS, Byzantine, conflicting_batch, falsify_result,
                                        parse_behaviours)
-from pbft_tasks.core.messages import Checkpoint, Commit, PrePrepare, Prepare, Request, batch_digest
+from pbft_tasks.core.messages import Certificate, Checkpoint, Commit, PrePrepare, Prepare, Request, batch_digest
 from pbft_tasks.core.sim import Cluster
 
 N = 4
@@ -49,8 +49,10 @@ class Watched(Cluster):
         super()._send(to, msg, origin)
         if len(self.network) > before and not isinstance(msg, Request):
             self.from_node[origin] += 1
-            if isinstance(msg, Commit):
-                self.wire_commits.add((msg.sender, msg.view, msg.seq, msg.digest))
+            # a commit on its own, or (collector mode) the collector's own inside its certificate
+            for m in (msg.votes if isinstance(msg, Certificate) else (msg,)):
+                if isinstance(m, Commit) and m.sender == origin:
+                    self.wire_commits.add((m.sender, m.view, m.seq, m.digest))
 
     def _apply(self, i, actions):
         if i in self.honest():
@@ -152,7 +154,7 @@ def test_parse_behaviours_accepts_names_and_lists():
     assert parse_behaviours(["forge"]) == {"forge"}
     assert parse_behaviours("") == frozenset()
     assert BEHAVIOURS == {"equivocate", "wrong_digest", "replay", "silent", "forge", "nosig", "lie",
-                          "alter_push"}
+                          "flood", "alter_push"}
 
 
 @pytest.mark.parametrize("spec", ["equivocate,evil", "Silent", ["lie", "liar"]])
@@ -162,7 +164,7 @@ def test_parse_behaviours_rejects_unknown_names_clearly(spec):
     text = str(err.value)
     assert "unknown Byzantine behaviour" in text
     assert ("'evil'" in text) or ("'Silent'" in text) or ("'liar'" in text)
-    assert "valid behaviours: alter_push, equivocate, forge, lie, nosig, replay, silent, wrong_digest" in text
+    assert "valid behaviours: alter_push, equivocate, flood, forge, lie, nosig, replay, silent, wrong_digest" in text
 
 
 def test_forge_and_nosig_exclude_each_other():
@@ -179,9 +181,9 @@ def test_cluster_refuses_an_unknown_behaviour():
 
 @pytest.mark.parametrize("node", [0, 3], ids=["primary", "backup"])
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
-def test_one_faulty_replica_keeps_safety_and_liveness(behaviour, node):
+def test_one_faulty_replica_keeps_safety_and_liveness(behaviour, node, votes):
     # set up
-    c = Watched(N, behaviours={node: behaviour}, **CONFIG)
+    c = Watched(N, behaviours={node: behaviour}, **CONFIG, votes=votes)
     assert node not in c.honest()
     reqs = requests()
     # step
@@ -197,9 +199,9 @@ def test_one_faulty_replica_keeps_safety_and_liveness(behaviour, node):
 
 # -- equivocate ------------------------------------------------------------------------------
 
-def test_equivocating_primary_splits_the_backups_then_a_view_change_commits_everything():
+def test_equivocating_primary_splits_the_backups_then_a_view_change_commits_everything(votes):
     # set up: node 0 is primary of view 0 and equivocates
-    c = Watched(N, behaviours={0: "equivocate"}, **CONFIG)
+    c = Watched(N, behaviours={0: "equivocate"}, **CONFIG, votes=votes)
     reqs = requests(8)
     # step: the first batch goes out
     submit(c, reqs)
@@ -221,8 +223,8 @@ def test_equivocating_primary_splits_the_backups_then_a_view_change_commits_ever
     assert c.faulty[0].counts["equivocated"] > 0
 
 
-def test_equivocating_backup_cannot_block_or_split_the_honest_quorum():
-    c = Watched(N, behaviours={3: "equivocate"}, **CONFIG)
+def test_equivocating_backup_cannot_block_or_split_the_honest_quorum(votes):
+    c = Watched(N, behaviours={3: "equivocate"}, **CONFIG, votes=votes)
     reqs = requests()
     submit(c, reqs)
     run(c, reqs)
@@ -236,8 +238,8 @@ def test_equivocating_backup_cannot_block_or_split_the_honest_quorum():
 
 # -- wrong digest ------------------------------------------------------------------------------
 
-def test_wrong_digests_never_count_towards_a_certificate_or_a_stable_checkpoint():
-    c = Watched(N, behaviours={3: "wrong_digest"}, **CONFIG)
+def test_wrong_digests_never_count_towards_a_certificate_or_a_stable_checkpoint(votes):
+    c = Watched(N, behaviours={3: "wrong_digest"}, **CONFIG, votes=votes)
     reqs = requests()
     submit(c, reqs)
     run(c, reqs)
@@ -253,8 +255,8 @@ def test_wrong_digests_never_count_towards_a_certificate_or_a_stable_checkpoint(
 
 # -- replay ------------------------------------------------------------------------------------
 
-def test_replayed_old_messages_execute_nothing_twice():
-    c = Watched(N, behaviours={0: "replay"}, **CONFIG)
+def test_replayed_old_messages_execute_nothing_twice(votes):
+    c = Watched(N, behaviours={0: "replay"}, **CONFIG, votes=votes)
     reqs = requests()
     submit(c, reqs)
     run(c, reqs)
@@ -262,10 +264,10 @@ def test_replayed_old_messages_execute_nothing_twice():
     assert c.faulty[0].counts["replayed"] > 0
 
 
-def test_replays_of_an_old_view_are_evidence_after_a_view_change():
+def test_replays_of_an_old_view_are_evidence_after_a_view_change(votes):
     # set up: node 3 replays; a view change is forced by honest replicas' timers
     # (requests reach only the backups and the primary never hears of them)
-    c = Watched(N, behaviours={3: "replay"}, **CONFIG)
+    c = Watched(N, behaviours={3: "replay"}, **CONFIG, votes=votes)
     reqs = requests(8)
     for k, r in enumerate(reqs[:4]):
         c.inject(0, r, origin=r.client)
@@ -292,8 +294,8 @@ def test_replays_of_an_old_view_are_evidence_after_a_view_change():
 
 @pytest.mark.parametrize("behaviour,reason", [("silent", None), ("forge", "bad_signature"),
                                               ("nosig", "missing_signature")])
-def test_a_replica_nobody_can_hear_is_routed_around(behaviour, reason):
-    c = Watched(N, behaviours={3: behaviour}, **CONFIG)
+def test_a_replica_nobody_can_hear_is_routed_around(behaviour, reason, votes):
+    c = Watched(N, behaviours={3: behaviour}, **CONFIG, votes=votes)
     reqs = requests()
     submit(c, reqs)
     run(c, reqs)
@@ -308,8 +310,8 @@ def test_a_replica_nobody_can_hear_is_routed_around(behaviour, reason):
 
 # -- lie -----------------------------------------------------------------------------------------
 
-def test_a_lying_replica_cannot_mislead_a_client():
-    c = Watched(N, behaviours={3: "lie"}, **CONFIG)
+def test_a_lying_replica_cannot_mislead_a_client(votes):
+    c = Watched(N, behaviours={3: "lie"}, **CONFIG, votes=votes)
     reqs = requests() + [Request("c0", 100, {"op": "get", "key": "k1"})]
     submit(c, reqs)
     run(c, reqs)

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from pbft_tasks.core.messages import (NewView, ViewChange, MAX_BATCH, MAX_WIRE_BYTES, Checkpoint, Commit,
+from pbft_tasks.core.messages import (Certificate, NewView, ViewChange, MAX_BATCH, MAX_WIRE_BYTES, Checkpoint, Commit,
                                       MalformedMessage, MESSAGE_TYPES, PrePrepare, Prepare,
                                       Reply, Request, batch_digest, canonical, from_wire,
-                                      message_digest, parse, signing_bytes, to_wire)
+                                      parse, signing_bytes, to_wire)
 
 from .helpers import fake_digest
 
@@ -36,6 +36,9 @@ SAMPLES = {
                                (Prepare(0, 65, batch_digest(BATCH), 1), Prepare(0, 65, batch_digest(BATCH), 2))),),
                              3, sig="11"),
     "NewView": NewView(1, (ViewChange(1, 0, (), (), 2),), (PrePrepare(1, 1, batch_digest(()), (), 1),), 1),
+    "Certificate": Certificate(0, 5, D, "prepare", (Prepare(0, 5, D, 1, sig="aa"), Prepare(0, 5, D, 2)), 0,
+                               sig="22"),
+    "Certificate-commit": Certificate(0, 5, D, "commit", tuple(Commit(0, 5, D, i) for i in range(3)), 0),
 }
 
 
@@ -147,6 +150,12 @@ BAD = {
     "infinite expires_at": mutated("Request", op=dict(PUT, expires_at=float("inf"))),
     "nan value": mutated("Request", op=dict(PUT, value=[float("nan")])),
     "unhashable op kind": mutated("Request", op={"op": ["put"], "key": "k"}),
+    # certificates
+    "unknown phase": mutated("Certificate", phase="pre-prepare"),
+    "phase not str": mutated("Certificate", phase=["prepare"]),
+    "commit in a prepare certificate": mutated("Certificate", votes=[to_wire(Commit(0, 5, D, 1))]),
+    "votes not list": mutated("Certificate", votes={"a": 1}),
+    "vote not a message": mutated("Certificate", votes=[1]),
 }
 
 
@@ -205,8 +214,7 @@ def test_signing_bytes_exclude_sig():
     a, b = Prepare(0, 1, D, 2, sig="aa"), Prepare(0, 1, D, 2, sig="bb")
     assert signing_bytes(a) == signing_bytes(b)
     assert b'"sig"' not in signing_bytes(a)
-    # the whole-message digest does cover the signature
-    assert message_digest(a) != message_digest(b)
+    assert canonical(to_wire(a)) != canonical(to_wire(b))  # the wire form does cover it
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

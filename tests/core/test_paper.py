@@ -14,13 +14,34 @@ import pytest
 from pbft_tasks.core import quorum as Q
 from pbft_tasks.core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
 from pbft_tasks.core.chain import GENESIS, block_hash
-from pbft_tasks.core.messages import Checkpoint, Commit, PrePrepare, Prepare, Reply, to_wire
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, PrePrepare, Prepare, Reply,
+                                      request_digest, to_wire)
 from pbft_tasks.core.replica import Replica, ReplicaConfig
 from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.sim import Cluster as _SimCluster
 
 from .helpers import (checkpoint_votes, client_replies, commit, commit_seq, config, executes,
                       fake_digest, feed, messages, ordered_like_contract, persisted, prepare,
                       preprepare, reasons, req)
+from . import helpers
+
+# Every paper test runs with both vote routings (core/collector.py): the fixture below
+# gives this module's ``config`` and ``Cluster`` the routing.  Each rule holds in both;
+# where a test looks at a replica's own votes it accepts them sent to all or to the
+# collector.  tests/core/test_collector.py holds the collector's own rules.
+
+
+@pytest.fixture(autouse=True)
+def _vote_routing(votes, monkeypatch):
+    module = __import__(__name__, fromlist=["_"])
+    monkeypatch.setattr(module, "config", lambda n=4, **kw: helpers.config(n, **{"votes": votes, **kw}))
+    monkeypatch.setattr(module, "Cluster", _with_votes(_SimCluster, votes))
+    monkeypatch.setattr(module, "RecordingCluster", _with_votes(_RecordingCluster, votes))
+    assert module.config().votes == votes and module.Cluster(4).config.votes == votes
+
+
+def _with_votes(cls, votes):
+    return lambda *a, **kw: cls(*a, **{"votes": votes, **kw})
 
 
 # -- sec. 4.1: the system model and quorums -------------------------------------------
@@ -353,9 +374,10 @@ def test_requests_are_deduplicated_by_client_and_timestamp():
     (b1,), (b2,) = [e.block for e in executes(out1)], [e.block for e in executes(out2)]
     assert b1["skip"] == [] and b2["skip"] == [1]
     (r1,), (r2,) = client_replies(out1), client_replies(out2)
-    assert r1.results == ({"timestamp": 7, "result": {"seq": 1, "index": 0}},)
-    assert r2.results == ({"timestamp": 8, "result": {"seq": 2, "index": 0}},
-                          {"timestamp": 7, "result": {"seq": 1, "index": 0}})
+    d = request_digest
+    assert r1.results == ({"timestamp": 7, "result": {"seq": 1, "index": 0, "request": d(same)}},)
+    assert r2.results == ({"timestamp": 8, "result": {"seq": 2, "index": 0, "request": d(req("a", 8))}},
+                          {"timestamp": 7, "result": {"seq": 1, "index": 0, "request": d(same)}})
 
 
 def test_retransmitted_executed_request_is_answered_from_client_table():
@@ -370,7 +392,8 @@ def test_retransmitted_executed_request_is_answered_from_client_table():
     # check
     assert executes(out) == [] and messages(out) == []
     (reply,) = client_replies(out)
-    assert reply == Reply(0, 1, "a", 1, ({"timestamp": 1, "result": {"seq": 1, "index": 0}},))
+    assert reply == Reply(0, 1, "a", 1, ({"timestamp": 1, "result": {
+        "seq": 1, "index": 0, "request": request_digest(request)}},))
 
 
 def test_backup_forwards_new_request_to_primary():
@@ -493,7 +516,7 @@ def test_stable_checkpoint_garbage_collects_log_and_moves_watermarks():
 
 # -- persistence (the paper assumes stable storage for votes) --------------------------
 
-class RecordingCluster(Cluster):
+class RecordingCluster(_SimCluster):
     """A Cluster that keeps every action list its replicas returned."""
 
     def __init__(self, *a, **kw):
@@ -523,20 +546,33 @@ def test_persist_precedes_every_send():
     c.run()
     # check
     checked = {"pp": 0, "vote": 0}
+    first: set = set()
+    durable: dict = {}  # node -> every record it persisted so far (latest value per key)
     for i, actions in c.calls:
         assert ordered_like_contract(actions), actions
         records = persisted(actions)
+        durable.setdefault(i, {}).update(records)
         for a in actions:
-            if not isinstance(a, Broadcast) or a.cause.startswith(("tick", "resume")):
+            if not isinstance(a, (Broadcast, Send)) or a.cause.startswith(("tick", "resume")):
                 continue  # retransmissions re-send what an earlier call persisted
             m = a.msg
-            if isinstance(m, PrePrepare):
+            if isinstance(m, PrePrepare) and isinstance(a, Broadcast):
                 assert records[f"pp/{m.seq}"] == to_wire(m)
                 checked["pp"] += 1
-            elif isinstance(m, (Prepare, Commit)):
-                kind = "prepares" if isinstance(m, Prepare) else "commits"
-                assert to_wire(m) in records[f"votes/{m.seq}"][kind], (i, m)
-                checked["vote"] += 1
+            # own votes, sent to all, to the collector, or (the collector's own commit)
+            # inside its certificate: the first time one leaves it is durable, persisted
+            # by this call or (a commit the collector keeps for its certificate) an earlier one
+            votes = m.votes if isinstance(m, Certificate) else (m,)
+            for v in votes:
+                if not isinstance(v, (Prepare, Commit)):
+                    continue
+                key = (i, type(v).__name__, v.view, v.seq, v.digest)
+                if v.sender == i and key not in first:
+                    first.add(key)
+                    kind = "prepares" if isinstance(v, Prepare) else "commits"
+                    where = durable[i] if isinstance(m, Certificate) else records
+                    assert to_wire(v) in where[f"votes/{v.seq}"][kind], (i, v)
+                    checked["vote"] += 1
     assert checked["pp"] >= 9 and checked["vote"] >= 9 * 5
 
 
@@ -680,3 +716,6 @@ def test_permutations_of_one_sequences_votes_execute_the_same_block():
         (ex,) = executes(out)
         blocks.add(ex.block["hash"])
     assert len(blocks) == 1
+
+
+_RecordingCluster = RecordingCluster

@@ -9,6 +9,7 @@ read the diff before committing it.
 
 Commands (``ID`` is a replica number; filters are optional):
   add-replicas N [checkpoint=K] [window=L] [batch=B] [timeout=T] [retransmit=R]
+               [viewchange=V] [votes=all-to-all|collector]
                                    a fresh cluster of N replicas
   request client=C ts=T [to=ID] KEY=VALUE
                                    a client request (to the primary unless to=)
@@ -26,13 +27,19 @@ Commands (``ID`` is a replica number; filters are optional):
   restart ID                       ID restarts from its persisted records
   byzantine ID                     ID becomes Byzantine: it only says what we inject
   inject from=ID to=ID|all TYPE seq=S [view=V] [digest=WORD] [client=C ts=T KEY=VALUE]
+         [phase=prepare|commit voters=ID,ID]
                                    a message in ID's name; TYPE is PrePrepare, Prepare,
-                                   Commit or Checkpoint; digest=WORD is sha256(WORD),
-                                   a pre-prepare's batch is its one request
+                                   Commit, Checkpoint or Certificate; digest=WORD is
+                                   sha256(WORD), a pre-prepare's batch is its one
+                                   request, a certificate carries votes of ``voters``
   ledger [ID]                      height and head prefix of each (or one) replica
   log ID                           watermarks, last executed seq and the seqs in its log
   evidence ID                      the evidence ID has recorded, as "from=S reason"
   replies client=C                 the replies C received: timestamp, result, senders
+  views                            each replica's view, and "changing" while it waits
+                                   for a NEW-VIEW
+  fetch                            serve the state-transfer requests made so far
+                                   (Cluster.serve_fetches): blocks installed
 """
 from __future__ import annotations
 
@@ -44,8 +51,8 @@ from pathlib import Path
 
 import pytest
 
-from pbft_tasks.core.messages import (Checkpoint, Commit, PrePrepare, Prepare, Request,
-                                      batch_digest)
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, NewView, PrePrepare, Prepare,
+                                      Request, ViewChange, batch_digest)
 from pbft_tasks.core.sim import Cluster
 
 HERE = Path(__file__).parent / "scenarios"
@@ -96,6 +103,13 @@ def describe(env) -> str:
         body = f"v{m.view} n{m.seq} d={m.digest[:8]}"
     elif isinstance(m, Checkpoint):
         body = f"n{m.seq} d={m.state_digest[:8]}"
+    elif isinstance(m, Certificate):
+        body = f"{m.phase} v{m.view} n{m.seq} d={m.digest[:8]} votes={','.join(str(v.sender) for v in m.votes)}"
+    elif isinstance(m, ViewChange):
+        body = f"v{m.new_view} stable=n{m.stable_seq} P={[pp.seq for pp, _ in m.prepared]}"
+    elif isinstance(m, NewView):
+        body = f"v{m.view} V={sorted(vc.sender for vc in m.view_changes)} " \
+               f"O={[(pp.seq, len(pp.batch)) for pp in m.preprepares]}"
     else:
         body = ""
     return f"{env.origin}->{env.to} {kind} {body}".rstrip()
@@ -139,8 +153,10 @@ class Runner:
     def cmd_add_replicas(self, pos, kw):
         names = {"checkpoint": "checkpoint_interval", "window": "log_window",
                  "batch": "max_batch", "timeout": "batch_timeout_ticks",
-                 "retransmit": "retransmit_ticks"}
-        cfg = {names[k]: int(v) for k, v in kw.items()}
+                 "retransmit": "retransmit_ticks", "viewchange": "view_change_ticks"}
+        cfg: dict = {names[k]: int(v) for k, v in kw.items() if k != "votes"}
+        if "votes" in kw:
+            cfg["votes"] = kw["votes"]
         self.c = Cluster(int(pos[0]), **cfg)
 
     def _request(self, kw) -> Request:
@@ -210,6 +226,12 @@ class Runner:
             msg = cls(view, seq, fake_digest(word or "x"), sender)
         elif kind == "Checkpoint":
             msg = Checkpoint(seq, fake_digest(word or "x"), sender)
+        elif kind == "Certificate":
+            phase = kw.pop("phase")
+            cls = Prepare if phase == "prepare" else Commit
+            d = fake_digest(word or "x")
+            voters = [int(v) for v in kw.pop("voters").split(",")]
+            msg = Certificate(view, seq, d, phase, tuple(cls(view, seq, d, v) for v in voters), sender)
         else:
             raise ScriptError(f"cannot inject {kind}")
         targets = [i for i in range(len(self.c.nodes)) if i != sender] if to == "all" \
@@ -241,6 +263,18 @@ class Runner:
                 got[(r["timestamp"], res["seq"], res["index"])].add(rep.sender)
         return [f"ts={ts} seq={s} index={ix} from={sorted(senders)}"
                 for (ts, s, ix), senders in sorted(got.items())] or ["(none)"]
+
+
+    def cmd_views(self, pos, kw):
+        out = []
+        for i, node in enumerate(self.c.nodes):
+            r = node.replica
+            out.append(f"{i}: down" if r is None else
+                       f"{i}: view={r.view}{' changing' if r.in_view_change else ''}")
+        return out
+
+    def cmd_fetch(self, pos, kw):
+        return [f"installed {self.c.serve_fetches()}"]
 
 
 def run_file(path: Path) -> str:

@@ -109,3 +109,30 @@ def test_a_block_that_does_not_extend_the_chain_is_refused():
     r, out = _install_into_fresh(second)  # block 2 onto an empty chain
     assert r.last_exec == 0
     assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_state_transfer"]
+
+
+def test_after_state_transfer_the_replica_rejoins_the_normal_case():
+    """Regression (tests/core/scenarios/state_transfer.txt): a replica that caught up by
+    state transfer kept h = 0, so every later normal-case message was outside its window;
+    it followed only by fetching again and never voted.  The far CHECKPOINTs that sent it
+    fetching now make its own checkpoint there stable, and its window moves on."""
+    # set up: node 3 lost three windows (and its queue) and is back
+    c = Cluster(4, **CFG)
+    feed(c, 1, 1)
+    c.crash(3, lose_queue=True)
+    feed(c, 2, 12)
+    c.crash(3, lose_queue=True)
+    c.restart(3)
+    # step: one request; its peers' checkpoints send it fetching, once
+    feed(c, 14, 1)
+    assert c.serve_fetches() == 13
+    c.stabilize()
+    # check: caught up with a stable checkpoint and a window around it ...
+    r = c.nodes[3].replica
+    assert c.height(3) == c.height(0) == 14 and r.h == 14 and r.high == 14 + CFG["log_window"]
+    # ... and it then commits by the normal case, voting, with no more state transfer
+    for ts in range(15, 21):
+        feed(c, ts, 1)
+        assert not c.fetches
+        assert c.height(3) == c.height(0) == ts
+    assert r.h == 20 and c.nodes[3].replica is r

@@ -29,9 +29,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from pbft_tasks.core import quorum as Q
-from pbft_tasks.core.actions import Broadcast, Execute
+from pbft_tasks.core.actions import Broadcast, Execute, Send
 from pbft_tasks.core.chain import GENESIS, block_hash
-from pbft_tasks.core.messages import (Checkpoint, Commit, PrePrepare, Prepare, Request,
+from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, PrePrepare, Prepare, Request,
                                       batch_digest)
 from pbft_tasks.core.sim import Cluster
 
@@ -53,14 +53,20 @@ class CheckedCluster(Cluster):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.sent_commits: set[tuple] = set()
+        self.sent_votes: set = set()  # every Prepare and Commit a replica really sent
         self.executed = 0
 
     def _apply(self, i, actions):
         for a in actions:
-            if isinstance(a, Broadcast) and isinstance(a.msg, Commit):
-                m = a.msg
-                assert m.sender == i
-                self.sent_commits.add((m.sender, m.view, m.seq, m.digest))
+            if isinstance(a, (Broadcast, Send)):
+                # a vote on its own, or (collector mode) the collector's own commit
+                # inside its certificate
+                votes = a.msg.votes if isinstance(a.msg, Certificate) else (a.msg,)
+                for m in votes:
+                    if isinstance(m, (Prepare, Commit)) and (m.sender == i or i in self.byzantine):
+                        self.sent_votes.add(m)
+                    if isinstance(m, Commit) and m.sender == i:
+                        self.sent_commits.add((m.sender, m.view, m.seq, m.digest))
         for a in actions:
             if isinstance(a, Execute):
                 self.executed += 1
@@ -254,6 +260,30 @@ class SafetyMachine(RuleBasedStateMachine):
             self.c.inject(to, Checkpoint(seq, fake_digest(f"state{word}"), self.byz),
                           origin=self.byz)
 
+    @precondition(lambda self: self.byz is not None and self.CONFIG.get("votes") == "collector")
+    @rule(data=st.data(), to=st.integers(0, N - 1), phase=st.sampled_from(["prepare", "commit"]),
+          real=st.booleans(), word=st.integers(0, 3))
+    def byzantine_certificate(self, data, to, phase, real, word):
+        """Collector mode: the Byzantine node sends a certificate in its own name made of
+        any votes it could hold (votes really sent, in the simulator where the adapter's
+        signature check cannot be forged) plus votes of its own with any digest; too few
+        votes, or for a view it does not lead, is evidence."""
+        seq = self.frontier() + data.draw(st.integers(0, 3), label="seq")
+        view = data.draw(st.sampled_from([0, self.byz]), label="view")
+        digests = self.real_digests(seq) if real else []
+        digest = data.draw(st.sampled_from(digests), label="digest") if digests \
+            else fake_digest(f"byz{word}")
+        kind = Prepare if phase == "prepare" else Commit
+        known = sorted((v for v in self.c.sent_votes if type(v) is kind and v.sender != self.byz
+                        and (v.view, v.seq, v.digest) == (view, seq, digest)), key=lambda v: v.sender)
+        chosen = data.draw(st.lists(st.sampled_from(known), unique=True), label="votes") if known else []
+        if kind is Commit or view % N != self.byz:
+            chosen.append(kind(view, seq, digest, self.byz))
+        event(f"byzantine {phase} certificate, {min(len(chosen), 3)}{'+' if len(chosen) > 3 else ''} votes")
+        if to != self.byz and seq >= 1:
+            self.c.inject(to, Certificate(view, seq, digest, phase, tuple(chosen), self.byz),
+                          origin=self.byz)
+
     # -- invariants -----------------------------------------------------------------
     @invariant()
     def agreement(self):
@@ -338,3 +368,24 @@ class ViewChangeSafetyMachine(SafetyMachine):
 
 TestViewChangeSafety = ViewChangeSafetyMachine.TestCase
 TestViewChangeSafety.settings = SETTINGS
+
+
+# Every machine again with collector vote routing (core/collector.py, issue 14).
+class CollectorSafetyMachine(SafetyMachine):
+    CONFIG = dict(SafetyMachine.CONFIG, votes="collector")
+
+
+class CollectorLivenessMachine(LivenessMachine):
+    CONFIG = dict(LivenessMachine.CONFIG, votes="collector")
+
+
+class CollectorViewChangeSafetyMachine(ViewChangeSafetyMachine):
+    CONFIG = dict(ViewChangeSafetyMachine.CONFIG, votes="collector")
+
+
+TestCollectorSafety = CollectorSafetyMachine.TestCase
+TestCollectorSafety.settings = SETTINGS
+TestCollectorLiveness = CollectorLivenessMachine.TestCase
+TestCollectorLiveness.settings = settings(SETTINGS, max_examples=150)
+TestCollectorViewChangeSafety = CollectorViewChangeSafetyMachine.TestCase
+TestCollectorViewChangeSafety.settings = SETTINGS

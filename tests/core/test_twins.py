@@ -195,14 +195,14 @@ def assert_each_once(c: TwinCluster, reqs: list[Request]) -> None:
 
 @pytest.mark.parametrize("first_a", [s for k in range(4) for s in combinations((1, 2, 3), k)],
                          ids=lambda s: "A-first-" + ("".join(map(str, s)) or "none"))
-def test_twinned_primary_with_two_batches_per_seq_cannot_split_the_honest_nodes(first_a):
+def test_twinned_primary_with_two_batches_per_seq_cannot_split_the_honest_nodes(first_a, votes):
     """Twin A of the primary gets requests a1..a3, twin B gets b1..b3: each proposes its
     own batch for seqs 1..3.  The backups in ``first_a`` see A's pre-prepares first, the
     others B's; then everything flows to both twins.  The honest backups agree at every
     height, and every request commits exactly once (through a view change when neither
     batch reaches 2f+1)."""
     # set up
-    c = TwinCluster(N, twins={0}, **CONFIG)
+    c = TwinCluster(N, twins={0}, **CONFIG, votes=votes)
     reqs_a = [request("a", t) for t in (1, 2, 3)]
     reqs_b = [request("b", t) for t in (1, 2, 3)]
     for reqs, twin in ((reqs_a, A), (reqs_b, B)):
@@ -223,7 +223,7 @@ def test_twinned_primary_with_two_batches_per_seq_cannot_split_the_honest_nodes(
 
 
 @pytest.mark.parametrize("first_a", [(1, 2), (2, 3), (1, 3)], ids=lambda s: "A-quorum-" + "".join(map(str, s)))
-def test_twinned_primary_sends_the_other_batch_after_one_has_executed(first_a):
+def test_twinned_primary_sends_the_other_batch_after_one_has_executed(first_a, votes):
     """Twin A's batch for seq 1 prepares and commits at the backups ``first_a`` (with A's
     votes, that is 2f+1) before twin B's batch for seq 1 reaches anyone; then B's
     messages flow to every backup, the odd one out first (A's messages to it are lost).
@@ -231,7 +231,7 @@ def test_twinned_primary_sends_the_other_batch_after_one_has_executed(first_a):
     it too and the odd one out executes it); the odd one out, which took B's, must end
     up with A's batch at height 1 all the same (state transfer at the next checkpoint)."""
     # set up
-    c = TwinCluster(N, twins={0}, **CONFIG)
+    c = TwinCluster(N, twins={0}, **CONFIG, votes=votes)
     reqs_a = [request("a", t) for t in (1, 2, 3)]
     reqs_b = [request("b", t) for t in (1, 2, 3)]
     for r in reqs_a[:1]:
@@ -257,10 +257,10 @@ def test_twinned_primary_sends_the_other_batch_after_one_has_executed(first_a):
     print(f"\nA quorum {first_a}: {c.height(odd)} blocks, views {views(c)}, {rounds} rounds")
 
 
-def test_twinned_primary_keeps_equivocating_on_every_seq():
+def test_twinned_primary_keeps_equivocating_on_every_seq(votes):
     """Both twins get their own stream of 12 requests, one at a time, and each backup
     sees the twins' messages in a different order (seeded shuffle); still one chain."""
-    c = TwinCluster(N, twins={0}, **CONFIG)
+    c = TwinCluster(N, twins={0}, **CONFIG, votes=votes)
     rnd = random.Random(4)
     reqs = []
     for t in range(1, 13):
@@ -282,14 +282,14 @@ def test_twinned_primary_keeps_equivocating_on_every_seq():
 
 # -- (b) a twinned backup -----------------------------------------------------------------
 
-def test_twinned_backup_that_becomes_primary_sends_two_new_views():
+def test_twinned_backup_that_becomes_primary_sends_two_new_views(votes):
     """Node 1 is twinned and is the primary of view 1.  The view-0 primary's
     pre-prepares are lost, so the backups' timers expire; each twin of node 1 collects
     2f+1 VIEW-CHANGEs and sends its own NEW-VIEW, then proposes its own requests for the
     same seqs.  Node 0 sees twin A's first, nodes 2 and 3 twin B's.  The honest nodes
     0, 2, 3 agree and every request commits."""
     # set up: everything before the view change flows normally
-    c = TwinCluster(N, twins={1}, **CONFIG)
+    c = TwinCluster(N, twins={1}, **CONFIG, votes=votes)
     warm = [request("w", 1)]
     c.inject(0, warm[0], origin="w")
     settle(c, warm)
@@ -322,10 +322,10 @@ def test_twinned_backup_that_becomes_primary_sends_two_new_views():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_twinned_backup_voting_on_what_each_twin_saw(seed):
+def test_twinned_backup_voting_on_what_each_twin_saw(seed, votes):
     """Node 2 is twinned; each message to it goes to one twin or both at random, so the
     twins vote, checkpoint and time out at different moments under one identity."""
-    c = TwinCluster(N, twins={2}, **CONFIG)
+    c = TwinCluster(N, twins={2}, **CONFIG, votes=votes)
     rnd = random.Random(seed)
     reqs = [request(cl, t) for t in range(1, 9) for cl in ("a", "b")]
     for r in reqs:
@@ -411,6 +411,7 @@ class TwinsMachine(SafetyMachine):
 
     # the twins are the Byzantine node: no hand-made injections on top
     byzantine_preprepare = byzantine_equivocate = byzantine_vote = byzantine_checkpoint = None
+    byzantine_certificate = None
 
     @invariant()
     def twins_never_fork_from_the_honest_nodes(self):
@@ -431,3 +432,13 @@ class TwinsMachine(SafetyMachine):
 
 TestTwins = TwinsMachine.TestCase
 TestTwins.settings = settings(SETTINGS, max_examples=600)
+
+
+class CollectorTwinsMachine(TwinsMachine):
+    """The same with collector vote routing (core/collector.py): a twinned primary is
+    a twinned collector, each twin forming its own certificates."""
+    CONFIG = dict(TwinsMachine.CONFIG, votes="collector")
+
+
+TestCollectorTwins = CollectorTwinsMachine.TestCase
+TestCollectorTwins.settings = settings(SETTINGS, max_examples=300)

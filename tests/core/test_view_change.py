@@ -2,18 +2,28 @@
 check, on the deterministic in-memory cluster."""
 from __future__ import annotations
 
+import pytest
+
 from pbft_tasks.core.actions import Evidence
+from pbft_tasks.core.collector import VOTE_ROUTINGS
 from pbft_tasks.core.messages import (Commit, NewView, PrePrepare, Prepare, ViewChange,
                                       batch_digest)
 from pbft_tasks.core.sim import Cluster
 from pbft_tasks.core.viewchange import check_view_change, new_view_preprepares
 
 VC_TICKS = 20
+MODE = {"votes": "all-to-all"}
+
+
+@pytest.fixture(autouse=True, params=VOTE_ROUTINGS)
+def _votes(request, monkeypatch):
+    """Every view-change test runs with both vote routings (core/collector.py)."""
+    monkeypatch.setitem(MODE, "votes", request.param)
 
 
 def cluster(**kw) -> Cluster:
     cfg = dict(checkpoint_interval=4, log_window=8, max_batch=1, batch_timeout_ticks=0,
-               retransmit_ticks=10_000, view_change_ticks=VC_TICKS)
+               retransmit_ticks=10_000, view_change_ticks=VC_TICKS, votes=MODE["votes"])
     cfg.update(kw)
     return Cluster(4, **cfg)
 

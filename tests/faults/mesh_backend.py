@@ -50,9 +50,16 @@ class MeshBackend:
     time_limit = 60.0      # seconds without an acknowledgement, or to settle, before failing
     quiet_rounds = 10      # rounds (~POLL_S each) without convergence before a nudge
 
-    def __init__(self, scenario, make_mesh):
+    def __init__(self, scenario, make_mesh, cluster=None, votes: str = "all-to-all"):
         self.sc = scenario
-        self.mesh = make_mesh(scenario.nodes, start=False, **scenario.settings)
+        # broker_nodes > 1: ``make_mesh`` builds meshes on this RabbitMQ cluster
+        # (mesh/ops/broker_cluster.py, tests/broker_cluster/) with quorum queues.
+        self.cluster = cluster
+        self.killed_broker_nodes: list[str] = []
+        if scenario.broker_nodes > 1 and cluster is None:
+            raise AssertionError(f"{scenario.name} needs a {scenario.broker_nodes}-node broker "
+                                 f"cluster (tests/broker_cluster/test_fault_scenarios.py)")
+        self.mesh = make_mesh(scenario.nodes, start=False, votes=votes, **scenario.settings)
         self.down: set[int] = set()
         self.paused: set[int] = set()
         self.cut: set[int] = set()
@@ -203,6 +210,19 @@ class MeshBackend:
         if waiting:
             self._send_to_all(waiting)
         return outage
+
+    def kill_broker_node(self, queue: str) -> str:
+        """kill -9 the cluster node leading ``queue``; workers and client fail over."""
+        leader = self.cluster.queue_leader(queue)
+        if leader is None:
+            raise AssertionError(f"{queue} has no quorum queue leader to kill")
+        self.cluster.kill_node(leader)
+        self.killed_broker_nodes.append(leader)
+        return leader
+
+    def restart_broker_node(self) -> None:
+        self.cluster.restart_node(self.killed_broker_nodes.pop())
+        self.cluster.wait_members(len(self.cluster.nodes))
 
     # -- observations ---------------------------------------------------------------------------
     def live(self) -> list[int]:

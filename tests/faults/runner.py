@@ -22,7 +22,8 @@ Checked for every scenario, on both backends:
   heal -> the node reaches the height the others had when it came back (by state
   transfer, blocks installed, when the step says ``lose_queue``); broker
   restart -> first acknowledgement, and every node at the height of the moment the
-  broker came back;
+  broker came back; kill_broker_node -> first acknowledgement; restart_broker_node ->
+  every live node at the height of the moment the node was back in the cluster;
 - the file's ``[expect]``: ``view_at_least`` / ``view_at_most`` for every honest live node.
 
 Results (outcome, recovery times, blocks installed by state transfer) are printed and,
@@ -260,6 +261,20 @@ class Runner:
             self.out.recoveries.append(Recovery(
                 f"{step.do} {node}", f"{verb} of node {node}{lost} -> at height {target}",
                 "catch_up", node, began, target=target))
+        elif step.do == "kill_broker_node":
+            victim = b.kill_broker_node(f"node.{primary(self._view(), self.sc.nodes)}")
+            began = b.now()  # from the kill itself, not from finding the leader
+            self.out.recoveries.append(Recovery(
+                f"kill_broker_node ({victim})",
+                "kill -9 of the broker node leading the primary's queue -> first commit",
+                "first_commit", None, began))
+        elif step.do == "restart_broker_node":
+            b.restart_broker_node()
+            back = b.now()
+            target = self._lead()
+            self.out.recoveries.append(Recovery(
+                "restart_broker_node", f"broker node rejoined -> every live node at height {target}",
+                "all_caught_up", None, back, target=target))
         elif step.do == "restart_broker":
             began = b.now()
             outage = b.restart_broker()

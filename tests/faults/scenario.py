@@ -11,6 +11,8 @@ Format (TOML, read with the standard library's tomllib)::
     nodes = 4             # n >= 4; f = (n-1)//3
     requests = 300        # updates the scenario submits (each a put of its own key)
     window = 30           # optional: updates kept in flight (default 30)
+    broker_nodes = 3      # optional: a RabbitMQ cluster of this many nodes with quorum
+                          # queues (default 1: the machine's own RabbitMQ)
     [settings]            # optional: mesh.json / ReplicaConfig settings
     checkpoint_interval = 4
     [byzantine]           # optional: node id -> behaviour name(s) (pbft_tasks/core/byzantine.py)
@@ -38,6 +40,11 @@ Rules checked here:
   ``kill_primary`` takes counts as one more, since which node it is is known only at run
   time), so the scenario is one PBFT must survive, safely and live;
 - no node is still paused or cut at the end (a killed node may stay down);
+- ``kill_broker_node`` (kill -9 of the cluster node leading the primary's queue) and
+  ``restart_broker_node`` (start the last one killed again) need ``broker_nodes >= 3``,
+  and never leave a majority of the cluster down (quorum queues would stop: a
+  different test, tests/broker_cluster/); ``restart_broker`` (stop_app of the single
+  broker) is for ``broker_nodes = 1`` only;
 - ``lose_queue`` only on restart, resume or heal.  A node's durable queue normally
   keeps all it missed, so it catches up by working through it; a lost queue (purged, as
   after losing the broker's disk) leaves state transfer as its only way back.
@@ -58,7 +65,8 @@ from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
 
 ACTIONS = ("kill", "restart", "pause", "resume", "cut", "heal", "kill_primary",
-           "restart_broker")
+           "restart_broker", "kill_broker_node", "restart_broker_node")
+BROKER_NODE_ACTIONS = ("kill_broker_node", "restart_broker_node")
 NODE_ACTIONS = {"kill", "restart", "pause", "resume", "cut", "heal"}
 BEHAVIOURS = tuple(sorted(_BEHAVIOURS))
 # Settings shared by mesh.json and the pure core's ReplicaConfig.
@@ -67,7 +75,7 @@ CORE_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeou
 MESH_ONLY_SETTINGS = ("tick_ms",)
 KILLED_PRIMARY = "killed_primary"
 TOP_KEYS = {"description", "nodes", "requests", "window", "settings", "byzantine", "step",
-            "expect"}
+            "expect", "broker_nodes"}
 STEP_KEYS = {"after", "do", "node", "lose_queue"}
 RETURNS = ("restart", "resume", "heal")   # the actions that may take lose_queue
 EXPECT_KEYS = {"view_at_least", "view_at_most"}
@@ -102,6 +110,7 @@ class Scenario:
     steps: list = field(default_factory=list)
     expect: dict = field(default_factory=dict)
     path: Path | None = None
+    broker_nodes: int = 1
 
     @property
     def f(self) -> int:
@@ -150,7 +159,8 @@ def parse(data: dict, name: str, path: Path | None = None) -> Scenario:
     requests = integer(data["requests"], "requests", 1, 100_000)
     window = integer(data.get("window", DEFAULT_WINDOW), "window", 1, 10_000)
     sc = Scenario(name=name, description=data["description"].strip(), nodes=n,
-                  requests=requests, window=window, path=path)
+                  requests=requests, window=window, path=path,
+                  broker_nodes=integer(data.get("broker_nodes", 1), "broker_nodes", 1, 9))
 
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
@@ -228,6 +238,7 @@ def parse(data: dict, name: str, path: Path | None = None) -> Scenario:
                                        f"{sc.steps[-1].after})")
         sc.steps.append(Step(after, do, node, lose))
     _check_states(sc, fail)
+    _check_broker_nodes(sc, fail)
 
     expect = data.get("expect", {})
     if not isinstance(expect, dict):
@@ -281,6 +292,30 @@ def _check_states(sc: Scenario, fail) -> None:
         i, st = next(iter(left.items()))
         raise fail("step", f"node {i} is still {st} at the end; add a "
                            f"{'resume' if st == 'paused' else 'heal'} step")
+
+
+def _check_broker_nodes(sc: Scenario, fail) -> None:
+    """Broker-node faults need a cluster and never take its majority."""
+    down = 0
+    tolerated = (sc.broker_nodes - 1) // 2
+    for k, s in enumerate(sc.steps):
+        fld = f"step[{k}].do"
+        if s.do == "restart_broker" and sc.broker_nodes > 1:
+            raise fail(fld, "restart_broker stops the single broker; on a cluster use "
+                            "kill_broker_node / restart_broker_node")
+        if s.do not in BROKER_NODE_ACTIONS:
+            continue
+        if sc.broker_nodes < 3:
+            raise fail(fld, f"{s.do} needs broker_nodes >= 3 (a cluster), got {sc.broker_nodes}")
+        if s.do == "kill_broker_node":
+            down += 1
+            if down > tolerated:
+                raise fail(fld, f"{down} of {sc.broker_nodes} broker nodes down at once: no "
+                                f"majority left (at most {tolerated})")
+        else:
+            if down == 0:
+                raise fail(fld, "restart_broker_node, but no broker node is down")
+            down -= 1
 
 
 def load_all(directory: str | Path) -> list[Scenario]:

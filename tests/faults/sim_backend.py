@@ -111,9 +111,9 @@ class SimBackend:
     time_limit = 2000      # ticks without an acknowledgement, or to settle, before failing
     quiet_rounds = 40      # rounds without convergence before a nudge of probe updates
 
-    def __init__(self, scenario):
+    def __init__(self, scenario, votes: str = "all-to-all"):
         self.sc = scenario
-        cfg = dict(SIM_TIMERS, **scenario.core_settings())
+        cfg = dict(SIM_TIMERS, **scenario.core_settings(), votes=votes)  # vote routing: core/collector.py
         behaviours = {i: ",".join(b) for i, b in scenario.byzantine.items()}
         self.c = FaultCluster(scenario.nodes, behaviours=behaviours, **cfg)
         self.byzantine = set(scenario.byzantine)
@@ -228,6 +228,15 @@ class SimBackend:
         for i in range(self.sc.nodes):
             if self.c.nodes[i].up:
                 self.c.redeliver(i)
+
+    def kill_broker_node(self, queue: str) -> str:
+        """A cluster node dies: the connections through it drop and what they had
+        delivered unacknowledged is redelivered (quorum queues lose nothing)."""
+        self.restart_broker()
+        return "a broker node"
+
+    def restart_broker_node(self) -> None:
+        """The node rejoins; the mesh's traffic never depended on it."""
 
     # -- observations -------------------------------------------------------------------------
     def live(self) -> list[int]:

@@ -19,18 +19,34 @@ from .scenario import load
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 SCENARIOS = [load(p) for p in scenario_files()]
-ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions()]
+# Scenarios on a broker cluster run in tests/broker_cluster/test_fault_scenarios.py.
+ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions() and s.broker_nodes == 1]
 BROKER = [s for s in SCENARIOS if "restart_broker" in s.actions()]
 
 
-def _play(sc, make_mesh):  # noqa: F811
-    outcome = play(sc, MeshBackend(sc, make_mesh))
+# Collector vote routing (pbft_tasks/core/collector.py) on the real mesh: the scenarios
+# where the collector itself fails (killed, equivocating) and a lost backup; every
+# scenario runs in both modes on the simulator (test_faults_sim.py).
+COLLECTOR = [s for s in ORDINARY if s.name in ("kill_primary", "equivocating_primary", "kill_restart_backup")]
+
+
+def _play(sc, make_mesh, votes: str = "all-to-all"):  # noqa: F811
+    outcome = play(sc, MeshBackend(sc, make_mesh, votes=votes))
     assert outcome.ok, outcome.error
 
 
 @pytest.mark.parametrize("sc", ORDINARY, ids=[s.name for s in ORDINARY])
 def test_scenario_on_the_real_mesh(sc, make_mesh):  # noqa: F811
     _play(sc, make_mesh)
+
+
+def test_collector_scenarios_exist():
+    assert len(COLLECTOR) == 3
+
+
+@pytest.mark.parametrize("sc", COLLECTOR, ids=[s.name for s in COLLECTOR])
+def test_scenario_on_the_real_mesh_with_a_collector(sc, make_mesh):  # noqa: F811
+    _play(sc, make_mesh, votes="collector")
 
 
 def test_broker_restart_scenarios_exist():

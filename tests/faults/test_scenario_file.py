@@ -129,3 +129,28 @@ def test_proxy_url_keeps_credentials_and_vhost():
         assert proxy.url_for("amqp://127.0.0.1:5672//") == f"amqp://127.0.0.1:{proxy.port}//"
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"steps": [{"after": 1, "do": "kill_broker_node"}]},
+     r"step\[0\].do: kill_broker_node needs broker_nodes >= 3"),
+    ({"broker_nodes": 3, "steps": [{"after": 1, "do": "kill_broker_node"},
+                                   {"after": 2, "do": "kill_broker_node"}]},
+     r"step\[1\].do: 2 of 3 broker nodes down at once: no majority left"),
+    ({"broker_nodes": 3, "steps": [{"after": 1, "do": "restart_broker_node"}]},
+     r"step\[0\].do: restart_broker_node, but no broker node is down"),
+    ({"broker_nodes": 3, "steps": [{"after": 1, "do": "restart_broker"}]},
+     r"step\[0\].do: restart_broker stops the single broker"),
+    ({"broker_nodes": 3, "steps": [{"after": 1, "do": "kill_broker_node", "node": 1}]},
+     r"step\[0\].node: kill_broker_node takes no node"),
+    ({"broker_nodes": 0}, "broker_nodes: must be 1..9"),
+])
+def test_broker_node_faults_need_a_cluster_and_keep_its_majority(over, field):
+    refused(field, **over)
+
+
+def test_a_broker_node_may_die_and_come_back_on_a_cluster_of_five_twice():
+    sc = scenario(broker_nodes=5, steps=[{"after": 1, "do": "kill_broker_node"},
+                                         {"after": 2, "do": "kill_broker_node"},
+                                         {"after": 3, "do": "restart_broker_node"}])
+    assert sc.broker_nodes == 5 and [s.do for s in sc.steps][-1] == "restart_broker_node"

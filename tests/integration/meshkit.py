@@ -102,7 +102,7 @@ class Mesh:
         return self.log_path(node_id).read_text(errors="replace")
 
     def ledger_path(self, node_id: int) -> Path:
-        return self.cfg.node_data_dir(node_id) / "ledger.sqlite"
+        return self.cfg.ledger_path(node_id)
 
     def reader(self, node_id: int) -> LedgerReader:
         return LedgerReader(self.ledger_path(node_id))

@@ -10,7 +10,8 @@ went up by exactly one, for the expected reason and no other; the worker's log n
 reason.  At the end, an ordinary update commits on every node.
 
 Reasons: ``undecodable`` and ``unknown_task``/``unknown_message`` are counted by the
-worker's Celery consumer (pbft_tasks/celery_app.py); ``malformed`` and ``oversize`` by
+gate in front of the worker's Celery consumer (pbft_tasks/guard.py; a body without a
+``task`` header is never decoded); ``malformed`` and ``oversize`` by
 ``NodeRuntime.handle``; the signature slugs are ``signing.REASONS``.  Per the rules of
 pbft_tasks/core/messages.py a batch over MAX_BATCH or a value over MAX_VALUE_BYTES is a
 *malformed* message; ``oversize`` is a message over MAX_WIRE_BYTES (4 MiB) of signed bytes,
@@ -89,7 +90,11 @@ def _cases(mesh):
     assert n_big <= MAX_BATCH
     big_batch = [_request_wire("admin/s", i + 1, big_value) for i in range(n_big)]
     too_many = [_request_wire("admin/s", i + 1, i) for i in range(MAX_BATCH + 1)]
-    yield "not_json", "undecodable", raw(b"\xff\x00 this is {not json",
+    yield "not_json_no_headers", "unknown_message", raw(b"\xff\x00 this is {not json",
+                                                       content_type="application/json",
+                                                       content_encoding="utf-8")
+    headers = mesh.app.amqp.create_task_message(str(uuid.uuid4()), "pbft.prepare", [{}], {}).headers
+    yield "not_json", "undecodable", raw(b"\xff\x00 this is {not json", headers=headers,
                                          content_type="application/json",
                                          content_encoding="utf-8")
     yield "json_but_not_a_task", "unknown_message", raw(b'{"hello": "world"}',

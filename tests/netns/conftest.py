@@ -1,5 +1,5 @@
 """Fixtures for the namespace tests: real RabbitMQ and Redis (the session's vhost) and a
-topology of network namespaces (mesh/netns.py) built per test and always torn down.
+topology of network namespaces (mesh/ops/netns.py) built per test and always torn down.
 
 These tests need root (CAP_NET_ADMIN), ``ip`` and ``socat``; CI runs as root and
 .ci/run installs socat.  Without them they FAIL saying what is missing; never skip.

@@ -25,7 +25,7 @@ class Kit:
         self._close = []
 
     def ledger_path(self, node: int) -> str:
-        return os.path.join(self.cfg.node_data_dir(node), "ledger.sqlite")
+        return str(self.cfg.ledger_path(node))
 
     def opener(self, name: str) -> Opener:
         return Opener(name, load_reader_identity(self.cfg, name))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mesh.openstack import STEP_OWN, ConsoleReader, instance_key, rpc, seal_console
+from mesh.openstack import STEP_OWN, ConsoleReader, instance_key, nova_wire, rpc, seal_console
 from mesh.openstack.sealing import NOVA_KEYS
 
 
@@ -63,6 +63,8 @@ class FakeCompute:
         class _Ctxt:
             def call(self, ctxt, method, instance, console_type):
                 assert method == "get_vnc_console"
+                instance = nova_wire.instance_uuid(instance)  # nova's wire: a primitive
+                assert instance is not None and ctxt["user_id"]  # a real context
                 with compute._lock:
                     compute._n += 1
                     token = f"tok-{compute._n}"

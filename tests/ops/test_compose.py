@@ -31,7 +31,8 @@ DASHBOARDS = ROOT / "dashboards"
 CONTAINER_CONFIG = PurePosixPath("/etc/hdpbf/mesh.json")
 NODES = 4
 REQUIRED_VARS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "REDIS_PASSWORD", "FLOWER_USER",
-                 "FLOWER_PASSWORD", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD")
+                 "FLOWER_PASSWORD", "GRAFANA_ADMIN_USER", "GRAFANA_ADMIN_PASSWORD",
+                 "RABBITMQ_ERLANG_COOKIE")
 
 
 def docker_compose() -> str:
@@ -48,7 +49,8 @@ def docker_compose() -> str:
 
 def run_compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
-                           "--profile", "init", "--profile", "bench", *args],
+                           "--profile", "init", "--profile", "bench", "--profile", "cluster",
+                           "--profile", "init-cluster", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -315,3 +317,56 @@ def test_grafana_is_provisioned_with_the_dashboards(resolved):
     (prom,) = [d for d in sources if d["type"] == "prometheus"]
     assert prom["url"] == "http://prometheus:9090"
     assert sorted(p.name for p in DASHBOARDS.glob("*.json")), "no dashboards"
+
+
+def test_every_worker_is_restarted_when_it_fails_hard(resolved):
+    """A worker that hits our own bug exits 70 without acknowledging its message
+    (pbft_tasks/failhard.py); compose must start it again, from its ledger volume."""
+    for queue, (name, svc) in worker_services(resolved).items():
+        assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), \
+            f"{name} ({queue}) is not restarted on failure: restart={svc.get('restart')!r}"
+
+
+def test_flower_memory_is_bounded_as_the_launcher_bounds_it(resolved):
+    """Flower's task history grew past 1.7 GB in a long run: compose passes the same
+    --max_tasks/--max_workers as ``hdpbf up`` (mesh/ops/stack.py)."""
+    from mesh.ops.stack import flower_bounds, flower_command
+    (svc,) = [s for s in resolved["services"].values()
+              if "celery -A pbft_tasks flower" in " ".join(command(s))]
+    line = " ".join(command(svc))
+    assert all(option in line for option in flower_bounds()), line
+    assert all(option in flower_command(5555) for option in flower_bounds())
+
+
+def test_cluster_profile_is_three_rabbitmq_nodes_and_a_quorum_mesh(resolved, tmp_path):
+    """Profile "cluster": three RabbitMQ nodes that form one cluster (one cookie, the
+    classic_config peer list naming all three, pause_minority), and init-cluster writes
+    a mesh.json listing the three node URLs with quorum queues (run here for real)."""
+    services = resolved["services"]
+    nodes = sorted(n for n, s in services.items() if "cluster" in (s.get("profiles") or [])
+                   and str(s.get("image", "")).startswith("rabbitmq:"))
+    assert nodes == ["rabbitmq-c1", "rabbitmq-c2", "rabbitmq-c3"]
+    (conf,) = {src for n in nodes for src, tgt, _ in mounts(services[n])
+               if tgt.startswith("/etc/rabbitmq/conf.d/")}
+    text = Path(conf).read_text()
+    for n in nodes:
+        svc = services[n]
+        assert svc["hostname"] == n and svc.get("healthcheck", {}).get("test")
+        assert f"rabbit@{n}" in text, f"{n} is not in the cluster's peer list"
+        assert env_of(svc)["RABBITMQ_ERLANG_COOKIE"] == env_of(services[nodes[0]])["RABBITMQ_ERLANG_COOKIE"]
+        assert any(t == "/var/lib/rabbitmq" for _, t, _ in mounts(svc)), f"{n}: no data volume"
+    assert "cluster_partition_handling = pause_minority" in text
+    script = shell_script(services["init-cluster"])
+    cmd = shlex.split(script.replace("$$", "$"))
+    cmd = cmd[cmd.index("hdpbf") + 1:cmd.index("fi") if "fi" in cmd else None]
+    cmd = [w.rstrip(";") for w in cmd]
+    cmd[cmd.index("--dir") + 1] = str(tmp_path)
+    env = {"RABBITMQ_USER": "u", "RABBITMQ_PASSWORD": "p", "REDIS_PASSWORD": "r"}
+    cmd = [w.replace("$RABBITMQ_USER", "u").replace("$RABBITMQ_PASSWORD", "p")
+            .replace("$REDIS_PASSWORD", "r") for w in cmd]
+    res = CliRunner().invoke(hdpbf_cli, cmd, env=env)
+    assert res.exit_code == 0, res.output
+    from pbft_tasks.topology import MeshConfig
+    cfg = MeshConfig.load(tmp_path)
+    assert cfg.queue_type == "quorum"
+    assert cfg.broker_urls == [f"amqp://u:p@{n}:5672//" for n in nodes]
