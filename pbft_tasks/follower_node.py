@@ -14,7 +14,9 @@ Rules of this file:
   for ``PROBE_S`` the follower asks anyway (a restart, or a queue purged or lost while
   it was away, leaves no gap it could see).  One fetch is outstanding at a time; no
   answer within ``FETCH_TIMEOUT_S``, or an answer that installs nothing while behind,
-  moves on to the next validator, so no single validator can stall it.
+  moves on to the next validator, so no single validator can stall it.  A validator
+  does not answer a fetch for blocks it does not have (node.py), so an unanswered idle
+  probe is normal and not counted.
 - A message is acked only after what it carried is in the ledger file (or refused):
   a ``kill -9`` redelivers, and redelivered blocks are duplicates.
 - The broker connection has heartbeats: a cut link is noticed within seconds and the
@@ -176,11 +178,12 @@ class FollowerNode:
                 v, sent = self.outstanding
                 if now - sent < FETCH_TIMEOUT_S:
                     return
-                self.fetch_timeouts += 1
-                log.warning("follower %s: node %s did not answer a fetch within %gs; asking "
-                            "another", self.name, v, FETCH_TIMEOUT_S)
                 self.outstanding = None
                 self.next_validator = self._after(v)
+                if self.follower.gap is not None:   # an idle probe may go unanswered:
+                    self.fetch_timeouts += 1        # a validator sends nothing when it
+                    log.warning("follower %s: node %s did not answer a fetch within %gs; "
+                                "asking another", self.name, v, FETCH_TIMEOUT_S)  # has nothing newer
             behind = self.follower.gap is not None and now - self.last_progress > GAP_WAIT_S
             idle = now - max(self.last_progress, self.last_fetch) > PROBE_S
             if behind or idle:

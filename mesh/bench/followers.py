@@ -82,6 +82,7 @@ class FollowerRig:
             self.netns.up(timeout=timeout)
             return
         self.mesh.purge()
+        self.followers.purge(self.mesh.app)
         self.mesh.start()
         self.mesh.wait_ready(timeout=timeout)
         if self.names:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from pbft_tasks.topology import MeshConfig
 
@@ -35,6 +35,18 @@ class Followers:
         self.wrap: dict[str, Sequence[str]] = {}     # name -> command prefix
         self.env: dict[str, dict[str, str]] = {}     # name -> extra environment
         self.extra: dict[str, Sequence[str]] = {}    # name -> extra follow options
+
+    def purge(self, app: Any) -> None:
+        """Empty the follower queues of this mesh (declared as their followers declare
+        them): a new mesh must not inherit pushes of an old one that used the same names
+        on the same vhost (they would be refused, as signed by other keys)."""
+        from pbft_tasks.transport import BLOCKS_EXCHANGE
+        with app.connection_for_write() as conn:
+            ch = conn.default_channel
+            ch.exchange_declare(BLOCKS_EXCHANGE, "direct", durable=True, auto_delete=False)
+            for info in self.cfg.followers:
+                ch.queue_declare(info.queue, durable=True, auto_delete=False)
+                ch.queue_purge(info.queue)
 
     def data_dir(self, name: str) -> Path:
         return self.cfg.follower_data_dir(name)

@@ -78,6 +78,7 @@ class NetnsMesh:
         self.topo.up()
         try:
             self.local.purge()
+            self.followers.purge(self.app)
             self.local.start()
             self.local.wait_ready(timeout=timeout)
             if self.names:

@@ -365,6 +365,9 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
     _check_services(mesh, cfg)
     if new:
         mesh.purge()
+        if follower_names:
+            from .followers import Followers
+            Followers(config_path, log_dir=log_dir).purge(mesh.app)
     user, password, auth_source = flower_credentials(data_dir)
 
     run_id = uuid.uuid4().hex

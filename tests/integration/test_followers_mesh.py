@@ -33,6 +33,7 @@ def _start_with_followers(make_mesh, names, **kw):
     mesh.local.cfg = mesh.cfg
     mesh.start()
     fol = Followers(str(mesh.config_path), log_dir=mesh.local.log_dir)
+    fol.purge(mesh.app)   # the session's vhost may hold queues of earlier tests' followers
     return mesh, fol
 
 
