@@ -262,8 +262,11 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
         cold.close()
     wait_until(broker_port_open, 60, "RabbitMQ to listen on 5672 again")
     rig.mesh.local.wait_ready(timeout=90)  # every worker answers pbft.status again
-    rig.recorder.flush(90)                  # the update kept during the outage commits
-    assert rig.recorder.retries >= 1
+    # The update kept during the outage commits (checked on every node below), sent again
+    # by the recorder's retry or by the client's own re-publish once a broker answers
+    # (mesh/client.py fails over its request connection): which one depends on where the
+    # outage caught the request, so neither count is asserted.
+    rig.recorder.flush(90)
     # a new console after the outage: RPC works again and every node gets it
     after = wait_until(lambda: _try_step2(rig, "vm-after"), 60,
                        "the compute RPC to work again after the broker restart", interval=0.5)
