@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 
 from pbft_tasks.topology import MeshConfig
 
+from .launcher import stop_groups
+
 
 def follower_command(config_path: str, name: str, *extra: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from mesh.cli import main; sys.exit(main())",
@@ -106,23 +108,7 @@ class Followers:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (each writes its lag samples and closes its ledger), then SIGKILL."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGCONT)
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+        stop_groups(self.procs.values(), timeout, wake=True)
 
     def __enter__(self) -> "Followers":
         return self

@@ -46,6 +46,31 @@ def node_env(config_path: str, node_id: int) -> dict:
     return env
 
 
+
+def stop_groups(procs: Iterable[subprocess.Popen], timeout: float, wake: bool = False) -> None:
+    """SIGTERM each process group still running (SIGCONT first with ``wake``: a paused
+    process must run to handle it), wait up to ``timeout`` for all, SIGKILL the rest."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                if wake:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+
+
 class LocalMesh:
     def __init__(self, config_path: str, app: Any = None, log_dir: str | None = None):
         self.config_path = os.path.abspath(config_path)
@@ -137,19 +162,7 @@ class LocalMesh:
         self.start([node_id])
 
     def stop(self, timeout: float = 15.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups(self.procs.values(), timeout)
         self.procs.clear()
 
     def __enter__(self) -> "LocalMesh":
