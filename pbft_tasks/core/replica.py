@@ -137,6 +137,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.vc_quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for self.view were in
         self.vc_attempts = 0
         self.vc_sent_at = 0                      # when our VIEW-CHANGE last went out
+        self.vc_resends = 0                      # copies of it re-sent so far (backoff)
         self.new_view_msg: NewView | None = None  # the NEW-VIEW that installed self.view
         self.new_view_sent: dict[int, int] = {}  # peer -> tick we last sent it new_view_msg
         self.new_view_asked: set[int] = set()    # peers whose VIEW-CHANGE for self.view we saw

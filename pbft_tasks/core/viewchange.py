@@ -9,7 +9,7 @@ starting a view change, collecting VIEW-CHANGEs, sending or checking the NEW-VIE
 entering the new view.  The mixin reads and writes the replica state that
 ``Replica.__init__`` creates and documents (``view``, ``in_view_change``,
 ``view_changes``, ``awaiting``, ``waiting_since``, ``vc_started_at``,
-``vc_quorum_at``, ``vc_attempts``, ``vc_sent_at``, ``new_view_msg``, ``new_view_sent``,
+``vc_quorum_at``, ``vc_attempts``, ``vc_sent_at``, ``vc_resends``, ``new_view_msg``, ``new_view_sent``,
 ``new_view_asked``, ``held_view``, ``log``, ...).
 
 Rules of the messages:
@@ -44,12 +44,13 @@ tests/core/test_view_change.py:
   timeout is reset when a request executes.  A replica whose stored VIEW-CHANGE is for
   a later view counts as having asked for v+1 too, and once started the timer runs
   until a NEW-VIEW (a quorum member moving on must not stop it).
-- Until a NEW-VIEW installs v+1, a replica re-broadcasts its VIEW-CHANGE every
-  ``retransmit_ticks``; a replica that installed v+1 answers a re-sent VIEW-CHANGE for
-  v+1 with the NEW-VIEW that installed it (sec. 4.5.2: a replica in v+1 must receive the
-  NEW-VIEW or re-send its VIEW-CHANGE), so a lost VIEW-CHANGE or NEW-VIEW costs one
-  retransmission, not a view.  f+1 VIEW-CHANGEs for higher views make a
-  replica join the smallest of them (sec. 4.5.2).
+- Until a NEW-VIEW installs v+1, a replica re-broadcasts its VIEW-CHANGE after
+  ``retransmit_ticks``, then at doubling intervals (up to 16 x); a replica that
+  installed v+1 answers a re-sent VIEW-CHANGE for v+1 with the NEW-VIEW that installed
+  it (sec. 4.5.2: a replica in v+1 must receive the NEW-VIEW or re-send its
+  VIEW-CHANGE), so a lost VIEW-CHANGE or NEW-VIEW costs a retransmission, not a view.
+  f+1 VIEW-CHANGEs for higher views make a replica join the smallest of them
+  (sec. 4.5.2).
 - A VIEW-CHANGE carries, per seq, the prepared certificate of the *latest view in which
   that seq prepared here*, not only of the view being left: entering a view (or
   installing a fetched block) replaces the log entry but keeps its certificate
@@ -213,6 +214,7 @@ class ViewChanges:
         mine = self._own_view_change(new_view)
         self.view_changes.setdefault(new_view, {})[self.id] = mine
         self.vc_sent_at = self.now
+        self.vc_resends = 0
         self._msg(Broadcast(mine, cause))
         self._try_new_view(new_view, cause)
 
@@ -222,10 +224,14 @@ class ViewChanges:
         NEW-VIEW or re-send its VIEW-CHANGE): a lost one, or one a lagging peer dropped,
         would otherwise leave the new primary short of 2f+1 for ever.  A receiver that
         has it drops the copy before checking it; one that installed the view answers
-        with the NEW-VIEW (``_on_view_change``)."""
-        if not self.in_view_change or self.now - self.vc_sent_at < self.cfg.retransmit_ticks:
+        with the NEW-VIEW (``_on_view_change``).  The interval doubles with every copy
+        (up to 16 x): a VIEW-CHANGE carries whole batches, and the receiving adapter
+        checks every nested signature before the core can tell it is a duplicate."""
+        interval = self.cfg.retransmit_ticks << min(self.vc_resends, 4)
+        if not self.in_view_change or self.now - self.vc_sent_at < interval:
             return
         self.vc_sent_at = self.now
+        self.vc_resends += 1
         mine = self.view_changes.get(self.view, {}).get(self.id)
         if mine is None:
             mine = self._own_view_change(self.view)
