@@ -136,6 +136,11 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.vc_started_at = 0
         self.vc_quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for self.view were in
         self.vc_attempts = 0
+        self.vc_sent_at = 0                      # when our VIEW-CHANGE last went out
+        self.vc_resends = 0                      # copies of it re-sent so far (backoff)
+        self.new_view_msg: NewView | None = None  # the NEW-VIEW that installed self.view
+        self.new_view_sent: dict[int, int] = {}  # peer -> tick we last sent it new_view_msg
+        self.new_view_asked: set[int] = set()    # peers whose VIEW-CHANGE for self.view we saw
         self.held_view: list[Any] = []
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.fetch_asked_at: int | None = None
@@ -178,6 +183,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.now += 1
         cause = f"tick {self.now}"
         self._view_change_timers(cause)
+        self._resend_view_change(cause)
         self._stuck_check(cause)
         self._cut_partial(cause)
         if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:

@@ -9,7 +9,8 @@ starting a view change, collecting VIEW-CHANGEs, sending or checking the NEW-VIE
 entering the new view.  The mixin reads and writes the replica state that
 ``Replica.__init__`` creates and documents (``view``, ``in_view_change``,
 ``view_changes``, ``awaiting``, ``waiting_since``, ``vc_started_at``,
-``vc_quorum_at``, ``vc_attempts``, ``held_view``, ``log``, ...).
+``vc_quorum_at``, ``vc_attempts``, ``vc_sent_at``, ``vc_resends``, ``new_view_msg``, ``new_view_sent``,
+``new_view_asked``, ``held_view``, ``log``, ...).
 
 Rules of the messages:
 - A VIEW-CHANGE for view v' from i proves its stable checkpoint n with 2f+1 matching
@@ -40,8 +41,16 @@ tests/core/test_view_change.py:
 - If no NEW-VIEW comes in time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the
   timer starts then, so a replica that timed out alone does not climb views on its
   own) it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
-  timeout is reset when a request executes.  f+1 VIEW-CHANGEs for higher views make a
-  replica join the smallest of them (sec. 4.5.2).
+  timeout is reset when a request executes.  A replica whose stored VIEW-CHANGE is for
+  a later view counts as having asked for v+1 too, and once started the timer runs
+  until a NEW-VIEW (a quorum member moving on must not stop it).
+- Until a NEW-VIEW installs v+1, a replica re-broadcasts its VIEW-CHANGE after
+  ``retransmit_ticks``, then at doubling intervals (up to 16 x); a replica that
+  installed v+1 answers a re-sent VIEW-CHANGE for v+1 with the NEW-VIEW that installed
+  it (sec. 4.5.2: a replica in v+1 must receive the NEW-VIEW or re-send its
+  VIEW-CHANGE), so a lost VIEW-CHANGE or NEW-VIEW costs a retransmission, not a view.
+  f+1 VIEW-CHANGEs for higher views make a replica join the smallest of them
+  (sec. 4.5.2).
 - A VIEW-CHANGE carries, per seq, the prepared certificate of the *latest view in which
   that seq prepared here*, not only of the view being left: entering a view (or
   installing a fetched block) replaces the log entry but keeps its certificate
@@ -54,7 +63,7 @@ tests/core/test_view_change.py:
 from __future__ import annotations
 
 from . import quorum as Q
-from .actions import Broadcast
+from .actions import Broadcast, Send
 from .log import Entry
 from .messages import NewView, PrePrepare, Prepare, ViewChange, batch_digest
 
@@ -153,9 +162,17 @@ class ViewChanges:
             # v+1 instead of climbing views nobody else will reach; it is back in the
             # normal case at the mesh's next view change (and keeps its ledger up to date
             # by state transfer meanwhile).
-            if len(self.view_changes.get(self.view, {})) < self.quorum:
-                return
+            # Once started the timer runs until a NEW-VIEW: a VIEW-CHANGE of the quorum
+            # that is later replaced by its sender's newer one (stored VIEW-CHANGEs are the
+            # newest per sender) still asked for this view.  It used to count only what
+            # was stored for exactly this view, so when the new primary moved on alone
+            # (its NEW-VIEW lost) the count fell to 2f and the timer stopped for good:
+            # the others waited in v+1 for ever, the primary alone in v+2 (the stall of
+            # the 4-node RabbitMQ benchmark).  A sender asking for a later view counts too.
             if self.vc_quorum_at is None:
+                asked = {s for v, vs in self.view_changes.items() if v >= self.view for s in vs}
+                if len(asked) < self.quorum:
+                    return
                 self.vc_quorum_at = self.now
             if self.now - self.vc_quorum_at >= timeout:  # no NEW-VIEW in time: next view
                 self.vc_attempts += 1
@@ -196,14 +213,38 @@ class ViewChanges:
         self._dirty_meta = True
         mine = self._own_view_change(new_view)
         self.view_changes.setdefault(new_view, {})[self.id] = mine
+        self.vc_sent_at = self.now
+        self.vc_resends = 0
         self._msg(Broadcast(mine, cause))
         self._try_new_view(new_view, cause)
+
+    def _resend_view_change(self, cause: str) -> None:
+        """In a view change, our VIEW-CHANGE goes out again every ``retransmit_ticks``
+        until a NEW-VIEW installs the view (sec. 4.5.2: a replica in v+1 must receive
+        NEW-VIEW or re-send its VIEW-CHANGE): a lost one, or one a lagging peer dropped,
+        would otherwise leave the new primary short of 2f+1 for ever.  A receiver that
+        has it drops the copy before checking it; one that installed the view answers
+        with the NEW-VIEW (``_on_view_change``).  The interval doubles with every copy
+        (up to 16 x): a VIEW-CHANGE carries whole batches, and the receiving adapter
+        checks every nested signature before the core can tell it is a duplicate."""
+        interval = self.cfg.retransmit_ticks << min(self.vc_resends, 4)
+        if not self.in_view_change or self.now - self.vc_sent_at < interval:
+            return
+        self.vc_sent_at = self.now
+        self.vc_resends += 1
+        mine = self.view_changes.get(self.view, {}).get(self.id)
+        if mine is None:
+            mine = self._own_view_change(self.view)
+            self.view_changes.setdefault(self.view, {})[self.id] = mine
+        self._msg(Broadcast(mine, cause))
 
     def _on_view_change(self, vc: ViewChange, cause: str) -> None:
         if vc.sender == self.id:
             return self._evidence(vc.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
-        if vc.new_view < self.view or (vc.new_view == self.view and not self.in_view_change):
-            return  # a view this replica has already left or installed
+        if vc.new_view == self.view and not self.in_view_change:
+            return self._send_new_view(vc.sender, cause)  # it missed the NEW-VIEW
+        if vc.new_view < self.view:
+            return  # a view this replica has already left
         if vc.new_view > self.view + MAX_VIEWS_AHEAD:
             return self._evidence(vc.sender, "view_out_of_range",
                                   f"VIEW-CHANGE for view {vc.new_view}, this replica is in "
@@ -226,6 +267,26 @@ class ViewChanges:
             self._start_view_change(target, cause)
         self._try_new_view(vc.new_view, cause)
 
+    def _send_new_view(self, to: int, cause: str) -> None:
+        """``to`` asks again for the view this replica installed: it is still waiting
+        for the NEW-VIEW (lost, or it lagged), so send it the one that installed the
+        view, at most once per ``retransmit_ticks`` per peer.  Any replica may: a
+        NEW-VIEW proves itself (its VIEW-CHANGEs and pre-prepares are signed by their
+        senders).  Only a re-sent VIEW-CHANGE is answered (from a sender whose
+        VIEW-CHANGE for this view was already seen here): a first copy is usually just
+        late, with the broadcast NEW-VIEW behind it."""
+        nv = self.new_view_msg
+        if nv is None or nv.view != self.view:
+            return
+        if to not in self.new_view_asked:
+            self.new_view_asked.add(to)
+            return
+        last = self.new_view_sent.get(to)
+        if last is not None and self.now - last < self.cfg.retransmit_ticks:
+            return
+        self.new_view_sent[to] = self.now
+        self._msg(Send(to, nv, cause))
+
     def _try_new_view(self, view: int, cause: str) -> None:
         if not (self.in_view_change and view == self.view and Q.primary(view, self.n) == self.id):
             return
@@ -234,8 +295,10 @@ class ViewChanges:
             return
         chosen = tuple(vc for _, vc in sorted(votes.items())[: self.quorum])
         min_s, pps = new_view_preprepares(view, chosen, self.n)
-        self._msg(Broadcast(NewView(view, chosen, pps, self.id), cause))
+        nv = NewView(view, chosen, pps, self.id)
+        self._msg(Broadcast(nv, cause))
         self._enter_view(view, pps, min_s, cause)
+        self.new_view_msg = nv
 
     def _on_new_view(self, nv: NewView, cause: str) -> None:
         if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
@@ -245,10 +308,13 @@ class ViewChanges:
             return self._evidence(nv.sender, "bad_new_view", reason, cause)
         min_s, _ = new_view_preprepares(nv.view, nv.view_changes, self.n)
         self._enter_view(nv.view, nv.preprepares, min_s, cause)
+        self.new_view_msg = nv
 
     def _enter_view(self, view: int, pps: tuple, min_s: int, cause: str) -> None:
         self.view = view
         self.in_view_change = False
+        self.new_view_sent = {}
+        self.new_view_asked = set(self.view_changes.get(view, {}))
         self._dirty_meta = True
         self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
         if min_s > self.last_exec:  # the new view starts past us: fetch what we lack

@@ -179,3 +179,86 @@ def test_state_transfer_keeps_the_prepared_certificate_it_replaces():
     assert r.last_exec == 1
     vc = r._own_view_change(1)
     assert [(p.seq, p.view, p.digest) for p, _ in vc.prepared] == [(1, 0, pp.digest)]
+
+
+def _view_change_cluster(retransmit_ticks: int) -> Cluster:
+    """Primary 0 executed one request and crashed; view change timers of 20 ticks."""
+    c = Cluster(4, checkpoint_interval=4, log_window=8, max_batch=1, batch_timeout_ticks=0,
+                retransmit_ticks=retransmit_ticks, view_change_ticks=20)
+    c.request("a", 1, "k1", 1)
+    c.stabilize()
+    c.crash(0)
+    return c
+
+
+def _run_losing(c: Cluster, ticks: int, lost) -> None:
+    """Tick and deliver in FIFO order, losing every message for which ``lost(envelope)``."""
+    for _ in range(ticks):
+        c.tick()
+        while True:
+            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
+            if k is None:
+                break
+            (c.drop if lost(c.network[k]) else c.deliver)(k)
+
+
+def _state(c: Cluster) -> list:
+    return [(n.replica.view, n.replica.in_view_change, len(n.blocks)) if n.replica else None
+            for n in c.nodes]
+
+
+def test_a_new_primary_that_moves_on_alone_does_not_stop_the_others_view_change_timer():
+    """Found by the 4-node RabbitMQ benchmark that stopped committing for good (load ~40):
+    the new primary's NEW-VIEW did not arrive, the new primary itself moved on to the
+    next view, the others waited in the previous one for ever.  Sec. 4.5.2: the timer
+    for v+2 starts once 2f+1 VIEW-CHANGEs for v+1 are in, and then runs until a NEW-VIEW.
+    It counted only what was stored for exactly v+1; since stored VIEW-CHANGEs are the
+    newest per sender (issue 10, finding 6), the new primary's VIEW-CHANGE for v+2
+    replaced its one for v+1, the count fell to 2f and the timer stopped: backups 2 and 3
+    in view 1 with 2 VIEW-CHANGEs, node 1 alone in view 2 with 1, nobody ever moved."""
+    # set up: backups 2 and 3 know of a request and time out (their timer doubles);
+    # node 1 learns of it only now, joins view 1 by the f+1 rule (its timer does not
+    # double), and its NEW-VIEW for view 1 is lost
+    c = _view_change_cluster(retransmit_ticks=10_000)  # no retransmission: the timer alone
+    for to in (2, 3):
+        c.request("a", 2, "k2", 2, to=to)
+    c.stabilize()
+    c.tick(21)
+    c.request("a", 2, "k2", 2, to=1)
+    lost = lambda e: isinstance(e.msg, NewView) and e.msg.view == 1  # noqa: E731
+    _run_losing(c, 1, lost)
+    assert _state(c)[1:] == [(1, False, 1), (1, True, 1), (1, True, 1)]
+    # step: node 1 times out in view 1 first and moves on to view 2 alone
+    _run_losing(c, 200, lost)
+    # check: 2 and 3 followed it to view 2 (whose primary is 2) and the request executed
+    assert _state(c)[1:] == [(2, False, 2), (2, False, 2), (2, False, 2)]
+
+
+def test_a_lost_new_view_is_sent_again_to_a_replica_that_re_sends_its_view_change():
+    """Sec. 4.5.2: a replica in view v+1 must receive the NEW-VIEW or re-send its
+    VIEW-CHANGE.  Neither was ever re-sent: a lost NEW-VIEW cost a whole further view
+    change (twice the timeout), a lost VIEW-CHANGE could leave the new primary short of
+    2f+1 for good.  Now a replica in a view change re-sends its VIEW-CHANGE every
+    retransmit_ticks, and one that installed the view answers a re-sent one with the
+    NEW-VIEW: the view is installed where it was started."""
+    # set up: the backups know of a request; view 1's NEW-VIEW is lost to 2 and 3 once
+    c = _view_change_cluster(retransmit_ticks=5)
+    for to in (1, 2, 3):
+        c.request("a", 2, "k2", 2, to=to)
+    c.stabilize()
+    c.tick(21)
+    sent = {"nv": 0}
+
+    def lost(e) -> bool:
+        if isinstance(e.msg, NewView) and e.msg.view == 1 and e.to in (2, 3):
+            sent["nv"] += 1
+            return sent["nv"] <= 2
+        return False
+
+    _run_losing(c, 1, lost)
+    assert _state(c)[1:] == [(1, False, 1), (1, True, 1), (1, True, 1)]
+    # step: well within the 2 x 20 ticks after which they would move on to view 2
+    _run_losing(c, 20, lost)
+    # check: view 1 installed everywhere, the request executed in it
+    assert _state(c)[1:] == [(1, False, 2), (1, False, 2), (1, False, 2)]
+    assert c.nodes[2].blocks[1]["view"] == 1
