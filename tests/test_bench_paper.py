@@ -138,6 +138,6 @@ def test_broker_run_through_the_cli(tmp_path, private_vhost):
     # How many calls the ledger answers depends on how fast consensus commits compared
     # with back-to-back calls (a figure, not asserted).  With own answers on, a run whose
     # first commits come after its last calls has none: a race with consensus, so only
-    # the configuration without own answers must show ledger answers (same reader).
-    assert out["configs"]["hdpbf"]["own_answers"] + out["configs"]["hdpbf"]["step1"] == 94
+    # the configuration without own answers must show ledger answers (same reader);
+    # every other call of hdpbf is local (_check_result: step1 + own answers + step2).
     assert out["configs"]["hdpbf-ledger"]["step1"] > 0
