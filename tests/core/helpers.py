@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from pbft_tasks.core.actions import Broadcast, Evidence, Execute, Persist, Send, SendClient
 from pbft_tasks.core.messages import Checkpoint, Commit, PrePrepare, Prepare, Request, batch_digest
 from pbft_tasks.core.replica import Replica, ReplicaConfig
+from pbft_tasks.core.sim import Cluster
 from pbft_tasks.core import quorum as Q
 
 
@@ -100,3 +101,14 @@ def ordered_like_contract(actions: list) -> bool:
     rank = {Persist: 0, Execute: 1, Send: 2, Broadcast: 2, SendClient: 2, Evidence: 3}
     ranks = [rank[type(a)] for a in actions]
     return ranks == sorted(ranks) and ranks.count(0) <= 1
+
+
+def run_dropping(c: Cluster, ticks: int, lost) -> None:
+    """Tick and deliver in FIFO order, losing every message for which ``lost(envelope)``."""
+    for _ in range(ticks):
+        c.tick()
+        while True:
+            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
+            if k is None:
+                break
+            (c.drop if lost(c.network[k]) else c.deliver)(k)

@@ -11,7 +11,7 @@ from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
 
-from .helpers import config, fake_digest, messages, persisted, req
+from .helpers import config, fake_digest, messages, persisted, req, run_dropping
 
 
 def test_vote_from_a_peer_does_not_make_a_restarted_primary_skip_a_seq():
@@ -191,17 +191,6 @@ def _view_change_cluster(retransmit_ticks: int) -> Cluster:
     return c
 
 
-def _run_losing(c: Cluster, ticks: int, lost) -> None:
-    """Tick and deliver in FIFO order, losing every message for which ``lost(envelope)``."""
-    for _ in range(ticks):
-        c.tick()
-        while True:
-            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
-            if k is None:
-                break
-            (c.drop if lost(c.network[k]) else c.deliver)(k)
-
-
 def _state(c: Cluster) -> list:
     return [(n.replica.view, n.replica.in_view_change, len(n.blocks)) if n.replica else None
             for n in c.nodes]
@@ -226,10 +215,10 @@ def test_a_new_primary_that_moves_on_alone_does_not_stop_the_others_view_change_
     c.tick(21)
     c.request("a", 2, "k2", 2, to=1)
     lost = lambda e: isinstance(e.msg, NewView) and e.msg.view == 1  # noqa: E731
-    _run_losing(c, 1, lost)
+    run_dropping(c, 1, lost)
     assert _state(c)[1:] == [(1, False, 1), (1, True, 1), (1, True, 1)]
     # step: node 1 times out in view 1 first and moves on to view 2 alone
-    _run_losing(c, 200, lost)
+    run_dropping(c, 200, lost)
     # check: 2 and 3 followed it to view 2 (whose primary is 2) and the request executed
     assert _state(c)[1:] == [(2, False, 2), (2, False, 2), (2, False, 2)]
 
@@ -255,10 +244,10 @@ def test_a_lost_new_view_is_sent_again_to_a_replica_that_re_sends_its_view_chang
             return sent["nv"] <= 2
         return False
 
-    _run_losing(c, 1, lost)
+    run_dropping(c, 1, lost)
     assert _state(c)[1:] == [(1, False, 1), (1, True, 1), (1, True, 1)]
     # step: well within the 2 x 20 ticks after which they would move on to view 2
-    _run_losing(c, 20, lost)
+    run_dropping(c, 20, lost)
     # check: view 1 installed everywhere, the request executed in it
     assert _state(c)[1:] == [(1, False, 2), (1, False, 2), (1, False, 2)]
     assert c.nodes[2].blocks[1]["view"] == 1

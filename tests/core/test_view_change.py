@@ -11,6 +11,8 @@ from pbft_tasks.core.messages import (Commit, NewView, PrePrepare, Prepare, View
 from pbft_tasks.core.sim import Cluster
 from pbft_tasks.core.viewchange import check_view_change, new_view_preprepares
 
+from .helpers import run_dropping
+
 VC_TICKS = 20
 MODE = {"votes": "all-to-all"}
 
@@ -103,17 +105,6 @@ def test_null_requests_fill_gaps_in_the_new_view():
     assert min_s == 0 and [p.seq for p in pps] == [1, 2, 3]
     assert pps[1].batch == () and pps[1].digest == batch_digest(())
     assert all(p.view == 1 and p.sender == 1 for p in pps)
-
-
-def run_dropping(c: Cluster, ticks: int, lost) -> None:
-    """Tick and deliver in FIFO order, losing every message for which ``lost(envelope)``."""
-    for _ in range(ticks):
-        c.tick()
-        while True:
-            k = next((k for k, e in enumerate(c.network) if c.nodes[e.to].up), None)
-            if k is None:
-                break
-            (c.drop if lost(c.network[k]) else c.deliver)(k)
 
 
 def run_dropping_new_views(c: Cluster, ticks: int, sender: int) -> None:
