@@ -11,6 +11,8 @@ waits before starting anything.
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import subprocess
@@ -109,10 +111,10 @@ class Launch:
         return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory, broker_url):  # noqa: F811  (the imported fixture)
-    wait_not_quiet()
-    launch = Launch(tmp_path_factory.mktemp("launch") / "hdpbf-data", broker_url)
+@contextlib.contextmanager
+def up_then_down(launch: Launch):
+    """``hdpbf up`` for ``launch``, then (whatever happened) ``hdpbf down``, checking that
+    no process of this launch survives it (any that does is killed and fails the test)."""
     data_dir = str(launch.data_dir)
     launch.up_result = res = launch.up()
     run_id = None
@@ -139,3 +141,10 @@ def launched(tmp_path_factory, broker_url):  # noqa: F811  (the imported fixture
                 pass
         assert down.returncode == 0, f"hdpbf down failed:\n{down.stdout}\n{down.stderr}"
         assert not left, f"processes of this launch survived 'hdpbf down' (now killed): {left}"
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, broker_url):  # noqa: F811  (the imported fixture)
+    wait_not_quiet()
+    with up_then_down(Launch(tmp_path_factory.mktemp("launch") / "hdpbf-data", broker_url)) as launch:
+        yield launch

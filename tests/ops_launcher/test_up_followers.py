@@ -3,15 +3,12 @@ them with their lag, they install what the validators commit, ``hdpbf down`` sto
 """
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 
 from pbft_tasks.topology import MeshConfig
 from tests.integration.meshkit import wait_not_quiet, wait_until
 
-from .conftest import Launch, hdpbf, processes_of
+from .conftest import Launch, hdpbf, up_then_down
 from .test_up_status_down import commit_updates
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -29,28 +26,9 @@ class FollowerLaunch(Launch):
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, broker_url):
     wait_not_quiet()
-    launch = FollowerLaunch(tmp_path_factory.mktemp("launch") / "hdpbf-data", broker_url)
-    data_dir = str(launch.data_dir)
-    res = launch.up()
-    try:
-        run_id = launch.run()["run_id"]
-    except (OSError, ValueError):
-        run_id = None
-    try:
-        assert res.returncode == 0, f"hdpbf up failed (exit {res.returncode}):\n{res.stdout}\n{res.stderr}"
+    with up_then_down(FollowerLaunch(tmp_path_factory.mktemp("launch") / "hdpbf-data",
+                                     broker_url)) as launch:
         yield launch
-    finally:
-        down = hdpbf("down", "--data-dir", data_dir, timeout=120)
-        deadline = time.monotonic() + 10
-        while (left := processes_of(run_id or "-", data_dir)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in left:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        assert down.returncode == 0, f"hdpbf down failed:\n{down.stdout}\n{down.stderr}"
-        assert not left, f"processes of this launch survived 'hdpbf down' (now killed): {left}"
 
 
 def test_up_lists_and_starts_followers_and_status_shows_their_lag(launched):
