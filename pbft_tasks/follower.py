@@ -235,21 +235,17 @@ class _Staged:
         self.table._done = {c: dict(d) for c, d in table._done.items()}
 
     def skip_of(self, block: dict) -> Optional[list[int]]:
-        seen: set = set()
-        skip = []
-        for i, w in enumerate(block["requests"]):
+        """The skip list this follower computes for ``block`` (None: a request is malformed)."""
+        requests = []
+        for w in block["requests"]:
             try:
                 r = from_wire(w)
             except MalformedMessage:
                 return None
             if not isinstance(r, Request):
                 return None
-            key = (r.client, r.timestamp)
-            if self.table.executed(*key) or key in seen:
-                skip.append(i)
-            else:
-                seen.add(key)
-        return skip
+            requests.append(r)
+        return self.table.skip_list(requests)
 
     def record(self, block: dict) -> set[str]:
         """Record the requests ``block`` executes, as ``Replica._execute`` does."""

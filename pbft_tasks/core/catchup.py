@@ -152,7 +152,7 @@ class CatchUp:
                    and c.seq == seq and c.digest == digest and 0 <= c.sender < self.n}
         if len(senders) < self.quorum:
             return f"block {seq}: fewer than 2f+1 matching commits", None
-        skip = self._preview_skip(batch)
+        skip = self.clients.skip_list(batch)  # what _execute would skip
         if block["skip"] != skip:
             return f"block {seq}: skips {block['skip']}, this replica's client table says {skip}", None
         expect = block_hash(block_header(seq, view, digest, self.head, skip))
@@ -183,18 +183,6 @@ class CatchUp:
         tops = sorted(self.seen_ahead.values(), reverse=True)
         need = Q.weak_quorum(self.n)
         return tops[need - 1] if len(tops) >= need else 0
-
-    def _preview_skip(self, batch: tuple) -> list[int]:
-        """The skip list _execute would produce for ``batch``, without changing state."""
-        seen: set = set()
-        skip = []
-        for i, r in enumerate(batch):
-            key = (r.client, r.timestamp)
-            if self.clients.executed(*key) or key in seen:
-                skip.append(i)
-            else:
-                seen.add(key)
-        return skip
 
     def _need_state(self, seq: int, peers: list[int], cause: str) -> None:
         self.fetch_peers = tuple(sorted(peers)) or self.fetch_peers

@@ -11,7 +11,7 @@ same way on every replica, so duplicate-skipping is deterministic.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 
 class ClientTable:
@@ -22,6 +22,19 @@ class ClientTable:
 
     def executed(self, client: str, ts: int) -> bool:
         return ts <= self._floor.get(client, -1) or ts in self._done.get(client, ())
+
+    def skip_list(self, requests: Iterable[Any]) -> list[int]:
+        """Indexes of the requests of a batch that execute as no-ops: already executed, or
+        a repeat of an earlier one in the same batch (by client and timestamp)."""
+        seen: set = set()
+        skip = []
+        for i, r in enumerate(requests):
+            key = (r.client, r.timestamp)
+            if self.executed(*key) or key in seen:
+                skip.append(i)
+            else:
+                seen.add(key)
+        return skip
 
     def result(self, client: str, ts: int) -> Any:
         """The stored result, or None if it fell out of the window (or never ran)."""
