@@ -3,12 +3,16 @@ real RabbitMQ (marked broker and slow; they FAIL, never skip, without the servic
 The same runner as on the simulator checks the same properties; recovery times are
 printed in seconds (pytest -s) and merged into $HDPBF_FAULTS_REPORT when set.
 
+Every scenario runs with both vote routings (pbft_tasks/core/collector.py), as on the
+simulator: all-to-all, and the primary as collector of PREPAREs and COMMITs.
+
 The broker-restart scenario disturbs everything on this RabbitMQ, so it runs last, in a
 test of its own, and waits while /tmp/hdpbf-quiet exists (someone is benchmarking)."""
 from __future__ import annotations
 
 import pytest
 
+from pbft_tasks.core.collector import VOTE_ROUTINGS
 from tests.integration.conftest import broker_url, make_mesh, no_stray_workers  # noqa: F401
 from tests.integration.meshkit import wait_not_quiet
 
@@ -24,36 +28,23 @@ ORDINARY = [s for s in SCENARIOS if "restart_broker" not in s.actions() and s.br
 BROKER = [s for s in SCENARIOS if "restart_broker" in s.actions()]
 
 
-# Collector vote routing (pbft_tasks/core/collector.py) on the real mesh: the scenarios
-# where the collector itself fails (killed, equivocating) and a lost backup; every
-# scenario runs in both modes on the simulator (test_faults_sim.py).
-COLLECTOR = [s for s in ORDINARY if s.name in ("kill_primary", "equivocating_primary", "kill_restart_backup")]
-
-
-def _play(sc, make_mesh, votes: str = "all-to-all"):  # noqa: F811
+def _play(sc, make_mesh, votes: str):  # noqa: F811
     outcome = play(sc, MeshBackend(sc, make_mesh, votes=votes))
     assert outcome.ok, outcome.error
 
 
+@pytest.mark.parametrize("votes", VOTE_ROUTINGS)
 @pytest.mark.parametrize("sc", ORDINARY, ids=[s.name for s in ORDINARY])
-def test_scenario_on_the_real_mesh(sc, make_mesh):  # noqa: F811
-    _play(sc, make_mesh)
-
-
-def test_collector_scenarios_exist():
-    assert len(COLLECTOR) == 3
-
-
-@pytest.mark.parametrize("sc", COLLECTOR, ids=[s.name for s in COLLECTOR])
-def test_scenario_on_the_real_mesh_with_a_collector(sc, make_mesh):  # noqa: F811
-    _play(sc, make_mesh, votes="collector")
+def test_scenario_on_the_real_mesh(sc, votes, make_mesh):  # noqa: F811
+    _play(sc, make_mesh, votes)
 
 
 def test_broker_restart_scenarios_exist():
     assert BROKER, "a scenario that restarts RabbitMQ is required (restart_broker.toml)"
 
 
+@pytest.mark.parametrize("votes", VOTE_ROUTINGS)
 @pytest.mark.parametrize("sc", BROKER, ids=[s.name for s in BROKER])
-def test_broker_restart_scenario_on_the_real_mesh_last(sc, make_mesh):  # noqa: F811
+def test_broker_restart_scenario_on_the_real_mesh_last(sc, votes, make_mesh):  # noqa: F811
     wait_not_quiet()  # before the mesh starts, not with updates in flight
-    _play(sc, make_mesh)
+    _play(sc, make_mesh, votes)
