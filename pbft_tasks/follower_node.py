@@ -27,7 +27,11 @@ Rules of this file:
   transaction returned.  Blocks that arrive only by fetch have no push, hence no lag
   sample; ``lag_blocks`` (highest certified seq seen minus height) covers them.
 - Status: ``status.json`` in the follower's data dir, rewritten atomically each
-  second (``hdpbf status`` reads it); Prometheus metrics when given a port; on exit
+  second; and over the broker, for ``hdpbf status`` on any host and a follower with a
+  data dir of its own: a ``Status`` message in its queue (``reply_to`` set) is answered
+  with the same dict, at most ``STATUS_ANSWERS_PER_S`` a second (anyone on the broker
+  can ask; what it learns is what the blocks exchange tells anyone anyway).  A request
+  without ``reply_to`` is malformed.  Prometheus metrics when given a port; on exit
   every lag sample goes to ``lags.json`` as ``[installed at, lag s]`` pairs (the
   benchmark reads it).
 """
@@ -52,6 +56,7 @@ GAP_WAIT_S = 0.1
 PROBE_S = 2.0
 FETCH_TIMEOUT_S = 1.0
 STATUS_EVERY_S = 1.0
+STATUS_ANSWERS_PER_S = 5
 HEARTBEAT_S = 4
 PREFETCH = 32           # pushes held unacked at a time (one block each)
 MAX_LAG_SAMPLES = 200_000
@@ -110,15 +115,46 @@ class FollowerNode:
         self.reconnects = 0
         self.connected = False
         self._status_at = 0.0
+        self._status_asks: deque[tuple[str, Any]] = deque()   # (reply_to, correlation_id)
+        self._status_answered: deque[float] = deque()       # when, for the rate limit
         self._producer = None
         self._metrics = None
 
     # -- messages ---------------------------------------------------------------------
     def on_message(self, body: Any, message: Any) -> None:
         try:
-            self.handle(body)
+            if isinstance(body, dict) and body.get("type") == "Status":
+                self.ask_status(message.properties.get("reply_to"),
+                                message.properties.get("correlation_id"))
+            else:
+                self.handle(body)
         finally:
             message.ack()
+
+    def ask_status(self, reply_to: Any, correlation_id: Any) -> None:
+        """Someone (``hdpbf status``) asks for this follower's status: answered from the
+        loop (``_flush_status``), never inside a callback; over the rate, dropped."""
+        now = time.monotonic()
+        with self.lock:
+            while self._status_answered and now - self._status_answered[0] > 1.0:
+                self._status_answered.popleft()
+            if type(reply_to) is not str or not 0 < len(reply_to) <= 255:
+                self.follower.rejected["malformed"] += 1
+                return
+            if len(self._status_answered) >= STATUS_ANSWERS_PER_S:
+                self.follower.rejected["status_rate"] += 1
+                return
+            self._status_answered.append(now)
+            cid = correlation_id if type(correlation_id) is str and len(correlation_id) <= 255 else None
+            self._status_asks.append((reply_to, cid))
+
+    def _flush_status(self) -> None:
+        with self.lock:
+            asks, self._status_asks = list(self._status_asks), deque()
+            st = self.status() if asks else None
+        for reply_to, cid in asks:
+            self._producer.publish(st, exchange="", routing_key=reply_to, serializer="json",
+                                   correlation_id=cid, expiration=10)
 
     def handle(self, body: Any) -> None:
         """One untrusted message from the queue: a pushed Block or a fetched Blocks."""
@@ -247,6 +283,7 @@ class FollowerNode:
                                 conn.heartbeat_check()
                             self.tick()
                             self._flush_fetch()
+                            self._flush_status()
                             self.write_status()
             except Exception as exc:  # kombu/amqp raise many types for a lost connection
                 from kombu.exceptions import OperationalError
@@ -257,6 +294,7 @@ class FollowerNode:
                 self.reconnects += 1
                 self.outstanding = None
                 self._fetch_next = None
+                self._status_asks.clear()
                 log.warning("follower %s: broker connection lost (%s); reconnecting in %.1fs",
                             self.name, exc, backoff)
                 self.write_status(force=True)
@@ -270,7 +308,8 @@ class FollowerNode:
         lags = sorted(lag for _, lag in list(self.lags)[-1000:])
         pct = (lambda q: round(lags[min(len(lags) - 1, int(q * len(lags)))] * 1000, 2)
                if lags else None)
-        return {"name": self.name, "pid": os.getpid(), "height": f.height, "head": f.head,
+        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
+                "data_dir": os.fspath(self.data_dir), "height": f.height, "head": f.head,
                 "seen_top": f.seen_top, "lag_blocks": max(0, f.seen_top - f.height),
                 "installed": f.installed, "duplicates": f.duplicates,
                 "rejected": dict(f.rejected), "pushes": self.pushes, "fetches": self.fetches,

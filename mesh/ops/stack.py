@@ -527,7 +527,13 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
             row.update(_reader_metrics(p))
         row["healthy"] = healthy
         others.append(row)
-    followers = follower_ops.rows(cfg, procs, top, max_lag)
+    follower_answers: dict = {}
+    if cfg.followers and broker_error is None:
+        try:
+            follower_answers = follower_ops.ask(cfg, mesh.app.connection_for_write(), timeout=timeout)
+        except Exception as exc:  # the broker went away meanwhile: fall back to status.json
+            broker_error = f"{type(exc).__name__}: {exc}"
+    followers = follower_ops.rows(cfg, procs, top, max_lag, follower_answers)
     others = [o for o in others if o["kind"] != "follower"]
     healthy = (all(n["healthy"] for n in nodes) and all(o["healthy"] for o in others)
                and all(f["healthy"] for f in followers))
