@@ -51,6 +51,7 @@ import threading
 from typing import Any, Callable
 
 from .core.messages import MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES
+from .evidence_log import EvidenceLog
 
 log = logging.getLogger("hdpbf.guard")
 
@@ -231,10 +232,12 @@ class Gate:
         self.tasks = set(tasks)
         self.count = count
         self.journal = journal or PoisonJournal(None)
+        self.evidence_log = EvidenceLog(log)  # counted always, a log line now and then
 
     def refuse(self, message: Any, reason: str, detail: str) -> None:
         self.count(reason)
-        log.warning("refused a message off the node queue: %s: %s", reason, detail)
+        self.evidence_log.warning((reason,), "refused a message off the node queue: %s: %s",
+                                  reason, detail)
         try:
             message.ack()
         except Exception:  # already acknowledged, or the channel went away

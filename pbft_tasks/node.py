@@ -51,6 +51,7 @@ from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, 
                             NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .byzantine import signed_as
+from .evidence_log import EvidenceLog
 from .reads import answer_reads
 from .signing import Rejected, Signer, Verifier
 from .stages import StageClock
@@ -113,6 +114,7 @@ class NodeRuntime:
                                f"executed but the ledger holds {ledger.height} blocks")
         self.lock = threading.RLock()
         self.rejected: Counter[str] = Counter()
+        self.evidence_log = EvidenceLog(log)  # every bad message counted, lines rate-limited
         self.handled: Counter[str] = Counter()
         self.sent = 0
         self.on_execute: list[Callable[[dict, list], None]] = []
@@ -307,8 +309,9 @@ class NodeRuntime:
                                   "requester": self.id})
             elif isinstance(a, Evidence):
                 self.rejected[a.reason] += 1
-                log.warning("node %s evidence against %s: %s (%s) [cause: %s]",
-                            self.id, a.sender, a.reason, a.detail, a.cause)
+                self.evidence_log.warning((a.sender, a.reason),
+                                          "node %s evidence against %s: %s (%s) [cause: %s]",
+                                          self.id, a.sender, a.reason, a.detail, a.cause)
         for hook in self.on_actions:
             hook(actions)
         clock.lap("observe")
@@ -345,7 +348,8 @@ class NodeRuntime:
         self.rejected[reason] += 1
         kind = wire.get("type") if isinstance(wire, dict) else type(wire).__name__
         sender = wire.get("sender", wire.get("client")) if isinstance(wire, dict) else None
-        log.warning("node %s rejected %s from %r: %s: %s", self.id, kind, sender, reason, detail)
+        self.evidence_log.warning((repr(sender), reason), "node %s rejected %s from %r: %s: %s",
+                                  self.id, kind, sender, reason, detail)
         return reason
 
     # -- observation --------------------------------------------------------------------
