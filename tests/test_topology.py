@@ -354,3 +354,21 @@ def test_unknown_queue_type_is_refused(tmp_path):
     (tmp_path / "mesh.json").write_text(json.dumps(obj))
     with pytest.raises(ConfigError, match="queue_type must be one of"):
         MeshConfig.load(tmp_path)
+
+
+@pytest.mark.parametrize("nodes, votes", [(4, "all-to-all"), (6, "all-to-all"), (7, "collector"),
+                                          (10, "collector")])
+def test_init_picks_the_vote_routing_by_size(tmp_path, nodes, votes):
+    assert run("init", "--dir", str(tmp_path), "--nodes", str(nodes)).exit_code == 0
+    assert MeshConfig.load(tmp_path / "mesh.json").votes == votes
+
+
+def test_init_takes_an_explicit_vote_routing(tmp_path):
+    r = run("init", "--dir", str(tmp_path / "a"), "--nodes", "10", "--votes", "all-to-all")
+    assert r.exit_code == 0, r.output
+    assert MeshConfig.load(tmp_path / "a" / "mesh.json").votes == "all-to-all"
+    r = run("init", "--dir", str(tmp_path / "b"), "--votes", "collector")
+    assert MeshConfig.load(tmp_path / "b" / "mesh.json").votes == "collector"
+    r = run("init", "--dir", str(tmp_path / "c"), "--votes", "gossip")
+    assert r.exit_code == 2 and "gossip" in r.output
+    assert not (tmp_path / "c" / "mesh.json").exists()

@@ -48,8 +48,11 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing mesh and all its keys.")
 @click.option("--reader", "readers", multiple=True, metavar="NAME",
               help="An API reader allowed to open sealed console tokens (repeatable; default none).")
+@click.option("--votes", type=click.Choice(["all-to-all", "collector"]), default=None,
+              help="Vote routing  [default: collector from "
+                   f"{topology.COLLECTOR_FROM_N} nodes, all-to-all below]")
 def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
-         backend: str, force: bool, readers: tuple[str, ...] = ()) -> None:
+         backend: str, force: bool, readers: tuple[str, ...] = (), votes: str | None = None) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
     for name in readers:
         try:
@@ -61,14 +64,14 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
     try:
         config = topology.init_mesh(dir_, nodes=nodes, clients=clients or ("admin",),
                                     broker_url=broker, result_backend=backend, force=force,
-                                    queue_type=queue_type)
+                                    queue_type=queue_type, votes=votes)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write the mesh to {dir_}: {exc}") from None
 
     out = console()
-    table = Table(title=f"mesh {config.path}: n={config.n}, f={config.f}")
+    table = Table(title=f"mesh {config.path}: n={config.n}, f={config.f}, votes {config.votes}")
     table.add_column("node", justify="right")
     table.add_column("queue")
     table.add_column("key file", overflow="fold")
