@@ -14,8 +14,9 @@ replica state that ``Replica.__init__`` creates and documents (``helped``,
 Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer.py:
 - Retransmission waits for silence: a replica with work (a logged seq not yet
   executed, or requests pending) that made no progress for the retransmission timeout
-  re-broadcasts its own pre-prepares and votes for every seq it has not executed, and
-  its own checkpoints above h.  Silence is measured from the last sign of progress
+  re-broadcasts its own pre-prepares and votes *of the current view* for every seq it
+  has not executed (none in a view change: there its VIEW-CHANGE is re-sent,
+  viewchange.py), and its own checkpoints above h.  Silence is measured from the last sign of progress
   (``quiet_since``): an execution, a new pre-prepare or a new vote for an unexecuted
   seq; time without work is not silence either (``quiet_since`` follows the clock while
   idle), so a message is never re-sent just because the replica was idle before
@@ -118,14 +119,23 @@ class CatchUp:
         return self.last_exec < max(self.log, default=0) or bool(self.pending)
 
     def _retransmit(self, cause: str) -> None:
-        for seq in sorted(s for s in self.log if s > self.last_exec):
-            e = self.log[seq]
-            if e.preprepare is not None and e.preprepare.sender == self.id:
-                self._msg(Broadcast(e.preprepare, cause))
-            for votes in (e.prepares, e.commits):
-                if self.id in votes:
-                    self._send_vote(votes[self.id], cause)
-            self._resend_certificates(e, None, cause)  # collector mode (collector.py)
+        """Own messages for what is not executed yet, of the current view only: in a view
+        change the VIEW-CHANGE is what goes out again (viewchange.py), and a vote of an
+        earlier view is dropped by every replica that moved on (``wrong_view``).  Under
+        load such copies were most of a cascade of view changes: every replica re-sent
+        its old-view votes to every other on each silence, and the queues filled with
+        messages nobody could use ahead of the VIEW-CHANGEs and NEW-VIEWs."""
+        if not self.in_view_change:
+            for seq in sorted(s for s in self.log if s > self.last_exec):
+                e = self.log[seq]
+                if e.preprepare is not None and e.preprepare.sender == self.id \
+                        and e.preprepare.view == self.view:
+                    self._msg(Broadcast(e.preprepare, cause))
+                for votes in (e.prepares, e.commits):
+                    mine = votes.get(self.id)
+                    if mine is not None and mine.view == self.view:
+                        self._send_vote(mine, cause)
+                self._resend_certificates(e, None, cause)  # collector mode (collector.py)
         for seq, digest in sorted(self.own_checkpoints.items()):
             if seq > self.h:
                 self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))

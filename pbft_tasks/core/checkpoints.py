@@ -112,6 +112,12 @@ class Checkpoints:
     def _advance_watermarks(self, seq: int, digest: str, cause: str) -> None:
         self.h, self.stable_digest = seq, digest
         self._dirty_meta = True
+        # A view change doubled the timers (viewchange.py); they come back down only
+        # once the view has proved itself with a stable checkpoint, not at its first
+        # execution: under load, executions a little over a timer apart would otherwise
+        # bring it back to its base at once and trip the next view change, and the next
+        # (a cascade of view changes on a loaded 2-core machine, issue 14).
+        self.vc_attempts = 0
         for s in [s for s in self.log if s <= seq]:
             del self.log[s]
             self._deleted.update((f"pp/{s}", f"votes/{s}"))

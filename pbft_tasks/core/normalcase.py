@@ -260,7 +260,6 @@ class NormalCase:
         self._executes.append(Execute(pp.seq, block, cert, cause))
         entry.executed = True
         self.waiting_since = None  # progress: the request timer restarts if still waiting
-        self.vc_attempts = 0
         self.head = block["hash"]
         self.last_exec = pp.seq
         self.last_progress = self.now

@@ -40,8 +40,11 @@ tests/core/test_view_change.py:
   the f+1 join rule, for its newest view only (issue 10, finding 6).
 - If no NEW-VIEW comes in time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the
   timer starts then, so a replica that timed out alone does not climb views on its
-  own) it moves on to v+2 with the timeout doubled, so the mesh does not loop; the
-  timeout is reset when a request executes.  A replica whose stored VIEW-CHANGE is for
+  own) it moves on to v+2 with the timeout doubled, so the mesh does not loop.  The
+  request timer of the new view keeps the doubled timeout too, until a checkpoint
+  becomes stable in it (checkpoints.py), not only until its first execution: on a
+  loaded machine executions a little over the base timeout apart would otherwise
+  cascade from one view change into the next.  A replica whose stored VIEW-CHANGE is for
   a later view counts as having asked for v+1 too, and once started the timer runs
   until a NEW-VIEW (a quorum member moving on must not stop it).
 - Until a NEW-VIEW installs v+1, a replica re-broadcasts its VIEW-CHANGE after

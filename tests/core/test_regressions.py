@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare, PrePrepare,
+from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare, PrePrepare, ViewChange,
                                       parse, to_wire)
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
 
-from .helpers import config, fake_digest, messages, persisted, req, run_dropping
+from .helpers import config, fake_digest, messages, persisted, preprepare, req, run_dropping
 
 
 def test_vote_from_a_peer_does_not_make_a_restarted_primary_skip_a_seq():
@@ -251,3 +251,60 @@ def test_a_lost_new_view_is_sent_again_to_a_replica_that_re_sends_its_view_chang
     # check: view 1 installed everywhere, the request executed in it
     assert _state(c)[1:] == [(1, False, 2), (1, False, 2), (1, False, 2)]
     assert c.nodes[2].blocks[1]["view"] == 1
+
+
+def _ticks_until(c: Cluster, done, limit: int = 500) -> int:
+    for t in range(1, limit + 1):
+        c.tick()
+        c.stabilize()
+        if done():
+            return t
+    raise AssertionError("never happened")
+
+
+def test_a_replica_in_a_view_change_re_sends_its_view_change_not_old_view_votes():
+    """Found on the n=4 benchmark under load: a replica whose request timer expired kept
+    re-sending its view-0 prepares and commits on every silence while it waited for the
+    NEW-VIEW; every peer that had moved on dropped them (thousands of ``wrong_view``
+    evidences a node), and they queued ahead of the VIEW-CHANGEs and NEW-VIEWs that
+    would have ended the view change: a cascade up to view 4 and a bench that timed
+    out.  In a view change only the VIEW-CHANGE goes out again (sec. 4.5.2)."""
+    # set up: backup 1 voted in view 0, then its request timer expired
+    r = Replica(1, config(retransmit_ticks=4, view_change_ticks=2))
+    assert messages(r.step(preprepare(1)), Prepare)
+    for _ in range(3):
+        r.tick()
+    assert r.in_view_change and r.view == 1
+    # step: a long wait for a NEW-VIEW
+    later: list = []
+    for _ in range(60):
+        later += r.tick()
+    # check
+    sent = messages(later)
+    assert sent and {type(m) for m in sent} == {ViewChange}
+
+
+def test_after_a_view_change_the_request_timer_stays_doubled_until_a_stable_checkpoint():
+    """Also from the loaded benchmark: the request timer came back to its base value at
+    the first execution in the new view, so on a machine where executions were a little
+    over a timer apart the next view change followed at once.  It is doubled by a view
+    change (sec. 4.5.2's growing timeouts) and comes back down only once the new view
+    has a stable checkpoint."""
+    V = 10
+    c = Cluster(7, checkpoint_interval=4, log_window=8, max_batch=1, batch_timeout_ticks=1,
+                retransmit_ticks=1000, view_change_ticks=V)
+    c.byzantine.add(0)                                  # the primary of view 0 is silent
+    for to in range(1, 7):
+        c.request("a", 1, "k", 1, to=to)
+    c.stabilize()
+    first = _ticks_until(c, lambda: c.nodes[2].replica.view == 1)
+    _ticks_until(c, lambda: all(c.height(i) == 1 for i in range(1, 7)))
+    assert c.nodes[2].replica.view == 1 and not c.nodes[2].replica.in_view_change
+    # step: the primary of view 1 falls silent too, before any checkpoint
+    c.byzantine.add(1)
+    for to in range(2, 7):
+        c.request("a", 2, "k", 2, to=to)
+    c.stabilize()
+    second = _ticks_until(c, lambda: c.nodes[2].replica.view == 2)
+    # check
+    assert first <= V + 1 and second >= 2 * V
