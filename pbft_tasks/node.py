@@ -352,7 +352,7 @@ class NodeRuntime:
     def status(self) -> dict:
         r = self.replica
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
-                "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
+                "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},

@@ -125,7 +125,7 @@ def test_a_malformed_certificate_is_evidence_and_counts_nothing(case, expected):
     # check
     assert reasons(out) == ["bad_certificate"]
     assert expected in [a for a in out if hasattr(a, "detail")][0].detail
-    assert r.log[1].prepares.keys() == {3} and not r.log[1].commits
+    assert r.window.log[1].prepares.keys() == {3} and not r.window.log[1].commits
 
 
 def test_a_vote_in_a_certificate_that_contradicts_one_received_is_equivocation():
@@ -138,8 +138,8 @@ def test_a_vote_in_a_certificate_that_contradicts_one_received_is_equivocation()
     out = r.step(cert(pp, "prepare", (1, 2)))
     # check: the first vote is kept, replica 2's counts (with its own, 2f: prepared)
     assert reasons(out) == ["equivocation"]
-    assert r.log[1].prepares[1].digest == fake_digest("other")
-    assert sorted(r.log[1].prepares) == [1, 2, 3] and messages(out, Commit)
+    assert r.window.log[1].prepares[1].digest == fake_digest("other")
+    assert sorted(r.window.log[1].prepares) == [1, 2, 3] and messages(out, Commit)
 
 
 def test_a_view_change_proves_a_seq_prepared_from_a_certificate_with_its_2f_signed_prepares():
@@ -259,5 +259,5 @@ def test_a_replica_alone_in_a_later_view_catches_up_from_commit_certificates():
         c.serve_fetches()
         c.stabilize()
     # check
-    assert behind == 1 and r3.view == 1 and r3.in_view_change
+    assert behind == 1 and r3.view == 1 and r3.vc.in_view_change
     assert c.height(3) == c.height(0) == 4 and c.head(3) == c.head(0)

@@ -30,14 +30,14 @@ def test_one_prepare_far_ahead_starts_no_fetch_loop():
     assert reasons(out) == ["outside_watermarks"]
     out = tick(r, 10 * r.cfg.retransmit_ticks)
     assert not [a for a in out if isinstance(a, FetchState)]
-    assert r.behind_to == 0
+    assert r.catchup.behind_to == 0
 
 
 def test_far_ahead_from_f_plus_one_senders_is_a_target():
     """f+1 senders beyond the window: at least one honest replica is there, so the stuck
     check fetches -- up to the lower of their seqs, not the faulty one's."""
     r = Replica(1, config())
-    honest_far = r.high + 2 * r.cfg.log_window + 3
+    honest_far = r.window.high + 2 * r.cfg.log_window + 3
     r.step(preprepare(1))  # work to do, so the stuck check runs
     r.step(Prepare(0, FAR, fake_digest("x"), 3))
     r.step(Prepare(0, honest_far, fake_digest("y"), 2))
@@ -49,7 +49,7 @@ def test_far_ahead_from_f_plus_one_senders_is_a_target():
 # -- finding 6: a VIEW-CHANGE flood from one faulty node ------------------------------------
 
 def stored_view_changes(r: Replica) -> int:
-    return sum(len(vs) for vs in r.view_changes.values())
+    return sum(len(vs) for vs in r.vc.view_changes.values())
 
 
 def test_a_view_change_flood_stores_the_newest_per_sender_only():
@@ -57,7 +57,7 @@ def test_a_view_change_flood_stores_the_newest_per_sender_only():
     for v in range(1, 2001):
         r.step(ViewChange(v + 10, 0, (), (), 3))
     assert stored_view_changes(r) == 1, "one sender, one stored VIEW-CHANGE"
-    assert r.view == 0 and not r.in_view_change
+    assert r.view == 0 and not r.vc.in_view_change
     out = r.step(ViewChange(10 ** 6, 0, (), (), 3))
     assert reasons(out) == ["view_out_of_range"] and stored_view_changes(r) == 1
 
@@ -69,7 +69,7 @@ def test_a_flooder_cannot_carry_an_honest_timeout_to_its_view():
     for v in range(2, 14):
         r.step(ViewChange(v, 0, (), (), 3))
     r.step(ViewChange(1, 0, (), (), 2))  # an honest replica timed out
-    assert r.view == 1 and r.in_view_change
+    assert r.view == 1 and r.vc.in_view_change
 
 
 # -- finding 3: value nesting depth -----------------------------------------------------------
@@ -146,7 +146,7 @@ def test_a_request_over_max_batch_bytes_is_refused_by_the_primary():
     from .helpers import req
     r = Replica(0, config(max_batch_bytes=4096, batch_timeout_ticks=0))
     out = r.step(req(ts=1, value="x" * 5000))
-    assert reasons(out) == ["request_too_large"] and not r.pending and not r.awaiting
+    assert reasons(out) == ["request_too_large"] and not r.batcher.pending and not r.awaiting
 
 
 # -- retransmission waits for silence ------------------------------------------------------

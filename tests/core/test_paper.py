@@ -103,7 +103,7 @@ def test_backup_accepts_preprepare_only_from_primary_of_its_view():
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["not_primary"]
-    assert r.log.get(1) is None or r.log[1].preprepare is None
+    assert r.window.log.get(1) is None or r.window.log[1].preprepare is None
 
 
 def test_backup_accepts_preprepare_only_in_its_view():
@@ -135,7 +135,7 @@ def test_backup_accepts_preprepare_only_inside_watermarks():
     # check: H itself is inside, H+1 is held, H+L+1 is refused
     assert messages(out_high, Prepare) == [prepare(at_high, 1)]
     assert messages(out_beyond, Prepare) == [] and reasons(out_beyond) == []
-    assert r.held == [beyond_high]
+    assert r.window.held == [beyond_high]
     assert messages(out_far, Prepare) == [] and reasons(out_far) == ["outside_watermarks"]
 
     # step: execute 1..4 and make checkpoint 4 stable; the window becomes (4, 12]
@@ -143,9 +143,9 @@ def test_backup_accepts_preprepare_only_inside_watermarks():
         commit_seq(r, preprepare(seq))
     out = feed(r, checkpoint_votes(4, r.head, [0, 2]))
     # check: the held pre-prepare 9 is accepted in the call that moved the window
-    assert (r.h, r.high) == (4, 12)
+    assert (r.window.h, r.window.high) == (4, 12)
     assert messages(out, Prepare) == [prepare(beyond_high, 1)]
-    assert r.held == []
+    assert r.window.held == []
 
 
 def test_preprepare_at_or_below_low_watermark_is_dropped():
@@ -155,12 +155,12 @@ def test_preprepare_at_or_below_low_watermark_is_dropped():
     for seq in range(1, 5):
         commit_seq(r, preprepare(seq))
     feed(r, checkpoint_votes(4, r.head, [0, 2]))
-    assert r.h == 4
+    assert r.window.h == 4
     # step
     out = feed(r, [preprepare(3, batch=[req(ts=99)]), prepare(preprepare(4), 2)])
     # check
     assert out == []
-    assert 3 not in r.log and 4 not in r.log
+    assert 3 not in r.window.log and 4 not in r.window.log
 
 
 def test_backup_accepts_preprepare_only_if_digest_matches_batch():
@@ -188,8 +188,8 @@ def test_backup_never_accepts_second_digest_for_same_view_and_seq():
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["conflicting_preprepare"]
-    assert r.log[1].preprepare == first
-    assert r.log[1].prepares[1].digest == first.digest
+    assert r.window.log[1].preprepare == first
+    assert r.window.log[1].prepares[1].digest == first.digest
     # the same pre-prepare again is a harmless duplicate
     assert r.step(first) == []
 
@@ -208,7 +208,7 @@ def test_prepare_claiming_to_come_from_primary_is_not_counted():
     # check
     assert reasons(out) == ["prepare_from_primary"]
     assert messages(out, Commit) == []
-    assert 0 not in r.log[1].prepares
+    assert 0 not in r.window.log[1].prepares
     # one real backup prepare makes it prepared
     assert messages(r.step(prepare(pp, 2)), Commit) == [commit(pp, 1)]
 
@@ -230,9 +230,9 @@ def test_prepared_needs_preprepare_and_2f_matching_prepares(n):
     # step: 2f-1 matching prepares plus every other backup voting another digest
     out += feed(r, wrong)
     # check
-    assert r.log[1].matching_prepares(0) == 2 * f - 1
+    assert r.window.log[1].matching_prepares(0) == 2 * f - 1
     assert messages(out, Commit) == []
-    assert not r.log[1].prepared(0, 2 * f)
+    assert not r.window.log[1].prepared(0, 2 * f)
 
     # step: a fresh replica that gets one more matching prepare (2f in all)
     r2 = Replica(1, config(n=n))
@@ -439,7 +439,7 @@ def test_batch_is_cut_at_max_batch_immediately():
     # check
     (pp,) = messages(out, PrePrepare)
     assert [r.timestamp for r in pp.batch] == [1, 2, 3]
-    assert p.pending == []
+    assert p.batcher.pending == []
 
 
 def test_partial_batch_is_cut_after_batch_timeout_ticks_and_not_before():
@@ -477,16 +477,16 @@ def test_checkpoint_becomes_stable_with_2f_plus_1_matching_digests():
     r = Replica(1, config(checkpoint_interval=4, log_window=8))
     for s in range(1, 5):
         commit_seq(r, preprepare(s))
-    digest = r.own_checkpoints[4]
+    digest = r.window.own_checkpoints[4]
     # step: one matching and one mismatching
     out = feed(r, [Checkpoint(4, digest, 2), Checkpoint(4, fake_digest("other state"), 3)])
     # check
-    assert r.h == 0 and r.high == 8
+    assert r.window.h == 0 and r.window.high == 8
     assert "meta" not in persisted(out)
     # step: the third matching one
     out = r.step(Checkpoint(4, digest, 0))
     # check
-    assert (r.h, r.stable_digest) == (4, digest)
+    assert (r.window.h, r.window.stable_digest) == (4, digest)
 
 
 def test_stable_checkpoint_garbage_collects_log_and_moves_watermarks():
@@ -499,19 +499,19 @@ def test_stable_checkpoint_garbage_collects_log_and_moves_watermarks():
     for s in range(1, 9):
         commit_seq(r, preprepare(s))
     r.step(preprepare(9))
-    feed(r, checkpoint_votes(4, r.own_checkpoints[4], [0, 2]))
-    assert sorted(r.log) == [5, 6, 7, 8, 9]
+    feed(r, checkpoint_votes(4, r.window.own_checkpoints[4], [0, 2]))
+    assert sorted(r.window.log) == [5, 6, 7, 8, 9]
     # step
-    out = feed(r, checkpoint_votes(8, r.own_checkpoints[8], [0, 2]))
+    out = feed(r, checkpoint_votes(8, r.window.own_checkpoints[8], [0, 2]))
     # check: log emptied below the checkpoint, records deleted, window moved
-    assert sorted(r.log) == [9]
-    assert (r.h, r.high) == (8, 8 + cfg.log_window)
+    assert sorted(r.window.log) == [9]
+    assert (r.window.h, r.window.high) == (8, 8 + cfg.log_window)
     rec = persisted(out)
     for s in range(5, 9):
         assert rec[f"pp/{s}"] is None and rec[f"votes/{s}"] is None
     assert rec["ckpt/4"] is None
     assert rec["meta"]["h"] == 8
-    assert sorted(r.checkpoints) == [8]
+    assert sorted(r.window.checkpoints) == [8]
 
 
 # -- persistence (the paper assumes stable storage for votes) --------------------------
@@ -629,7 +629,7 @@ def test_restarted_replica_resumes_executing_to_the_same_head():
     # check
     assert [c.height(i) for i in range(4)] == [5, 5, 5, 5]
     assert len({c.head(i) for i in range(4)}) == 1
-    assert c.nodes[3].replica.h == c.nodes[0].replica.h == 4
+    assert c.nodes[3].replica.window.h == c.nodes[0].replica.window.h == 4
 
 
 # -- Byzantine peers ---------------------------------------------------------------
@@ -647,7 +647,7 @@ def test_equivocating_votes_produce_evidence_and_first_vote_is_kept(kind):
     # check
     assert reasons(first) == []
     assert reasons(second) == ["equivocation"]
-    votes = r.log[1].prepares if kind is Prepare else r.log[1].commits
+    votes = r.window.log[1].prepares if kind is Prepare else r.window.log[1].commits
     assert votes[2].digest == d1
 
 
@@ -656,7 +656,7 @@ def test_equivocating_checkpoint_produces_evidence():
     r = Replica(1, config(checkpoint_interval=4, log_window=8))
     out = feed(r, [Checkpoint(4, fake_digest("a"), 2), Checkpoint(4, fake_digest("b"), 2)])
     assert reasons(out) == ["equivocation"]
-    assert r.checkpoints[4][2].state_digest == fake_digest("a")
+    assert r.window.checkpoints[4][2].state_digest == fake_digest("a")
 
 
 @pytest.mark.parametrize("node, msg", [

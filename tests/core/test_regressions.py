@@ -100,7 +100,7 @@ def test_vote_from_a_sender_outside_the_mesh_is_evidence_not_a_vote():
     r = Replica(1, config())
     out = r.step(Prepare(0, 1, fake_digest("x"), 99))
     assert [a.reason for a in out if type(a).__name__ == "Evidence"] == ["unknown_sender"]
-    assert 1 not in r.log or 99 not in r.log[1].prepares
+    assert 1 not in r.window.log or 99 not in r.window.log[1].prepares
 
 
 def test_a_batch_committed_in_two_views_makes_the_same_block():
@@ -143,7 +143,7 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
     for _ in range(50):
         c.tick()
         flow(lost=lambda e: isinstance(e.msg, (NewView, Prepare)) and e.to == 3)
-        if (c.nodes[2].replica.view, c.nodes[2].replica.in_view_change) == (1, False):
+        if (c.nodes[2].replica.view, c.nodes[2].replica.vc.in_view_change) == (1, False):
             break
     # check 1: the view-0 certificate for seq 1 is still in the next VIEW-CHANGE
     for i in (1, 2):  # in memory and after a restart from what it persisted
@@ -154,7 +154,7 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
     for _ in range(50):
         c.tick()
         flow()
-        if all((n.replica.view, n.replica.in_view_change) == (2, False) for n in c.nodes[1:]):
+        if all((n.replica.view, n.replica.vc.in_view_change) == (2, False) for n in c.nodes[1:]):
             break
     c.restart(0)
     c.request("b", 1, "k", "r2", to=2)
@@ -192,7 +192,7 @@ def _view_change_cluster(retransmit_ticks: int) -> Cluster:
 
 
 def _state(c: Cluster) -> list:
-    return [(n.replica.view, n.replica.in_view_change, len(n.blocks)) if n.replica else None
+    return [(n.replica.view, n.replica.vc.in_view_change, len(n.blocks)) if n.replica else None
             for n in c.nodes]
 
 

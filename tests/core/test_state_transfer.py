@@ -129,10 +129,10 @@ def test_after_state_transfer_the_replica_rejoins_the_normal_case():
     c.stabilize()
     # check: caught up with a stable checkpoint and a window around it ...
     r = c.nodes[3].replica
-    assert c.height(3) == c.height(0) == 14 and r.h == 14 and r.high == 14 + CFG["log_window"]
+    assert c.height(3) == c.height(0) == 14 and r.window.h == 14 and r.window.high == 14 + CFG["log_window"]
     # ... and it then commits by the normal case, voting, with no more state transfer
     for ts in range(15, 21):
         feed(c, ts, 1)
         assert not c.fetches
         assert c.height(3) == c.height(0) == ts
-    assert r.h == 20 and c.nodes[3].replica is r
+    assert r.window.h == 20 and c.nodes[3].replica is r

@@ -275,8 +275,8 @@ class SimBackend:
             r = node.replica
             state = ("down" if i in self.down else "paused" if i in self.paused
                      else "cut" if i in self.cut else "up")
-            detail = (f"view {r.view}{' (changing)' if r.in_view_change else ''} executed "
-                      f"{r.last_exec} h {r.h}" if r is not None else "no replica")
+            detail = (f"view {r.view}{' (changing)' if r.vc.in_view_change else ''} executed "
+                      f"{r.last_exec} h {r.window.h}" if r is not None else "no replica")
             lines.append(f"  node {i} ({state}): {detail}, {len(node.evidence)} evidence")
         lines.append(f"  in flight: {len(self.c.network)} messages, "
                      f"{len(self.pending)} updates unanswered")
