@@ -7,9 +7,9 @@ Owns: ``CatchUpState`` (``quiet_since``, ``progress_ticks``, ``last_progress``,
 ``behind_to``, ``helped``, ``fetch_asked_at``, ``seen_ahead``, ``fetch_peers``), changed
 only by its own methods; and ``CatchUp``, a mixin of ``Replica`` (replica.py) with the
 step functions, which reads the log and own checkpoints of the ``Window``
-(checkpoints.py).  The entry points that drive it stay on ``Replica``:
-``tick`` (retransmission, stuck check), ``install`` (one fetched block, checked here by
-``_check_install``) and ``request_state``.
+(checkpoints.py), and the handlers of the state-transfer stimuli (stimuli.py):
+``Install`` (one fetched block, checked by ``_check_install``) and ``FetchDone``.  The
+``Tick`` handler on ``Replica`` drives retransmission and the stuck check.
 
 Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer.py:
 - Retransmission waits for silence: a replica with work (a logged seq not yet
@@ -37,7 +37,7 @@ Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer
   pre-prepare), or while f+1 senders sent messages beyond its window (the f+1-th highest
   of their seqs is the target: one faulty sender's far seq is evidence, not a target).  So does a NEW-VIEW
   whose min-s is past this replica (viewchange.py).
-- ``install`` takes one committed block: it must extend this replica's chain, carry
+- ``Install`` takes one committed block: it must extend this replica's chain, carry
   2f+1 matching commits for its batch, and hash to what this replica computes for it
   (skip list included) before anything changes; then it executes through the same path
   as a normal commit.  The adapter checks the signatures first.
@@ -50,6 +50,7 @@ from .chain import block_hash, block_header
 from .log import Entry
 from .messages import (Checkpoint, Commit, MalformedMessage, PrePrepare, Request, batch_digest,
                        from_wire)
+from .stimuli import FetchDone, Install
 
 # A fetched block's fields and their JSON types (core/chain.py make_block, plus the
 # certificate the adapter adds).
@@ -248,6 +249,26 @@ class CatchUp:
         entry.preprepare = PrePrepare(view, seq, digest, batch, Q.primary(view, self.n))
         entry.commits = {c.sender: c for c in cert if c.sender in senders}
         return None, entry
+
+    def _on_install(self, stimulus: Install, cause: str) -> None:
+        """Execute one committed block fetched from a peer (its signatures already
+        checked by the adapter).  A block that does not fit is evidence and changes
+        nothing."""
+        reason, entry = self._check_install(stimulus.block)  # raises only on our own bug
+        if reason:
+            self._evidence(None, "bad_state_transfer", reason, cause)
+            return
+        entry.prior = self._certificate(self.window.log.get(entry.seq))
+        self.window.put(entry)
+        self._execute(entry, cause)
+        self._execute_ready(cause)
+        self.catchup.installed(self.last_exec)
+
+    def _on_fetch_done(self, stimulus: FetchDone, cause: str) -> None:
+        """After a batch of fetched blocks: ask for the rest if still behind."""
+        if self.catchup.fetch_done(self.last_exec):
+            self._need_state(self.catchup.behind_to, list(self.catchup.fetch_peers),
+                             "state transfer continues")
 
     def _stuck_check(self, cause: str) -> None:
         if self.now - self.catchup.last_progress < self.cfg.retransmit_ticks:

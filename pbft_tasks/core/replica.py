@@ -1,21 +1,24 @@
 """The PBFT replica as a pure state machine: its one entry point, its state, and its
 output (Castro and Liskov, "Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4).
 
-Theory of operation.  A ``Replica`` is fed two kinds of stimulus: ``step(msg)`` for a
-message whose signature the driver has already checked, and ``tick()`` for the passage
-of time (one tick is whatever the driver says; the worker uses a few milliseconds).
-Each call returns a list of actions (see actions.py): persist these records, execute
-these blocks, send these messages, note this evidence.  The replica never touches a
-socket, a file, a clock, a random number or a key; it only hashes.  Given the same
-stimuli it produces the same actions, which is what the scenario scripts and the
-hypothesis tests rely on.  Besides ``step`` and ``tick`` the driver calls ``install``
-(one block fetched by state transfer), ``request_state`` (after a batch of fetched
-blocks) and ``resume`` (after a restart).
+Theory of operation.  A ``Replica`` has one entry point, ``handle(stimulus)`` (dask's
+``handle_stimulus``, etcd raft's ``Step``).  A stimulus is a protocol message whose
+signature the driver has already checked, or one of stimuli.py: ``Tick()`` for the
+passage of time (one tick is whatever the driver says; the worker uses a few
+milliseconds), ``Install(block)`` for one block fetched by state transfer,
+``FetchDone()`` after a batch of fetched blocks, ``Resume()`` after a restart.  One
+dispatch table (``_handlers``) maps each type to its handler.  Each call returns a list
+of actions (see actions.py): persist these records, execute these blocks, send these
+messages, note this evidence; every action carries its cause, ``describe(stimulus)``.
+The replica never touches a socket, a file, a clock, a random number or a key; it only
+hashes.  Given the same stimuli it produces the same actions, which is what the
+scenario scripts and the hypothesis tests rely on.
 
 Owns: ``ReplicaConfig``, the ``Replica`` class (its own fields, created in ``__init__``:
 who it is, its view, what it executed, its clients and clock, the owners, and the output
 of the call in progress; the entry points; the dispatch table; persistence: the records
-of a call, ``meta_record`` and ``_restore``) and ``describe``.  The rest of its state
+of a call, ``meta_record`` and ``_restore``; the handlers of ``Tick`` and ``Resume``)
+and ``describe``.  The rest of its state
 has owners, as etcd's raft keeps the log in ``raftLog`` and progress in ``tracker``:
 each is a small class changed only through its own methods (tests/core/test_owners.py
 checks that no module writes another's fields).  The sub-protocols are mixins of step
@@ -39,7 +42,7 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   evidence and changes nothing.
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
-  resumes and never signs a vote conflicting with one it sent.  ``resume`` re-sends its
+  resumes and never signs a vote conflicting with one it sent.  ``Resume`` re-sends its
   own votes for everything not yet executed (and its VIEW-CHANGE), since the crash may
   have come between persisting them and sending them.
 """
@@ -58,6 +61,7 @@ from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
 from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
                        NewView, PrePrepare, Prepare, Request, ViewChange)
 from .normalcase import Batcher, NormalCase
+from .stimuli import FetchDone, Install, Resume, Tick
 from .viewchange import ViewChanges, ViewChangeState
 
 
@@ -127,7 +131,6 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         if records:
             self._restore(records)
 
-    # -- public entry points -----------------------------------------------------------
     @property
     def primary(self) -> int:
         return Q.primary(self.view, self.n)
@@ -136,23 +139,28 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     def is_primary(self) -> bool:
         return self.primary == self.id
 
-    def step(self, msg: Any) -> list:
-        cause = describe(msg)
-        handler = self._handlers.get(type(msg))
-        sender = getattr(msg, "sender", 0)
-        if not isinstance(msg, Request) and not 0 <= sender < self.n:
+    # -- the entry point -----------------------------------------------------------------
+    def handle(self, stimulus: Any) -> list:
+        """Take one stimulus: a protocol message whose signature the driver has checked,
+        or a ``Tick``, ``Install``, ``FetchDone`` or ``Resume`` (stimuli.py).  Returns the
+        actions it causes (actions.py), each carrying ``describe(stimulus)``."""
+        kind = type(stimulus)
+        if kind is Tick:
+            self.now += 1  # a tick is named after the clock it moves to
+        cause = describe(stimulus, self.now)
+        handler = self._handlers.get(kind)
+        sender = getattr(stimulus, "sender", 0)
+        if not isinstance(stimulus, Request) and not 0 <= sender < self.n:
             # the adapter's signature check stops this first; the core does not rely on it
             self._evidence(sender, "unknown_sender", f"sender {sender} not in 0..{self.n - 1}", cause)
         elif handler is None:
-            self._evidence(getattr(msg, "sender", None), "unexpected_type",
-                           f"replicas do not accept {type(msg).__name__}", cause)
+            self._evidence(getattr(stimulus, "sender", None), "unexpected_type",
+                           f"replicas do not accept {kind.__name__}", cause)
         else:
-            handler(self, msg, cause)
+            handler(self, stimulus, cause)
         return self._finish(cause)
 
-    def tick(self) -> list:
-        self.now += 1
-        cause = f"tick {self.now}"
+    def _on_tick(self, tick: Tick, cause: str) -> None:
         self._view_change_timers(cause)
         self._resend_view_change(cause)
         self._stuck_check(cause)
@@ -160,38 +168,13 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         if self._has_work() and self.now - self.catchup.last_progress >= self.cfg.retransmit_ticks:
             self.catchup.stuck_checked(self.now)  # the stuck check's period
         self._retransmit_if_silent(cause)
-        return self._finish(cause)
 
-    def install(self, block: dict) -> list:
-        """State transfer: execute one committed block fetched from a peer (its
-        signatures already checked by the adapter).  A block that does not fit is
-        evidence and changes nothing."""
-        cause = f"state transfer n{block.get('seq')}"
-        reason, entry = self._check_install(block)  # raises only on our own bug
-        if reason:
-            self._evidence(None, "bad_state_transfer", reason, cause)
-        else:
-            entry.prior = self._certificate(self.window.log.get(entry.seq))
-            self.window.put(entry)
-            self._execute(entry, cause)
-            self._execute_ready(cause)
-            self.catchup.installed(self.last_exec)
-        return self._finish(cause)
-
-    def request_state(self) -> list:
-        """After a batch of fetched blocks: ask for the rest if still behind."""
-        if self.catchup.fetch_done(self.last_exec):
-            self._need_state(self.catchup.behind_to, list(self.catchup.fetch_peers),
-                             "state transfer continues")
-        return self._finish("request_state")
-
-    def resume(self) -> list:
+    def _on_resume(self, resume: Resume, cause: str) -> None:
         """After a restart: re-send own votes for everything not yet executed, since the
         crash may have come between persisting them and sending them."""
-        self._retransmit("resume")
+        self._retransmit(cause)
         if self.vc.in_view_change:
-            self._start_view_change(self.view, "resume")
-        return self._finish("resume")
+            self._start_view_change(self.view, cause)
 
     # -- output -------------------------------------------------------------------
     def _reset_output(self) -> None:
@@ -266,22 +249,36 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         ViewChange: ViewChanges._on_view_change,
         NewView: ViewChanges._on_new_view,
         Certificate: Collector._on_certificate,
+        Tick: _on_tick,
+        Install: CatchUp._on_install,
+        FetchDone: CatchUp._on_fetch_done,
+        Resume: _on_resume,
     }
 
 
-def describe(msg: Any) -> str:
-    """A short name for a stimulus, carried by the actions it causes (for logs)."""
-    kind = type(msg).__name__
-    if isinstance(msg, Request):
-        return f"Request {msg.client}/{msg.timestamp}"
-    if isinstance(msg, Checkpoint):
-        return f"Checkpoint n{msg.seq} from {msg.sender}"
-    if isinstance(msg, ViewChange):
-        return f"ViewChange v{msg.new_view} from {msg.sender}"
-    if isinstance(msg, NewView):
-        return f"NewView v{msg.view} from {msg.sender}"
-    if isinstance(msg, (PrePrepare, Prepare, Commit)):
-        return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
-    if isinstance(msg, Certificate):
-        return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
+def describe(stimulus: Any, now: int = 0) -> str:
+    """A short name for a stimulus, carried by the actions it causes (for logs); ``now``
+    is the replica's clock, which names a tick."""
+    m = stimulus
+    kind = type(m).__name__
+    if isinstance(m, Request):
+        return f"Request {m.client}/{m.timestamp}"
+    if isinstance(m, Checkpoint):
+        return f"Checkpoint n{m.seq} from {m.sender}"
+    if isinstance(m, ViewChange):
+        return f"ViewChange v{m.new_view} from {m.sender}"
+    if isinstance(m, NewView):
+        return f"NewView v{m.view} from {m.sender}"
+    if isinstance(m, (PrePrepare, Prepare, Commit)):
+        return f"{kind} v{m.view} n{m.seq} from {m.sender}"
+    if isinstance(m, Certificate):
+        return f"Certificate {m.phase} v{m.view} n{m.seq} from {m.sender}"
+    if isinstance(m, Tick):
+        return f"tick {now}"
+    if isinstance(m, Install):
+        return f"state transfer n{m.block.get('seq')}"
+    if isinstance(m, FetchDone):
+        return "fetch done"
+    if isinstance(m, Resume):
+        return "resume"
     return kind

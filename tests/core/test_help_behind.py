@@ -56,11 +56,11 @@ def test_replica_that_has_not_executed_does_not_answer_duplicates():
     fresh.deliver(0)
     pp = [e for e in fresh.network if e.to == 1][0].msg
     rep = fresh.nodes[1].replica
-    rep.step(pp)
+    rep.handle(pp)
     from pbft_tasks.core.messages import Prepare
     prep = Prepare(pp.view, pp.seq, pp.digest, 2)
-    rep.step(prep)
-    actions = rep.step(prep)  # duplicate, but seq 1 is not executed here
+    rep.handle(prep)
+    actions = rep.handle(prep)  # duplicate, but seq 1 is not executed here
     # check: no help is sent by a replica that is itself behind
     assert not [a for a in actions if isinstance(a, Send)]
 
@@ -75,7 +75,7 @@ def test_duplicate_checkpoint_for_stable_checkpoint_is_answered():
     assert r0.window.h == 4
     ck = c.nodes[0].replica.window.checkpoints[4][1]
     # step: node 1 re-sends its checkpoint 4 (it missed stability)
-    actions = r0.step(Checkpoint(ck.seq, ck.state_digest, 1))
+    actions = r0.handle(Checkpoint(ck.seq, ck.state_digest, 1))
     # check: node 0 answers node 1 with its own checkpoint 2
     sent = [a for a in actions if isinstance(a, Send)]
     assert len(sent) == 1 and sent[0].to == 1 and isinstance(sent[0].msg, Checkpoint)

@@ -10,6 +10,7 @@ from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare
                                       parse, to_wire)
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.stimuli import Install
 
 from .helpers import config, fake_digest, messages, persisted, req, run_dropping
 
@@ -22,10 +23,10 @@ def test_vote_from_a_peer_does_not_make_a_restarted_primary_skip_a_seq():
     stalled for good."""
     # set up: the primary logs a Byzantine vote for seq 1, then restarts
     p = Replica(0, config(max_batch=1))
-    records = persisted(p.step(Prepare(0, 1, fake_digest("byz"), 1)))
+    records = persisted(p.handle(Prepare(0, 1, fake_digest("byz"), 1)))
     restarted = Replica(0, config(max_batch=1), records=records)
     # step
-    out = restarted.step(req("a", 1))
+    out = restarted.handle(req("a", 1))
     # check
     assert [m.seq for m in messages(out, PrePrepare)] == [1]
 
@@ -51,9 +52,9 @@ def test_restarted_primary_never_reuses_a_seq_it_proposed():
     """The other half of the same rule: after the fix the primary still skips every seq
     for which it sent a pre-prepare, even one that has not executed."""
     p = Replica(0, config(max_batch=1))
-    records = persisted(p.step(req("a", 1)) + p.step(req("a", 2)))
+    records = persisted(p.handle(req("a", 1)) + p.handle(req("a", 2)))
     restarted = Replica(0, config(max_batch=1), records=records)
-    out = restarted.step(req("a", 3))
+    out = restarted.handle(req("a", 3))
     assert [m.seq for m in messages(out, PrePrepare)] == [3]
 
 
@@ -98,7 +99,7 @@ def test_vote_from_a_sender_outside_the_mesh_is_evidence_not_a_vote():
     """Found in review: the core counted votes from any sender id; a sender outside
     0..n-1 must never count towards a quorum, whatever the adapter let through."""
     r = Replica(1, config())
-    out = r.step(Prepare(0, 1, fake_digest("x"), 99))
+    out = r.handle(Prepare(0, 1, fake_digest("x"), 99))
     assert [a.reason for a in out if type(a).__name__ == "Evidence"] == ["unknown_sender"]
     assert 1 not in r.window.log or 99 not in r.window.log[1].prepares
 
@@ -166,16 +167,16 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
 
 
 def test_state_transfer_keeps_the_prepared_certificate_it_replaces():
-    """The same rule for ``install``: a replica that prepared seq 1 and then fetched the
+    """The same rule for ``Install``: a replica that prepared seq 1 and then fetched the
     committed block still names its prepared certificate in a VIEW-CHANGE."""
     from pbft_tasks.core.chain import GENESIS, make_block
     from .helpers import commit, prepare, preprepare
     r = Replica(1, config())
     pp = preprepare(1)
-    r.step(pp)
-    r.step(prepare(pp, 2))
+    r.handle(pp)
+    r.handle(prepare(pp, 2))
     block = make_block(1, 0, pp.digest, GENESIS, pp.batch, [])
-    r.install(dict(block, certificate=[to_wire(commit(pp, s)) for s in (0, 2, 3)]))
+    r.handle(Install(dict(block, certificate=[to_wire(commit(pp, s)) for s in (0, 2, 3)])))
     assert r.last_exec == 1
     vc = r._own_view_change(1)
     assert [(p.seq, p.view, p.digest) for p, _ in vc.prepared] == [(1, 0, pp.digest)]

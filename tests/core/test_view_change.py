@@ -164,7 +164,7 @@ def test_view_change_with_a_forged_prepared_certificate_is_evidence():
     vc = ViewChange(1, 0, (), ((pp, (Prepare(0, 1, pp.digest, 3),)),), 3)
     r = Replica(1, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
     # step
-    out = r.step(vc)
+    out = r.handle(vc)
     # check
     assert check_view_change(vc, 4, 8) is not None
     assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_view_change"]
@@ -184,7 +184,7 @@ def test_new_view_whose_preprepares_differ_from_its_view_changes_is_evidence():
     meta = Replica(2, ReplicaConfig(n=4)).meta_record() | {"view": 1, "in_view_change": True}
     r = Replica(2, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8), records={"meta": meta})
     # step
-    out = r.step(nv)
+    out = r.handle(nv)
     # check
     assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_new_view"]
     assert r.vc.in_view_change and 1 not in r.window.log
@@ -197,8 +197,8 @@ def test_f_plus_1_view_changes_make_a_replica_join_the_smallest_higher_view():
     from pbft_tasks.core.replica import Replica, ReplicaConfig
     r = Replica(3, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
     # step: VIEW-CHANGEs for view 2 from 1 and view 3 from 2
-    r.step(ViewChange(2, 0, (), (), 1))
-    out = r.step(ViewChange(3, 0, (), (), 2))
+    r.handle(ViewChange(2, 0, (), (), 1))
+    out = r.handle(ViewChange(3, 0, (), (), 2))
     # check: it moved to view 2 (the smallest) and said so
     assert r.view == 2 and r.vc.in_view_change
     assert any(type(a.msg).__name__ == "ViewChange" and a.msg.new_view == 2

@@ -6,7 +6,7 @@ What each action means here, and why it matches the real mesh (tests/faults/mesh
   blocks stay, and messages to it wait in the network as in its durable RabbitMQ queue.
   The last few messages it took are queued again (a killed worker never acknowledged
   them: ``task_acks_late``, so RabbitMQ redelivers them).
-- restart: ``Cluster.restart`` (a new Replica from the persisted records, ``resume``).
+- restart: ``Cluster.restart`` (a new Replica from the persisted records, ``Resume``).
 - pause / resume: the node takes no messages and does not tick (SIGSTOP stops its tick
   thread too) but keeps its memory; its messages wait for it.
 - cut / heal: the worker loses its broker connection and cannot get a new one.  Its
