@@ -256,29 +256,24 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     }
 
 
-def describe(stimulus: Any, now: int = 0) -> str:
-    """A short name for a stimulus, carried by the actions it causes (for logs); ``now``
-    is the replica's clock, which names a tick."""
-    m = stimulus
-    kind = type(m).__name__
-    if isinstance(m, Request):
-        return f"Request {m.client}/{m.timestamp}"
-    if isinstance(m, Checkpoint):
-        return f"Checkpoint n{m.seq} from {m.sender}"
-    if isinstance(m, ViewChange):
-        return f"ViewChange v{m.new_view} from {m.sender}"
-    if isinstance(m, NewView):
-        return f"NewView v{m.view} from {m.sender}"
-    if isinstance(m, (PrePrepare, Prepare, Commit)):
-        return f"{kind} v{m.view} n{m.seq} from {m.sender}"
-    if isinstance(m, Certificate):
-        return f"Certificate {m.phase} v{m.view} n{m.seq} from {m.sender}"
-    if isinstance(m, Tick):
+def describe(msg: Any, now: int = 0) -> str:
+    """A short name for a stimulus (a message, or one of stimuli.py), carried by the
+    actions it causes (for logs); ``now`` is the replica's clock, which names a tick."""
+    kind = type(msg).__name__
+    if isinstance(msg, Request):
+        return f"Request {msg.client}/{msg.timestamp}"
+    if isinstance(msg, Checkpoint):
+        return f"Checkpoint n{msg.seq} from {msg.sender}"
+    if isinstance(msg, ViewChange):
+        return f"ViewChange v{msg.new_view} from {msg.sender}"
+    if isinstance(msg, NewView):
+        return f"NewView v{msg.view} from {msg.sender}"
+    if isinstance(msg, (PrePrepare, Prepare, Commit)):
+        return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
+    if isinstance(msg, Certificate):
+        return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
+    if isinstance(msg, Tick):
         return f"tick {now}"
-    if isinstance(m, Install):
-        return f"state transfer n{m.block.get('seq')}"
-    if isinstance(m, FetchDone):
-        return "fetch done"
-    if isinstance(m, Resume):
-        return "resume"
-    return kind
+    if isinstance(msg, Install):
+        return f"state transfer n{msg.block.get('seq')}"
+    return {FetchDone: "fetch done", Resume: "resume"}.get(type(msg), kind)
