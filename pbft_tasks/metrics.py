@@ -189,7 +189,7 @@ class _RuntimeCollector(Collector):
                  max(0.0, time.time() - self.m.head_time)),
                 ("hdpbf_view", "This node's current view", rt.replica.view),
                 ("hdpbf_stable_checkpoint", "This node's last stable checkpoint (low "
-                 "watermark h)", rt.replica.h)):
+                 "watermark h)", rt.replica.window.h)):
             g = GaugeMetricFamily(name, doc, labels=labels)
             g.add_metric([node], value)
             yield g

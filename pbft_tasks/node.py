@@ -4,7 +4,7 @@ Owns: the adapter pipeline of STYLE.md sec. 2, identical for every transport
 (Celery queues in production, an in-process queue in embedded mode and tests):
 
     wire JSON -> parse (MalformedMessage) -> verify signature (Rejected)
-              -> replica.step(msg) -> one ledger transaction -> sign -> send
+              -> replica.handle(msg) -> one ledger transaction -> sign -> send
 
 Rules:
 - No protocol decisions here.  The replica decides; this file only translates.
@@ -50,6 +50,7 @@ from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Sen
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
                             NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
+from .core.stimuli import FetchDone, Install, Resume, Tick
 from .byzantine import signed_as
 from .evidence_log import EvidenceLog
 from .reads import answer_reads
@@ -145,7 +146,7 @@ class NodeRuntime:
     def start(self) -> None:
         """Re-send own votes for everything unexecuted (a crash may have cut them off)."""
         with self.lock, self._stepping("resuming"):
-            self._carry_out(self.replica.resume())
+            self._carry_out(self.replica.handle(Resume()))
 
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
@@ -176,7 +177,7 @@ class NodeRuntime:
             return self.reject("check_failed", repr(exc), wire)
         with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
-            actions = self.replica.step(msg)
+            actions = self.replica.handle(msg)
             clock.lap("step")
             self._carry_out(actions)
         return None
@@ -250,15 +251,15 @@ class NodeRuntime:
                 if block.get("seq", 0) <= self.replica.last_exec:
                     continue  # already have it (a duplicate answer)
                 before = self.replica.last_exec
-                self._carry_out(self.replica.install(block))
+                self._carry_out(self.replica.handle(Install(block)))
                 self.installed += self.replica.last_exec - before
         with self.lock, self._stepping("asking for more state"):
-            self._carry_out(self.replica.request_state())
+            self._carry_out(self.replica.handle(FetchDone()))
         return None
 
     def tick(self) -> None:
         with self.lock, self._stepping("ticking"):
-            self._carry_out(self.replica.tick())
+            self._carry_out(self.replica.handle(Tick()))
 
     # -- carrying out actions ----------------------------------------------------------
     def _carry_out(self, actions: list) -> None:
@@ -356,7 +357,7 @@ class NodeRuntime:
     def status(self) -> dict:
         r = self.replica
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
-                "h": r.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
+                "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},

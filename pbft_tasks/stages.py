@@ -6,7 +6,7 @@ run (issue 14 item 3).  The stages, in the order a task run goes through them:
   decode   Celery/kombu turn the AMQP body into (args, kwargs)   pbft_tasks/strategy.py
   parse    from_wire and the size check                          node.py ``handle``
   verify   Ed25519 checks (Verifier.check)                       node.py
-  step     the pure core (Replica.step / tick / install ...)     node.py
+  step     the pure core (Replica.handle)                        node.py
   ledger   the SQLite transaction (LedgerStore.apply)            node.py ``_carry_out``
   sign     signing and wire encoding of outgoing messages        node.py
   publish  handing them to the transport (kombu publish)         node.py

@@ -94,7 +94,7 @@ def test_one_forged_vote_rejects_the_whole_certificate(tmp_path):
     with EmbeddedMesh(path) as mesh:
         assert mesh.nodes[1].handle(to_wire(bad)) == "nested_bad_signature"
         assert mesh.nodes[1].rejected["nested_bad_signature"] == 1
-        assert 1 not in mesh.nodes[1].replica.log
+        assert 1 not in mesh.nodes[1].replica.window.log
 
 
 def test_every_protocol_task_takes_one_wire_object(tmp_path, monkeypatch):

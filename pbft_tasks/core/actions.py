@@ -1,4 +1,5 @@
-"""What the core asks its driver to do: the output of ``Replica.step`` and ``tick``.
+"""What the core asks its driver to do: the output of ``Replica.handle``, whatever the
+stimulus (a protocol message, or a ``Tick``, ``Install``, ``FetchDone`` or ``Resume``).
 
 Rules (the driver's half of the contract, as etcd raft's ``Ready``/``Advance``):
 - Actions come in this order: at most one ``Persist``, then ``Execute`` in sequence
@@ -10,7 +11,8 @@ Rules (the driver's half of the contract, as etcd raft's ``Ready``/``Advance``):
 - Messages leave the core unsigned (``sig == ""``); the driver signs them.  Ed25519 is
   deterministic, so the driver can re-sign the core's own commits inside a certificate
   and obtain the signature it sent.
-- Every action carries ``cause``: the stimulus that produced it, for logs.
+- Every action carries ``cause``: the stimulus that produced it (``replica.describe``),
+  for logs.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ class SendClient:
 class FetchState:
     """State transfer: this replica is behind; ask ``peers`` (in order) for the
     committed blocks ``from_seq`` .. ``to_seq`` with their certificates, verify every
-    signature, and hand each block to ``Replica.install`` in order."""
+    signature, and hand each block to the replica in order (``Install``), then say
+    ``FetchDone``."""
     from_seq: int
     to_seq: int
     peers: tuple

@@ -3,13 +3,13 @@ stuck check (Castro and Liskov 1999, sec. 4.3: a replica that learns it is behin
 fetches the state it lacks; the paper assumes messages are retransmitted until
 received, sec. 3, and leaves how to the implementation).
 
-Owns: ``CatchUp``, a mixin of ``Replica`` (replica.py).  It reads and writes the
-replica state that ``Replica.__init__`` creates and documents (``helped``,
-``behind_to``, ``fetch_asked_at``, ``fetch_peers``, ``seen_ahead``, ``last_progress``,
-``quiet_since``, ``progress_ticks``,
-``log``, ``own_checkpoints``).  The entry points that drive it stay on ``Replica``:
-``tick`` (retransmission, stuck check), ``install`` (one fetched block, checked here by
-``_check_install``) and ``request_state``.
+Owns: ``CatchUpState`` (``quiet_since``, ``progress_ticks``, ``last_progress``,
+``behind_to``, ``helped``, ``fetch_asked_at``, ``seen_ahead``, ``fetch_peers``), changed
+only by its own methods; and ``CatchUp``, a mixin of ``Replica`` (replica.py) with the
+step functions, which reads the log and own checkpoints of the ``Window``
+(checkpoints.py), and the handlers of the state-transfer stimuli (stimuli.py):
+``Install`` (one fetched block, checked by ``_check_install``) and ``FetchDone``.  The
+``Tick`` handler on ``Replica`` drives retransmission and the stuck check.
 
 Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer.py:
 - Retransmission waits for silence: a replica with work (a logged seq not yet
@@ -38,7 +38,7 @@ Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer
   pre-prepare), or while f+1 senders sent messages beyond its window (the f+1-th highest
   of their seqs is the target: one faulty sender's far seq is evidence, not a target).  So does a NEW-VIEW
   whose min-s is past this replica (viewchange.py).
-- ``install`` takes one committed block: it must extend this replica's chain, carry
+- ``Install`` takes one committed block: it must extend this replica's chain, carry
   2f+1 matching commits for its batch, and hash to what this replica computes for it
   (skip list included) before anything changes; then it executes through the same path
   as a normal commit.  The adapter checks the signatures first.
@@ -51,6 +51,7 @@ from .chain import block_hash, block_header
 from .log import Entry
 from .messages import (Checkpoint, Commit, MalformedMessage, PrePrepare, Request, batch_digest,
                        from_wire)
+from .stimuli import FetchDone, Install
 
 # A fetched block's fields and their JSON types (core/chain.py make_block, plus the
 # certificate the adapter adds).
@@ -69,16 +70,117 @@ def block_shape(block: object) -> str | None:
         return "skip must list integers"
     return None
 
+class CatchUpState:
+    """What catching up needs to remember: the silence before retransmission, the stuck
+    check's period, how far behind this replica knows it is, whom it helped and when,
+    and its state-transfer request.  All volatile: a restarted replica starts afresh."""
+
+    __slots__ = ("quiet_since", "progress_ticks", "last_progress", "behind_to", "helped",
+                 "fetch_asked_at", "seen_ahead", "fetch_peers")
+
+    def __init__(self, node_id: int, n: int, retransmit_ticks: int):
+        # Retransmission waits for silence: the tick since which this replica has had
+        # work and seen no progress, and what progress usually takes (a moving average
+        # of ticks, started at a quarter of retransmit_ticks).
+        self.quiet_since = 0
+        self.progress_ticks = retransmit_ticks / 4
+        self.last_progress = 0          # the last execution, or the stuck check's period
+        self.behind_to = 0              # a stable checkpoint we have not reached yet
+        self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
+        self.fetch_asked_at: int | None = None
+        # Per sender, the highest seq of its messages dropped beyond the window: evidence,
+        # and a state-transfer target only as far as f+1 senders agree.
+        self.seen_ahead: dict[int, int] = {}
+        self.fetch_peers: tuple = tuple(i for i in range(n) if i != node_id)
+
+    # -- retransmission ----------------------------------------------------------------
+    def may_help(self, to: int, seq: int, now: int, period: int) -> bool:
+        """True (and remembered) unless ``to`` was helped at ``seq`` within ``period``."""
+        last = self.helped.get((to, seq))
+        if last is not None and now - last < period:
+            return False
+        self.helped[(to, seq)] = now
+        return True
+
+    def forget_helped_below(self, seq: int) -> None:
+        """The window moved to ``seq``: help below it is garbage."""
+        self.helped = {k: t for k, t in self.helped.items() if k[1] >= seq}
+
+    def retransmit_timeout(self, hi: int) -> int:
+        return int(min(hi, max(hi // 4, 1, 4 * self.progress_ticks)))
+
+    def silent(self, now: int, has_work: bool, hi: int) -> bool:
+        """A tick: True when this replica has had work and no progress for the
+        retransmission timeout (and the silence starts again)."""
+        if not has_work:
+            self.quiet_since = now  # idle is not silence
+        elif now - self.quiet_since >= self.retransmit_timeout(hi):
+            self.quiet_since = now
+            return True
+        return False
+
+    def progress(self, now: int) -> None:
+        """An execution: fold how long it took into the average, restart the silence
+        and the stuck check."""
+        self.last_progress = now
+        sample = max(0, now - self.quiet_since)
+        self.progress_ticks += (sample - self.progress_ticks) / 8
+        self.quiet_since = now
+
+    def heard(self, now: int) -> None:
+        """A new pre-prepare or vote for a seq not yet executed: the mesh is working on
+        it, so this is not silence.  (A faulty sender can add at most one of each per
+        seq in the window, so it cannot hold retransmission off for long.)"""
+        self.quiet_since = now
+
+    def stuck_checked(self, now: int) -> None:
+        """The stuck check ran with work and no progress: its next period starts now."""
+        self.last_progress = now
+
+    # -- state transfer ----------------------------------------------------------------
+    def saw_ahead(self, sender: int, seq: int) -> None:
+        self.seen_ahead[sender] = max(self.seen_ahead.get(sender, 0), seq)
+
+    def seen_ahead_by(self, need: int, last_exec: int) -> int:
+        """The highest seq beyond the window that ``need`` senders sent messages for
+        (0 if fewer did); entries at or below ``last_exec`` are forgotten."""
+        self.seen_ahead = {s: seq for s, seq in self.seen_ahead.items() if seq > last_exec}
+        tops = sorted(self.seen_ahead.values(), reverse=True)
+        return tops[need - 1] if len(tops) >= need else 0
+
+    def behind(self, seq: int) -> None:
+        """``seq`` is stable elsewhere and not executed here."""
+        self.behind_to = max(self.behind_to, seq)
+
+    def need_state(self, seq: int, peers: list[int], now: int, period: int) -> bool:
+        """Behind up to ``seq``: True if a FetchState should go out now (at most once per
+        ``period``)."""
+        self.fetch_peers = tuple(sorted(peers)) or self.fetch_peers
+        self.behind_to = max(self.behind_to, seq)
+        if self.fetch_asked_at is not None and now - self.fetch_asked_at < period:
+            return False
+        self.fetch_asked_at = now
+        return True
+
+    def installed(self, last_exec: int) -> None:
+        """A fetched block executed: caught up means the next request is a new one."""
+        if self.behind_to <= last_exec:
+            self.fetch_asked_at = None
+
+    def fetch_done(self, last_exec: int) -> bool:
+        """A batch of fetched blocks is in: True if still behind (ask again now)."""
+        if self.behind_to > last_exec:
+            self.fetch_asked_at = None
+            return True
+        return False
+
+
 class CatchUp:
     """Retransmission, help for a peer that is behind, state transfer, stuck check."""
 
     # -- retransmission -------------------------------------------------------------
     def _may_help(self, to: int, seq: int) -> bool:
-        last = self.helped.get((to, seq))
-        if last is not None and self.now - last < self.cfg.retransmit_ticks:
-            return False
-        self.helped[(to, seq)] = self.now
-        return True
+        return self.catchup.may_help(to, seq, self.now, self.cfg.retransmit_ticks)
 
     def _help_behind(self, entry: Entry, to: int, cause: str) -> None:
         """``to`` retransmitted a message for a seq we executed: it may be stuck there."""
@@ -93,30 +195,14 @@ class CatchUp:
         self._resend_certificates(entry, to, cause)  # collector mode (collector.py)
 
     def _retransmit_timeout(self) -> int:
-        hi = self.cfg.retransmit_ticks
-        return int(min(hi, max(hi // 4, 1, 4 * self.progress_ticks)))
+        return self.catchup.retransmit_timeout(self.cfg.retransmit_ticks)
 
     def _retransmit_if_silent(self, cause: str) -> None:
-        if not self._has_work():
-            self.quiet_since = self.now  # idle is not silence
-        elif self.now - self.quiet_since >= self._retransmit_timeout():
-            self.quiet_since = self.now
+        if self.catchup.silent(self.now, self._has_work(), self.cfg.retransmit_ticks):
             self._retransmit(cause)
 
-    def _observe_progress(self) -> None:
-        """An execution: fold how long it took into the average, restart the silence."""
-        sample = max(0, self.now - self.quiet_since)
-        self.progress_ticks += (sample - self.progress_ticks) / 8
-        self.quiet_since = self.now
-
-    def _heard(self) -> None:
-        """A new pre-prepare or vote for a seq not yet executed: the mesh is working on
-        it, so this is not silence.  (A faulty sender can add at most one of each per
-        seq in the window, so it cannot hold retransmission off for long.)"""
-        self.quiet_since = self.now
-
     def _has_work(self) -> bool:
-        return self.last_exec < max(self.log, default=0) or bool(self.pending)
+        return self.last_exec < max(self.window.log, default=0) or bool(self.batcher.pending)
 
     def _retransmit(self, cause: str) -> None:
         """Own messages for what is not executed yet, of the current view only: in a view
@@ -125,9 +211,10 @@ class CatchUp:
         load such copies were most of a cascade of view changes: every replica re-sent
         its old-view votes to every other on each silence, and the queues filled with
         messages nobody could use ahead of the VIEW-CHANGEs and NEW-VIEWs."""
-        if not self.in_view_change:
-            for seq in sorted(s for s in self.log if s > self.last_exec):
-                e = self.log[seq]
+        log = self.window.log
+        if not self.vc.in_view_change:
+            for seq in sorted(s for s in log if s > self.last_exec):
+                e = log[seq]
                 if e.preprepare is not None and e.preprepare.sender == self.id \
                         and e.preprepare.view == self.view:
                     self._msg(Broadcast(e.preprepare, cause))
@@ -136,8 +223,8 @@ class CatchUp:
                     if mine is not None and mine.view == self.view:
                         self._send_vote(mine, cause)
                 self._resend_certificates(e, None, cause)  # collector mode (collector.py)
-        for seq, digest in sorted(self.own_checkpoints.items()):
-            if seq > self.h:
+        for seq, digest in sorted(self.window.own_checkpoints.items()):
+            if seq > self.window.h:
                 self._msg(Broadcast(Checkpoint(seq, digest, self.id), cause))
 
     # -- state transfer ----------------------------------------------------------------
@@ -173,11 +260,31 @@ class CatchUp:
         entry.commits = {c.sender: c for c in cert if c.sender in senders}
         return None, entry
 
+    def _on_install(self, stimulus: Install, cause: str) -> None:
+        """Execute one committed block fetched from a peer (its signatures already
+        checked by the adapter).  A block that does not fit is evidence and changes
+        nothing."""
+        reason, entry = self._check_install(stimulus.block)  # raises only on our own bug
+        if reason:
+            self._evidence(None, "bad_state_transfer", reason, cause)
+            return
+        entry.prior = self._certificate(self.window.log.get(entry.seq))
+        self.window.put(entry)
+        self._execute(entry, cause)
+        self._execute_ready(cause)
+        self.catchup.installed(self.last_exec)
+
+    def _on_fetch_done(self, stimulus: FetchDone, cause: str) -> None:
+        """After a batch of fetched blocks: ask for the rest if still behind."""
+        if self.catchup.fetch_done(self.last_exec):
+            self._need_state(self.catchup.behind_to, list(self.catchup.fetch_peers),
+                             "state transfer continues")
+
     def _stuck_check(self, cause: str) -> None:
-        if self.now - self.last_progress < self.cfg.retransmit_ticks:
+        if self.now - self.catchup.last_progress < self.cfg.retransmit_ticks:
             return
         ahead = self._seen_ahead_by_f1()
-        for seq, e in self.log.items():
+        for seq, e in self.window.log.items():
             if seq > self.last_exec and e.preprepare is None:
                 voters = {c.sender for c in e.commits.values()}
                 if len(voters) >= Q.weak_quorum(self.n):  # an honest replica committed it
@@ -189,16 +296,9 @@ class CatchUp:
         """The highest seq beyond the window that f+1 senders (one of them honest) sent
         messages for: one faulty node's seq 2^62 is evidence, never a target (issue 10,
         finding 5).  Entries this replica has reached are forgotten."""
-        self.seen_ahead = {s: seq for s, seq in self.seen_ahead.items() if seq > self.last_exec}
-        tops = sorted(self.seen_ahead.values(), reverse=True)
-        need = Q.weak_quorum(self.n)
-        return tops[need - 1] if len(tops) >= need else 0
+        return self.catchup.seen_ahead_by(Q.weak_quorum(self.n), self.last_exec)
 
     def _need_state(self, seq: int, peers: list[int], cause: str) -> None:
-        self.fetch_peers = tuple(sorted(peers)) or self.fetch_peers
-        self.behind_to = max(self.behind_to, seq)
-        if (self.fetch_asked_at is not None
-                and self.now - self.fetch_asked_at < self.cfg.retransmit_ticks):
-            return
-        self.fetch_asked_at = self.now
-        self._msg(FetchState(self.last_exec + 1, self.behind_to, self.fetch_peers, cause))
+        cu = self.catchup
+        if cu.need_state(seq, peers, self.now, self.cfg.retransmit_ticks):
+            self._msg(FetchState(self.last_exec + 1, cu.behind_to, cu.fetch_peers, cause))

@@ -7,8 +7,9 @@ Owns: the vote routing setting (``ReplicaConfig.votes``: ``"all-to-all"`` or
 collector forms and sends a CERTIFICATE (``_collect``), the pure check of a received
 certificate (``check_certificate``) and the replica's handling of one
 (``_on_certificate``).  ``Collector`` is a mixin of ``Replica`` (replica.py); it reads
-the replica state that ``Replica.__init__`` creates and documents (``view``, ``log``,
-``cfg``) and the ``sent_certificates`` of a log entry (log.py).
+the replica's ``view`` and ``cfg``, takes log entries from the ``Window``
+(checkpoints.py), fills in their votes and ``sent_certificates`` (log.py), and tells the
+catch-up state (catchup.py) what it saw ahead.
 
 Why.  All-to-all PREPARE and COMMIT cost O(n^2) messages a batch; on the 2-core machine
 every message is a task run of ~0.75 ms, so CPU per message, not bandwidth, bounds
@@ -149,11 +150,11 @@ class Collector:
             # Each signed commit inside counts as its sender seen at ``seq`` (the f+1 rule
             # of catchup.py: 2f+1 distinct signers are more than f+1).
             for v in cert.votes:
-                self.seen_ahead[v.sender] = max(self.seen_ahead.get(v.sender, 0), cert.seq)
+                self.catchup.saw_ahead(v.sender, cert.seq)
         if not self._admit(cert, cause):
             return
         kind = "prepares" if cert.phase == "prepare" else "commits"
-        entry = self.log.setdefault(cert.seq, Entry(cert.seq))
+        entry = self.window.entry(cert.seq)
         votes = getattr(entry, kind)
         for v in cert.votes:
             if v.sender == self.id:

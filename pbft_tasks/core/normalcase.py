@@ -1,11 +1,15 @@
 """Normal-case operation of the replica: requests, batching, pre-prepare, prepare,
 commit and in-order execution (Castro and Liskov 1999, sec. 4.2; batching sec. 5.1).
 
-Owns: ``NormalCase``, a mixin of ``Replica`` (replica.py).  It reads and writes the
-replica state that ``Replica.__init__`` creates and documents (``view``, ``log``,
-``last_exec``, ``head``, ``next_seq``, ``clients``, ``pending``, ``in_flight``,
-``pending_since``, ``awaiting``, ...), and reports through ``Replica``'s output
-helpers (``_msg``, ``_evidence``, the ``_dirty_*`` sets).
+Owns: ``Batcher``, the batching state (``pending``, ``pending_bytes``, ``in_flight``,
+``pending_since`` and the persisted ``next_seq``), changed only by its own methods; and
+``NormalCase``, a mixin of ``Replica`` (replica.py) with the step functions.  The mixin
+changes the replica's own ``last_exec``, ``head`` and ``awaiting``, fills in log
+entries (log.py), reads the owners and calls their methods: it cuts batches through
+``Batcher``, takes entries from the ``Window`` (checkpoints.py), tells the view-change
+state (viewchange.py) and the catch-up state (catchup.py) that progress was made, and
+reports through ``Replica``'s output helpers (``_msg``, ``_evidence``, the ``_dirty_*``
+sets).
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:
 - A backup accepts a pre-prepare only if it is signed by the primary of its view, the
@@ -48,6 +52,80 @@ from .messages import (MAX_BATCH, Commit, PrePrepare, Prepare, Reply, Request, b
                        request_bytes, request_digest)
 
 
+class Batcher:
+    """The primary's batching (sec. 5.1): requests waiting for a batch, what is proposed
+    and not yet executed, and the next sequence number to assign.  ``next_seq`` is
+    persisted (meta record); the rest is volatile (clients retransmit)."""
+
+    __slots__ = ("next_seq", "pending", "pending_bytes", "in_flight", "pending_since")
+
+    def __init__(self) -> None:
+        self.next_seq = 1               # primary: next sequence number to assign
+        self.pending: list[Request] = []
+        self.pending_bytes: dict[tuple[str, int], int] = {}  # request_bytes of pending ones
+        self.in_flight: set[tuple[str, int]] = set()  # pending or proposed, not executed
+        self.pending_since: int | None = None
+
+    def add(self, req: Request, size: int, now: int) -> None:
+        """``req`` (of ``size`` wire bytes) waits for a batch."""
+        key = (req.client, req.timestamp)
+        self.pending_bytes[key] = size
+        self.in_flight.add(key)
+        self.pending.append(req)
+        if self.pending_since is None:
+            self.pending_since = now
+
+    def proposed(self, batch: tuple) -> None:
+        """A pre-prepare for ``batch`` was accepted: the primary must not propose it again."""
+        for r in batch:
+            self.in_flight.add((r.client, r.timestamp))
+
+    def executed(self, key: tuple[str, int]) -> None:
+        self.in_flight.discard(key)
+
+    def batch_size(self, max_batch: int, max_batch_bytes: int) -> int:
+        """How many pending requests the next batch takes: at most ``max_batch``, and
+        no more than fit in ``max_batch_bytes`` (at least one; a single request over it
+        was refused on arrival)."""
+        total, count = 0, 0
+        sizes = self.pending_bytes
+        for r in self.pending[:max_batch]:
+            size = sizes.get((r.client, r.timestamp))
+            if size is None:  # pending again after a view change
+                size = sizes[(r.client, r.timestamp)] = request_bytes(r)
+            total += size
+            if count and total > max_batch_bytes:
+                break
+            count += 1
+        return count
+
+    def cut(self, size: int) -> tuple[tuple, int]:
+        """The next ``size`` pending requests as a batch, and the seq assigned to it."""
+        batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
+        for r in batch:
+            self.pending_bytes.pop((r.client, r.timestamp), None)
+        seq = self.next_seq
+        self.next_seq += 1
+        return batch, seq
+
+    def settle(self, now: int) -> None:
+        """After cutting: the oldest waiting request now waits from ``now``."""
+        self.pending_since = now if self.pending else None
+
+    def enter_view(self) -> None:
+        self.pending_bytes = {}  # recomputed as the new view's batches are cut
+
+    def lead_view(self, next_seq: int, pending: list, in_flight: set, now: int) -> None:
+        """As the new view's primary: what to propose after the NEW-VIEW's batches."""
+        self.next_seq = next_seq
+        self.pending = pending
+        self.in_flight = in_flight
+        self.settle(now)
+
+    def restore(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+
+
 class NormalCase:
     """Requests, batching, the three-phase protocol and execution (sec. 4.2, 5.1)."""
 
@@ -62,12 +140,13 @@ class NormalCase:
             return
         if len(self.awaiting) < 4 * MAX_BATCH:
             self.awaiting.setdefault(key, req)  # the request timer of sec. 4.4
-        if self.in_view_change:
+        if self.vc.in_view_change:
             return  # the new primary proposes what is awaited once the view is installed
         if not self.is_primary:
             self._msg(Send(self.primary, req, cause))
             return
-        if key in self.in_flight:
+        batcher = self.batcher
+        if key in batcher.in_flight:
             return
         size = request_bytes(req)
         if size > self.cfg.max_batch_bytes:
@@ -75,62 +154,40 @@ class NormalCase:
             return self._evidence(None, "request_too_large",
                                   f"request {req.client}/{req.timestamp} alone is over "
                                   f"max_batch_bytes ({self.cfg.max_batch_bytes})", cause)
-        self.pending_bytes[key] = size
-        self.in_flight.add(key)
-        self.pending.append(req)
-        if self.pending_since is None:
-            self.pending_since = self.now
-        if len(self.pending) >= self.cfg.max_batch:
+        batcher.add(req, size, self.now)
+        if len(batcher.pending) >= self.cfg.max_batch:
             self._propose(cause, force=False)
         elif self.cfg.batch_timeout_ticks == 0:
             self._cut_partial(cause)  # no timeout: propose now if the window has room
 
     def _cut_partial(self, cause: str) -> None:
-        if not (self.is_primary and self.pending and not self.in_view_change
-                and self.now - self.pending_since >= self.cfg.batch_timeout_ticks):
+        b = self.batcher
+        if not (self.is_primary and b.pending and not self.vc.in_view_change
+                and self.now - b.pending_since >= self.cfg.batch_timeout_ticks):
             return
-        in_flight = self.next_seq - 1 - self.last_exec
+        in_flight = b.next_seq - 1 - self.last_exec
         if self.cfg.pipeline == 0 or in_flight < self.cfg.pipeline:
             self._propose(cause, force=True, limit=1 if self.cfg.pipeline else None)
 
-    def _batch_size(self) -> int:
-        """How many pending requests the next batch takes: at most ``max_batch``, and
-        no more than fit in ``max_batch_bytes`` (at least one; a single request over it
-        was refused on arrival)."""
-        total, count, limit = 0, 0, self.cfg.max_batch_bytes
-        sizes = self.pending_bytes
-        for r in self.pending[: self.cfg.max_batch]:
-            size = sizes.get((r.client, r.timestamp))
-            if size is None:  # pending again after a view change
-                size = sizes[(r.client, r.timestamp)] = request_bytes(r)
-            total += size
-            if count and total > limit:
-                break
-            count += 1
-        return count
-
     def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
-        while self.pending and self.next_seq <= self.high:
-            size = self._batch_size()
-            if size == len(self.pending) < self.cfg.max_batch and not force:
+        b, w = self.batcher, self.window
+        while b.pending and b.next_seq <= w.high:
+            size = b.batch_size(self.cfg.max_batch, self.cfg.max_batch_bytes)
+            if size == len(b.pending) < self.cfg.max_batch and not force:
                 break  # neither full by count nor by bytes
             if limit is not None:
                 if limit == 0:
                     break
                 limit -= 1
-            batch, self.pending = tuple(self.pending[:size]), self.pending[size:]
-            for r in batch:
-                self.pending_bytes.pop((r.client, r.timestamp), None)
-            seq = self.next_seq
-            self.next_seq += 1
+            batch, seq = b.cut(size)
             pp = PrePrepare(self.view, seq, batch_digest(batch), batch, self.id)
-            entry = self.log.setdefault(seq, Entry(seq))
+            entry = w.entry(seq)
             entry.preprepare = pp
             self._dirty_pp.add(seq)
             self._dirty_meta = True
             self._msg(Broadcast(pp, cause))
             self._check(entry, cause)
-        self.pending_since = self.now if self.pending else None
+        b.settle(self.now)
 
     # -- normal case (sec. 4.2) ------------------------------------------------------
     def _on_preprepare(self, pp: PrePrepare, cause: str) -> None:
@@ -142,7 +199,7 @@ class NormalCase:
             return
         if batch_digest(pp.batch) != pp.digest:
             return self._evidence(pp.sender, "bad_digest", f"seq {pp.seq}: digest does not match batch", cause)
-        entry = self.log.setdefault(pp.seq, Entry(pp.seq))
+        entry = self.window.entry(pp.seq)
         if entry.preprepare is not None:
             if entry.preprepare.digest != pp.digest:
                 self._evidence(pp.sender, "conflicting_preprepare",
@@ -152,9 +209,8 @@ class NormalCase:
             return
         entry.preprepare = pp
         self._dirty_pp.add(pp.seq)
-        self._heard()
-        for r in pp.batch:
-            self.in_flight.add((r.client, r.timestamp))
+        self.catchup.heard(self.now)
+        self.batcher.proposed(pp.batch)
         if self.id != pp.sender:
             mine = Prepare(pp.view, pp.seq, pp.digest, self.id)
             entry.prepares[self.id] = mine
@@ -177,22 +233,21 @@ class NormalCase:
         if m.sender == self.id:
             self._evidence(m.sender, "replayed_own", "a message signed by this replica came back", cause)
             return False
-        if m.view == self.view and self.in_view_change:
-            if len(self.held_view) < 4 * self.cfg.log_window * self.n:
-                self.held_view.append(m)  # accepted once the NEW-VIEW installs the view
+        if m.view == self.view and self.vc.in_view_change:
+            self.vc.hold(m, 4 * self.cfg.log_window * self.n)  # until the NEW-VIEW
             return False
         if m.view != self.view:
             self._evidence(m.sender, "wrong_view", f"view {m.view}, current view {self.view}", cause)
             return False
-        if m.seq <= self.h:
+        if m.seq <= self.window.h:
             return False  # already garbage-collected: a late or repeated message
-        if m.seq > self.high:
+        if m.seq > self.window.high:
             self._hold(m, cause)
             return False
         return True
 
     def _vote(self, m: Prepare | Commit, kind: str, cause: str) -> None:
-        entry = self.log.setdefault(m.seq, Entry(m.seq))
+        entry = self.window.entry(m.seq)
         votes = getattr(entry, kind)
         old = votes.get(m.sender)
         if old is not None:
@@ -204,7 +259,7 @@ class NormalCase:
             return
         votes[m.sender] = m
         if m.seq > self.last_exec:
-            self._heard()
+            self.catchup.heard(self.now)
         # Not persisted on its own: a vote short of a quorum commits this replica to
         # nothing, and if a crash loses it, peers send it again (resume / help-behind).
         # The votes are written with the step that completes a certificate (our commit
@@ -227,7 +282,7 @@ class NormalCase:
 
     def _execute_ready(self, cause: str) -> None:
         while True:
-            entry = self.log.get(self.last_exec + 1)
+            entry = self.window.log.get(self.last_exec + 1)
             if entry is None or not entry.committed_local(
                     Q.primary(entry.preprepare.view, self.n) if entry.preprepare else 0,
                     self.need_prepares, self.quorum):
@@ -240,7 +295,7 @@ class NormalCase:
         replies: dict[str, list] = defaultdict(list)
         for i, r in enumerate(pp.batch):
             key = (r.client, r.timestamp)
-            self.in_flight.discard(key)
+            self.batcher.executed(key)
             self.awaiting.pop(key, None)
             if self.clients.executed(*key):
                 skip.append(i)
@@ -259,11 +314,10 @@ class NormalCase:
         cert = tuple(sorted(entry.matching_commits(), key=lambda c: c.sender)[: self.quorum])
         self._executes.append(Execute(pp.seq, block, cert, cause))
         entry.executed = True
-        self.waiting_since = None  # progress: the request timer restarts if still waiting
+        self.vc.progress()  # the request timer restarts if still waiting
         self.head = block["hash"]
         self.last_exec = pp.seq
-        self.last_progress = self.now
-        self._observe_progress()
+        self.catchup.progress(self.now)
         self._dirty_meta = True
         for client, results in replies.items():
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))

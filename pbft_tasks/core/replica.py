@@ -1,28 +1,37 @@
 """The PBFT replica as a pure state machine: its one entry point, its state, and its
 output (Castro and Liskov, "Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4).
 
-Theory of operation.  A ``Replica`` is fed two kinds of stimulus: ``step(msg)`` for a
-message whose signature the driver has already checked, and ``tick()`` for the passage
-of time (one tick is whatever the driver says; the worker uses a few milliseconds).
-Each call returns a list of actions (see actions.py): persist these records, execute
-these blocks, send these messages, note this evidence.  The replica never touches a
-socket, a file, a clock, a random number or a key; it only hashes.  Given the same
-stimuli it produces the same actions, which is what the scenario scripts and the
-hypothesis tests rely on.  Besides ``step`` and ``tick`` the driver calls ``install``
-(one block fetched by state transfer), ``request_state`` (after a batch of fetched
-blocks) and ``resume`` (after a restart).
+Theory of operation.  A ``Replica`` has one entry point, ``handle(stimulus)`` (dask's
+``handle_stimulus``, etcd raft's ``Step``).  A stimulus is a protocol message whose
+signature the driver has already checked, or one of stimuli.py: ``Tick()`` for the
+passage of time (one tick is whatever the driver says; the worker uses a few
+milliseconds), ``Install(block)`` for one block fetched by state transfer,
+``FetchDone()`` after a batch of fetched blocks, ``Resume()`` after a restart.  One
+dispatch table (``_handlers``) maps each type to its handler.  Each call returns a list
+of actions (see actions.py): persist these records, execute these blocks, send these
+messages, note this evidence; every action carries its cause, ``describe(stimulus)``.
+The replica never touches a socket, a file, a clock, a random number or a key; it only
+hashes.  Given the same stimuli it produces the same actions, which is what the
+scenario scripts and the hypothesis tests rely on.
 
-Owns: ``ReplicaConfig``, the ``Replica`` class (its state, created and documented in
-one place, ``__init__``; the entry points; the dispatch table; persistence: the records
-of a call, ``meta_record`` and ``_restore``) and ``describe``.  The sub-protocols are
-mixins, each in its own module with its own rules:
-- normalcase.py  ``NormalCase``: requests, batching, pre-prepare, prepare, commit,
-  execution (sec. 4.2, 5.1);
-- checkpoints.py ``Checkpoints``: checkpoints, stability, watermarks, garbage
+Owns: ``ReplicaConfig``, the ``Replica`` class (its own fields, created in ``__init__``:
+who it is, its view, what it executed, its clients and clock, the owners, and the output
+of the call in progress; the entry points; the dispatch table; persistence: the records
+of a call, ``meta_record`` and ``_restore``; the handlers of ``Tick`` and ``Resume``)
+and ``describe``.  The rest of its state
+has owners, as etcd's raft keeps the log in ``raftLog`` and progress in ``tracker``:
+each is a small class changed only through its own methods (tests/core/test_owners.py
+checks that no module writes another's fields).  The sub-protocols are mixins of step
+functions, each in its own module with its owner and its rules:
+- normalcase.py  ``Batcher`` (``replica.batcher``) and ``NormalCase``: requests,
+  batching, pre-prepare, prepare, commit, execution (sec. 4.2, 5.1);
+- checkpoints.py ``Window`` (``replica.window``: h, the log, checkpoints, held
+  messages) and ``Checkpoints``: checkpoints, stability, watermarks, garbage
   collection (sec. 4.3);
-- catchup.py     ``CatchUp``: retransmission, state transfer, the stuck check (sec. 4.3);
-- viewchange.py  ``ViewChanges`` and the pure VIEW-CHANGE / NEW-VIEW rules (sec. 4.4,
-  4.5.2);
+- catchup.py     ``CatchUpState`` (``replica.catchup``) and ``CatchUp``:
+  retransmission, state transfer, the stuck check (sec. 4.3);
+- viewchange.py  ``ViewChangeState`` (``replica.vc``), ``ViewChanges`` and the pure
+  VIEW-CHANGE / NEW-VIEW rules (sec. 4.4, 4.5.2);
 - collector.py   ``Collector``: vote routing, all-to-all or through the primary as
   collector with CERTIFICATE messages (SBFT-style, issue 14);
 - quorum.py: the quorum math.
@@ -33,7 +42,7 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   evidence and changes nothing.
 - Persist before send: the records of one call are returned in one Persist action that
   precedes every message of that call, so a restarted replica (``Replica(records=...)``)
-  resumes and never signs a vote conflicting with one it sent.  ``resume`` re-sends its
+  resumes and never signs a vote conflicting with one it sent.  ``Resume`` re-sends its
   own votes for everything not yet executed (and its VIEW-CHANGE), since the crash may
   have come between persisting them and sending them.
 """
@@ -44,16 +53,16 @@ from typing import Any
 
 from . import quorum as Q
 from .actions import Evidence, Persist
-from .catchup import CatchUp
+from .catchup import CatchUp, CatchUpState
 from .chain import GENESIS
-from .checkpoints import Checkpoints
+from .checkpoints import Checkpoints, Window
 from .clients import ClientTable
 from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
-from .log import Entry
 from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
-                       NewView, PrePrepare, Prepare, Request, ViewChange, from_wire, to_wire)
-from .normalcase import NormalCase
-from .viewchange import ViewChanges
+                       NewView, PrePrepare, Prepare, Request, ViewChange)
+from .normalcase import Batcher, NormalCase
+from .stimuli import FetchDone, Install, Resume, Tick
+from .viewchange import ViewChanges, ViewChangeState
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,13 @@ class ReplicaConfig:
 
 
 class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
-    """One PBFT replica.  All of its state is created here, in ``__init__``, and shared
-    by the sub-protocol mixins; persistent state is what ``meta_record`` and the log,
-    checkpoint and client records hold (written by ``_finish``, read by ``_restore``),
-    the rest is volatile and lost on restart on purpose."""
+    """One PBFT replica.  Its own fields are created here, in ``__init__``: who it is,
+    its view, what it executed, its clients and clock, and the output of the call in
+    progress.  The rest of its state has owners (below), each mutated only through its
+    own methods; the sub-protocol mixins read them and call those methods.  Persistent
+    state is what ``meta_record`` and the log, checkpoint and client records hold
+    (written by ``_finish``, read by ``_restore``); the rest is volatile and lost on
+    restart on purpose."""
 
     def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None):
         if not 0 <= node_id < config.n:
@@ -104,55 +116,21 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.need_prepares = Q.prepared_quorum(self.n)
         # Persistent protocol state.
         self.view = 0
-        self.h = 0                      # low watermark = seq of the last stable checkpoint
         self.last_exec = 0
         self.head = GENESIS             # hash of the block at last_exec
-        self.next_seq = 1               # primary: next sequence number to assign
-        self.stable_digest = GENESIS
-        self.log: dict[int, Entry] = {}
-        self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
-        self.own_checkpoints: dict[int, str] = {}
         self.clients = ClientTable(config.client_window)
         # Volatile state: lost on restart on purpose (clients retransmit).
-        self.pending: list[Request] = []
-        self.pending_bytes: dict[tuple[str, int], int] = {}  # request_bytes of pending ones
-        self.in_flight: set[tuple[str, int]] = set()
-        self.pending_since: int | None = None
         self.now = 0
-        self.last_progress = 0
-        # Retransmission waits for silence (catchup.py): the tick since which this replica
-        # has had work and seen no progress, and what progress usually takes (a moving
-        # average of ticks, started at a quarter of retransmit_ticks).
-        self.quiet_since = 0
-        self.progress_ticks = config.retransmit_ticks / 4
-        self.held: list[Any] = []
-        self.behind_to = 0              # a stable checkpoint we have not reached yet
-        self.helped: dict[tuple[int, int], int] = {}   # (peer, seq) -> tick we last helped
-        # View change.  ``in_view_change`` is persisted with the view; the rest is volatile.
-        self.in_view_change = False
-        self.view_changes: dict[int, dict[int, ViewChange]] = {}
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
-        self.waiting_since: int | None = None
-        self.vc_started_at = 0
-        self.vc_quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for self.view were in
-        self.vc_attempts = 0
-        self.vc_sent_at = 0                      # when our VIEW-CHANGE last went out
-        self.vc_resends = 0                      # copies of it re-sent so far (backoff)
-        self.new_view_msg: NewView | None = None  # the NEW-VIEW that installed self.view
-        self.new_view_sent: dict[int, int] = {}  # peer -> tick we last sent it new_view_msg
-        self.new_view_asked: set[int] = set()    # peers whose VIEW-CHANGE for self.view we saw
-        self.held_view: list[Any] = []
-        self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
-        self.fetch_asked_at: int | None = None
-        # Per sender, the highest seq of its messages dropped beyond the window: evidence,
-        # and a state-transfer target only as far as f+1 senders agree (catchup.py).
-        self.seen_ahead: dict[int, int] = {}
-        self.fetch_peers: tuple = tuple(i for i in range(config.n) if i != node_id)
+        # The owners (etcd's raftLog and tracker).
+        self.batcher = Batcher()                 # normalcase.py: pending requests, next_seq
+        self.window = Window(config.log_window)  # checkpoints.py: h, the log, checkpoints
+        self.vc = ViewChangeState()              # viewchange.py: in_view_change, timers
+        self.catchup = CatchUpState(node_id, config.n, config.retransmit_ticks)  # catchup.py
         self._reset_output()
         if records:
             self._restore(records)
 
-    # -- public entry points -----------------------------------------------------------
     @property
     def primary(self) -> int:
         return Q.primary(self.view, self.n)
@@ -161,67 +139,42 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     def is_primary(self) -> bool:
         return self.primary == self.id
 
-    @property
-    def high(self) -> int:
-        return self.h + self.cfg.log_window
-
-    def step(self, msg: Any) -> list:
-        cause = describe(msg)
-        handler = self._handlers.get(type(msg))
-        sender = getattr(msg, "sender", 0)
-        if not isinstance(msg, Request) and not 0 <= sender < self.n:
+    # -- the entry point -----------------------------------------------------------------
+    def handle(self, stimulus: Any) -> list:
+        """Take one stimulus: a protocol message whose signature the driver has checked,
+        or a ``Tick``, ``Install``, ``FetchDone`` or ``Resume`` (stimuli.py).  Returns the
+        actions it causes (actions.py), each carrying ``describe(stimulus)``."""
+        kind = type(stimulus)
+        if kind is Tick:
+            self.now += 1  # a tick is named after the clock it moves to
+        cause = describe(stimulus, self.now)
+        handler = self._handlers.get(kind)
+        sender = getattr(stimulus, "sender", 0)
+        if not isinstance(stimulus, Request) and not 0 <= sender < self.n:
             # the adapter's signature check stops this first; the core does not rely on it
             self._evidence(sender, "unknown_sender", f"sender {sender} not in 0..{self.n - 1}", cause)
         elif handler is None:
-            self._evidence(getattr(msg, "sender", None), "unexpected_type",
-                           f"replicas do not accept {type(msg).__name__}", cause)
+            self._evidence(getattr(stimulus, "sender", None), "unexpected_type",
+                           f"replicas do not accept {kind.__name__}", cause)
         else:
-            handler(self, msg, cause)
+            handler(self, stimulus, cause)
         return self._finish(cause)
 
-    def tick(self) -> list:
-        self.now += 1
-        cause = f"tick {self.now}"
+    def _on_tick(self, tick: Tick, cause: str) -> None:
         self._view_change_timers(cause)
         self._resend_view_change(cause)
         self._stuck_check(cause)
         self._cut_partial(cause)
-        if self._has_work() and self.now - self.last_progress >= self.cfg.retransmit_ticks:
-            self.last_progress = self.now  # the stuck check's period
+        if self._has_work() and self.now - self.catchup.last_progress >= self.cfg.retransmit_ticks:
+            self.catchup.stuck_checked(self.now)  # the stuck check's period
         self._retransmit_if_silent(cause)
-        return self._finish(cause)
 
-    def install(self, block: dict) -> list:
-        """State transfer: execute one committed block fetched from a peer (its
-        signatures already checked by the adapter).  A block that does not fit is
-        evidence and changes nothing."""
-        cause = f"state transfer n{block.get('seq')}"
-        reason, entry = self._check_install(block)  # raises only on our own bug
-        if reason:
-            self._evidence(None, "bad_state_transfer", reason, cause)
-        else:
-            entry.prior = self._certificate(self.log.get(entry.seq))
-            self.log[entry.seq] = entry
-            self._execute(entry, cause)
-            self._execute_ready(cause)
-            if self.behind_to <= self.last_exec:
-                self.fetch_asked_at = None
-        return self._finish(cause)
-
-    def request_state(self) -> list:
-        """After a batch of fetched blocks: ask for the rest if still behind."""
-        if self.behind_to > self.last_exec:
-            self.fetch_asked_at = None
-            self._need_state(self.behind_to, list(self.fetch_peers), "state transfer continues")
-        return self._finish("request_state")
-
-    def resume(self) -> list:
+    def _on_resume(self, resume: Resume, cause: str) -> None:
         """After a restart: re-send own votes for everything not yet executed, since the
         crash may have come between persisting them and sending them."""
-        self._retransmit("resume")
-        if self.in_view_change:
-            self._start_view_change(self.view, "resume")
-        return self._finish("resume")
+        self._retransmit(cause)
+        if self.vc.in_view_change:
+            self._start_view_change(self.view, cause)
 
     # -- output -------------------------------------------------------------------
     def _reset_output(self) -> None:
@@ -245,16 +198,16 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         records: dict[str, Any] = {k: None for k in self._deleted}
         if self._dirty_meta:
             records["meta"] = self.meta_record()
+        log = self.window.log
         for s in self._dirty_pp:
-            if s in self.log:
-                records[f"pp/{s}"] = self.log[s].preprepare_record()
+            if s in log:
+                records[f"pp/{s}"] = log[s].preprepare_record()
         for s in self._dirty_votes:
-            if s in self.log:
-                records[f"votes/{s}"] = self.log[s].votes_record()
+            if s in log:
+                records[f"votes/{s}"] = log[s].votes_record()
         for s in self._dirty_ckpt:
-            if s in self.checkpoints:
-                records[f"ckpt/{s}"] = {"own": self.own_checkpoints.get(s),
-                                        "msgs": [to_wire(c) for _, c in sorted(self.checkpoints[s].items())]}
+            if s in self.window.checkpoints:
+                records[f"ckpt/{s}"] = self.window.checkpoint_record(s)
         for c in self._dirty_clients:
             records[f"client/{c}"] = self.clients.to_record(c)
         out: list = [Persist(records, cause)] if records else []
@@ -263,36 +216,29 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         return out
 
     def meta_record(self) -> dict:
-        return {"view": self.view, "h": self.h, "last_exec": self.last_exec, "head": self.head,
-                "next_seq": self.next_seq, "stable_digest": self.stable_digest,
-                "in_view_change": self.in_view_change}
+        w = self.window
+        return {"view": self.view, "h": w.h, "last_exec": self.last_exec, "head": self.head,
+                "next_seq": self.batcher.next_seq, "stable_digest": w.stable_digest,
+                "in_view_change": self.vc.in_view_change}
 
     def _restore(self, records: dict) -> None:
         meta = records.get("meta")
+        next_seq = 1
         if meta:
-            self.view, self.h, self.last_exec = meta["view"], meta["h"], meta["last_exec"]
-            self.head, self.next_seq = meta["head"], meta["next_seq"]
-            self.stable_digest = meta["stable_digest"]
-            self.in_view_change = meta.get("in_view_change", False)
-        seqs = {int(k.split("/")[1]) for k in records if k.startswith(("pp/", "votes/"))}
-        for s in seqs:
-            if s > self.h:
-                e = Entry.from_records(s, records.get(f"pp/{s}"), records.get(f"votes/{s}"))
-                e.executed = s <= self.last_exec
-                self.log[s] = e
+            self.view, self.last_exec, self.head = meta["view"], meta["last_exec"], meta["head"]
+            self.window.restore(meta["h"], meta["stable_digest"])
+            next_seq = meta["next_seq"]
+            self.vc.restore(meta.get("in_view_change", False))
+        self.window.restore_records(records, self.last_exec)
         for k, v in records.items():
-            if k.startswith("ckpt/"):
-                s = int(k.split("/")[1])
-                self.checkpoints[s] = {c.sender: c for c in map(from_wire, v["msgs"])}
-                if v["own"]:
-                    self.own_checkpoints[s] = v["own"]
-            elif k.startswith("client/"):
+            if k.startswith("client/"):
                 self.clients.load_record(k[len("client/"):], v)
         # Only seqs with a pre-prepare are taken: an entry holding nothing but peers'
         # votes (a Byzantine one can vote for any seq in the window) must not make a
         # restarted primary skip that seq, or execution stalls there for good.
-        self.next_seq = max([self.next_seq, self.last_exec + 1]
-                            + [s + 1 for s, e in self.log.items() if e.preprepare is not None])
+        self.batcher.restore(max([next_seq, self.last_exec + 1]
+                                 + [s + 1 for s, e in self.window.log.items()
+                                    if e.preprepare is not None]))
 
     _handlers = {
         Request: NormalCase._on_request,
@@ -303,11 +249,16 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         ViewChange: ViewChanges._on_view_change,
         NewView: ViewChanges._on_new_view,
         Certificate: Collector._on_certificate,
+        Tick: _on_tick,
+        Install: CatchUp._on_install,
+        FetchDone: CatchUp._on_fetch_done,
+        Resume: _on_resume,
     }
 
 
-def describe(msg: Any) -> str:
-    """A short name for a stimulus, carried by the actions it causes (for logs)."""
+def describe(msg: Any, now: int = 0) -> str:
+    """A short name for a stimulus (a message, or one of stimuli.py), carried by the
+    actions it causes (for logs); ``now`` is the replica's clock, which names a tick."""
     kind = type(msg).__name__
     if isinstance(msg, Request):
         return f"Request {msg.client}/{msg.timestamp}"
@@ -321,4 +272,8 @@ def describe(msg: Any) -> str:
         return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
     if isinstance(msg, Certificate):
         return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
-    return kind
+    if isinstance(msg, Tick):
+        return f"tick {now}"
+    if isinstance(msg, Install):
+        return f"state transfer n{msg.block.get('seq')}"
+    return {FetchDone: "fetch done", Resume: "resume"}.get(type(msg), kind)

@@ -22,6 +22,7 @@ from .actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, Se
 from .byzantine import Byzantine
 from .messages import Request, to_wire
 from .replica import Replica, ReplicaConfig
+from .stimuli import Install, Resume, Tick
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Cluster:
             return
         env = self.network.pop(index)
         if node.replica is not None and env.to not in self.byzantine:
-            self._apply(env.to, node.replica.step(env.msg))
+            self._apply(env.to, node.replica.handle(env.msg))
 
     def drop(self, index: int = 0) -> None:
         self.network.pop(index)
@@ -86,7 +87,7 @@ class Cluster:
         for _ in range(times):
             for i, node in enumerate(self.nodes):
                 if node.up and node.replica is not None and i not in self.byzantine:
-                    self._apply(i, node.replica.tick())
+                    self._apply(i, node.replica.handle(Tick()))
 
     def serve_fetches(self) -> int:
         """Answer state-transfer requests from the first asked peer that is up and has
@@ -104,7 +105,7 @@ class Cluster:
                     continue
                 for b in src.blocks[f.from_seq - 1: f.to_seq]:
                     block = dict(b, certificate=[to_wire(c) for c in src.certs[b["seq"]]])
-                    self._apply(i, node.replica.install(block))
+                    self._apply(i, node.replica.handle(Install(block)))
                     served += 1
                 break
         return served
@@ -122,7 +123,7 @@ class Cluster:
         node = self.nodes[i]
         node.replica = Replica(i, self.config, records=dict(node.records))
         node.up = True
-        self._apply(i, node.replica.resume())
+        self._apply(i, node.replica.handle(Resume()))
 
     def stabilize(self, max_steps: int = 100_000, tick_every: int = 0) -> int:
         """Deliver in FIFO order until the network is empty; returns messages delivered."""

@@ -6,11 +6,13 @@ pre-prepares follows from 2f+1 of them, deterministically, so that every backup 
 recompute O and refuse a NEW-VIEW whose O differs (the functions below); and
 ``ViewChanges``, a mixin of ``Replica`` (replica.py): the request and NEW-VIEW timers,
 starting a view change, collecting VIEW-CHANGEs, sending or checking the NEW-VIEW and
-entering the new view.  The mixin reads and writes the replica state that
-``Replica.__init__`` creates and documents (``view``, ``in_view_change``,
-``view_changes``, ``awaiting``, ``waiting_since``, ``vc_started_at``,
-``vc_quorum_at``, ``vc_attempts``, ``vc_sent_at``, ``vc_resends``, ``new_view_msg``, ``new_view_sent``,
-``new_view_asked``, ``held_view``, ``log``, ...).
+entering the new view.  ``ViewChangeState`` owns the view-change fields
+(``in_view_change``, persisted with the view; ``view_changes``, ``waiting_since``,
+``started_at``, ``quorum_at``, ``attempts``, ``sent_at``, ``resends``,
+``new_view_msg``, ``new_view_sent``, ``new_view_asked``, ``held_view``) and is changed
+only by its own methods.  The mixin changes the replica's own ``view``; entering a view
+it calls the owners of the log (``Window.drop_above``, ``put``), of batching
+(``Batcher.enter_view``, ``lead_view``) and of state transfer (``_need_state``).
 
 Rules of the messages:
 - A VIEW-CHANGE for view v' from i proves its stable checkpoint n with 2f+1 matching
@@ -64,6 +66,8 @@ tests/core/test_view_change.py:
   clients retransmit.
 """
 from __future__ import annotations
+
+from typing import Any
 
 from . import quorum as Q
 from .actions import Broadcast, Send
@@ -149,57 +153,187 @@ def check_new_view(nv: NewView, n: int, log_window: int) -> str | None:
 MAX_VIEWS_AHEAD = 64
 
 
+class ViewChangeState:
+    """Where this replica is in a view change: whether it waits for a NEW-VIEW
+    (``in_view_change``, persisted in the meta record with the view), the VIEW-CHANGEs
+    it stored, its timers and resend backoff, the NEW-VIEW that installed its view and
+    whom it sent it to, and the messages it holds until that NEW-VIEW.  The rest is
+    volatile."""
+
+    __slots__ = ("in_view_change", "view_changes", "waiting_since", "started_at", "quorum_at",
+                 "attempts", "sent_at", "resends", "new_view_msg", "new_view_sent",
+                 "new_view_asked", "held_view")
+
+    def __init__(self) -> None:
+        self.in_view_change = False
+        self.view_changes: dict[int, dict[int, ViewChange]] = {}  # view -> sender -> newest
+        self.waiting_since: int | None = None  # the request timer
+        self.started_at = 0
+        self.quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for the view were in
+        self.attempts = 0                   # view changes since the last stable checkpoint
+        self.sent_at = 0                    # when our VIEW-CHANGE last went out
+        self.resends = 0                    # copies of it re-sent so far (backoff)
+        self.new_view_msg: NewView | None = None  # the NEW-VIEW that installed the view
+        self.new_view_sent: dict[int, int] = {}  # peer -> tick we last sent it new_view_msg
+        self.new_view_asked: set[int] = set()    # peers whose VIEW-CHANGE for the view we saw
+        self.held_view: list[Any] = []      # messages of the view, until its NEW-VIEW
+
+    # -- timers -------------------------------------------------------------------------
+    def progress(self) -> None:
+        """A request executed: the request timer restarts (the timeout stays as it is
+        until ``stable``)."""
+        self.waiting_since = None
+
+    def stable(self) -> None:
+        """A checkpoint became stable: the view has proved itself, and the timeout
+        doubled by the view changes that led to it comes back to its base."""
+        self.attempts = 0
+
+    def timeout(self, base: int) -> int:
+        return base << min(self.attempts, 16)
+
+    def new_view_timer(self, view: int, quorum: int, now: int, timeout: int) -> bool:
+        """In a view change: True when no NEW-VIEW came ``timeout`` ticks after 2f+1
+        replicas asked for ``view`` (one more attempt counted)."""
+        # Sec. 4.5.2: the timer for moving on to v+2 starts only once 2f+1 replicas
+        # asked for v+1.  A replica that timed out alone (slow, or cut off) stays at
+        # v+1 instead of climbing views nobody else will reach; it is back in the
+        # normal case at the mesh's next view change (and keeps its ledger up to date
+        # by state transfer meanwhile).
+        # Once started the timer runs until a NEW-VIEW: a VIEW-CHANGE of the quorum
+        # that is later replaced by its sender's newer one (stored VIEW-CHANGEs are the
+        # newest per sender) still asked for this view.  It used to count only what
+        # was stored for exactly this view, so when the new primary moved on alone
+        # (its NEW-VIEW lost) the count fell to 2f and the timer stopped for good:
+        # the others waited in v+1 for ever, the primary alone in v+2 (the stall of
+        # the 4-node RabbitMQ benchmark).  A sender asking for a later view counts too.
+        if self.quorum_at is None:
+            asked = {s for v, vs in self.view_changes.items() if v >= view for s in vs}
+            if len(asked) < quorum:
+                return False
+            self.quorum_at = now
+        if now - self.quorum_at >= timeout:  # no NEW-VIEW in time: next view
+            self.attempts += 1
+            return True
+        return False
+
+    def request_timer(self, waiting: bool, now: int, timeout: int) -> bool:
+        """In the normal case: True when a request has been waiting ``timeout`` ticks
+        (one more attempt counted)."""
+        if not waiting:
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = now
+        elif now - self.waiting_since >= timeout:
+            self.attempts += 1
+            return True
+        return False
+
+    # -- VIEW-CHANGE and NEW-VIEW -------------------------------------------------------
+    def start(self, mine: ViewChange, now: int) -> None:
+        """Our VIEW-CHANGE ``mine`` for its view goes out now."""
+        self.in_view_change = True
+        self.started_at = now
+        self.quorum_at = None
+        self.waiting_since = None
+        self.add(mine)
+        self.sent_at = now
+        self.resends = 0
+
+    def resend_due(self, now: int, base: int) -> bool:
+        """True (and counted) when our VIEW-CHANGE should go out again: ``base`` ticks
+        after the last copy, doubling with every copy up to 16 x."""
+        interval = base << min(self.resends, 4)
+        if not self.in_view_change or now - self.sent_at < interval:
+            return False
+        self.sent_at = now
+        self.resends += 1
+        return True
+
+    def asked_by(self, sender: int) -> list[int]:
+        """The views ``sender`` has a stored VIEW-CHANGE for."""
+        return [v for v, vs in self.view_changes.items() if sender in vs]
+
+    def add(self, vc: ViewChange) -> None:
+        self.view_changes.setdefault(vc.new_view, {})[vc.sender] = vc
+
+    def replace(self, vc: ViewChange, older: list[int]) -> None:
+        """Store ``vc`` as its sender's newest, dropping its VIEW-CHANGEs for ``older``."""
+        for v in older:  # the newest per sender only (Castro-Liskov): at most n stored
+            del self.view_changes[v][vc.sender]
+            if not self.view_changes[v]:
+                del self.view_changes[v]
+        self.add(vc)
+
+    def new_view_for(self, to: int, view: int, now: int, period: int) -> NewView | None:
+        """The NEW-VIEW to send ``to``, which asked again for ``view``: only for a re-sent
+        VIEW-CHANGE, at most once per ``period``."""
+        nv = self.new_view_msg
+        if nv is None or nv.view != view:
+            return None
+        if to not in self.new_view_asked:
+            self.new_view_asked.add(to)
+            return None
+        last = self.new_view_sent.get(to)
+        if last is not None and now - last < period:
+            return None
+        self.new_view_sent[to] = now
+        return nv
+
+    def hold(self, m: Any, limit: int) -> None:
+        """A message of the view being installed: kept (up to ``limit``) until its NEW-VIEW."""
+        if len(self.held_view) < limit:
+            self.held_view.append(m)
+
+    def enter(self, view: int) -> None:
+        """``view`` is installed: the view change is over."""
+        self.in_view_change = False
+        self.new_view_sent = {}
+        self.new_view_asked = set(self.view_changes.get(view, {}))
+        self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
+        self.waiting_since = None
+
+    def take_held(self) -> list[Any]:
+        held, self.held_view = self.held_view, []
+        return held
+
+    def installed(self, nv: NewView) -> None:
+        self.new_view_msg = nv
+
+    def restore(self, in_view_change: bool) -> None:
+        self.in_view_change = in_view_change
+
+
 class ViewChanges:
     """The replica's side of the view change: timers, VIEW-CHANGE, NEW-VIEW, new view."""
 
     # -- view change (sec. 4.4) ---------------------------------------------------------
     def _waiting(self) -> bool:
         return bool(self.awaiting) or any(e.preprepare is not None and not e.executed
-                                          for s, e in self.log.items() if s > self.last_exec)
+                                          for s, e in self.window.log.items() if s > self.last_exec)
 
     def _view_change_timers(self, cause: str) -> None:
-        timeout = self.cfg.view_change_ticks << min(self.vc_attempts, 16)
-        if self.in_view_change:
-            # Sec. 4.5.2: the timer for moving on to v+2 starts only once 2f+1 replicas
-            # asked for v+1.  A replica that timed out alone (slow, or cut off) stays at
-            # v+1 instead of climbing views nobody else will reach; it is back in the
-            # normal case at the mesh's next view change (and keeps its ledger up to date
-            # by state transfer meanwhile).
-            # Once started the timer runs until a NEW-VIEW: a VIEW-CHANGE of the quorum
-            # that is later replaced by its sender's newer one (stored VIEW-CHANGEs are the
-            # newest per sender) still asked for this view.  It used to count only what
-            # was stored for exactly this view, so when the new primary moved on alone
-            # (its NEW-VIEW lost) the count fell to 2f and the timer stopped for good:
-            # the others waited in v+1 for ever, the primary alone in v+2 (the stall of
-            # the 4-node RabbitMQ benchmark).  A sender asking for a later view counts too.
-            if self.vc_quorum_at is None:
-                asked = {s for v, vs in self.view_changes.items() if v >= self.view for s in vs}
-                if len(asked) < self.quorum:
-                    return
-                self.vc_quorum_at = self.now
-            if self.now - self.vc_quorum_at >= timeout:  # no NEW-VIEW in time: next view
-                self.vc_attempts += 1
+        vc = self.vc
+        timeout = vc.timeout(self.cfg.view_change_ticks)
+        if vc.in_view_change:
+            if vc.new_view_timer(self.view, self.quorum, self.now, timeout):
                 self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
             return
-        if not self._waiting():
-            self.waiting_since = None
-        elif self.waiting_since is None:
-            self.waiting_since = self.now
-        elif self.now - self.waiting_since >= timeout:
-            self.vc_attempts += 1
+        if vc.request_timer(self._waiting(), self.now, timeout):
             self._start_view_change(self.view + 1, f"{cause}: request timer expired in view {self.view}")
 
     def _own_view_change(self, new_view: int) -> ViewChange:
+        w = self.window
         proof = ()
-        if self.h:
-            proof = tuple(c for _, c in sorted(self.checkpoints.get(self.h, {}).items())
-                          if c.state_digest == self.stable_digest)
+        if w.h:
+            proof = tuple(c for _, c in sorted(w.checkpoints.get(w.h, {}).items())
+                          if c.state_digest == w.stable_digest)
         prepared = []
-        for seq in sorted(s for s in self.log if s > self.h):
-            cert = self._certificate(self.log[seq])
+        for seq in sorted(s for s in w.log if s > w.h):
+            cert = self._certificate(w.log[seq])
             if cert is not None and cert[0].view < new_view:
                 prepared.append(cert)
-        return ViewChange(new_view, self.h, proof, tuple(prepared), self.id)
+        return ViewChange(new_view, w.h, proof, tuple(prepared), self.id)
 
     def _certificate(self, e: Entry | None) -> tuple | None:
         """The newest prepared certificate ``e`` holds, of its own view or an earlier one."""
@@ -209,15 +343,9 @@ class ViewChanges:
 
     def _start_view_change(self, new_view: int, cause: str) -> None:
         self.view = new_view
-        self.in_view_change = True
-        self.vc_started_at = self.now
-        self.vc_quorum_at = None
-        self.waiting_since = None
         self._dirty_meta = True
         mine = self._own_view_change(new_view)
-        self.view_changes.setdefault(new_view, {})[self.id] = mine
-        self.vc_sent_at = self.now
-        self.vc_resends = 0
+        self.vc.start(mine, self.now)
         self._msg(Broadcast(mine, cause))
         self._try_new_view(new_view, cause)
 
@@ -230,45 +358,39 @@ class ViewChanges:
         with the NEW-VIEW (``_on_view_change``).  The interval doubles with every copy
         (up to 16 x): a VIEW-CHANGE carries whole batches, and the receiving adapter
         checks every nested signature before the core can tell it is a duplicate."""
-        interval = self.cfg.retransmit_ticks << min(self.vc_resends, 4)
-        if not self.in_view_change or self.now - self.vc_sent_at < interval:
+        if not self.vc.resend_due(self.now, self.cfg.retransmit_ticks):
             return
-        self.vc_sent_at = self.now
-        self.vc_resends += 1
-        mine = self.view_changes.get(self.view, {}).get(self.id)
+        mine = self.vc.view_changes.get(self.view, {}).get(self.id)
         if mine is None:
             mine = self._own_view_change(self.view)
-            self.view_changes.setdefault(self.view, {})[self.id] = mine
+            self.vc.add(mine)
         self._msg(Broadcast(mine, cause))
 
-    def _on_view_change(self, vc: ViewChange, cause: str) -> None:
-        if vc.sender == self.id:
-            return self._evidence(vc.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
-        if vc.new_view == self.view and not self.in_view_change:
-            return self._send_new_view(vc.sender, cause)  # it missed the NEW-VIEW
-        if vc.new_view < self.view:
+    def _on_view_change(self, msg: ViewChange, cause: str) -> None:
+        if msg.sender == self.id:
+            return self._evidence(msg.sender, "replayed_own", "own VIEW-CHANGE came back", cause)
+        if msg.new_view == self.view and not self.vc.in_view_change:
+            return self._send_new_view(msg.sender, cause)  # it missed the NEW-VIEW
+        if msg.new_view < self.view:
             return  # a view this replica has already left
-        if vc.new_view > self.view + MAX_VIEWS_AHEAD:
-            return self._evidence(vc.sender, "view_out_of_range",
-                                  f"VIEW-CHANGE for view {vc.new_view}, this replica is in "
+        if msg.new_view > self.view + MAX_VIEWS_AHEAD:
+            return self._evidence(msg.sender, "view_out_of_range",
+                                  f"VIEW-CHANGE for view {msg.new_view}, this replica is in "
                                   f"view {self.view}", cause)
-        held = [v for v, vs in self.view_changes.items() if vc.sender in vs]
-        if any(v >= vc.new_view for v in held):
+        held = self.vc.asked_by(msg.sender)
+        if any(v >= msg.new_view for v in held):
             return  # a duplicate, or older than what this sender already asked for
-        reason = check_view_change(vc, self.n, self.cfg.log_window)
+        reason = check_view_change(msg, self.n, self.cfg.log_window)
         if reason:
-            return self._evidence(vc.sender, "bad_view_change", reason, cause)
-        for v in held:  # the newest per sender only (Castro-Liskov): at most n stored
-            del self.view_changes[v][vc.sender]
-            if not self.view_changes[v]:
-                del self.view_changes[v]
-        self.view_changes.setdefault(vc.new_view, {})[vc.sender] = vc
+            return self._evidence(msg.sender, "bad_view_change", reason, cause)
+        self.vc.replace(msg, held)
         # sec. 4.5.2: f+1 replicas want a higher view, so at least one honest one does
-        higher = {s for v, vs in self.view_changes.items() if v > self.view for s in vs}
+        stored = self.vc.view_changes
+        higher = {s for v, vs in stored.items() if v > self.view for s in vs}
         if len(higher) >= Q.weak_quorum(self.n):
-            target = min(v for v, vs in self.view_changes.items() if v > self.view and vs)
+            target = min(v for v, vs in stored.items() if v > self.view and vs)
             self._start_view_change(target, cause)
-        self._try_new_view(vc.new_view, cause)
+        self._try_new_view(msg.new_view, cause)
 
     def _send_new_view(self, to: int, cause: str) -> None:
         """``to`` asks again for the view this replica installed: it is still waiting
@@ -278,22 +400,14 @@ class ViewChanges:
         senders).  Only a re-sent VIEW-CHANGE is answered (from a sender whose
         VIEW-CHANGE for this view was already seen here): a first copy is usually just
         late, with the broadcast NEW-VIEW behind it."""
-        nv = self.new_view_msg
-        if nv is None or nv.view != self.view:
-            return
-        if to not in self.new_view_asked:
-            self.new_view_asked.add(to)
-            return
-        last = self.new_view_sent.get(to)
-        if last is not None and self.now - last < self.cfg.retransmit_ticks:
-            return
-        self.new_view_sent[to] = self.now
-        self._msg(Send(to, nv, cause))
+        nv = self.vc.new_view_for(to, self.view, self.now, self.cfg.retransmit_ticks)
+        if nv is not None:
+            self._msg(Send(to, nv, cause))
 
     def _try_new_view(self, view: int, cause: str) -> None:
-        if not (self.in_view_change and view == self.view and Q.primary(view, self.n) == self.id):
+        if not (self.vc.in_view_change and view == self.view and Q.primary(view, self.n) == self.id):
             return
-        votes = self.view_changes.get(view, {})
+        votes = self.vc.view_changes.get(view, {})
         if len(votes) < self.quorum:
             return
         chosen = tuple(vc for _, vc in sorted(votes.items())[: self.quorum])
@@ -301,62 +415,56 @@ class ViewChanges:
         nv = NewView(view, chosen, pps, self.id)
         self._msg(Broadcast(nv, cause))
         self._enter_view(view, pps, min_s, cause)
-        self.new_view_msg = nv
+        self.vc.installed(nv)
 
     def _on_new_view(self, nv: NewView, cause: str) -> None:
-        if nv.view < self.view or (nv.view == self.view and not self.in_view_change):
+        if nv.view < self.view or (nv.view == self.view and not self.vc.in_view_change):
             return
         reason = check_new_view(nv, self.n, self.cfg.log_window)
         if reason:
             return self._evidence(nv.sender, "bad_new_view", reason, cause)
         min_s, _ = new_view_preprepares(nv.view, nv.view_changes, self.n)
         self._enter_view(nv.view, nv.preprepares, min_s, cause)
-        self.new_view_msg = nv
+        self.vc.installed(nv)
 
     def _enter_view(self, view: int, pps: tuple, min_s: int, cause: str) -> None:
+        w = self.window
         self.view = view
-        self.in_view_change = False
-        self.new_view_sent = {}
-        self.new_view_asked = set(self.view_changes.get(view, {}))
+        self.vc.enter(view)
         self._dirty_meta = True
-        self.view_changes = {v: vs for v, vs in self.view_changes.items() if v > view}
         if min_s > self.last_exec:  # the new view starts past us: fetch what we lack
             peers = [s for s in range(self.n) if s != self.id]
             self._need_state(min_s, peers, cause)
         top = max((pp.seq for pp in pps), default=min_s)
-        for seq in [s for s in self.log if s > max(top, self.last_exec)]:
-            del self.log[seq]  # never prepared by a quorum: clients retransmit
-            self._deleted.update((f"pp/{seq}", f"votes/{seq}"))
+        for seq in w.drop_above(max(top, self.last_exec)):  # never prepared by a quorum:
+            self._deleted.update((f"pp/{seq}", f"votes/{seq}"))  # clients retransmit
         primary = Q.primary(view, self.n)
         for pp in pps:
-            if pp.seq <= self.h or pp.seq > self.high:
+            if pp.seq <= w.h or pp.seq > w.high:
                 continue
             entry = Entry(pp.seq)
-            entry.prior = self._certificate(self.log.get(pp.seq))  # sec. 4.4: never lost
+            entry.prior = self._certificate(w.log.get(pp.seq))  # sec. 4.4: never lost
             entry.executed = pp.seq <= self.last_exec
             entry.preprepare = pp
-            self.log[pp.seq] = entry
+            w.put(entry)
             self._dirty_pp.add(pp.seq)
             self._dirty_votes.add(pp.seq)
             if self.id != primary:
                 mine = Prepare(view, pp.seq, pp.digest, self.id)
                 entry.prepares[self.id] = mine
                 self._send_vote(mine, cause)
-        self.pending_bytes = {}  # recomputed as the new view's batches are cut
+        self.batcher.enter_view()
         if self.id == primary:
-            self.next_seq = max(top, self.last_exec, self.h) + 1
             proposed = {(r.client, r.timestamp) for pp in pps for r in pp.batch}
-            self.pending = [r for k, r in self.awaiting.items()
-                            if k not in proposed and not self.clients.executed(*k)]
-            self.in_flight = proposed | set(self.awaiting)
-            self.pending_since = self.now if self.pending else None
-        self.waiting_since = None
-        held, self.held_view = self.held_view, []
-        for m in held:
+            pending = [r for k, r in self.awaiting.items()
+                       if k not in proposed and not self.clients.executed(*k)]
+            self.batcher.lead_view(max(top, self.last_exec, w.h) + 1, pending,
+                                   proposed | set(self.awaiting), self.now)
+        for m in self.vc.take_held():
             if m.view == view:
                 self._handlers[type(m)](self, m, cause)
-        for seq in sorted(self.log):
+        for seq in sorted(w.log):
             if seq > self.last_exec:
-                self._check(self.log[seq], cause)
+                self._check(w.log[seq], cause)
         if self.id == primary:
             self._cut_partial(cause)

@@ -1,7 +1,7 @@
 """Shared builders for the core tests: hand-made messages and action filters.
 
 Everything here is plain data; no fixtures and no mocks.  A test builds the messages
-a replica would receive, feeds them to ``Replica.step`` and inspects the actions.
+a replica would receive, feeds them to ``Replica.handle`` and inspects the actions.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def commit(pp: PrePrepare, sender: int, digest: str | None = None) -> Commit:
 def feed(replica: Replica, msgs: Iterable[Any]) -> list:
     out: list = []
     for m in msgs:
-        out += replica.step(m)
+        out += replica.handle(m)
     return out
 
 

@@ -209,7 +209,7 @@ def test_equivocating_primary_splits_the_backups_then_a_view_change_commits_ever
     c.tick(CONFIG["batch_timeout_ticks"])
     c.stabilize()
     # check: backups hold different pre-prepares for (view 0, seq 1), built from real requests
-    pps = {i: c.nodes[i].replica.log[1].preprepare for i in (1, 2, 3)}
+    pps = {i: c.nodes[i].replica.window.log[1].preprepare for i in (1, 2, 3)}
     assert pps[1].digest != pps[2].digest == pps[3].digest
     assert {(r.client, r.timestamp) for r in pps[2].batch} <= {(r.client, r.timestamp) for r in pps[1].batch}
     assert all(batch_digest(pp.batch) == pp.digest for pp in pps.values())
@@ -248,9 +248,9 @@ def test_wrong_digests_never_count_towards_a_certificate_or_a_stable_checkpoint(
         node = c.nodes[i]
         assert all(3 not in {m.sender for m in cert} for cert in node.certs.values())
         r = node.replica
-        assert r.h >= CONFIG["checkpoint_interval"], "checkpoints became stable without node 3"
-        theirs = r.checkpoints.get(r.h, {}).get(3)
-        assert theirs is None or theirs.state_digest != r.stable_digest
+        assert r.window.h >= CONFIG["checkpoint_interval"], "checkpoints became stable without node 3"
+        theirs = r.window.checkpoints.get(r.window.h, {}).get(3)
+        assert theirs is None or theirs.state_digest != r.window.stable_digest
 
 
 # -- replay ------------------------------------------------------------------------------------

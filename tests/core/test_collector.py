@@ -12,6 +12,7 @@ from pbft_tasks.core.collector import check_certificate
 from pbft_tasks.core.messages import Certificate, Commit, Prepare, ViewChange
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.stimuli import Tick
 
 from .helpers import (commit, config, executes, fake_digest, feed, messages, preprepare, prepare,
                       reasons, req)
@@ -39,7 +40,7 @@ def test_a_backup_sends_its_prepare_to_the_collector_only():
     r = Replica(1, collector_config())
     pp = preprepare(1)
     # step
-    out = r.step(pp)
+    out = r.handle(pp)
     # check
     sent = [a for a in out if isinstance(a, (Send, Broadcast))]
     assert sent == [Send(0, Prepare(0, 1, pp.digest, 1), sent[0].cause)]
@@ -48,12 +49,12 @@ def test_a_backup_sends_its_prepare_to_the_collector_only():
 def test_the_collector_sends_one_prepare_certificate_with_2f_backup_prepares():
     # set up
     r = Replica(0, collector_config())
-    out = r.step(req())
+    out = r.handle(req())
     (pp,) = messages(out)
     # step: the first backup prepare is short of 2f, the second completes it, a third adds nothing
-    first = r.step(prepare(pp, 1))
-    second = r.step(prepare(pp, 2))
-    third = r.step(prepare(pp, 3))
+    first = r.handle(prepare(pp, 1))
+    second = r.handle(prepare(pp, 2))
+    third = r.handle(prepare(pp, 3))
     # check
     assert messages(first) == []
     (c,) = [a for a in second if isinstance(a, Broadcast)]
@@ -64,12 +65,12 @@ def test_the_collector_sends_one_prepare_certificate_with_2f_backup_prepares():
 def test_the_collector_sends_the_commit_certificate_at_2f_plus_1_commits_its_own_included():
     # set up
     r = Replica(0, collector_config())
-    (pp,) = messages(r.step(req()))
+    (pp,) = messages(r.handle(req()))
     feed(r, [prepare(pp, 1), prepare(pp, 2)])
     # step
-    first = r.step(commit(pp, 1))
-    second = r.step(commit(pp, 2))
-    late = r.step(commit(pp, 3))
+    first = r.handle(commit(pp, 1))
+    second = r.handle(commit(pp, 2))
+    late = r.handle(commit(pp, 3))
     # check
     assert messages(first) == []
     (c,) = messages(second, Certificate)
@@ -81,10 +82,10 @@ def test_a_backup_acts_on_certificates_exactly_as_on_the_votes_they_carry():
     # set up
     r = Replica(3, collector_config())
     pp = preprepare(1)
-    r.step(pp)
+    r.handle(pp)
     # step
-    after_prepare_cert = r.step(cert(pp, "prepare", (1, 2)))
-    after_commit_cert = r.step(cert(pp, "commit", (0, 1, 2)))
+    after_prepare_cert = r.handle(cert(pp, "prepare", (1, 2)))
+    after_commit_cert = r.handle(cert(pp, "commit", (0, 1, 2)))
     # check: prepared -> its commit goes to the collector; committed -> executes
     assert messages(after_prepare_cert) == [Commit(0, 1, pp.digest, 3)]
     assert [a.to for a in after_prepare_cert if isinstance(a, Send)] == [0]
@@ -107,7 +108,7 @@ def test_a_malformed_certificate_is_evidence_and_counts_nothing(case, expected):
     # set up
     r = Replica(3, collector_config())
     pp = preprepare(1)
-    r.step(pp)
+    r.handle(pp)
     d = pp.digest
     bad = {
         "short prepare": cert(pp, "prepare", (1,)),
@@ -121,25 +122,25 @@ def test_a_malformed_certificate_is_evidence_and_counts_nothing(case, expected):
         "commit in a prepare certificate": Certificate(0, 1, d, "prepare", (Commit(0, 1, d, 1), Commit(0, 1, d, 2)), 0),
     }[case]
     # step
-    out = r.step(bad)
+    out = r.handle(bad)
     # check
     assert reasons(out) == ["bad_certificate"]
     assert expected in [a for a in out if hasattr(a, "detail")][0].detail
-    assert r.log[1].prepares.keys() == {3} and not r.log[1].commits
+    assert r.window.log[1].prepares.keys() == {3} and not r.window.log[1].commits
 
 
 def test_a_vote_in_a_certificate_that_contradicts_one_received_is_equivocation():
     # set up: replica 1's prepare for another digest arrived on its own first
     r = Replica(3, collector_config())
     pp = preprepare(1)
-    r.step(pp)
-    r.step(prepare(pp, 1, digest=fake_digest("other")))
+    r.handle(pp)
+    r.handle(prepare(pp, 1, digest=fake_digest("other")))
     # step
-    out = r.step(cert(pp, "prepare", (1, 2)))
+    out = r.handle(cert(pp, "prepare", (1, 2)))
     # check: the first vote is kept, replica 2's counts (with its own, 2f: prepared)
     assert reasons(out) == ["equivocation"]
-    assert r.log[1].prepares[1].digest == fake_digest("other")
-    assert sorted(r.log[1].prepares) == [1, 2, 3] and messages(out, Commit)
+    assert r.window.log[1].prepares[1].digest == fake_digest("other")
+    assert sorted(r.window.log[1].prepares) == [1, 2, 3] and messages(out, Commit)
 
 
 def test_a_view_change_proves_a_seq_prepared_from_a_certificate_with_its_2f_signed_prepares():
@@ -150,7 +151,7 @@ def test_a_view_change_proves_a_seq_prepared_from_a_certificate_with_its_2f_sign
     # step: the commit certificate never comes, the request timer expires
     out = []
     for _ in range(6):
-        out += r.tick()
+        out += r.handle(Tick())
     # check
     (vc,) = messages(out, ViewChange)
     ((p, prepares),) = vc.prepared
@@ -259,5 +260,5 @@ def test_a_replica_alone_in_a_later_view_catches_up_from_commit_certificates():
         c.serve_fetches()
         c.stabilize()
     # check
-    assert behind == 1 and r3.view == 1 and r3.in_view_change
+    assert behind == 1 and r3.view == 1 and r3.vc.in_view_change
     assert c.height(3) == c.height(0) == 4 and c.head(3) == c.head(0)

@@ -56,11 +56,11 @@ def test_replica_that_has_not_executed_does_not_answer_duplicates():
     fresh.deliver(0)
     pp = [e for e in fresh.network if e.to == 1][0].msg
     rep = fresh.nodes[1].replica
-    rep.step(pp)
+    rep.handle(pp)
     from pbft_tasks.core.messages import Prepare
     prep = Prepare(pp.view, pp.seq, pp.digest, 2)
-    rep.step(prep)
-    actions = rep.step(prep)  # duplicate, but seq 1 is not executed here
+    rep.handle(prep)
+    actions = rep.handle(prep)  # duplicate, but seq 1 is not executed here
     # check: no help is sent by a replica that is itself behind
     assert not [a for a in actions if isinstance(a, Send)]
 
@@ -72,10 +72,10 @@ def test_duplicate_checkpoint_for_stable_checkpoint_is_answered():
         c.request("a", ts, f"k{ts}", ts)
         c.stabilize()
     r0 = c.nodes[0].replica
-    assert r0.h == 4
-    ck = c.nodes[0].replica.checkpoints[4][1]
+    assert r0.window.h == 4
+    ck = c.nodes[0].replica.window.checkpoints[4][1]
     # step: node 1 re-sends its checkpoint 4 (it missed stability)
-    actions = r0.step(Checkpoint(ck.seq, ck.state_digest, 1))
+    actions = r0.handle(Checkpoint(ck.seq, ck.state_digest, 1))
     # check: node 0 answers node 1 with its own checkpoint 2
     sent = [a for a in actions if isinstance(a, Send)]
     assert len(sent) == 1 and sent[0].to == 1 and isinstance(sent[0].msg, Checkpoint)
@@ -89,7 +89,7 @@ def test_a_duplicated_commit_between_two_executed_replicas_does_not_storm():
     c = _cluster()
     c.request("a", 1, "k1", 1)
     c.stabilize()
-    commit = c.nodes[1].replica.log[1].commits[1]
+    commit = c.nodes[1].replica.window.log[1].commits[1]
     # step: the network delivers node 1's commit to node 0 a second time
     c.inject(0, commit, origin=1)
     delivered = c.stabilize(max_steps=10_000)

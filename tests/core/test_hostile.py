@@ -8,6 +8,7 @@ from __future__ import annotations
 from pbft_tasks.core.actions import FetchState
 from pbft_tasks.core.messages import Prepare, ViewChange
 from pbft_tasks.core.replica import Replica
+from pbft_tasks.core.stimuli import Tick
 
 from .helpers import config, fake_digest, preprepare, reasons
 
@@ -17,7 +18,7 @@ FAR = 2**62
 def tick(r: Replica, ticks: int) -> list:
     out: list = []
     for _ in range(ticks):
-        out += r.tick()
+        out += r.handle(Tick())
     return out
 
 
@@ -26,21 +27,21 @@ def tick(r: Replica, ticks: int) -> list:
 def test_one_prepare_far_ahead_starts_no_fetch_loop():
     """One Prepare with seq 2^62 from a faulty node made the replica fetch blocks forever."""
     r = Replica(1, config())
-    out = r.step(Prepare(0, FAR, fake_digest("x"), 3))
+    out = r.handle(Prepare(0, FAR, fake_digest("x"), 3))
     assert reasons(out) == ["outside_watermarks"]
     out = tick(r, 10 * r.cfg.retransmit_ticks)
     assert not [a for a in out if isinstance(a, FetchState)]
-    assert r.behind_to == 0
+    assert r.catchup.behind_to == 0
 
 
 def test_far_ahead_from_f_plus_one_senders_is_a_target():
     """f+1 senders beyond the window: at least one honest replica is there, so the stuck
     check fetches -- up to the lower of their seqs, not the faulty one's."""
     r = Replica(1, config())
-    honest_far = r.high + 2 * r.cfg.log_window + 3
-    r.step(preprepare(1))  # work to do, so the stuck check runs
-    r.step(Prepare(0, FAR, fake_digest("x"), 3))
-    r.step(Prepare(0, honest_far, fake_digest("y"), 2))
+    honest_far = r.window.high + 2 * r.cfg.log_window + 3
+    r.handle(preprepare(1))  # work to do, so the stuck check runs
+    r.handle(Prepare(0, FAR, fake_digest("x"), 3))
+    r.handle(Prepare(0, honest_far, fake_digest("y"), 2))
     out = tick(r, r.cfg.retransmit_ticks + 1)
     fetches = [a for a in out if isinstance(a, FetchState)]
     assert fetches and fetches[0].to_seq == honest_far
@@ -49,16 +50,16 @@ def test_far_ahead_from_f_plus_one_senders_is_a_target():
 # -- finding 6: a VIEW-CHANGE flood from one faulty node ------------------------------------
 
 def stored_view_changes(r: Replica) -> int:
-    return sum(len(vs) for vs in r.view_changes.values())
+    return sum(len(vs) for vs in r.vc.view_changes.values())
 
 
 def test_a_view_change_flood_stores_the_newest_per_sender_only():
     r = Replica(1, config())
     for v in range(1, 2001):
-        r.step(ViewChange(v + 10, 0, (), (), 3))
+        r.handle(ViewChange(v + 10, 0, (), (), 3))
     assert stored_view_changes(r) == 1, "one sender, one stored VIEW-CHANGE"
-    assert r.view == 0 and not r.in_view_change
-    out = r.step(ViewChange(10 ** 6, 0, (), (), 3))
+    assert r.view == 0 and not r.vc.in_view_change
+    out = r.handle(ViewChange(10 ** 6, 0, (), (), 3))
     assert reasons(out) == ["view_out_of_range"] and stored_view_changes(r) == 1
 
 
@@ -67,9 +68,9 @@ def test_a_flooder_cannot_carry_an_honest_timeout_to_its_view():
     among the newest VIEW-CHANGE of each sender (kept true by the per-sender bound)."""
     r = Replica(1, config())
     for v in range(2, 14):
-        r.step(ViewChange(v, 0, (), (), 3))
-    r.step(ViewChange(1, 0, (), (), 2))  # an honest replica timed out
-    assert r.view == 1 and r.in_view_change
+        r.handle(ViewChange(v, 0, (), (), 3))
+    r.handle(ViewChange(1, 0, (), (), 2))  # an honest replica timed out
+    assert r.view == 1 and r.vc.in_view_change
 
 
 # -- finding 3: value nesting depth -----------------------------------------------------------
@@ -121,7 +122,7 @@ def test_big_requests_are_batched_below_the_wire_limit():
     r = Replica(0, config(max_batch=256, batch_timeout_ticks=5, pipeline=0))
     out: list = []
     for ts in range(1, 129):
-        out += r.step(req(ts=ts, key=f"k{ts}", value="v" * 60_000))
+        out += r.handle(req(ts=ts, key=f"k{ts}", value="v" * 60_000))
     out += tick(r, 6)  # the batch timeout: everything waiting is proposed
     pps = messages(out, PrePrepare)
     assert sum(len(pp.batch) for pp in pps) == 128
@@ -137,7 +138,7 @@ def test_count_still_cuts_small_requests():
     r = Replica(0, config(max_batch=16, batch_timeout_ticks=5, pipeline=0))
     out: list = []
     for ts in range(1, 41):
-        out += r.step(req(ts=ts))
+        out += r.handle(req(ts=ts))
     out += tick(r, 6)
     assert [len(pp.batch) for pp in messages(out, PrePrepare)] == [16, 16, 8]
 
@@ -145,8 +146,8 @@ def test_count_still_cuts_small_requests():
 def test_a_request_over_max_batch_bytes_is_refused_by_the_primary():
     from .helpers import req
     r = Replica(0, config(max_batch_bytes=4096, batch_timeout_ticks=0))
-    out = r.step(req(ts=1, value="x" * 5000))
-    assert reasons(out) == ["request_too_large"] and not r.pending and not r.awaiting
+    out = r.handle(req(ts=1, value="x" * 5000))
+    assert reasons(out) == ["request_too_large"] and not r.batcher.pending and not r.awaiting
 
 
 # -- retransmission waits for silence ------------------------------------------------------
@@ -159,7 +160,7 @@ def test_an_idle_primary_does_not_resend_a_fresh_preprepare():
     from .helpers import messages, req
     r = Replica(0, config(retransmit_ticks=100, batch_timeout_ticks=0))
     tick(r, 1000)  # idle for a long time
-    out = r.step(req(ts=1))
+    out = r.handle(req(ts=1))
     assert len(messages(out, PrePrepare)) == 1
     out = tick(r, 20)  # well within what a commit may take
     assert messages(out, PrePrepare) == [], "re-sent before any silence"
@@ -175,7 +176,7 @@ def test_retransmission_timeout_adapts_to_what_commits_take():
         tick(r, 2)
         commit_seq(r, preprepare(seq))
     assert r._retransmit_timeout() == 25, "fast commits: the floor, retransmit_ticks / 4"
-    r.step(preprepare(41))  # then one stalls: its votes are re-sent after the timeout
+    r.handle(preprepare(41))  # then one stalls: its votes are re-sent after the timeout
     from pbft_tasks.core.messages import Prepare
     early = tick(r, 24)
     late = tick(r, 2)

@@ -19,6 +19,7 @@ from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, PrePrepar
 from pbft_tasks.core.replica import Replica, ReplicaConfig
 from pbft_tasks.core.sim import Cluster
 from pbft_tasks.core.sim import Cluster as _SimCluster
+from pbft_tasks.core.stimuli import Resume, Tick
 
 from .helpers import (checkpoint_votes, client_replies, commit, commit_seq, config, executes,
                       fake_digest, feed, messages, ordered_like_contract, persisted, prepare,
@@ -99,11 +100,11 @@ def test_backup_accepts_preprepare_only_from_primary_of_its_view():
     r = Replica(1, config())
     forged = preprepare(1, sender=2)
     # step
-    out = r.step(forged)
+    out = r.handle(forged)
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["not_primary"]
-    assert r.log.get(1) is None or r.log[1].preprepare is None
+    assert r.window.log.get(1) is None or r.window.log[1].preprepare is None
 
 
 def test_backup_accepts_preprepare_only_in_its_view():
@@ -113,7 +114,7 @@ def test_backup_accepts_preprepare_only_in_its_view():
     r = Replica(2, config())
     other_view = preprepare(1, view=1)  # sent by replica 1, primary of view 1
     # step
-    out = r.step(other_view)
+    out = r.handle(other_view)
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["wrong_view"]
@@ -129,13 +130,13 @@ def test_backup_accepts_preprepare_only_inside_watermarks():
     at_high, beyond_high = preprepare(8), preprepare(9)
     far_beyond = preprepare(8 + 8 + 1)
     # step
-    out_high = r.step(at_high)
-    out_beyond = r.step(beyond_high)
-    out_far = r.step(far_beyond)
+    out_high = r.handle(at_high)
+    out_beyond = r.handle(beyond_high)
+    out_far = r.handle(far_beyond)
     # check: H itself is inside, H+1 is held, H+L+1 is refused
     assert messages(out_high, Prepare) == [prepare(at_high, 1)]
     assert messages(out_beyond, Prepare) == [] and reasons(out_beyond) == []
-    assert r.held == [beyond_high]
+    assert r.window.held == [beyond_high]
     assert messages(out_far, Prepare) == [] and reasons(out_far) == ["outside_watermarks"]
 
     # step: execute 1..4 and make checkpoint 4 stable; the window becomes (4, 12]
@@ -143,9 +144,9 @@ def test_backup_accepts_preprepare_only_inside_watermarks():
         commit_seq(r, preprepare(seq))
     out = feed(r, checkpoint_votes(4, r.head, [0, 2]))
     # check: the held pre-prepare 9 is accepted in the call that moved the window
-    assert (r.h, r.high) == (4, 12)
+    assert (r.window.h, r.window.high) == (4, 12)
     assert messages(out, Prepare) == [prepare(beyond_high, 1)]
-    assert r.held == []
+    assert r.window.held == []
 
 
 def test_preprepare_at_or_below_low_watermark_is_dropped():
@@ -155,12 +156,12 @@ def test_preprepare_at_or_below_low_watermark_is_dropped():
     for seq in range(1, 5):
         commit_seq(r, preprepare(seq))
     feed(r, checkpoint_votes(4, r.head, [0, 2]))
-    assert r.h == 4
+    assert r.window.h == 4
     # step
     out = feed(r, [preprepare(3, batch=[req(ts=99)]), prepare(preprepare(4), 2)])
     # check
     assert out == []
-    assert 3 not in r.log and 4 not in r.log
+    assert 3 not in r.window.log and 4 not in r.window.log
 
 
 def test_backup_accepts_preprepare_only_if_digest_matches_batch():
@@ -169,7 +170,7 @@ def test_backup_accepts_preprepare_only_if_digest_matches_batch():
     r = Replica(1, config())
     bad = preprepare(1, digest=fake_digest("not the batch"))
     # step
-    out = r.step(bad)
+    out = r.handle(bad)
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["bad_digest"]
@@ -182,16 +183,16 @@ def test_backup_never_accepts_second_digest_for_same_view_and_seq():
     r = Replica(1, config())
     first = preprepare(1, batch=[req(ts=1)])
     second = preprepare(1, batch=[req(ts=2)])
-    r.step(first)
+    r.handle(first)
     # step
-    out = r.step(second)
+    out = r.handle(second)
     # check
     assert messages(out, Prepare) == []
     assert reasons(out) == ["conflicting_preprepare"]
-    assert r.log[1].preprepare == first
-    assert r.log[1].prepares[1].digest == first.digest
+    assert r.window.log[1].preprepare == first
+    assert r.window.log[1].prepares[1].digest == first.digest
     # the same pre-prepare again is a harmless duplicate
-    assert r.step(first) == []
+    assert r.handle(first) == []
 
 
 # -- sec. 4.2: prepare, commit, execute ----------------------------------------------
@@ -202,15 +203,15 @@ def test_prepare_claiming_to_come_from_primary_is_not_counted():
     # set up: replica 1 holds the pre-prepare and its own prepare (1 of 2f = 2)
     r = Replica(1, config())
     pp = preprepare(1)
-    r.step(pp)
+    r.handle(pp)
     # step
-    out = r.step(prepare(pp, 0))
+    out = r.handle(prepare(pp, 0))
     # check
     assert reasons(out) == ["prepare_from_primary"]
     assert messages(out, Commit) == []
-    assert 0 not in r.log[1].prepares
+    assert 0 not in r.window.log[1].prepares
     # one real backup prepare makes it prepared
-    assert messages(r.step(prepare(pp, 2)), Commit) == [commit(pp, 1)]
+    assert messages(r.handle(prepare(pp, 2)), Commit) == [commit(pp, 1)]
 
 
 @pytest.mark.parametrize("n", [4, 7])
@@ -223,16 +224,16 @@ def test_prepared_needs_preprepare_and_2f_matching_prepares(n):
     r = Replica(1, config(n=n))
     pp = preprepare(1, n=n)
     others = [i for i in range(2, n)]
-    out = r.step(pp)                     # own prepare: 1 matching
+    out = r.handle(pp)                     # own prepare: 1 matching
     for s in others[: 2 * f - 2]:        # 2f-1 matching in all
-        out += r.step(prepare(pp, s))
+        out += r.handle(prepare(pp, s))
     wrong = [prepare(pp, s, digest=fake_digest("other")) for s in others[2 * f - 2:]]
     # step: 2f-1 matching prepares plus every other backup voting another digest
     out += feed(r, wrong)
     # check
-    assert r.log[1].matching_prepares(0) == 2 * f - 1
+    assert r.window.log[1].matching_prepares(0) == 2 * f - 1
     assert messages(out, Commit) == []
-    assert not r.log[1].prepared(0, 2 * f)
+    assert not r.window.log[1].prepared(0, 2 * f)
 
     # step: a fresh replica that gets one more matching prepare (2f in all)
     r2 = Replica(1, config(n=n))
@@ -251,7 +252,7 @@ def test_prepared_requires_the_preprepare():
     # check
     assert messages(out) == []
     # the pre-prepare arriving late completes it
-    assert messages(r.step(pp), Commit) == [commit(pp, 1)]
+    assert messages(r.handle(pp), Commit) == [commit(pp, 1)]
 
 
 def test_commit_is_multicast_exactly_once_when_prepared():
@@ -260,7 +261,7 @@ def test_commit_is_multicast_exactly_once_when_prepared():
     r = Replica(1, config(n=7))
     pp = preprepare(1, n=7)
     # step: every backup prepares, duplicates included, then commits arrive
-    out = r.step(pp)
+    out = r.handle(pp)
     for s in range(2, 7):
         out += feed(r, [prepare(pp, s), prepare(pp, s)])
     out += feed(r, [commit(pp, s) for s in (0, 2, 3, 4, 5, 6)])
@@ -282,7 +283,7 @@ def test_committed_local_needs_prepared_and_2f_plus_1_matching_commits():
     assert executes(out) == []
     assert r.last_exec == 0
     # step: the third matching commit (from the primary)
-    out = r.step(commit(pp, 0))
+    out = r.handle(commit(pp, 0))
     # check
     assert [e.seq for e in executes(out)] == [1]
 
@@ -388,7 +389,7 @@ def test_retransmitted_executed_request_is_answered_from_client_table():
     request = req("a", 1)
     commit_seq(r, preprepare(1, batch=[request]))
     # step
-    out = r.step(request)
+    out = r.handle(request)
     # check
     assert executes(out) == [] and messages(out) == []
     (reply,) = client_replies(out)
@@ -400,7 +401,7 @@ def test_backup_forwards_new_request_to_primary():
     """Sec. 4.1: a backup that receives a request relays it to the primary."""
     r = Replica(2, config())
     request = req("a", 1)
-    out = r.step(request)
+    out = r.handle(request)
     assert out == [Send(0, request, "Request a/1")]
 
 
@@ -410,9 +411,9 @@ def test_primary_does_not_propose_same_request_twice():
     # set up
     p = Replica(0, config(max_batch=1))
     request = req("a", 1)
-    first = p.step(request)
+    first = p.handle(request)
     # step: retransmitted while in flight
-    again = p.step(request)
+    again = p.handle(request)
     # check
     assert [m.seq for m in messages(first, PrePrepare)] == [1]
     assert messages(again, PrePrepare) == []
@@ -420,7 +421,7 @@ def test_primary_does_not_propose_same_request_twice():
     pp = messages(first, PrePrepare)[0]
     feed(p, [prepare(pp, 1), prepare(pp, 2)] + [commit(pp, s) for s in (1, 2)])
     assert p.last_exec == 1
-    after = p.step(request) + p.tick() + p.tick()
+    after = p.handle(request) + p.handle(Tick()) + p.handle(Tick())
     # check
     assert messages(after, PrePrepare) == []
     assert len(client_replies(after)) == 1
@@ -435,21 +436,21 @@ def test_batch_is_cut_at_max_batch_immediately():
     out = feed(p, [req("a", 1), req("a", 2)])
     assert messages(out, PrePrepare) == []
     # step
-    out = p.step(req("a", 3))
+    out = p.handle(req("a", 3))
     # check
     (pp,) = messages(out, PrePrepare)
     assert [r.timestamp for r in pp.batch] == [1, 2, 3]
-    assert p.pending == []
+    assert p.batcher.pending == []
 
 
 def test_partial_batch_is_cut_after_batch_timeout_ticks_and_not_before():
     """Sec. 5.1: a partial batch waits at most batch_timeout_ticks ticks."""
     # set up
     p = Replica(0, config(max_batch=3, batch_timeout_ticks=3))
-    p.step(req("a", 1))
+    p.handle(req("a", 1))
     # step
-    early = p.tick() + p.tick()
-    on_time = p.tick()
+    early = p.handle(Tick()) + p.handle(Tick())
+    on_time = p.handle(Tick())
     # check
     assert messages(early, PrePrepare) == []
     (pp,) = messages(on_time, PrePrepare)
@@ -477,16 +478,16 @@ def test_checkpoint_becomes_stable_with_2f_plus_1_matching_digests():
     r = Replica(1, config(checkpoint_interval=4, log_window=8))
     for s in range(1, 5):
         commit_seq(r, preprepare(s))
-    digest = r.own_checkpoints[4]
+    digest = r.window.own_checkpoints[4]
     # step: one matching and one mismatching
     out = feed(r, [Checkpoint(4, digest, 2), Checkpoint(4, fake_digest("other state"), 3)])
     # check
-    assert r.h == 0 and r.high == 8
+    assert r.window.h == 0 and r.window.high == 8
     assert "meta" not in persisted(out)
     # step: the third matching one
-    out = r.step(Checkpoint(4, digest, 0))
+    out = r.handle(Checkpoint(4, digest, 0))
     # check
-    assert (r.h, r.stable_digest) == (4, digest)
+    assert (r.window.h, r.window.stable_digest) == (4, digest)
 
 
 def test_stable_checkpoint_garbage_collects_log_and_moves_watermarks():
@@ -498,20 +499,20 @@ def test_stable_checkpoint_garbage_collects_log_and_moves_watermarks():
     r = Replica(1, cfg)
     for s in range(1, 9):
         commit_seq(r, preprepare(s))
-    r.step(preprepare(9))
-    feed(r, checkpoint_votes(4, r.own_checkpoints[4], [0, 2]))
-    assert sorted(r.log) == [5, 6, 7, 8, 9]
+    r.handle(preprepare(9))
+    feed(r, checkpoint_votes(4, r.window.own_checkpoints[4], [0, 2]))
+    assert sorted(r.window.log) == [5, 6, 7, 8, 9]
     # step
-    out = feed(r, checkpoint_votes(8, r.own_checkpoints[8], [0, 2]))
+    out = feed(r, checkpoint_votes(8, r.window.own_checkpoints[8], [0, 2]))
     # check: log emptied below the checkpoint, records deleted, window moved
-    assert sorted(r.log) == [9]
-    assert (r.h, r.high) == (8, 8 + cfg.log_window)
+    assert sorted(r.window.log) == [9]
+    assert (r.window.h, r.window.high) == (8, 8 + cfg.log_window)
     rec = persisted(out)
     for s in range(5, 9):
         assert rec[f"pp/{s}"] is None and rec[f"votes/{s}"] is None
     assert rec["ckpt/4"] is None
     assert rec["meta"]["h"] == 8
-    assert sorted(r.checkpoints) == [8]
+    assert sorted(r.window.checkpoints) == [8]
 
 
 # -- persistence (the paper assumes stable storage for votes) --------------------------
@@ -583,8 +584,8 @@ def test_own_votes_are_persisted_in_the_call_that_sends_them():
     r = Replica(1, config())
     pp = preprepare(1)
     # step
-    out_prepare = r.step(pp)
-    out_commit = r.step(prepare(pp, 2))
+    out_prepare = r.handle(pp)
+    out_commit = r.handle(prepare(pp, 2))
     # check
     assert isinstance(out_prepare[0], Persist) and isinstance(out_commit[0], Persist)
     assert out_prepare[0].records["pp/1"] == to_wire(pp)
@@ -599,11 +600,11 @@ def test_restarted_replica_refuses_to_prepare_another_digest_for_same_view_and_s
     # set up
     r = Replica(1, config())
     pp = preprepare(1, batch=[req(ts=1)])
-    records = persisted(r.step(pp))
+    records = persisted(r.handle(pp))
     # step
     again = Replica(1, config(), records=records)
-    resumed = again.resume()
-    out = again.step(preprepare(1, batch=[req(ts=2)]))
+    resumed = again.handle(Resume())
+    out = again.handle(preprepare(1, batch=[req(ts=2)]))
     # check
     assert messages(resumed) == [prepare(pp, 1)]
     assert messages(out, Prepare) == []
@@ -629,7 +630,7 @@ def test_restarted_replica_resumes_executing_to_the_same_head():
     # check
     assert [c.height(i) for i in range(4)] == [5, 5, 5, 5]
     assert len({c.head(i) for i in range(4)}) == 1
-    assert c.nodes[3].replica.h == c.nodes[0].replica.h == 4
+    assert c.nodes[3].replica.window.h == c.nodes[0].replica.window.h == 4
 
 
 # -- Byzantine peers ---------------------------------------------------------------
@@ -642,12 +643,12 @@ def test_equivocating_votes_produce_evidence_and_first_vote_is_kept(kind):
     r = Replica(1, config())
     d1, d2 = fake_digest("one"), fake_digest("two")
     # step
-    first = r.step(kind(0, 1, d1, 2))
-    second = r.step(kind(0, 1, d2, 2))
+    first = r.handle(kind(0, 1, d1, 2))
+    second = r.handle(kind(0, 1, d2, 2))
     # check
     assert reasons(first) == []
     assert reasons(second) == ["equivocation"]
-    votes = r.log[1].prepares if kind is Prepare else r.log[1].commits
+    votes = r.window.log[1].prepares if kind is Prepare else r.window.log[1].commits
     assert votes[2].digest == d1
 
 
@@ -656,7 +657,7 @@ def test_equivocating_checkpoint_produces_evidence():
     r = Replica(1, config(checkpoint_interval=4, log_window=8))
     out = feed(r, [Checkpoint(4, fake_digest("a"), 2), Checkpoint(4, fake_digest("b"), 2)])
     assert reasons(out) == ["equivocation"]
-    assert r.checkpoints[4][2].state_digest == fake_digest("a")
+    assert r.window.checkpoints[4][2].state_digest == fake_digest("a")
 
 
 @pytest.mark.parametrize("node, msg", [
@@ -671,7 +672,7 @@ def test_replica_ignores_its_own_messages_coming_back(node, msg):
     # set up
     r = Replica(node, config(checkpoint_interval=4, log_window=8))
     # step
-    out = r.step(msg)
+    out = r.handle(msg)
     # check
     assert reasons(out) == ["replayed_own"]
     assert not any(isinstance(a, (Persist, Execute, Send, Broadcast, SendClient)) for a in out)
@@ -680,7 +681,7 @@ def test_replica_ignores_its_own_messages_coming_back(node, msg):
 def test_unexpected_message_type_is_evidence():
     """Replies go to clients; a replica that receives one drops it as evidence."""
     r = Replica(1, config())
-    out = r.step(Reply(0, 1, "a", 2, ()))
+    out = r.handle(Reply(0, 1, "a", 2, ()))
     assert [type(a) for a in out] == [Evidence]
     assert reasons(out) == ["unexpected_type"]
 
@@ -692,7 +693,7 @@ def test_byzantine_backup_cannot_commit_alone_with_conflicting_votes():
     r = Replica(1, config())
     pp = preprepare(1)
     evil = fake_digest("evil")
-    r.step(pp)
+    r.handle(pp)
     # step: replica 3 votes the evil digest everywhere, twice
     out = feed(r, [Prepare(0, 1, evil, 3), Commit(0, 1, evil, 3)] * 2)
     # check

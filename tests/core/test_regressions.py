@@ -10,6 +10,7 @@ from pbft_tasks.core.messages import (Commit, MalformedMessage, NewView, Prepare
                                       parse, to_wire)
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.stimuli import Install, Tick
 
 from .helpers import config, fake_digest, messages, persisted, preprepare, req, run_dropping
 
@@ -22,10 +23,10 @@ def test_vote_from_a_peer_does_not_make_a_restarted_primary_skip_a_seq():
     stalled for good."""
     # set up: the primary logs a Byzantine vote for seq 1, then restarts
     p = Replica(0, config(max_batch=1))
-    records = persisted(p.step(Prepare(0, 1, fake_digest("byz"), 1)))
+    records = persisted(p.handle(Prepare(0, 1, fake_digest("byz"), 1)))
     restarted = Replica(0, config(max_batch=1), records=records)
     # step
-    out = restarted.step(req("a", 1))
+    out = restarted.handle(req("a", 1))
     # check
     assert [m.seq for m in messages(out, PrePrepare)] == [1]
 
@@ -51,9 +52,9 @@ def test_restarted_primary_never_reuses_a_seq_it_proposed():
     """The other half of the same rule: after the fix the primary still skips every seq
     for which it sent a pre-prepare, even one that has not executed."""
     p = Replica(0, config(max_batch=1))
-    records = persisted(p.step(req("a", 1)) + p.step(req("a", 2)))
+    records = persisted(p.handle(req("a", 1)) + p.handle(req("a", 2)))
     restarted = Replica(0, config(max_batch=1), records=records)
-    out = restarted.step(req("a", 3))
+    out = restarted.handle(req("a", 3))
     assert [m.seq for m in messages(out, PrePrepare)] == [3]
 
 
@@ -98,9 +99,9 @@ def test_vote_from_a_sender_outside_the_mesh_is_evidence_not_a_vote():
     """Found in review: the core counted votes from any sender id; a sender outside
     0..n-1 must never count towards a quorum, whatever the adapter let through."""
     r = Replica(1, config())
-    out = r.step(Prepare(0, 1, fake_digest("x"), 99))
+    out = r.handle(Prepare(0, 1, fake_digest("x"), 99))
     assert [a.reason for a in out if type(a).__name__ == "Evidence"] == ["unknown_sender"]
-    assert 1 not in r.log or 99 not in r.log[1].prepares
+    assert 1 not in r.window.log or 99 not in r.window.log[1].prepares
 
 
 def test_a_batch_committed_in_two_views_makes_the_same_block():
@@ -143,7 +144,7 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
     for _ in range(50):
         c.tick()
         flow(lost=lambda e: isinstance(e.msg, (NewView, Prepare)) and e.to == 3)
-        if (c.nodes[2].replica.view, c.nodes[2].replica.in_view_change) == (1, False):
+        if (c.nodes[2].replica.view, c.nodes[2].replica.vc.in_view_change) == (1, False):
             break
     # check 1: the view-0 certificate for seq 1 is still in the next VIEW-CHANGE
     for i in (1, 2):  # in memory and after a restart from what it persisted
@@ -154,7 +155,7 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
     for _ in range(50):
         c.tick()
         flow()
-        if all((n.replica.view, n.replica.in_view_change) == (2, False) for n in c.nodes[1:]):
+        if all((n.replica.view, n.replica.vc.in_view_change) == (2, False) for n in c.nodes[1:]):
             break
     c.restart(0)
     c.request("b", 1, "k", "r2", to=2)
@@ -166,16 +167,16 @@ def test_a_batch_committed_in_v_survives_two_view_changes():
 
 
 def test_state_transfer_keeps_the_prepared_certificate_it_replaces():
-    """The same rule for ``install``: a replica that prepared seq 1 and then fetched the
+    """The same rule for ``Install``: a replica that prepared seq 1 and then fetched the
     committed block still names its prepared certificate in a VIEW-CHANGE."""
     from pbft_tasks.core.chain import GENESIS, make_block
     from .helpers import commit, prepare, preprepare
     r = Replica(1, config())
     pp = preprepare(1)
-    r.step(pp)
-    r.step(prepare(pp, 2))
+    r.handle(pp)
+    r.handle(prepare(pp, 2))
     block = make_block(1, 0, pp.digest, GENESIS, pp.batch, [])
-    r.install(dict(block, certificate=[to_wire(commit(pp, s)) for s in (0, 2, 3)]))
+    r.handle(Install(dict(block, certificate=[to_wire(commit(pp, s)) for s in (0, 2, 3)])))
     assert r.last_exec == 1
     vc = r._own_view_change(1)
     assert [(p.seq, p.view, p.digest) for p, _ in vc.prepared] == [(1, 0, pp.digest)]
@@ -192,7 +193,7 @@ def _view_change_cluster(retransmit_ticks: int) -> Cluster:
 
 
 def _state(c: Cluster) -> list:
-    return [(n.replica.view, n.replica.in_view_change, len(n.blocks)) if n.replica else None
+    return [(n.replica.view, n.replica.vc.in_view_change, len(n.blocks)) if n.replica else None
             for n in c.nodes]
 
 
@@ -271,14 +272,14 @@ def test_a_replica_in_a_view_change_re_sends_its_view_change_not_old_view_votes(
     out.  In a view change only the VIEW-CHANGE goes out again (sec. 4.5.2)."""
     # set up: backup 1 voted in view 0, then its request timer expired
     r = Replica(1, config(retransmit_ticks=4, view_change_ticks=2))
-    assert messages(r.step(preprepare(1)), Prepare)
+    assert messages(r.handle(preprepare(1)), Prepare)
     for _ in range(3):
-        r.tick()
-    assert r.in_view_change and r.view == 1
+        r.handle(Tick())
+    assert r.vc.in_view_change and r.view == 1
     # step: a long wait for a NEW-VIEW
     later: list = []
     for _ in range(60):
-        later += r.tick()
+        later += r.handle(Tick())
     # check
     sent = messages(later)
     assert sent and {type(m) for m in sent} == {ViewChange}
@@ -299,7 +300,7 @@ def test_after_a_view_change_the_request_timer_stays_doubled_until_a_stable_chec
     c.stabilize()
     first = _ticks_until(c, lambda: c.nodes[2].replica.view == 1)
     _ticks_until(c, lambda: all(c.height(i) == 1 for i in range(1, 7)))
-    assert c.nodes[2].replica.view == 1 and not c.nodes[2].replica.in_view_change
+    assert c.nodes[2].replica.view == 1 and not c.nodes[2].replica.vc.in_view_change
     # step: the primary of view 1 falls silent too, before any checkpoint
     c.byzantine.add(1)
     for to in range(2, 7):

@@ -248,8 +248,8 @@ class Runner:
         r = self.c.nodes[i].replica
         if r is None:
             return [f"{i}: down"]
-        seqs = " ".join(str(s) for s in sorted(r.log)) or "(none)"
-        return [f"h={r.h} H={r.high} executed={r.last_exec}", f"seqs: {seqs}"]
+        seqs = " ".join(str(s) for s in sorted(r.window.log)) or "(none)"
+        return [f"h={r.window.h} H={r.window.high} executed={r.last_exec}", f"seqs: {seqs}"]
 
     def cmd_evidence(self, pos, kw):
         ev = self.c.nodes[int(pos[0])].evidence
@@ -270,7 +270,7 @@ class Runner:
         for i, node in enumerate(self.c.nodes):
             r = node.replica
             out.append(f"{i}: down" if r is None else
-                       f"{i}: view={r.view}{' changing' if r.in_view_change else ''}")
+                       f"{i}: view={r.view}{' changing' if r.vc.in_view_change else ''}")
         return out
 
     def cmd_fetch(self, pos, kw):

@@ -7,6 +7,7 @@ from pbft_tasks.core.actions import Evidence, FetchState
 from pbft_tasks.core.messages import Checkpoint, to_wire
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import Cluster
+from pbft_tasks.core.stimuli import Install
 
 CFG = dict(checkpoint_interval=2, log_window=4, max_batch=1, batch_timeout_ticks=0,
            retransmit_ticks=5)
@@ -43,9 +44,9 @@ def test_state_transfer_is_asked_of_f_plus_1_matching_checkpoints_only():
     r = Replica(3, Replica(0, Cluster(4, **CFG).config).cfg)
     digest = "ab" * 32
     # step / check: f = 1, so one checkpoint is not enough, two are
-    first = r.step(Checkpoint(8, digest, 0))
+    first = r.handle(Checkpoint(8, digest, 0))
     assert not [a for a in first if isinstance(a, FetchState)]
-    second = r.step(Checkpoint(8, digest, 1))
+    second = r.handle(Checkpoint(8, digest, 1))
     fetch = [a for a in second if isinstance(a, FetchState)]
     assert len(fetch) == 1 and fetch[0].from_seq == 1 and fetch[0].to_seq == 8
     assert set(fetch[0].peers) == {0, 1}
@@ -63,7 +64,7 @@ def _peer_block(tamper=None) -> tuple[Cluster, dict]:
 
 def _install_into_fresh(block: dict) -> tuple[Replica, list]:
     r = Replica(3, Cluster(4, **CFG).config)
-    return r, r.install(block)
+    return r, r.handle(Install(block))
 
 
 def test_a_good_block_installs_and_reaches_the_peers_head():
@@ -129,10 +130,10 @@ def test_after_state_transfer_the_replica_rejoins_the_normal_case():
     c.stabilize()
     # check: caught up with a stable checkpoint and a window around it ...
     r = c.nodes[3].replica
-    assert c.height(3) == c.height(0) == 14 and r.h == 14 and r.high == 14 + CFG["log_window"]
+    assert c.height(3) == c.height(0) == 14 and r.window.h == 14 and r.window.high == 14 + CFG["log_window"]
     # ... and it then commits by the normal case, voting, with no more state transfer
     for ts in range(15, 21):
         feed(c, ts, 1)
         assert not c.fetches
         assert c.height(3) == c.height(0) == ts
-    assert r.h == 20 and c.nodes[3].replica is r
+    assert r.window.h == 20 and c.nodes[3].replica is r

@@ -130,8 +130,8 @@ class SafetyMachine(RuleBasedStateMachine):
         out = []
         for i in self.honest():
             r = self.c.nodes[i].replica
-            if r is not None and seq in r.log and r.log[seq].preprepare is not None:
-                out.append(r.log[seq].preprepare.digest)
+            if r is not None and seq in r.window.log and r.window.log[seq].preprepare is not None:
+                out.append(r.window.log[seq].preprepare.digest)
         return out
 
     # -- network -----------------------------------------------------------------
@@ -311,9 +311,9 @@ class SafetyMachine(RuleBasedStateMachine):
             r = self.c.nodes[i].replica
             if r is None:
                 continue
-            assert r.h >= self.max_h[i], f"replica {i}: h went from {self.max_h[i]} to {r.h}"
-            assert r.h <= r.last_exec and r.high == r.h + self.CONFIG["log_window"]
-            self.max_h[i] = r.h
+            assert r.window.h >= self.max_h[i], f"replica {i}: h went from {self.max_h[i]} to {r.window.h}"
+            assert r.window.h <= r.last_exec and r.window.high == r.window.h + self.CONFIG["log_window"]
+            self.max_h[i] = r.window.h
 
 
 class LivenessMachine(SafetyMachine):

@@ -35,6 +35,7 @@ from hypothesis.stateful import initialize, invariant, precondition, rule
 from pbft_tasks.core.messages import NewView, PrePrepare, Request
 from pbft_tasks.core.replica import Replica
 from pbft_tasks.core.sim import SimNode
+from pbft_tasks.core.stimuli import Tick
 
 from .test_stateful import SETTINGS, CheckedCluster, SafetyMachine, request
 
@@ -66,14 +67,14 @@ class TwinCluster(CheckedCluster):
             return super().deliver(index)
         self.network.pop(index)
         for k in ((to,) if isinstance(to, int) else to):
-            self._as_twin(env.to, k, lambda r: r.step(env.msg))
+            self._as_twin(env.to, k, lambda r: r.handle(env.msg))
 
     def tick(self, times: int = 1) -> None:
         for _ in range(times):
             super().tick()
             for i in self.twins:
                 for k in BOTH:
-                    self._as_twin(i, k, lambda r: r.tick())
+                    self._as_twin(i, k, lambda r: r.handle(Tick()))
 
     def serve_fetches(self) -> int:
         """Honest requesters as in Cluster; a twin's requests are served the same way,

@@ -78,7 +78,7 @@ def test_a_request_prepared_in_the_old_view_keeps_its_seq_and_digest():
             c.drop(0)
         else:
             c.deliver(0)
-    pp = c.nodes[1].replica.log[1].preprepare
+    pp = c.nodes[1].replica.window.log[1].preprepare
     c.crash(0)
     # step: the request timers expire
     run_until_quiet(c, VC_TICKS + 5)
@@ -123,12 +123,12 @@ def test_view_change_timer_doubles_when_the_next_primary_is_silent_too():
     # step: first timeout -> view 1 (with 2f+1 VIEW-CHANGEs); no NEW-VIEW for 2 x VC_TICKS -> view 2
     run_dropping_new_views(c, VC_TICKS + 2, sender=1)
     first = r2.view
-    assert len(r2.view_changes.get(1, {})) >= 3
-    started = r2.vc_started_at
+    assert len(r2.vc.view_changes.get(1, {})) >= 3
+    started = r2.vc.started_at
     run_dropping_new_views(c, 2 * VC_TICKS + 2, sender=1)
     # check: view 2, after twice the first timeout; its primary (2) then completes it
     assert first == 1 and r2.view == 2
-    assert r2.vc_started_at - started >= 2 * VC_TICKS
+    assert r2.vc.started_at - started >= 2 * VC_TICKS
     run_until_quiet(c, 4 * VC_TICKS)
     assert views(c)[1:] == [2, 2, 2] and [c.height(i) for i in (1, 2, 3)] == [2, 2, 2]
 
@@ -149,7 +149,7 @@ def test_a_replica_that_times_out_alone_does_not_climb_views():
     run_dropping(c, 6 * VC_TICKS,
                  lambda e: e.to == 0 and e.origin == 3 and not isinstance(e.msg, ViewChange))
     # check: node 3 waits in view 1, the others are in view 0 and still commit
-    assert views(c) == [0, 0, 0, 1] and c.nodes[3].replica.in_view_change
+    assert views(c) == [0, 0, 0, 1] and c.nodes[3].replica.vc.in_view_change
     c.request("a", 2, "k2", 2)
     run_until_quiet(c, 2)
     assert [c.height(i) for i in (0, 1, 2)] == [2, 2, 2]
@@ -164,11 +164,11 @@ def test_view_change_with_a_forged_prepared_certificate_is_evidence():
     vc = ViewChange(1, 0, (), ((pp, (Prepare(0, 1, pp.digest, 3),)),), 3)
     r = Replica(1, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
     # step
-    out = r.step(vc)
+    out = r.handle(vc)
     # check
     assert check_view_change(vc, 4, 8) is not None
     assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_view_change"]
-    assert 3 not in r.view_changes.get(1, {})
+    assert 3 not in r.vc.view_changes.get(1, {})
 
 
 def test_new_view_whose_preprepares_differ_from_its_view_changes_is_evidence():
@@ -180,13 +180,14 @@ def test_new_view_whose_preprepares_differ_from_its_view_changes_is_evidence():
     vcs = tuple(ViewChange(1, 0, (), (), s) for s in (0, 2, 3))
     forged = (Request("evil", 1, {"op": "delete", "key": "k"}),)
     nv = NewView(1, vcs, (PrePrepare(1, 1, batch_digest(forged), forged, 1),), 1)
-    r = Replica(2, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
-    r.view, r.in_view_change = 1, True
+    # replica 2 waits for the NEW-VIEW of view 1 (as restarted from its meta record)
+    meta = Replica(2, ReplicaConfig(n=4)).meta_record() | {"view": 1, "in_view_change": True}
+    r = Replica(2, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8), records={"meta": meta})
     # step
-    out = r.step(nv)
+    out = r.handle(nv)
     # check
     assert [a.reason for a in out if isinstance(a, Evidence)] == ["bad_new_view"]
-    assert r.in_view_change and 1 not in r.log
+    assert r.vc.in_view_change and 1 not in r.window.log
 
 
 def test_f_plus_1_view_changes_make_a_replica_join_the_smallest_higher_view():
@@ -196,10 +197,10 @@ def test_f_plus_1_view_changes_make_a_replica_join_the_smallest_higher_view():
     from pbft_tasks.core.replica import Replica, ReplicaConfig
     r = Replica(3, ReplicaConfig(n=4, checkpoint_interval=4, log_window=8))
     # step: VIEW-CHANGEs for view 2 from 1 and view 3 from 2
-    r.step(ViewChange(2, 0, (), (), 1))
-    out = r.step(ViewChange(3, 0, (), (), 2))
+    r.handle(ViewChange(2, 0, (), (), 1))
+    out = r.handle(ViewChange(3, 0, (), (), 2))
     # check: it moved to view 2 (the smallest) and said so
-    assert r.view == 2 and r.in_view_change
+    assert r.view == 2 and r.vc.in_view_change
     assert any(type(a.msg).__name__ == "ViewChange" and a.msg.new_view == 2
                for a in out if hasattr(a, "msg"))
 
@@ -217,7 +218,7 @@ def test_replica_restarted_during_a_view_change_resumes_it():
     c.stabilize()
     for _ in range(VC_TICKS + 1):
         c.tick()
-    assert c.nodes[2].replica.in_view_change
+    assert c.nodes[2].replica.vc.in_view_change
     c.crash(2)
     # step
     c.restart(2)

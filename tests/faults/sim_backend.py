@@ -6,7 +6,7 @@ What each action means here, and why it matches the real mesh (tests/faults/mesh
   blocks stay, and messages to it wait in the network as in its durable RabbitMQ queue.
   The last few messages it took are queued again (a killed worker never acknowledged
   them: ``task_acks_late``, so RabbitMQ redelivers them).
-- restart: ``Cluster.restart`` (a new Replica from the persisted records, ``resume``).
+- restart: ``Cluster.restart`` (a new Replica from the persisted records, ``Resume``).
 - pause / resume: the node takes no messages and does not tick (SIGSTOP stops its tick
   thread too) but keeps its memory; its messages wait for it.
 - cut / heal: the worker loses its broker connection and cannot get a new one.  Its
@@ -275,8 +275,8 @@ class SimBackend:
             r = node.replica
             state = ("down" if i in self.down else "paused" if i in self.paused
                      else "cut" if i in self.cut else "up")
-            detail = (f"view {r.view}{' (changing)' if r.in_view_change else ''} executed "
-                      f"{r.last_exec} h {r.h}" if r is not None else "no replica")
+            detail = (f"view {r.view}{' (changing)' if r.vc.in_view_change else ''} executed "
+                      f"{r.last_exec} h {r.window.h}" if r is not None else "no replica")
             lines.append(f"  node {i} ({state}): {detail}, {len(node.evidence)} evidence")
         lines.append(f"  in flight: {len(self.c.network)} messages, "
                      f"{len(self.pending)} updates unanswered")
