@@ -147,29 +147,18 @@ class _DriverCollector(Collector):
         yield stopped
 
 
+# Built on import: this module is imported only by a driver with a metrics port.
+_collector = _DriverCollector()
+REGISTRY = CollectorRegistry()
+REGISTRY.register(_collector)
 _lock = threading.Lock()
-_registry: CollectorRegistry | None = None
-_collector: _DriverCollector | None = None
 _ports: set[tuple[str, int]] = set()
-
-
-def registry() -> CollectorRegistry:
-    """This process's registry of driver metrics (created on first use)."""
-    global _registry, _collector
-    with _lock:
-        if _registry is None:
-            _collector = _DriverCollector()
-            _registry = CollectorRegistry()
-            _registry.register(_collector)
-        return _registry
 
 
 def export(driver: Any, port: int, host: str = "127.0.0.1") -> bool:
     """Count ``driver`` in this process's driver metrics and serve them on host:port
     (once per address: the process's other drivers share it).  False if the port could
     not be bound (logged)."""
-    reg = registry()
-    assert _collector is not None
     with _collector.lock:
         if driver not in _collector.drivers:
             _collector.drivers.append(driver)
@@ -177,7 +166,7 @@ def export(driver: Any, port: int, host: str = "127.0.0.1") -> bool:
         if (host, port) in _ports:
             return True
         _ports.add((host, port))
-    if serve(reg, port, host):
+    if serve(REGISTRY, port, host):
         return True
     with _lock:
         _ports.discard((host, port))
