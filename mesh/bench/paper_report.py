@@ -233,10 +233,11 @@ def report(result: dict, console: Any) -> None:
     for name, why in result.get("skipped", {}).items():
         console.print(f"[yellow]{name} configuration skipped: {why}[/yellow]")
     s1, rg = result.get("step1_p50_us"), result.get("redis_get_p50_us")
-    line = f"step-1 read alone (ConsoleReader.step1) p50 {s1} us"
-    if rg is not None and s1:
-        line += f"; Redis GET of the same value p50 {rg} us ({rg / s1:.1f}x the step-1 read)"
-    console.print(line)
+    if s1 is not None:  # None: hdpbf did not run (--only)
+        line = f"step-1 read alone (ConsoleReader.step1) p50 {s1} us"
+        if rg is not None and s1:
+            line += f"; Redis GET of the same value p50 {rg} us ({rg / s1:.1f}x the step-1 read)"
+        console.print(line)
     if result.get("driver_step1_p50_us") is not None:
         console.print(f"a whole step-1 call through the hdpbf driver (HdpbfDriver.send: key from "
                       f"the Instance primitive, ledger read, open) p50 "
