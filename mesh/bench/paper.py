@@ -75,6 +75,7 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     records: list[CallRecord] = []
     msgs: dict[str, dict] = {}      # messages RabbitMQ routed per configuration
     steady: dict[str, dict] = {}
+    steady_ms: dict[str, float] = {}  # mean call at steady state (every instance recorded)
     wanted = set(only) if only else set(CONFIGS + NOVA_CONFIGS)
     use_nova, nova = nova and bool(wanted & set(NOVA_CONFIGS)), NovaSide(rig)
     nova_on = False
@@ -139,9 +140,13 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             for c in configs:
                 bar_say = f"steady state: {c}, {steady_rounds} x {len(seq)} calls"
                 say(bar_say)
+                ms = []
                 for _ in range(steady_rounds):
                     for _, k in seq:
+                        t0 = time.perf_counter()
                         call(c, ids[(c, last_r, k)])
+                        ms.append((time.perf_counter() - t0) * 1000)
+                steady_ms[c] = round(sum(ms) / len(ms), 4)
                 now = counters.settled()
                 steady[c] = counts.scale(counts.routed(before, now),
                                          1000 / (steady_rounds * len(seq)))
@@ -171,6 +176,7 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     for c in msgs:
         result["configs"][c]["broker_messages"] = counts.scale(msgs[c], 100 / (repeat * len(seq)))
         result["configs"][c]["broker_messages_per_1000_steady"] = steady.get(c)
+        result["configs"][c]["steady_mean_ms"] = steady_ms.get(c)
     if msgs:
         result["broker_counts"] = {"source": "RabbitMQ management API, per-queue message_stats"
                                              ".publish", "steady_rounds": steady_rounds}

@@ -261,10 +261,12 @@ def report(result: dict, console: Any) -> None:
         console.print("messages RabbitMQ routed (its own per-queue counters; RPC + consensus):")
         for c, r in counted.items():
             m, st = r["broker_messages"], r.get("broker_messages_per_1000_steady") or {}
+            mean = r.get("steady_mean_ms")
             console.print(f"  {c:>12}: per 100 calls {m['total']:g} (RPC {m['rpc']:g}, consensus "
                           f"{m['consensus']:g}); per 1,000 steady-state reads "
                           f"{st.get('total', float('nan')):g} (RPC {st.get('rpc', 0):g}, "
-                          f"consensus {st.get('consensus', 0):g})")
+                          f"consensus {st.get('consensus', 0):g})"
+                          + (f"; steady-state call mean {mean:.3f} ms" if mean is not None else ""))
     colour = "green" if result["stale_answers"] == 0 else "red"
     own = sum(result["configs"][c]["own_answers"] for c in CHECKED if c in result["configs"])
     console.print(f"[{colour}]stale_answers = {result['stale_answers']}[/{colour}] (hdpbf, "
