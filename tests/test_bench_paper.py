@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -20,6 +22,7 @@ from click.testing import CliRunner
 from mesh.bench.paper import CallRecord, check_answers
 from mesh.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONFIG_FIELDS = ("mean_ms", "p50_ms", "p99_ms", "total_s", "step1", "own_answers", "step2")
 TWO_STEP = ("hdpbf", "hdpbf-ledger")
@@ -141,3 +144,54 @@ def test_broker_run_through_the_cli(tmp_path, private_vhost):
     # the configuration without own answers must show ledger answers (same reader);
     # every other call of hdpbf is local (_check_result: step1 + own answers + step2).
     assert out["configs"]["hdpbf-ledger"]["step1"] > 0
+
+
+# -- nova's own client (issue 11 item 6) ---------------------------------------------------
+
+NOVA_FIELDS = ("mean_ms", "p50_ms", "step1", "own_answers", "step2", "broker_messages",
+               "broker_messages_per_1000_steady")
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_nova_configurations_through_novas_own_client(tmp_path):
+    """``--only nova-rpc --only nova-hdpbf --count-messages``: nova 34's ComputeAPI on
+    rabbit:// and on hdpbf+rabbit://, counted by a private RabbitMQ's management API (the
+    shared broker has none).  In a process of its own: nova is never imported here."""
+    js = tmp_path / "nova.json"
+    cmd = [sys.executable, "-c", "from mesh.cli import main; main()", "bench", "paper",
+           "--repeat", "1", "--only", "nova-rpc", "--only", "nova-hdpbf", "--count-messages",
+           "--steady-rounds", "1", "--floor-calls", "200", "--json", str(js),
+           "--png", str(tmp_path / "nova.png"), "--data-dir", str(tmp_path / "mesh")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    out = json.loads(js.read_text())
+    assert out["skipped"] == {} and set(out["configs"]) == {"nova-rpc", "nova-hdpbf"}
+    rpc, hd = out["configs"]["nova-rpc"], out["configs"]["nova-hdpbf"]
+    for c in (rpc, hd):
+        assert all(c[k] is not None for k in NOVA_FIELDS), c
+        assert 0 < c["p50_ms"] <= c["mean_ms"] * 10
+    assert (rpc["step1"], rpc["own_answers"], rpc["step2"]) == (0, 0, 100)
+    # Only each instance's first call goes to compute.  Each call through nova's client
+    # costs a millisecond or more, so 100 of them outlast the first commits: the ledger
+    # answers some (unlike the stand-in's microsecond own answers, test above).
+    assert hd["step2"] == hd["step2_at_first_calls"] == 6
+    assert hd["step1"] > 0 and hd["step1"] + hd["own_answers"] == 94
+    assert out["stale_answers"] == 0
+    assert out["driver_step1_p50_us"] > 0                 # a step-1 call inside the driver
+    # RabbitMQ's own counters: a plain call is two RPC messages; hdpbf sends only the six
+    # first calls over RPC, and at steady state nothing.
+    assert rpc["broker_messages"]["rpc"] == 200 and rpc["broker_messages"]["consensus"] == 0
+    assert hd["broker_messages"]["rpc"] == 12 and hd["broker_messages"]["consensus"] > 0
+    assert rpc["broker_messages_per_1000_steady"]["rpc"] == 2000
+    assert hd["broker_messages_per_1000_steady"]["rpc"] == 0
+    assert hd["broker_messages_per_1000_steady"]["total"] * 5 <= \
+        rpc["broker_messages_per_1000_steady"]["total"]
+    # nova's client-side floor: under a nova-rpc call, with the serializer inside it
+    assert 0 < out["nova_serialize_ms"] <= out["nova_client_floor_ms"] < rpc["mean_ms"]
+    assert out["nova_client_floor_vs_nova_rpc_pct"] == pytest.approx(
+        100 * out["nova_client_floor_ms"] / rpc["mean_ms"], abs=0.01)
+    assert out["nova_client_floor_vs_nova_rpc_pct"] < out["nova_hdpbf_best_pct"] < 100
+    assert out["nova_instance_fields"] >= 50               # what nova-api loads, not 6
+    assert f"{out['nova_client_floor_ms']:.3f} ms = " in proc.stdout.replace("\n", " ")

@@ -36,12 +36,12 @@ from typing import Any
 from .consensus import write_json
 from . import broker_counts as counts
 from .broker_counts import PrivateBroker, RabbitCounters
-from .paper_nova import NOVA_CONFIGS, NovaSide
+from .paper_nova import FLOOR_CALLS, NOVA_CONFIGS, NovaSide
 from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
                            table)
 from .paper_rig import (CONFIGS, CONSOLE_TYPE, HOSTS, TWO_STEP, BrokerRig, EmbeddedRig, Rig,
                         _quiet_imports, compute_main, host_of)
-from .workload import INSTANCES, paper_sequence
+from .workload import INSTANCES, first_calls, paper_sequence
 
 # -- the run ------------------------------------------------------------------------------
 STEADY_ROUNDS = 10
@@ -57,12 +57,14 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
         embedded: bool = False, broker: str | None = None, backend: str | None = None,
         redis_url: str | None = None, rpc_timeout: float = 10.0, data_dir: str | None = None,
         console: Any = None, progress: bool = True, nova: bool = True,
-        rabbit_api: str | None = None, steady_rounds: int = STEADY_ROUNDS) -> dict:
+        rabbit_api: str | None = None, steady_rounds: int = STEADY_ROUNDS,
+        only: tuple[str, ...] | None = None, floor_calls: int = FLOOR_CALLS) -> dict:
+    """The run; ``only`` keeps those configurations (default: every one that can run)."""
     say = console.print if console is not None else print
     _quiet_imports()
     seq = paper_sequence()
     ids = make_instance_ids(repeat)
-    warm = {host: f"warmup-{host}-{uuid.uuid4().hex[:8]}" for host in HOSTS}
+    warm = {host: str(uuid.uuid4()) for host in HOSTS}  # nova objects want real uuids
     hosts = {iid: host_of(k) for (c, r, k), iid in ids.items()}
     hosts.update({iid: host for host, iid in warm.items()})
     base = data_dir or tempfile.mkdtemp(prefix="hdpbf-paper-")
@@ -73,26 +75,32 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     records: list[CallRecord] = []
     msgs: dict[str, dict] = {}      # messages RabbitMQ routed per configuration
     steady: dict[str, dict] = {}
-    use_nova, nova = nova, NovaSide(rig)
+    steady_ms: dict[str, float] = {}  # mean call at steady state (every instance recorded)
+    wanted = set(only) if only else set(CONFIGS + NOVA_CONFIGS)
+    use_nova, nova = nova and bool(wanted & set(NOVA_CONFIGS)), NovaSide(rig)
     nova_on = False
+    nova_served: list[dict] = []
     try:
         rig.start()
-        configs = [c for c in CONFIGS if c != "redis" or rig.redis is not None]
-        if rig.redis is None:
+        configs = [c for c in CONFIGS if c in wanted and (c != "redis" or rig.redis is not None)]
+        if rig.redis is None and "redis" in wanted:
             say(f"[yellow]redis configuration skipped: {rig.redis_skip}[/yellow]")
         nova_on = use_nova and nova.start()
         if nova_on:
-            configs += list(NOVA_CONFIGS)
+            configs += [c for c in NOVA_CONFIGS if c in wanted]
         elif use_nova:
             say(f"[yellow]nova configurations skipped: {nova.skip}[/yellow]")
+        if not configs:
+            raise RuntimeError(f"no configuration of {sorted(wanted)} can run here")
 
         def call(c: str, iid: str):
             return nova.call(c, iid) if c in NOVA_CONFIGS else rig.call(c, iid)
         for c in configs:                               # warm every path once
             for iid in warm.values():
                 call(c, iid)
-        rig.wait_committed(list(warm.values()))
-        if nova_on:
+        if set(configs) & set(TWO_STEP):
+            rig.wait_committed(list(warm.values()))
+        if "nova-hdpbf" in configs:
             nova.wait_committed(list(warm.values()))
         counters = None
         if rabbit_api is not None:
@@ -132,17 +140,23 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             for c in configs:
                 bar_say = f"steady state: {c}, {steady_rounds} x {len(seq)} calls"
                 say(bar_say)
+                ms = []
                 for _ in range(steady_rounds):
                     for _, k in seq:
+                        t0 = time.perf_counter()
                         call(c, ids[(c, last_r, k)])
+                        ms.append((time.perf_counter() - t0) * 1000)
+                steady_ms[c] = round(sum(ms) / len(ms), 4)
                 now = counters.settled()
                 steady[c] = counts.scale(counts.routed(before, now),
                                          1000 / (steady_rounds * len(seq)))
                 before = now
         micro = rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)])
         if nova_on:
-            micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
-                                     for k in range(1, INSTANCES + 1)]))
+            if "nova-hdpbf" in configs:
+                micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
+                                         for k in range(1, INSTANCES + 1)]))
+            micro.update(nova.floor(floor_calls))
             nova_served = nova.served()
             nova.close()
             nova_on = False
@@ -150,9 +164,7 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             rig.close_api_side()
             rig.reader = rig.ledger_reader = rig.transport = rig.redis = None
             rig.stop_compute()
-        served = rig.served()
-        if "nova-rpc" in configs:
-            served += nova_served
+        served = rig.served() + nova_served
     finally:
         if nova_on:
             nova.close()
@@ -164,18 +176,29 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     for c in msgs:
         result["configs"][c]["broker_messages"] = counts.scale(msgs[c], 100 / (repeat * len(seq)))
         result["configs"][c]["broker_messages_per_1000_steady"] = steady.get(c)
+        result["configs"][c]["steady_mean_ms"] = steady_ms.get(c)
     if msgs:
         result["broker_counts"] = {"source": "RabbitMQ management API, per-queue message_stats"
                                              ".publish", "steady_rounds": steady_rounds}
     result.update(mode=rig.mode, label=rig.label, compute=rig.compute_mode, nodes=nodes,
                   repeat=repeat, service_ms=service_ms, token_ttl=token_ttl,
-                  skipped={**({"redis": rig.redis_skip} if rig.redis is None
+                  skipped={**({"redis": rig.redis_skip} if "redis" in wanted
                                and "redis" not in configs else {}),
                            **({"nova": nova.skip} if nova.skip else {})})
-    if "nova-rpc" in result["configs"] and "nova-hdpbf" in result["configs"]:
-        result["nova_hdpbf_vs_nova_rpc_pct"] = round(
-            100 * result["configs"]["nova-hdpbf"]["mean_ms"]
-            / result["configs"]["nova-rpc"]["mean_ms"], 2)
+    nova_rpc = result["configs"].get("nova-rpc")
+    if nova_rpc is not None:
+        if "nova-hdpbf" in result["configs"]:
+            result["nova_hdpbf_vs_nova_rpc_pct"] = round(
+                100 * result["configs"]["nova-hdpbf"]["mean_ms"] / nova_rpc["mean_ms"], 2)
+        floor = result.get("nova_client_floor_ms")
+        if floor is not None:
+            result["nova_client_floor_vs_nova_rpc_pct"] = round(
+                100 * floor / nova_rpc["mean_ms"], 2)
+            # The best a driver can do: every instance's first call is a nova-rpc call,
+            # every other one costs the floor alone.
+            firsts = len(first_calls(seq))
+            best = (firsts * nova_rpc["mean_ms"] + (len(seq) - firsts) * floor) / len(seq)
+            result["nova_hdpbf_best_pct"] = round(100 * best / nova_rpc["mean_ms"], 2)
     return result
 
 
@@ -221,10 +244,18 @@ from ..clikit import console  # noqa: E402
 @click.option("--nova/--no-nova", default=True, show_default=True,
               help="also nova-rpc and nova-hdpbf, through nova 34's own client (needs nova "
                    "installed: pip install -e '.[test]'; broker rig only)")
+@click.option("--only", "only", multiple=True, type=click.Choice(CONFIGS + NOVA_CONFIGS),
+              help="run only this configuration (repeatable; default: all)")
+@click.option("--steady-rounds", type=click.IntRange(1, 100), default=STEADY_ROUNDS,
+              show_default=True, help="--count-messages: times the workload is repeated on "
+              "the same instances for the steady-state count")
+@click.option("--floor-calls", type=click.IntRange(10, 100_000), default=FLOOR_CALLS,
+              show_default=True, help="calls timed for nova's client-side floor")
 def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
                 json_path: str | None, png_path: str, embedded: bool, broker: str | None,
                 backend: str | None, redis_url: str | None, data_dir: str | None,
-                count_messages: bool, rabbit_api: str | None, nova: bool) -> None:
+                count_messages: bool, rabbit_api: str | None, nova: bool,
+                only: tuple[str, ...], steady_rounds: int, floor_calls: int) -> None:
     """The paper's 100 get_vnc_console calls: rpc vs redis cache vs hdpbf two-step (with
     the API node's own answers, and from the ledger alone)."""
     out = console()
@@ -234,7 +265,8 @@ def bench_paper(repeat: int, service_ms: float, nodes: int, token_ttl: float,
         raise click.UsageError("--rabbit-api is for --count-messages")
     kw = dict(repeat=repeat, service_ms=service_ms, nodes=nodes, token_ttl=token_ttl,
               embedded=embedded, broker=broker, backend=backend, redis_url=redis_url,
-              data_dir=data_dir, console=out, nova=nova)
+              data_dir=data_dir, console=out, nova=nova, only=only or None,
+              steady_rounds=steady_rounds, floor_calls=floor_calls)
     if count_messages and rabbit_api is None:
         if broker is not None:
             raise click.UsageError("--count-messages with --broker needs --rabbit-api (the "

@@ -121,9 +121,10 @@ def summarize(records: list[CallRecord], served: list[dict], configs: list[str],
             per[c]["step2_at_first_calls"] = sum(1 for r in recs if r.step == 2
                                                  and r.call - 1 in firsts)
             per[c]["first_ledger_answer_after_ms"] = _first_ledger_answer_ms(recs)
-    base = per["rpc"]["mean_ms"]
+    base = per["rpc"]["mean_ms"] if "rpc" in per else None   # --only without rpc: None
     for c in configs:
-        per[c]["reduction_vs_rpc_pct"] = round((1 - per[c]["mean_ms"] / base) * 100, 2)
+        per[c]["reduction_vs_rpc_pct"] = (round((1 - per[c]["mean_ms"] / base) * 100, 2)
+                                          if base else None)
     two = [per[c] for c in CHECKED if c in per]
     return {
         "configs": per,
@@ -187,7 +188,8 @@ def plot(result: dict, path: str) -> None:
     bars = bx.bar(configs, means, color=[COLORS.get(c) for c in configs])
     for b, c in zip(bars, configs):
         red = result["configs"][c]["reduction_vs_rpc_pct"]
-        txt = f"{b.get_height():.3g} ms" + ("" if c == "rpc" else f"\n{red:.1f}% less" if red >= 0
+        txt = f"{b.get_height():.3g} ms" + ("" if c == "rpc" or red is None
+                                            else f"\n{red:.1f}% less" if red >= 0
                                             else f"\n{-red:.1f}% more")
         bx.annotate(txt, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                     va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
@@ -218,7 +220,8 @@ def table(result: dict) -> Any:
         t.add_column(col, justify="left" if col == "config" else "right", no_wrap=True)
     for c, r in result["configs"].items():
         t.add_row(c, f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                  f"{r['total_s']:.3f}", "-" if c == "rpc" else f"{-r['reduction_vs_rpc_pct']:+.1f} %",
+                  f"{r['total_s']:.3f}", "-" if c == "rpc" or r["reduction_vs_rpc_pct"] is None
+                  else f"{-r['reduction_vs_rpc_pct']:+.1f} %",
                   str(r["step1"]), str(r["own_answers"]) if c in CHECKED else "-",
                   str(r["step2"]))
     return t
@@ -230,10 +233,11 @@ def report(result: dict, console: Any) -> None:
     for name, why in result.get("skipped", {}).items():
         console.print(f"[yellow]{name} configuration skipped: {why}[/yellow]")
     s1, rg = result.get("step1_p50_us"), result.get("redis_get_p50_us")
-    line = f"step-1 read alone (ConsoleReader.step1) p50 {s1} us"
-    if rg is not None and s1:
-        line += f"; Redis GET of the same value p50 {rg} us ({rg / s1:.1f}x the step-1 read)"
-    console.print(line)
+    if s1 is not None:  # None: hdpbf did not run (--only)
+        line = f"step-1 read alone (ConsoleReader.step1) p50 {s1} us"
+        if rg is not None and s1:
+            line += f"; Redis GET of the same value p50 {rg} us ({rg / s1:.1f}x the step-1 read)"
+        console.print(line)
     if result.get("driver_step1_p50_us") is not None:
         console.print(f"a whole step-1 call through the hdpbf driver (HdpbfDriver.send: key from "
                       f"the Instance primitive, ledger read, open) p50 "
@@ -243,15 +247,26 @@ def report(result: dict, console: Any) -> None:
         console.print(f"nova's own ComputeAPI client: nova-hdpbf mean {nh['mean_ms']:.3f} ms = "
                       f"{100 * nh['mean_ms'] / nr['mean_ms']:.1f} % of nova-rpc's "
                       f"{nr['mean_ms']:.3f} ms")
+    floor = result.get("nova_client_floor_ms")
+    if floor is not None and nr:
+        console.print(f"nova's client-side floor (ComputeAPI.get_vnc_console on a driver that "
+                      f"answers at once: serializer, Instance and context to primitives, oslo's "
+                      f"client) {floor:.3f} ms = "
+                      f"{result['nova_client_floor_vs_nova_rpc_pct']:.1f} % of nova-rpc; of which "
+                      f"nova's serializer alone {result['nova_serialize_ms']:.3f} ms; with this "
+                      f"floor under every step-1 call, nova-hdpbf cannot go below "
+                      f"{result['nova_hdpbf_best_pct']:.1f} % of nova-rpc")
     counted = {c: r for c, r in result["configs"].items() if r.get("broker_messages")}
     if counted:
         console.print("messages RabbitMQ routed (its own per-queue counters; RPC + consensus):")
         for c, r in counted.items():
             m, st = r["broker_messages"], r.get("broker_messages_per_1000_steady") or {}
+            mean = r.get("steady_mean_ms")
             console.print(f"  {c:>12}: per 100 calls {m['total']:g} (RPC {m['rpc']:g}, consensus "
                           f"{m['consensus']:g}); per 1,000 steady-state reads "
                           f"{st.get('total', float('nan')):g} (RPC {st.get('rpc', 0):g}, "
-                          f"consensus {st.get('consensus', 0):g})")
+                          f"consensus {st.get('consensus', 0):g})"
+                          + (f"; steady-state call mean {mean:.3f} ms" if mean is not None else ""))
     colour = "green" if result["stale_answers"] == 0 else "red"
     own = sum(result["configs"][c]["own_answers"] for c in CHECKED if c in result["configs"])
     console.print(f"[{colour}]stale_answers = {result['stale_answers']}[/{colour}] (hdpbf, "

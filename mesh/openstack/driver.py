@@ -33,6 +33,8 @@ Rules of this file:
 - Configuration in nova's own config file, group ``[hdpbf]``.  With no ``mesh_config``
   the driver is a pure pass-through and logs that once.  Broken settings raise
   ``ConfigError`` when the transport is built (nova does not start).
+- Counters: ``stats`` (a ``collections.Counter``, under ``_stats_lock``); with ``[hdpbf]
+  metrics_port`` they are served for Prometheus (driver_metrics.py, read at scrape time).
 - The base class is oslo.messaging's private ``_drivers.base.BaseDriver``; the versions
   tested are pinned in pyproject.toml and tests/nova_driver/test_driver_contract.py fails
   loudly if what we rely on changes.
@@ -55,8 +57,8 @@ log = logging.getLogger("hdpbf.driver")
 
 GROUP = "hdpbf"
 DEFAULT_TOKEN_TTL = 600
-INVALIDATING_METHODS = ("terminate_instance", "post_live_migration_at_destination")
-LEGACY_DELETE_EVENTS = ("compute.instance.delete.end", "compute.instance.live_migration._post.end")
+INVALIDATING_METHODS = nova_wire.INVALIDATING_METHODS
+LEGACY_DELETE_EVENTS = nova_wire.LEGACY_DELETE_EVENTS
 
 OPTS = [
     cfg.StrOpt("mesh_config", help="The HdPBF mesh's mesh.json (nodes, clients, readers, "
@@ -77,6 +79,12 @@ OPTS = [
     cfg.BoolOpt("seal", default=True, help="Seal console tokens for the readers in "
                 "mesh.json (off: tokens in clear in every ledger; experiments only)."),
     cfg.BoolOpt("embedded", default=False, help="Use an in-process mesh (tests, demo)."),
+    cfg.PortOpt("metrics_port", default=0, help="Serve the driver's counters (reads by "
+                "step, misses by reason, records and deletes queued, committed, re-sent) "
+                "for Prometheus on http://<metrics_host>:<port>/metrics; one endpoint per "
+                "process, the sum of its transports. 0: off."),
+    cfg.StrOpt("metrics_host", default="127.0.0.1", help="The address metrics_port binds "
+               "(0.0.0.0: let a Prometheus on another host scrape it)."),
 ]
 
 _said_pass_through = False
@@ -144,6 +152,9 @@ class HdpbfDriver(base.BaseDriver):
                          "message through to %s unchanged", inner_url.transport)
         with _drivers_lock:
             _drivers.append(self)
+        if opts.metrics_port:
+            from . import driver_metrics
+            driver_metrics.export(self, opts.metrics_port, opts.metrics_host)
 
     def _configure(self, opts) -> None:
         from pbft_tasks.topology import MeshConfig, load_reader_identity

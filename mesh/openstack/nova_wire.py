@@ -37,6 +37,9 @@ CONSOLE_TYPES = {"get_vnc_console": ("novnc",),
                  "get_serial_console": ("serial",),
                  "get_mks_console": ("webmks",)}
 DELETE_EVENTS = ("instance.delete.end", "instance.live_migration_post.end")
+LEGACY_DELETE_EVENTS = ("compute.instance.delete.end", "compute.instance.live_migration._post.end")
+# Compute methods after which nova has deleted the instance's console tokens.
+INVALIDATING_METHODS = ("terminate_instance", "post_live_migration_at_destination")
 MIN_TOKEN = 16
 
 

@@ -28,6 +28,7 @@ Rules of this file:
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -86,6 +87,9 @@ class ConsoleRecorder:
         self.retries = 0        # requests sent again after a failed attempt
         self.expired = 0        # puts dropped because their token expired first
         self.superseded = 0     # queued puts replaced by a newer put on the same key
+        # The same events by kind of update ("queued.put", "committed.delete",
+        # "resent.put", "expired.put", "superseded.put" ...): the driver's metrics.
+        self.by_kind: collections.Counter[str] = collections.Counter()
         self.failure: BaseException | None = None
         self._cond = threading.Condition()
         self._queue: list[_Op] = []
@@ -177,9 +181,11 @@ class ConsoleRecorder:
             if op.kind == "put" and older is not None and older.kind == "put" and not older.sent:
                 self._queue.remove(older)
                 self.superseded += 1
+                self.by_kind["superseded.put"] += 1
                 older.skipped = True
                 older.done.set()
             self._queue.append(op)
+            self.by_kind[f"queued.{op.kind}"] += 1
             self._cond.notify_all()
 
     def _finish(self, op: _Op, result: Any = None, skipped: bool = False) -> None:
@@ -190,6 +196,7 @@ class ConsoleRecorder:
                 self.expired += 1
             else:
                 self.committed += 1
+            self.by_kind[f"{'expired' if skipped else 'committed'}.{op.kind}"] += 1
             self._cond.notify_all()
         op.result, op.skipped = result, skipped
         op.done.set()
@@ -255,10 +262,12 @@ class ConsoleRecorder:
                     if self._broken:
                         self._reconnect()
                         self._broken = False
-                    resent = sum(op.sent for op in live)
+                    resent = [op for op in live if op.sent]
                     for op in live:
                         op.sent = True
-                    self.retries += resent
+                    with self._cond:
+                        self.retries += len(resent)
+                        self.by_kind.update(f"resent.{op.kind}" for op in resent)
                     pending = self.client.submit([op.request for op in live])
                     self.client.wait(pending, timeout=self.attempt_timeout)
                 except RETRYABLE as exc:

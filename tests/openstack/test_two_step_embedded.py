@@ -4,6 +4,7 @@ Each test: set up compute (+ recorder) and API readers, call, check which step a
 and what every node's ledger holds."""
 from __future__ import annotations
 
+import collections
 import glob
 import threading
 import time
@@ -238,7 +239,7 @@ def test_queued_put_is_superseded_by_a_newer_put_on_the_same_key():
     import threading
     rec._cond = threading.Condition()
     rec._queue, rec._inflight, rec._closing, rec.failure = [], {}, False, None
-    rec.superseded = 0
+    rec.superseded, rec.by_kind = 0, collections.Counter()
     from mesh.openstack.recorder import _Op
     first = _Op("console/i1/novnc", "put", ("i1", "novnc", "h", {"token": "a"}), 1e12)
     second = _Op("console/i1/novnc", "put", ("i1", "novnc", "h", {"token": "b"}), 1e12)
@@ -250,3 +251,4 @@ def test_queued_put_is_superseded_by_a_newer_put_on_the_same_key():
     # first was overtaken by second before it was sent; nothing overtakes a delete
     assert rec._queue == [other, second, delete, third]
     assert first.skipped and first.done.is_set() and rec.superseded == 1
+    assert rec.by_kind == {"queued.put": 4, "queued.delete": 1, "superseded.put": 1}

@@ -92,6 +92,18 @@ class Process:
                 pass
 
 
+# A process holding one hdpbf driver transport with a metrics port (argv: dir, port).
+DRIVER_PROCESS = """
+import pathlib, sys, threading, warnings
+warnings.simplefilter("ignore")
+from nova_driver.conftest import DriverKit
+kit = DriverKit(pathlib.Path(sys.argv[1]))
+kit.transport(kit.conf(mesh_config=kit.mesh_config, ledger=kit.ledger_path(0), reader="api0",
+                       client="cmp", embedded=True, metrics_port=int(sys.argv[2])))
+threading.Event().wait()
+"""
+
+
 class Stack:
     """The running stack the ops tests look at."""
 
@@ -100,7 +112,7 @@ class Stack:
         self.metrics_base = free_port_block(4)
         self.mesh = Mesh(base / "mesh", 4, broker, metrics_port_base=self.metrics_base)
         self.procs: list[Process] = []
-        self.flower_port = self.api_port = self.prom_port = 0
+        self.flower_port = self.api_port = self.prom_port = self.driver_port = 0
         self.reader = None
 
     # -- pieces -----------------------------------------------------------------------
@@ -141,6 +153,24 @@ class Stack:
                                     rpc_timeout=1.0)
         assert export_reader(self.reader, 0, port=self.api_port)
 
+    def start_driver(self) -> None:
+        """nova's hdpbf driver with ``[hdpbf] metrics_port``, in a process of its own as
+        in nova, API and compute side on one transport (hdpbf+fake:/, an in-process mesh
+        of its own).  The stack runs no nova, so compose's Prometheus has no job for
+        it; this one does."""
+        self.driver_port = free_port()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        argv = [sys.executable, "-c", DRIVER_PROCESS, str(self.base / "nova-driver"),
+                str(self.driver_port)]
+        proc = Process("nova-driver", argv, self.base / "nova-driver.log", env)
+        self.procs.append(proc)
+
+        def serving() -> bool:
+            proc.check()
+            return answers(f"http://127.0.0.1:{self.driver_port}/metrics")
+        wait_until(serving, 60, "the hdpbf driver's metrics endpoint")
+
     def start_prometheus(self) -> None:
         exe = prometheus_binary()
         self.prom_port = free_port()
@@ -157,6 +187,8 @@ class Stack:
                 continue  # no follower runs in this stack (tests/integration/test_followers_mesh.py)
             job = dict(job, static_configs=[{"targets": targets[job["job_name"]]}])
             jobs.append(job)
+        jobs.append({"job_name": "hdpbf-nova-driver",
+                     "static_configs": [{"targets": [f"127.0.0.1:{self.driver_port}"]}]})
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "scrape_configs": jobs}
         path = self.base / "prometheus.yml"
@@ -189,13 +221,15 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, broker_url):  # noqa: F811  (the imported fixture)
     """A 4-node mesh of real workers (metrics on a free port run), Flower, an API
-    reader's counters and Prometheus scraping them with compose's jobs."""
+    reader's counters, nova's hdpbf driver's counters and Prometheus scraping them with
+    compose's jobs (and one for the driver)."""
     quiet_wait()
     s = Stack(tmp_path_factory.mktemp("ops"), broker_url)
     try:
         s.mesh.start()
         s.start_flower()
         s.start_reader()
+        s.start_driver()
         s.start_prometheus()
         yield s
     finally:

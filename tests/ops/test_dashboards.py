@@ -2,8 +2,9 @@
 mesh, and every metric it names exists there: a renamed metric breaks this test.
 
 Set up: the session's stack (tests/ops/conftest.py): 4 node workers, Flower (workers run
-with -E), an API reader's counters, and a ``prometheus`` process scraping them every
-second with compose/prometheus.yml's jobs; traffic committed, bad messages sent.
+with -E), an API reader's counters, nova's hdpbf driver's counters, and a ``prometheus``
+process scraping them every second with compose/prometheus.yml's jobs (and one for the
+driver); traffic committed, bad messages sent.
 Step: wait until Prometheus has scraped every target and holds a series for every
 metric any panel names; then run each panel's expression through /api/v1/query (Grafana
 variables replaced the way Grafana would).
@@ -124,7 +125,7 @@ def test_every_panel_query_runs_on_a_real_scrape_of_the_mesh(loaded_stack):
         active = json.loads(http_get(f"{prom}/api/v1/targets"))["data"]["activeTargets"]
         down = [(t["labels"]["job"], t["scrapeUrl"], t.get("lastError")) for t in active
                 if t["health"] != "up"]
-        return not down and len(active) == 6, down
+        return not down and len(active) == 7, down
     wait_until(lambda: targets_up()[0], 60, lambda: f"every scrape target up: {targets_up()[1]}")
 
     def all_present():
