@@ -93,6 +93,7 @@ class NodeFailed(RuntimeError):
 
 class Transport(Protocol):
     def send(self, to: int, wire: dict) -> None: ...
+    def send_requests(self, to: int, wires: list[dict]) -> None: ...
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None: ...
     def send_client(self, client: str, wire: dict) -> None: ...
 
@@ -126,6 +127,7 @@ class NodeRuntime:
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
         self.failure: BaseException | None = None  # our own bug; set once, then NodeFailed
+        self._relay: dict[int, list[dict]] | None = None  # requests to relay, per node (handle_requests)
         # CPU by stage of the task runs (stages.py); the Celery strategy begins and ends runs.
         self.stages = StageClock()
 
@@ -181,6 +183,22 @@ class NodeRuntime:
             clock.lap("step")
             self._carry_out(actions)
         return None
+
+    def handle_requests(self, wires: list) -> None:
+        """A bundle of requests (``pbft.request`` with a list, as clients send them): each
+        is handled as one message, and the requests this node relays to the primary leave
+        as one bundle per node afterwards, not as one message a request (a client's
+        bundle of 64 used to become 64 task runs in the primary's queue)."""
+        self._relay = {}
+        try:
+            for w in wires:
+                self.handle(w, "Request")
+            relay = self._relay
+        finally:
+            self._relay = None
+        for to, batch in relay.items():
+            self.sent += 1
+            self.transport.send_requests(to, batch)
 
     # -- state transfer -----------------------------------------------------------------
     def _on_fetch(self, wire: dict) -> str | None:
@@ -290,7 +308,10 @@ class NodeRuntime:
             if isinstance(a, Send):
                 wire = self._wire(a.msg)
                 clock.lap("sign")
-                self._send(a.to, wire)
+                if self._relay is not None and isinstance(a.msg, Request):
+                    self._relay.setdefault(a.to, []).append(wire)  # sent by handle_requests
+                else:
+                    self._send(a.to, wire)
                 clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)

@@ -45,8 +45,7 @@ def request(*args, **kwargs) -> None:
         if len(wire) > 4096:
             rt.reject("oversize", f"{len(wire)} requests in one message", {"type": "Request"})
             return
-        for w in wire:
-            rt.handle(w, "Request")
+        rt.handle_requests(wire)
     else:
         rt.handle(wire, "Request")
 

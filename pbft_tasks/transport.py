@@ -37,7 +37,7 @@ def follower_queue_name(name: str) -> str:
     return f"follower.{name}"
 
 
-def task_message(app: Any, name: str, wire: dict) -> Any:
+def task_message(app: Any, name: str, wire: dict | list) -> Any:
     """A Celery protocol-2 message for task ``name`` with one argument, ``wire``.
     ``ignore_result=True`` travels in the headers: a request's header overrides the
     task's own setting, and the default (False) would store every protocol message's
@@ -106,6 +106,13 @@ class CeleryTransport:
         publish_confirmed(self._producer(), msg.body, exchange="", routing_key=f"node.{to}",
                           serializer="json", headers=msg.headers, **msg.properties)
 
+    def send_requests(self, to: int, wires: list[dict]) -> None:
+        """Requests relayed to node ``to``, as one ``pbft.request`` message (a list, as
+        a client's bundle travels)."""
+        msg = task_message(self.app, ALL_TASKS["Request"], wires)
+        publish_confirmed(self._producer(), msg.body, exchange="", routing_key=f"node.{to}",
+                          serializer="json", headers=msg.headers, **msg.properties)
+
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
         name = TASK_FOR_TYPE[wire["type"]]
         msg = task_message(self.app, name, wire)
@@ -144,6 +151,10 @@ class LocalTransport:
 
     def send(self, to: int, wire: dict) -> None:
         self.queue.append(("node", to, json.dumps(wire).encode()))
+
+    def send_requests(self, to: int, wires: list[dict]) -> None:
+        for w in wires:
+            self.send(to, w)
 
     def broadcast(self, sender: int, peers: list[int], wire: dict) -> None:
         raw = json.dumps(wire).encode()

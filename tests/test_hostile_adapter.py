@@ -191,3 +191,24 @@ def test_a_client_accepts_only_replies_to_the_request_it_sent(mesh):
         c.wait(c.submit([again]), timeout=3)
     assert c.rejected > rejected, "the nodes' replies (to the first request) were not refused"
     assert all(rt.ledger.get_value("k") == "first" for rt in mesh.nodes)
+
+
+# -- relays: once per request, one bundle per incoming bundle ---------------------------
+
+def test_a_backup_relays_a_clients_bundle_as_one_message_and_only_once(mesh, as_worker):
+    """A client's bundle of requests to a backup (its retransmission goes to every
+    replica) is relayed to the primary as one ``pbft.request`` message, not one per
+    request; the same bundle again is not relayed at all (core: relay once)."""
+    c = mesh.client()
+    wires = [to_wire(c.put_request(f"r{i}", i)) for i in range(5)]
+    sent: list = []
+    real = mesh.transport.send_requests
+    mesh.transport.send_requests = lambda to, ws: (sent.append((to, list(ws))), real(to, ws))
+    tasks.request(wires)      # what the worker of node TARGET runs for the client's message
+    tasks.request(wires)      # the client's next retransmission round
+    assert sent == [(0, wires)]
+    while mesh.step():        # the primary orders what it was relayed
+        pass
+    heights = {rt.ledger.height for rt in mesh.nodes}
+    assert len(heights) == 1 and heights.pop() >= 1
+    assert sum(len(b["requests"]) for b in mesh.nodes[0].ledger.iter_blocks(1, 10)) == 5

@@ -35,6 +35,11 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   and batches grow; at low load a request waits at most the timeout (with timeout 0 it
   is proposed on arrival when the window has room).  pipeline=0 turns the window off
   (cut on the timeout alone).
+- A backup relays a request to the primary (sec. 4.1) the first time it hears of it,
+  not at every retransmission: the client re-sends to every replica, the primary
+  included, so a second relay adds nothing, and under overload the relays were the
+  flood (3 backups x 2,000 outstanding requests, one task run each, in the primary's
+  queue ahead of the votes, at every retransmission round of the client).
 - A request this replica knows of (received, or in a pre-prepare it accepted) and has
   not executed is ``awaiting``: that is the request timer of the view change
   (viewchange.py, sec. 4.4); executing a batch resets the timer.
@@ -138,12 +143,14 @@ class NormalCase:
                 self._msg(SendClient(req.client, Reply(self.view, result["seq"], req.client, self.id,
                           ({"timestamp": req.timestamp, "result": result},)), cause))
             return
-        if len(self.awaiting) < 4 * MAX_BATCH:
-            self.awaiting.setdefault(key, req)  # the request timer of sec. 4.4
+        fresh = key not in self.awaiting
+        if fresh and len(self.awaiting) < 4 * MAX_BATCH:
+            self.awaiting[key] = req  # the request timer of sec. 4.4
         if self.vc.in_view_change:
             return  # the new primary proposes what is awaited once the view is installed
         if not self.is_primary:
-            self._msg(Send(self.primary, req, cause))
+            if fresh:  # relayed once: a client's retransmission reaches the primary itself
+                self._msg(Send(self.primary, req, cause))
             return
         batcher = self.batcher
         if key in batcher.in_flight:

@@ -405,6 +405,22 @@ def test_backup_forwards_new_request_to_primary():
     assert out == [Send(0, request, "Request a/1")]
 
 
+def test_backup_relays_a_request_once_not_at_every_retransmission():
+    """Sec. 4.1 relays a request to the primary; the client's retransmission goes to
+    every replica, the primary included, so a backup relays it the first time only.
+    Relaying every copy made a client's retransmission round under overload cost the
+    primary one task run per backup and outstanding request, ahead of the votes."""
+    # set up
+    r = Replica(2, config())
+    request = req("a", 1)
+    first = r.handle(request)
+    # step: the client re-sends it, twice
+    again = r.handle(request) + r.handle(request)
+    # check
+    assert messages(first) == [request] and messages(again) == []
+    assert r.awaiting == {("a", 1): request}  # still timed: the request timer runs
+
+
 def test_primary_does_not_propose_same_request_twice():
     """Sec. 4.2/5.1: the primary assigns a sequence number to a request once; a
     retransmission while it is in flight or after it executed is not proposed again."""
