@@ -49,6 +49,7 @@ from typing import Any, Optional
 
 from .follower import MAX_AHEAD, Follower
 from .follower_push import sources_for
+from .ratelimit import TokenBuckets
 
 log = logging.getLogger("hdpbf.follower")
 
@@ -116,7 +117,7 @@ class FollowerNode:
         self.connected = False
         self._status_at = 0.0
         self._status_asks: deque[tuple[str, Any]] = deque()   # (reply_to, correlation_id)
-        self._status_answered: deque[float] = deque()       # when, for the rate limit
+        self._status_limit = TokenBuckets(STATUS_ANSWERS_PER_S, STATUS_ANSWERS_PER_S)
         self._producer = None
         self._metrics = None
 
@@ -134,17 +135,13 @@ class FollowerNode:
     def ask_status(self, reply_to: Any, correlation_id: Any) -> None:
         """Someone (``hdpbf status``) asks for this follower's status: answered from the
         loop (``_flush_status``), never inside a callback; over the rate, dropped."""
-        now = time.monotonic()
         with self.lock:
-            while self._status_answered and now - self._status_answered[0] > 1.0:
-                self._status_answered.popleft()
             if type(reply_to) is not str or not 0 < len(reply_to) <= 255:
                 self.follower.rejected["malformed"] += 1
                 return
-            if len(self._status_answered) >= STATUS_ANSWERS_PER_S:
+            if not self._status_limit.allow():
                 self.follower.rejected["status_rate"] += 1
                 return
-            self._status_answered.append(now)
             cid = correlation_id if type(correlation_id) is str and len(correlation_id) <= 255 else None
             self._status_asks.append((reply_to, cid))
 

@@ -53,6 +53,7 @@ from .core.replica import Replica, ReplicaConfig, describe
 from .core.stimuli import FetchDone, Install, Resume, Tick
 from .byzantine import signed_as
 from .evidence_log import EvidenceLog
+from .ratelimit import TokenBuckets
 from .reads import answer_reads
 from .signing import Rejected, Signer, Verifier
 from .stages import StageClock
@@ -122,7 +123,7 @@ class NodeRuntime:
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
         self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
-        self._fetch_tokens: dict[int | str, tuple[float, float]] = {}  # requester -> (tokens, at)
+        self._fetch_limit = TokenBuckets(FETCH_RATE, FETCH_BURST, lambda: self.clock())  # per requester
         self.installed = 0  # blocks installed by state transfer
         # Observers of every step's actions once carried out (metrics: commit latency).
         self.on_actions: list[Callable[[list], None]] = []
@@ -215,7 +216,7 @@ class NodeRuntime:
             return None
         if lo > self.ledger.height:
             return None  # nothing to send: only blocks that exist are answered
-        if not self._fetch_allowed(who):
+        if not self._fetch_limit.allow(who):
             return self.reject("fetch_rate_limited", f"requester {who} is over {FETCH_RATE:g} "
                                                       f"fetches a second", wire)
         with self.lock, self._stepping("answering a Fetch"):
@@ -234,16 +235,6 @@ class NodeRuntime:
                 self._send(who, answer)
         return None
 
-    def _fetch_allowed(self, who: int) -> bool:
-        """A token bucket per requester (FETCH_RATE, FETCH_BURST)."""
-        now = self.clock()
-        tokens, at = self._fetch_tokens.get(who, (FETCH_BURST, now))
-        tokens = min(FETCH_BURST, tokens + (now - at) * FETCH_RATE)
-        if tokens < 1.0:
-            self._fetch_tokens[who] = (tokens, now)
-            return False
-        self._fetch_tokens[who] = (tokens - 1.0, now)
-        return True
 
     def _on_blocks(self, wire: dict) -> str | None:
         blocks = wire.get("blocks")
