@@ -29,6 +29,12 @@ Metrics of a node (label ``node``):
   runs), ``hdpbf_view_changes_total`` (increments of the view this worker has seen),
   ``hdpbf_state_transfers_total`` (fetch requests this node sent to a peer because it
   was behind: one per ``FetchState`` action);
+- ``hdpbf_queue_messages``: messages waiting in the node's queue (ready, not yet
+  delivered to the worker), asked of RabbitMQ at scrape time (a passive queue declare on
+  a connection of the exporter's own; no sample when the broker does not answer).  The
+  backlog a node has not reached yet: the protocol tasks' lean strategy (strategy.py)
+  sends no ``task-received``/``task-started`` events, so Flower's prefetch metrics
+  never cover them;
 - ``hdpbf_commit_latency_seconds``: histogram, 1 ms to 10 s, of the time at this node
   from proposing a seq (primary) or accepting its pre-prepare (backup: the step that
   broadcasts its prepare) to executing it.  Measured here, in the adapter, from the
@@ -78,6 +84,8 @@ NODE_METRICS = (
     "hdpbf_rejected_messages_total", "hdpbf_view_changes_total",
     "hdpbf_state_transfers_total",
 )
+# A worker's only: read from the broker (an in-memory runtime has no queue).
+BROKER_METRICS = ("hdpbf_queue_messages",)
 READER_METRICS = ("hdpbf_step1_answers_total", "hdpbf_step1_own_answers_total",
                   "hdpbf_step2_calls_total", "hdpbf_step2_failures_total")
 
@@ -203,6 +211,46 @@ class _RuntimeCollector(Collector):
         yield rejected
 
 
+class QueueDepthCollector(Collector):
+    """``hdpbf_queue_messages``: the node queue's ready messages, from the broker.
+
+    One connection of its own, opened on the first scrape and again after an error (the
+    worker's connections belong to its consumer thread); scrapes may come from several
+    HTTP threads, so they take turns."""
+
+    def __init__(self, node: str, broker_url: str, queue: str):
+        self.node, self.url, self.queue = node, broker_url, queue
+        self.lock = threading.Lock()
+        self.conn: Any = None
+
+    def ready(self) -> int | None:
+        from kombu import Connection
+        with self.lock:
+            try:
+                if self.conn is None:
+                    self.conn = Connection(self.url, connect_timeout=2)
+                    self.conn.ensure_connection(max_retries=1)
+                ok = self.conn.default_channel.queue_declare(queue=self.queue, passive=True)
+                return int(ok.message_count)
+            except Exception as exc:  # the broker down or the queue not declared yet
+                log.info("node %s: queue depth of %s not read: %s", self.node, self.queue, exc)
+                if self.conn is not None:
+                    try:
+                        self.conn.release()
+                    except Exception:
+                        pass
+                self.conn = None
+                return None
+
+    def collect(self) -> Iterable[Any]:
+        g = GaugeMetricFamily("hdpbf_queue_messages", "Messages waiting in this node's "
+                              "queue (ready, not yet delivered to its worker)", labels=["node"])
+        n = self.ready()
+        if n is not None:
+            g.add_metric([self.node], n)
+        yield g
+
+
 def _known_reasons() -> tuple[str, ...]:
     from pbft_tasks.guard import GUARD_REASONS
     from pbft_tasks.node import RUNTIME_REASONS
@@ -245,6 +293,9 @@ def start_node_exporter(runtime: Any, cfg: Any,
     """Attach metrics to a node worker's runtime and serve them (unless turned off)."""
     metrics = NodeMetrics(runtime)
     port = node_metrics_port(cfg, runtime.id, environ)
+    if port is not None:
+        metrics.registry.register(QueueDepthCollector(metrics.node, cfg.broker_url,
+                                                  cfg.node(runtime.id).queue))
     if port is not None:
         serve(metrics.registry, port)
     return metrics
@@ -354,6 +405,6 @@ def node_url(cfg: Any, node_id: int, host: str = "127.0.0.1") -> str | None:
     return f"http://{host}:{base + node_id}/metrics" if base else None
 
 
-__all__ = ["NodeMetrics", "start_node_exporter", "node_metrics_port", "serve", "export_reader",
+__all__ = ["BROKER_METRICS", "NodeMetrics", "QueueDepthCollector", "start_node_exporter", "node_metrics_port", "serve", "export_reader",
            "reader_registry", "reader_metrics_port", "scrape", "node_url", "NODE_METRICS", "READER_METRICS",
            "LATENCY_BUCKETS", "ENV_PORT", "ENV_ADDR"]

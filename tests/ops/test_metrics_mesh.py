@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from pbft_tasks.metrics import NODE_METRICS, READER_METRICS, node_url, scrape
+from pbft_tasks.metrics import BROKER_METRICS, NODE_METRICS, READER_METRICS, node_url, scrape
 
 from .conftest import BAD_NODE, UPDATES
 from integration.meshkit import wait_until
@@ -39,8 +39,11 @@ def test_each_node_endpoint_matches_its_ledger(loaded_stack):
             s = scrape(url)
             return s if one(s, "hdpbf_ledger_height", node=node) == height else None
         s = wait_until(caught_up, 30, f"node {i}'s metrics to show height {height}")
-        for name in NODE_METRICS:
+        for name in NODE_METRICS + BROKER_METRICS:
             assert name in s or f"{name}_count" in s, f"node {i}: {name} missing"
+        # converged and idle: nothing is left waiting in its queue, as RabbitMQ says
+        wait_until(lambda: one(scrape(url), "hdpbf_queue_messages", node=node) == 0, 30,
+                   f"node {i}'s queue to be empty")
         assert one(s, "hdpbf_ledger_height", node=node) == mesh.tip(i)[0] == height
         assert one(s, "hdpbf_blocks_committed_total", node=node) == height
         with mesh.reader(i) as r:
@@ -88,3 +91,39 @@ def test_api_reader_counts_step1_and_step2(loaded_stack):
     assert one(s, "hdpbf_step1_answers_total", node="0") == 1
     assert one(s, "hdpbf_step2_calls_total", node="0") == 1
     assert one(s, "hdpbf_step2_failures_total", node="0") == 1
+
+
+def test_queue_depth_is_what_rabbitmq_holds_and_absent_when_it_cannot_say(broker_url):
+    """hdpbf_queue_messages counts the ready messages of the queue it is given, and has no
+    sample (rather than a made-up 0) for a queue the broker does not have."""
+    import uuid
+
+    from kombu import Connection, Producer
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pbft_tasks.metrics import QueueDepthCollector
+
+    def samples(collector):
+        reg = CollectorRegistry()
+        reg.register(collector)
+        text = generate_latest(reg).decode()
+        return [(s.labels, s.value) for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "hdpbf_queue_messages"]
+
+    queue = f"test.depth.{uuid.uuid4().hex[:8]}"
+    missing = QueueDepthCollector("7", broker_url, queue)
+    assert samples(missing) == []
+    with Connection(broker_url) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=False, auto_delete=False)
+        try:
+            producer = Producer(ch, auto_declare=False)
+            for i in range(3):
+                producer.publish({"i": i}, routing_key=queue, serializer="json")
+            c = QueueDepthCollector("7", broker_url, queue)
+            assert wait_until(lambda: samples(c) == [({"node": "7"}, 3.0)], 10,
+                              f"3 messages in {queue}: {samples(c)}")
+            assert samples(missing) == [({"node": "7"}, 3.0)]  # reconnects after an error
+        finally:
+            ch.queue_delete(queue)
