@@ -93,7 +93,7 @@ _CONSENSUS_ROWS = (
     ("mean batch", "mean_batch"), ("messages per batch", "messages_per_batch"),
     ("messages per batch (low load)", "low_load_messages_per_batch"),
     ("task runs per request (low load)", "low_load_task_runs_per_request"),
-    ("identical heads", "identical_heads"))
+    ("identical heads", "identical_heads"), ("highest view at the end", "view_max"))
 _BROKER_ROWS = (("broker nodes", "broker_nodes"),
                 ("single broker tx/s (same run)", "single_broker_tx_per_s"),
                 ("tx/s ratio cluster / single", "tx_per_s_ratio_to_single"))

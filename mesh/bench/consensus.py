@@ -20,7 +20,9 @@ node on the local RabbitMQ (results in Redis), then measures, in one run:
   is a floor under the low-load latency.
 
 The JSON file (``--json``) has ``nodes``, ``requests``, ``tx_per_s``, ``commit_p50_ms``,
-``commit_p99_ms``, ``messages_per_batch`` and the details; ``followers``,
+``commit_p99_ms``, ``messages_per_batch``, ``views`` (each node's view at the end;
+``view_max`` the highest: a view change during the run is part of its figures) and the
+details; ``followers``,
 ``follower_lag_p50_ms`` and ``follower_lag_p99_ms`` always (None without followers).
 ``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
 a namespace host of its own (mesh/bench/followers.py says what the figures mean).
@@ -174,12 +176,26 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
             "identical_heads": len(heads) == 1 and len(heights) == 1,
+            # a view change during the run (the 1 s request timer under a deep backlog)
+            # is part of the figure: the view each node ended in
+            "views": {i: s["view"] for i, s in after.items()},
+            "view_max": max(s["view"] for s in after.values()),
             "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
             "followers": followers, "netns": netns, "followers_nice": followers_nice,
             "follower_catchup_s": None if catchup is None else round(catchup, 3),
             "follower_rejected": rig.rejected(),
         }
         client.transport.close()
+    except SubmitTimeout as exc:
+        # what each node was doing when the client gave up (a view change? one node
+        # behind?), in the failed run's record: run_matrix keeps it as ``at_failure``
+        try:
+            exc.at_failure = {i: None if st is None else  # None: no answer in 10 s
+                              {k: st.get(k) for k in ("view", "height", "last_exec", "h")}
+                              for i, st in mesh.poll_statuses(timeout=10).items()}
+        except Exception as why:  # a stuck worker does not answer either
+            exc.at_failure = {"status": f"not read: {type(why).__name__}: {why}"}
+        raise
     finally:
         rig.stop()
     result.update(lag_figures(rig.lag_samples(), low_window, loaded_window) if followers else
@@ -304,6 +320,9 @@ def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callabl
                     # its heartbeats on an overloaded machine)
                     say(f"  {n} nodes, votes={v}: FAILED: {type(exc).__name__}: {exc}")
                     res = {"nodes": n, "votes": v, "failed": f"{type(exc).__name__}: {exc}"}
+                    if getattr(exc, "at_failure", None):
+                        res["at_failure"] = exc.at_failure
+                        say(f"  at the failure: {exc.at_failure}")
                 res["round"] = r + 1
                 out.append(res)
                 if on_result is not None:

@@ -15,6 +15,8 @@ def test_bench_consensus_reports_its_own_run(tmp_path, broker_url):
     r = bc.run(nodes=4, requests=300, window=100, low_load=20, broker=broker_url,
                backend=os.environ.get("HDPBF_TEST_BACKEND_URL"), data_dir=str(tmp_path))
     assert r["identical_heads"] is True and r["rejected"] == {}
+    # the view every node ended in (a view change would be part of the figures)
+    assert sorted(r["views"]) == [0, 1, 2, 3] and r["view_max"] == max(r["views"].values())
     # 50 warm-up + 20 low-load + 300 loaded updates, in blocks of at least one
     assert 1 <= r["blocks"] <= 300 and r["mean_batch"] == round(300 / r["blocks"], 1)
     assert 0 < r["quorum_reply_p50_ms"] <= r["commit_p50_ms"] <= r["commit_p99_ms"]
