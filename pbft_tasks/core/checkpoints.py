@@ -235,7 +235,7 @@ class Checkpoints:
         for m in self.window.take_held():  # the window moved: messages we held may now be in it
             self._handlers[type(m)](self, m, cause)
         if self.is_primary:
-            self._propose(cause, force=False)
+            self._propose(cause, force=False, limit=self._room())
 
     def _hold(self, m: Any, cause: str) -> None:
         if not self.window.hold(m, 4 * self.cfg.log_window * self.n):

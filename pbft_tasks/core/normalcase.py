@@ -31,10 +31,16 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   ``max_batch_bytes`` is refused on arrival (``request_too_large``).  It
   cuts a partial batch once the oldest waiting request has waited
   ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
-  flight (proposed, not yet executed).  Under load requests pile up behind the window
-  and batches grow; at low load a request waits at most the timeout (with timeout 0 it
-  is proposed on arrival when the window has room).  pipeline=0 turns the window off
-  (cut on the timeout alone).
+  flight (proposed, not yet executed).  Full batches respect the same window: under a
+  flood of 2,000 requests the primary used to propose eight full batches at once, every
+  backup verified all their requests before the first commit could form, and at n = 10
+  on two cores the first execution came after the 1 s request timer (a view change,
+  then more, each new primary as flooded as the last).  With the window the flood
+  waits at the primary, where no backup's timer runs, and each execution lets the next
+  batch go (``_cut_partial``).  Under load requests pile up behind the window and
+  batches grow to ``max_batch``; at low load a request waits at most the timeout (with
+  timeout 0 it is proposed on arrival when the window has room).  pipeline=0 turns the
+  window off (cut on the timeout alone, full batches at once).
 - A backup relays a request to the primary (sec. 4.1) the first time it hears of it,
   not at every retransmission: the client re-sends to every replica, the primary
   included, so a second relay adds nothing, and under overload the relays were the
@@ -163,9 +169,16 @@ class NormalCase:
                                   f"max_batch_bytes ({self.cfg.max_batch_bytes})", cause)
         batcher.add(req, size, self.now)
         if len(batcher.pending) >= self.cfg.max_batch:
-            self._propose(cause, force=False)
+            self._propose(cause, force=False, limit=self._room())
         elif self.cfg.batch_timeout_ticks == 0:
             self._cut_partial(cause)  # no timeout: propose now if the window has room
+
+    def _room(self) -> int | None:
+        """How many more batches the primary may propose now: ``pipeline`` less those in
+        flight (proposed, not yet executed); None when pipeline is 0 (no window)."""
+        if self.cfg.pipeline == 0:
+            return None
+        return max(0, self.cfg.pipeline - (self.batcher.next_seq - 1 - self.last_exec))
 
     def _cut_partial(self, cause: str) -> None:
         b = self.batcher

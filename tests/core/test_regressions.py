@@ -51,9 +51,10 @@ def test_vote_far_ahead_does_not_stall_a_restarted_cluster():
 def test_restarted_primary_never_reuses_a_seq_it_proposed():
     """The other half of the same rule: after the fix the primary still skips every seq
     for which it sent a pre-prepare, even one that has not executed."""
-    p = Replica(0, config(max_batch=1))
+    cfg = config(max_batch=1, pipeline=0)  # no window: both seqs in flight, and a third
+    p = Replica(0, cfg)
     records = persisted(p.handle(req("a", 1)) + p.handle(req("a", 2)))
-    restarted = Replica(0, config(max_batch=1), records=records)
+    restarted = Replica(0, cfg, records=records)
     out = restarted.handle(req("a", 3))
     assert [m.seq for m in messages(out, PrePrepare)] == [3]
 
