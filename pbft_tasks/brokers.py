@@ -23,13 +23,20 @@ Rules and why:
   quorum queue) is left out (celery_app.NodeConsumer): the mesh sends no ETA or
   countdown tasks, and its set-up retries each *dead* cluster URL for seconds on every
   reconnect, which is exactly when a node has failed over.
+- ``QueueDepth`` reads how many messages are ready in one queue (a passive declare on a
+  connection of its own; None when the broker does not answer): the worker's backlog,
+  for its metrics and its busy ticks (celery_app.py).
 - Reply queues of clients stay classic, exclusive to their connection and auto-deleted:
   a quorum queue cannot be either, and a reply lost with its node is re-requested by
   the client's own retransmission (mesh/client.py).
 """
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
+
+log = logging.getLogger("hdpbf.brokers")
 
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -63,6 +70,45 @@ def celery_queue_settings(queue_type: str) -> dict:
 # the first retry (the next cluster node is tried at once) and at most 1 s between.
 PUBLISH_RETRY = {"max_retries": None, "interval_start": 0, "interval_step": 0.2,
                  "interval_max": 1}
+
+
+class QueueDepth:
+    """Messages ready in ``queue`` (delivered to no consumer yet), asked of the broker.
+
+    One connection of its own, opened on first use and again after any error (the
+    worker's connections belong to its consumer thread); callers from several threads
+    take turns.  ``ready()`` is None when the broker or the queue does not answer."""
+
+    def __init__(self, broker_url: str, queue: str, connect_timeout: float = 2.0):
+        self.url, self.queue, self.connect_timeout = broker_url, queue, connect_timeout
+        self.lock = threading.Lock()
+        self.conn: Any = None
+
+    def ready(self) -> int | None:
+        from kombu import Connection
+        with self.lock:
+            try:
+                if self.conn is None:
+                    self.conn = Connection(self.url, connect_timeout=self.connect_timeout)
+                    self.conn.ensure_connection(max_retries=1)
+                ok = self.conn.default_channel.queue_declare(queue=self.queue, passive=True)
+                return int(ok.message_count)
+            except Exception as exc:  # the broker down, or the queue not declared yet
+                log.info("queue depth of %s not read: %s", self.queue, exc)
+                self.close_locked()
+                return None
+
+    def close_locked(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.release()
+            except Exception:
+                pass
+        self.conn = None
+
+    def close(self) -> None:
+        with self.lock:
+            self.close_locked()
 
 
 def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:

@@ -229,14 +229,39 @@ def _on_worker_init(sender=None, **_):
             except Exception:  # our own bug (NodeFailed): the runtime stopped; so does the process
                 fail_hard("tick")
 
-    global _ticker
+    global _ticker, _prober
     _ticker = threading.Thread(target=tick_loop, name="hdpbf-tick", daemon=True)
+    from .brokers import QueueDepth
+    _prober = threading.Thread(target=_probe_loop, name="hdpbf-backlog", daemon=True,
+                               args=(QueueDepth(cfg.broker_url, cfg.node(node_id).queue),))
+
+
+# Busy ticks (core/stimuli.py Tick.busy): every PROBE_S the backlog thread asks RabbitMQ
+# whether messages are waiting in this node's queue beyond what the worker has prefetched
+# (ready > 0).  While they are, the replica has not seen what may already be there for
+# it, and its view-change timers run at a quarter of their speed.  Its own thread, so a
+# slow or unreachable broker never delays a tick.
+PROBE_S = 0.1
+_busy = threading.Event()
+_prober: threading.Thread | None = None
+
+
+def _probe_loop(depth) -> None:
+    while not _stop.wait(PROBE_S):
+        ready = depth.ready() if _broker_up.is_set() else None
+        if ready:  # None (not known) or 0: not busy
+            _busy.set()
+        else:
+            _busy.clear()
+            if ready is None:
+                _stop.wait(1.0)  # the broker is not answering: ask again less often
+    depth.close()
 
 
 def _tick_once() -> None:
     """One tick of the node's timers, skipped while the broker is unreachable."""
     if _broker_up.is_set():
-        _runtime.tick()
+        _runtime.tick(busy=_busy.is_set())
 
 
 @signals.worker_ready.connect
@@ -249,6 +274,8 @@ def _on_worker_ready(**_):
         except NodeFailed:  # Celery would log a signal handler's exception and go on
             fail_hard("resume")
         _ticker.start()
+        if _prober is not None:
+            _prober.start()
 
 
 @signals.worker_shutdown.connect

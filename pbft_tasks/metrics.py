@@ -212,35 +212,16 @@ class _RuntimeCollector(Collector):
 
 
 class QueueDepthCollector(Collector):
-    """``hdpbf_queue_messages``: the node queue's ready messages, from the broker.
-
-    One connection of its own, opened on the first scrape and again after an error (the
-    worker's connections belong to its consumer thread); scrapes may come from several
-    HTTP threads, so they take turns."""
+    """``hdpbf_queue_messages``: the node queue's ready messages, from the broker
+    (brokers.QueueDepth); no sample when the broker does not answer."""
 
     def __init__(self, node: str, broker_url: str, queue: str):
-        self.node, self.url, self.queue = node, broker_url, queue
-        self.lock = threading.Lock()
-        self.conn: Any = None
+        from pbft_tasks.brokers import QueueDepth
+        self.node = node
+        self.depth = QueueDepth(broker_url, queue)
 
     def ready(self) -> int | None:
-        from kombu import Connection
-        with self.lock:
-            try:
-                if self.conn is None:
-                    self.conn = Connection(self.url, connect_timeout=2)
-                    self.conn.ensure_connection(max_retries=1)
-                ok = self.conn.default_channel.queue_declare(queue=self.queue, passive=True)
-                return int(ok.message_count)
-            except Exception as exc:  # the broker down or the queue not declared yet
-                log.info("node %s: queue depth of %s not read: %s", self.node, self.queue, exc)
-                if self.conn is not None:
-                    try:
-                        self.conn.release()
-                    except Exception:
-                        pass
-                self.conn = None
-                return None
+        return self.depth.ready()
 
     def collect(self) -> Iterable[Any]:
         g = GaugeMetricFamily("hdpbf_queue_messages", "Messages waiting in this node's "

@@ -266,9 +266,11 @@ class NodeRuntime:
             self._carry_out(self.replica.handle(FetchDone()))
         return None
 
-    def tick(self) -> None:
+    def tick(self, busy: bool = False) -> None:
+        """One tick; ``busy``: messages for this node are waiting that it has not
+        handled yet (core/stimuli.py ``Tick``)."""
         with self.lock, self._stepping("ticking"):
-            self._carry_out(self.replica.handle(Tick()))
+            self._carry_out(self.replica.handle(Tick(busy)))
 
     # -- carrying out actions ----------------------------------------------------------
     def _carry_out(self, actions: list) -> None:

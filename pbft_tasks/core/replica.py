@@ -161,7 +161,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         return self._finish(cause)
 
     def _on_tick(self, tick: Tick, cause: str) -> None:
-        self._view_change_timers(cause)
+        self._view_change_timers(cause, tick.busy)
         self._resend_view_change(cause)
         self._stuck_check(cause)
         self._cut_partial(cause)
@@ -273,7 +273,7 @@ def describe(msg: Any, now: int = 0) -> str:
     if isinstance(msg, Certificate):
         return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
     if isinstance(msg, Tick):
-        return f"tick {now}"
+        return f"tick {now}" + (" (busy)" if msg.busy else "")
     if isinstance(msg, Install):
         return f"state transfer n{msg.block.get('seq')}"
     return {FetchDone: "fetch done", Resume: "resume"}.get(type(msg), kind)

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Tick:
     """One tick of the replica's clock: timers, retransmission, the stuck check, and a
-    partial batch whose timeout has passed."""
+    partial batch whose timeout has passed.
+
+    ``busy``: the driver saw messages waiting for this replica that it has not handed
+    over yet (its queue was not empty).  A replica working through a backlog has not
+    seen what the primary may already have sent, so such a tick counts only a quarter
+    toward the view-change timers (viewchange.py): under a backlog that never empties
+    (a flood, possibly a faulty primary's) a timeout takes at most 4 x as long."""
+    busy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ recompute O and refuse a NEW-VIEW whose O differs (the functions below); and
 starting a view change, collecting VIEW-CHANGEs, sending or checking the NEW-VIEW and
 entering the new view.  ``ViewChangeState`` owns the view-change fields
 (``in_view_change``, persisted with the view; ``view_changes``, ``waiting_since``,
-``started_at``, ``quorum_at``, ``attempts``, ``sent_at``, ``resends``,
+``started_at``, ``quorum_at``, ``busy_ticks``, ``attempts``, ``sent_at``, ``resends``,
 ``new_view_msg``, ``new_view_sent``, ``new_view_asked``, ``held_view``) and is changed
 only by its own methods.  The mixin changes the replica's own ``view``; entering a view
 it calls the owners of the log (``Window.drop_above``, ``put``), of batching
@@ -30,7 +30,8 @@ Rules of the messages:
 Rules of the replica, each tested in tests/core/test_paper.py or
 tests/core/test_view_change.py:
 - A replica waiting for a request it knows of (a request it received or a pre-prepare
-  it accepted, not yet executed) for ``view_change_ticks`` ticks moves to view v+1: it
+  it accepted, not yet executed; the primary: a batch it proposed, not yet executed)
+  for ``view_change_ticks`` ticks moves to view v+1: it
   stops accepting normal-case messages, multicasts a VIEW-CHANGE with its
   stable-checkpoint proof and prepared certificates, and holds messages of v+1 until
   the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it has 2f+1 VIEW-CHANGEs;
@@ -49,6 +50,14 @@ tests/core/test_view_change.py:
   cascade from one view change into the next.  A replica whose stored VIEW-CHANGE is for
   a later view counts as having asked for v+1 too, and once started the timer runs
   until a NEW-VIEW (a quorum member moving on must not stop it).
+- A busy tick (``Tick.busy``: the driver has messages for this replica it has not
+  handed over yet) counts a quarter toward the request and NEW-VIEW timers: a replica
+  behind on its own queue cannot tell a slow primary from its own backlog, and under a
+  flood a 1 s timer fired on replicas whose next pre-prepare or commit was already
+  waiting for them, cascading into view changes that made the backlog worse (n = 10,
+  window 2000: views 4-5, seven replicas not answering).  Bounded: a backlog that never
+  empties (a faulty primary flooding its backups) stretches a timeout to 4 x, never
+  stops it.
 - Until a NEW-VIEW installs v+1, a replica re-broadcasts its VIEW-CHANGE after
   ``retransmit_ticks``, then at doubling intervals (up to 16 x); a replica that
   installed v+1 answers a re-sent VIEW-CHANGE for v+1 with the NEW-VIEW that installed
@@ -73,6 +82,10 @@ from . import quorum as Q
 from .actions import Broadcast, Send
 from .log import Entry
 from .messages import NewView, PrePrepare, Prepare, ViewChange, batch_digest
+
+
+# A busy tick (Tick.busy) counts 1/BUSY_SLOWDOWN of a tick toward the view-change timers.
+BUSY_SLOWDOWN = 4
 
 
 def check_view_change(vc: ViewChange, n: int, log_window: int) -> str | None:
@@ -161,7 +174,7 @@ class ViewChangeState:
     volatile."""
 
     __slots__ = ("in_view_change", "view_changes", "waiting_since", "started_at", "quorum_at",
-                 "attempts", "sent_at", "resends", "new_view_msg", "new_view_sent",
+                 "busy_ticks", "attempts", "sent_at", "resends", "new_view_msg", "new_view_sent",
                  "new_view_asked", "held_view")
 
     def __init__(self) -> None:
@@ -170,6 +183,7 @@ class ViewChangeState:
         self.waiting_since: int | None = None  # the request timer
         self.started_at = 0
         self.quorum_at: int | None = None   # when 2f+1 VIEW-CHANGEs for the view were in
+        self.busy_ticks = 0                 # busy ticks since the running timer started
         self.attempts = 0                   # view changes since the last stable checkpoint
         self.sent_at = 0                    # when our VIEW-CHANGE last went out
         self.resends = 0                    # copies of it re-sent so far (backoff)
@@ -192,7 +206,15 @@ class ViewChangeState:
     def timeout(self, base: int) -> int:
         return base << min(self.attempts, 16)
 
-    def new_view_timer(self, view: int, quorum: int, now: int, timeout: int) -> bool:
+    def _elapsed(self, since: int, now: int, busy: bool) -> int:
+        """Ticks charged to the running timer since ``since``: a busy tick counts 1/4
+        (integer arithmetic: the core is deterministic)."""
+        if busy:
+            self.busy_ticks += 1
+        return now - since - (self.busy_ticks * (BUSY_SLOWDOWN - 1)) // BUSY_SLOWDOWN
+
+    def new_view_timer(self, view: int, quorum: int, now: int, timeout: int,
+                       busy: bool = False) -> bool:
         """In a view change: True when no NEW-VIEW came ``timeout`` ticks after 2f+1
         replicas asked for ``view`` (one more attempt counted)."""
         # Sec. 4.5.2: the timer for moving on to v+2 starts only once 2f+1 replicas
@@ -212,19 +234,21 @@ class ViewChangeState:
             if len(asked) < quorum:
                 return False
             self.quorum_at = now
-        if now - self.quorum_at >= timeout:  # no NEW-VIEW in time: next view
+            self.busy_ticks = 0
+        if self._elapsed(self.quorum_at, now, busy) >= timeout:  # no NEW-VIEW in time: next view
             self.attempts += 1
             return True
         return False
 
-    def request_timer(self, waiting: bool, now: int, timeout: int) -> bool:
+    def request_timer(self, waiting: bool, now: int, timeout: int, busy: bool = False) -> bool:
         """In the normal case: True when a request has been waiting ``timeout`` ticks
-        (one more attempt counted)."""
+        (busy ticks counting a quarter; one more attempt counted)."""
         if not waiting:
             self.waiting_since = None
         elif self.waiting_since is None:
             self.waiting_since = now
-        elif now - self.waiting_since >= timeout:
+            self.busy_ticks = 0
+        elif self._elapsed(self.waiting_since, now, busy) >= timeout:
             self.attempts += 1
             return True
         return False
@@ -235,6 +259,7 @@ class ViewChangeState:
         self.in_view_change = True
         self.started_at = now
         self.quorum_at = None
+        self.busy_ticks = 0
         self.waiting_since = None
         self.add(mine)
         self.sent_at = now
@@ -309,17 +334,25 @@ class ViewChanges:
 
     # -- view change (sec. 4.4) ---------------------------------------------------------
     def _waiting(self) -> bool:
-        return bool(self.awaiting) or any(e.preprepare is not None and not e.executed
-                                          for s, e in self.window.log.items() if s > self.last_exec)
+        """A backup waits for every request it knows of (received, or in a pre-prepare it
+        accepted) and has not executed (sec. 4.4).  The primary only for what it has
+        proposed: requests still in its batcher wait for its own proposal window
+        (normalcase.py), not for anyone else, and under a flood a primary timing out on
+        that queue was the first to start a view change (n = 7 and 10 on two cores)."""
+        pending = any(e.preprepare is not None and not e.executed
+                      for s, e in self.window.log.items() if s > self.last_exec)
+        if self.is_primary and not self.vc.in_view_change:
+            return pending
+        return pending or bool(self.awaiting)
 
-    def _view_change_timers(self, cause: str) -> None:
+    def _view_change_timers(self, cause: str, busy: bool = False) -> None:
         vc = self.vc
         timeout = vc.timeout(self.cfg.view_change_ticks)
         if vc.in_view_change:
-            if vc.new_view_timer(self.view, self.quorum, self.now, timeout):
+            if vc.new_view_timer(self.view, self.quorum, self.now, timeout, busy):
                 self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
             return
-        if vc.request_timer(self._waiting(), self.now, timeout):
+        if vc.request_timer(self._waiting(), self.now, timeout, busy):
             self._start_view_change(self.view + 1, f"{cause}: request timer expired in view {self.view}")
 
     def _own_view_change(self, new_view: int) -> ViewChange:

@@ -227,3 +227,102 @@ def test_replica_restarted_during_a_view_change_resumes_it():
     assert any(isinstance(e.msg, ViewChange) and e.msg.sender == 2 for e in c.network)
     run_until_quiet(c, VC_TICKS + 5)
     assert [c.height(i) for i in (1, 2, 3)] == [2, 2, 2]
+
+
+def _ticks_until_view_change(r, busy_pattern, limit: int = 1000) -> int | None:
+    """Ticks (busy as ``busy_pattern(i)`` says) until ``r`` sends a VIEW-CHANGE."""
+    from pbft_tasks.core.stimuli import Tick
+
+    from .helpers import messages
+    for i in range(1, limit + 1):
+        if messages(r.handle(Tick(busy_pattern(i))), ViewChange):
+            return i
+    return None
+
+
+def _waiting_backup(timeout: int):
+    """Backup 1 has accepted a pre-prepare that never commits: its request timer runs."""
+    from pbft_tasks.core.replica import Replica
+
+    from .helpers import config, feed, preprepare
+    r = Replica(1, config(view_change_ticks=timeout, retransmit_ticks=10_000, votes=MODE["votes"]))
+    feed(r, [preprepare(1)])
+    assert r._waiting() and not r.vc.in_view_change
+    return r
+
+
+def test_busy_ticks_count_a_quarter_toward_the_request_timer_and_never_stop_it():
+    """A replica behind on its own queue (Tick.busy: messages for it wait unread) cannot
+    tell a slow primary from its own backlog: under a flood its 1 s timer fired with the
+    next pre-prepare already in its queue, and the view changes cascaded (n = 10,
+    window 2000).  Busy ticks count 1/4, so a backlog that never empties (a faulty
+    primary's flood) stretches the timeout to 4 x, and never stops it."""
+    T = 12
+    # set up / step / check: quiet ticks, the timeout as configured
+    quiet = _ticks_until_view_change(_waiting_backup(T), lambda i: False)
+    assert quiet == T + 1  # the first waiting tick starts the timer
+    # all busy: four times as long, within one tick of rounding, but it does fire
+    busy = _ticks_until_view_change(_waiting_backup(T), lambda i: True)
+    assert busy is not None and 4 * T - 2 <= busy <= 4 * T + 2
+    # a busy stretch, then quiet ticks: those count in full again
+    mixed = _ticks_until_view_change(_waiting_backup(T), lambda i: i <= 2 * T)
+    assert quiet < mixed < busy
+    charged = (2 * T - 1) - 3 * (2 * T - 1) // 4  # the busy ticks after the first, at 1/4
+    assert mixed == 2 * T + (T - charged)
+
+
+def test_busy_ticks_slow_the_new_view_timer_the_same_way():
+    """In a view change the NEW-VIEW timer (2f+1 asked, no NEW-VIEW) counts busy ticks a
+    quarter too: the NEW-VIEW may be waiting in the queue."""
+    from pbft_tasks.core.stimuli import Tick
+    T = 10
+
+    def moved_on_after(busy: bool) -> int:
+        from pbft_tasks.core.replica import Replica
+
+        from .helpers import config
+        # set up: replica 2 asks for view 1, and so do 0 and 3: 2f+1, but view 1's
+        # primary (1) is silent, so no NEW-VIEW comes
+        r = Replica(2, config(view_change_ticks=T, retransmit_ticks=10_000, votes=MODE["votes"]))
+        r._start_view_change(1, "test: request timer expired")
+        for sender in (0, 3):
+            r.handle(ViewChange(1, 0, (), (), sender))
+        assert r.vc.in_view_change and r.view == 1
+        # step: ticks until it moves on to view 2
+        for i in range(1, 1000):
+            r.handle(Tick(busy))
+            if r.view == 2:
+                return i
+        raise AssertionError("never moved on to view 2")
+    quiet, busy = moved_on_after(False), moved_on_after(True)
+    assert quiet <= T + 1 and 4 * T - 4 <= busy <= 4 * T + 2
+
+
+def test_the_primary_times_out_on_what_it_proposed_not_on_requests_queued_at_itself():
+    """Sec. 4.4 gives the request timer to backups.  The primary's own queue (requests
+    waiting for its proposal window) is no sign of a faulty primary: under a flood the
+    primary timed out on it first and left its view alone.  A batch it proposed that
+    does not execute still moves it on (the collector's and Twins' cases need that)."""
+    from pbft_tasks.core.replica import Replica
+    from pbft_tasks.core.stimuli import Tick
+
+    from .helpers import config, messages, req
+    cfg = config(max_batch=10, batch_timeout_ticks=10_000, view_change_ticks=5,
+                 retransmit_ticks=10_000, votes=MODE["votes"])
+    # set up: one request at the primary and at a backup; the batch is not cut yet
+    primary, backup = Replica(0, cfg), Replica(1, cfg)
+    for r in (primary, backup):
+        r.handle(req("a", 1))
+    assert primary.awaiting and not messages(primary.handle(Tick()), PrePrepare)
+    # step / check: the backup times out, the primary does not
+    out_p = [m for _ in range(20) for m in messages(primary.handle(Tick()), ViewChange)]
+    out_b = [m for _ in range(20) for m in messages(backup.handle(Tick()), ViewChange)]
+    assert out_p == [] and primary.view == 0
+    assert [m.new_view for m in out_b] == [1]
+    # once it proposes the batch, its own timer runs on it
+    primary_cfg = config(max_batch=1, view_change_ticks=5, retransmit_ticks=10_000,
+                         votes=MODE["votes"])
+    p2 = Replica(0, primary_cfg)
+    assert messages(p2.handle(req("a", 1)), PrePrepare)
+    vcs = [m for _ in range(20) for m in messages(p2.handle(Tick()), ViewChange)]
+    assert vcs and vcs[0].new_view == 1
