@@ -7,6 +7,16 @@ than ``timeout`` it sends the request to every replica, as the paper's client do
 (backups forward it to the primary; replicas that executed it answer again from their
 client table), and again after each further wait, doubling up to 8 x ``timeout``.
 
+A client with many requests outstanding waits, before its first re-send of one, also
+for the requests it sent before it, at the rate the mesh is completing its requests
+(``patience``, at most 8 x ``timeout``): the mesh orders them first, so a request in
+the middle of a 2,000-request window is not late after ``timeout``, only queued.  Sent
+to every replica, it would start the backups' request timers (sec. 4.4) on requests the
+primary cannot reach within them, and a healthy, merely busy primary would be voted
+out (the n = 10 benchmark: views 0 to 3, then no commits).  A request none of whose
+predecessors is pending (the head of the line, or a client's only request) keeps the
+plain ``timeout``, so a crashed primary or a censored request is noticed as before.
+
 Identity: ``client`` on the wire is ``<name>/<session>``.  ``name`` selects the public
 key in mesh.json; ``session`` (random per process) keeps two processes of one client
 apart, each with its own reply queue.  Timestamps start at the wall clock in
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -72,6 +83,7 @@ class MeshClient:
         self._ts = time.time_ns()
         self.pending: dict[int, Pending] = {}
         self.rejected = 0
+        self.completed: deque[float] = deque(maxlen=512)  # when recent requests got f+1
 
     # -- building requests ---------------------------------------------------------
     def next_ts(self) -> int:
@@ -130,11 +142,45 @@ class MeshClient:
                 raise SubmitTimeout(f"{len(waiting)} of {len(batch)} requests got no "
                                     f"{'reply from every replica' if every else 'f+1 matching replies'} "
                                     f"in time (is the mesh running?)")
-            stale = [p for p in waiting
-                     if now - (p.resent_at or p.sent_at) > self.timeout * (1 << min(p.resends, 3))]
+            stale = self.due(waiting, now)
             if stale:
                 self.send_to_all(stale, now)
             self.transport.poll(min(0.05, max(0.0, deadline - now)))
+
+    def due(self, waiting: list[Pending], now: float) -> list[Pending]:
+        """Which of ``waiting`` to send to every replica at ``now``: re-sent ones after
+        ``timeout`` doubled per copy (up to 8 x), the others after ``timeout`` plus their
+        ``patience``."""
+        due = [p for p in waiting
+               if now - (p.resent_at or p.sent_at) > self.timeout * (1 << min(p.resends, 3))]
+        if due and any(not p.resends for p in due):
+            extra = self.patience(now)
+            due = [p for p in due if p.resends
+                   or now - p.sent_at > self.timeout + extra.get(p.request.timestamp, 0.0)]
+        return due
+
+    def rate(self, now: float) -> float | None:
+        """Requests of this client completed per second, over the last 4 x ``timeout``
+        (None with fewer than two completions there)."""
+        recent = [t for t in self.completed if now - t <= 4 * self.timeout]
+        if len(recent) < 2 or now - recent[0] <= 0:
+            return None
+        return len(recent) / (now - recent[0])
+
+    def patience(self, now: float) -> dict[int, float]:
+        """Seconds each pending request may wait beyond ``timeout`` before its first
+        re-send: its unfinished predecessors over the completion rate, at most 7 x
+        ``timeout`` (8 x in all).  Empty when no rate is known (nothing completes:
+        re-send on the plain timeout)."""
+        rate = self.rate(now)
+        if not rate:
+            return {}
+        cap, ahead, out = 7 * self.timeout, 0, {}
+        for ts, p in self.pending.items():  # in submit (timestamp) order
+            if p.done_at is None:
+                out[ts] = min(cap, ahead / rate)
+                ahead += 1
+        return out
 
     def send_to_all(self, batch: list[Pending], now: float | None = None) -> None:
         """Send these requests to every replica (the same signed requests: replicas
@@ -188,6 +234,7 @@ class MeshClient:
                 same = sum(1 for v in p.votes.values() if v == r["result"])
                 if same >= self.need:
                     p.result, p.done_at = r["result"], now
+                    self.completed.append(now)
             if len(p.votes) == self.n and p.all_at is None:
                 p.all_at = now
 

@@ -57,3 +57,44 @@ def test_resends_back_off_and_the_client_still_gives_up_at_its_deadline(mesh):
     rounds = (len(net.sends) - 1) // mesh.cfg.n
     # 0.5 s at 0.01 s doubling up to 0.08 s: about 8 rounds, never one per poll (~10 ms)
     assert 3 <= rounds <= 12 and batch[0].resends == rounds
+
+
+def test_a_queued_request_waits_for_those_before_it_the_head_of_the_line_does_not(mesh):
+    """Patience: under a deep window a request is queued behind the client's own earlier
+    ones, so its first send to every replica (which starts every backup's request timer)
+    waits for them at the measured completion rate; the oldest pending request keeps the
+    plain timeout, and no request waits more than 8 x timeout in all."""
+    # set up: four requests lost on the way (nothing is answered), sent at t = 0, and
+    # ten completions in the 0.9 s before: 5 requests/s seen from t = 1.1
+    client = mesh.client(timeout=1.0)
+    client.transport = LosesFirstSends(client.transport, n=10**9)
+    batch = client.submit([client.put_request(f"k{i}", i) for i in range(4)])
+    for p in batch:
+        p.sent_at = 0.0
+    client.completed.extend(-0.9 + 0.1 * i for i in range(10))  # -0.9 .. 0.0
+    # check: the rate, then each request's patience (predecessors / rate)
+    assert client.rate(1.1) == pytest.approx(10 / 2.0)
+    extra = client.patience(1.1)
+    assert [round(extra[p.request.timestamp], 3) for p in batch] == [0.0, 0.2, 0.4, 0.6]
+    # step: at 1.1 s only the head is due; at 1.5 s (4.17/s: 0, 0.24, 0.48, 0.72) three
+    assert client.due(batch, 1.1) == batch[:1]
+    assert client.due(batch, 1.5) == batch[:3]
+    # the cap: 500 pending at 5/s would be 100 s; never more than 7 x timeout extra
+    more = client.submit([client.put_request(f"m{i}", i) for i in range(496)])
+    assert max(client.patience(1.1).values()) == pytest.approx(7.0)
+    # a re-sent request backs off as before, whatever its place in line
+    more[-1].sent_at, more[-1].resent_at, more[-1].resends = 0.0, 0.0, 1
+    assert more[-1] in client.due(more, 2.01) and more[-2] not in client.due(more, 2.01)
+
+
+def test_with_nothing_completing_every_late_request_is_sent_to_every_replica(mesh):
+    """No completion in the last 4 x timeout (a crashed primary): no rate, no patience,
+    every request past the plain timeout is sent to every replica at once."""
+    client = mesh.client(timeout=1.0)
+    client.transport = LosesFirstSends(client.transport, n=10**9)
+    batch = client.submit([client.put_request(f"k{i}", i) for i in range(5)])
+    for p in batch:
+        p.sent_at = 0.0
+    client.completed.extend([-10.0, -9.0])  # long ago
+    assert client.rate(1.5) is None and client.patience(1.5) == {}
+    assert client.due(batch, 1.5) == batch
