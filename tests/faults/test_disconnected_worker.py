@@ -16,7 +16,7 @@ class FakeRuntime:
     def __init__(self):
         self.ticks = 0
 
-    def tick(self):
+    def tick(self, busy: bool = False):
         self.ticks += 1
 
 
