@@ -31,7 +31,8 @@ Rules of the replica, each tested in tests/core/test_paper.py or
 tests/core/test_view_change.py:
 - A replica waiting for a request it knows of (a request it received or a pre-prepare
   it accepted, not yet executed; the primary: a batch it proposed, not yet executed)
-  for ``view_change_ticks`` ticks moves to view v+1: it
+  for ``view_change_ticks`` ticks (restarted by an execution, and once per seq when
+  the next seq to execute prepares here, normalcase.py) moves to view v+1: it
   stops accepting normal-case messages, multicasts a VIEW-CHANGE with its
   stable-checkpoint proof and prepared certificates, and holds messages of v+1 until
   the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it has 2f+1 VIEW-CHANGEs;

@@ -326,3 +326,31 @@ def test_the_primary_times_out_on_what_it_proposed_not_on_requests_queued_at_its
     assert messages(p2.handle(req("a", 1)), PrePrepare)
     vcs = [m for _ in range(20) for m in messages(p2.handle(Tick()), ViewChange)]
     assert vcs and vcs[0].new_view == 1
+
+
+def test_the_request_timer_restarts_once_when_the_next_seq_prepares():
+    """From prepared on, the quorum (not the primary) completes a seq, so the timer
+    restarts there, once per seq: at n = 10 all-to-all on two cores a loaded batch's
+    three phases took about the whole 1 s timer and the backups voted a working primary
+    out in its commit phase.  A seq that never commits still leads to a view change."""
+    from pbft_tasks.core.replica import Replica
+    from pbft_tasks.core.stimuli import Tick
+
+    from .helpers import config, messages, prepare, preprepare
+    T = 10
+    r = Replica(1, config(view_change_ticks=T, retransmit_ticks=10_000, votes=MODE["votes"]))
+    pp = preprepare(1)
+    r.handle(pp)  # accepted: the timer runs
+    ticks = [messages(r.handle(Tick()), ViewChange) for _ in range(T - 2)]
+    assert not any(ticks)
+    # step: seq 1 prepares here (2f prepares from backups, its own included)
+    out = r.handle(prepare(pp, 2))
+    if MODE["votes"] == "collector":  # the prepares come as the collector's certificate
+        from .test_collector import cert
+        out += r.handle(cert(pp, "prepare", (1, 2)))
+    assert r.window.log[1].commits.get(1) is not None, "seq 1 prepared here"
+    # check: another T - 2 ticks (2T - 4 since the pre-prepare) and no view change yet
+    assert not any(messages(r.handle(Tick()), ViewChange) for _ in range(T - 2))
+    # ... but the commit never comes: the timer, restarted once only, still fires
+    later = [messages(r.handle(Tick()), ViewChange) for _ in range(T + 2)]
+    assert any(later) and r.view == 1
