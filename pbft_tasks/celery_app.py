@@ -206,8 +206,11 @@ def _on_worker_init(sender=None, **_):
                               f"(-Q {expected}), not {sorted(queues)}")
         _runtime = build_runtime(cfg, node_id)
         from pbft_tasks.metrics import start_node_exporter
+
+        from .brokers import QueueDepth
+        depth = QueueDepth(cfg.broker_url, cfg.node(node_id).queue)  # busy ticks and metrics
         try:
-            start_node_exporter(_runtime, cfg)  # pbft_tasks/metrics.py: port, names, why
+            start_node_exporter(_runtime, cfg, depth)  # pbft_tasks/metrics.py: port, names, why
         except ValueError as exc:  # a bad HDPBF_METRICS_PORT
             raise ConfigError(str(exc)) from None
     except ConfigError as exc:
@@ -231,9 +234,8 @@ def _on_worker_init(sender=None, **_):
 
     global _ticker, _prober
     _ticker = threading.Thread(target=tick_loop, name="hdpbf-tick", daemon=True)
-    from .brokers import QueueDepth
     _prober = threading.Thread(target=_probe_loop, name="hdpbf-backlog", daemon=True,
-                               args=(QueueDepth(cfg.broker_url, cfg.node(node_id).queue),))
+                               args=(depth,))
 
 
 # Busy ticks (core/stimuli.py Tick.busy): every PROBE_S the backlog thread asks RabbitMQ

@@ -31,7 +31,8 @@ Metrics of a node (label ``node``):
   was behind: one per ``FetchState`` action);
 - ``hdpbf_queue_messages``: messages waiting in the node's queue (ready, not yet
   delivered to the worker), asked of RabbitMQ at scrape time (a passive queue declare on
-  a connection of the exporter's own; no sample when the broker does not answer).  The
+  the worker's one ``brokers.QueueDepth`` connection, shared with its busy ticks; no
+  sample when the broker does not answer).  The
   backlog a node has not reached yet: the protocol tasks' lean strategy (strategy.py)
   sends no ``task-received``/``task-started`` events, so Flower's prefetch metrics
   never cover them;
@@ -213,20 +214,16 @@ class _RuntimeCollector(Collector):
 
 class QueueDepthCollector(Collector):
     """``hdpbf_queue_messages``: the node queue's ready messages, from the broker
-    (brokers.QueueDepth); no sample when the broker does not answer."""
+    (``brokers.QueueDepth``, the same one the worker's busy ticks read); no sample when
+    the broker does not answer."""
 
-    def __init__(self, node: str, broker_url: str, queue: str):
-        from pbft_tasks.brokers import QueueDepth
-        self.node = node
-        self.depth = QueueDepth(broker_url, queue)
-
-    def ready(self) -> int | None:
-        return self.depth.ready()
+    def __init__(self, node: str, depth: Any):
+        self.node, self.depth = node, depth
 
     def collect(self) -> Iterable[Any]:
         g = GaugeMetricFamily("hdpbf_queue_messages", "Messages waiting in this node's "
                               "queue (ready, not yet delivered to its worker)", labels=["node"])
-        n = self.ready()
+        n = self.depth.ready()
         if n is not None:
             g.add_metric([self.node], n)
         yield g
@@ -269,15 +266,14 @@ def serve(registry: CollectorRegistry, port: int, addr: str | None = None) -> bo
     return True
 
 
-def start_node_exporter(runtime: Any, cfg: Any,
+def start_node_exporter(runtime: Any, cfg: Any, depth: Any,
                         environ: Mapping[str, str] | None = None) -> NodeMetrics:
-    """Attach metrics to a node worker's runtime and serve them (unless turned off)."""
+    """Attach metrics to a node worker's runtime and serve them (unless turned off);
+    ``depth`` (brokers.QueueDepth) reads the node queue's backlog."""
     metrics = NodeMetrics(runtime)
     port = node_metrics_port(cfg, runtime.id, environ)
     if port is not None:
-        metrics.registry.register(QueueDepthCollector(metrics.node, cfg.broker_url,
-                                                  cfg.node(runtime.id).queue))
-    if port is not None:
+        metrics.registry.register(QueueDepthCollector(metrics.node, depth))
         serve(metrics.registry, port)
     return metrics
 

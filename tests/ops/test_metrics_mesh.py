@@ -102,6 +102,7 @@ def test_queue_depth_is_what_rabbitmq_holds_and_absent_when_it_cannot_say(broker
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
+    from pbft_tasks.brokers import QueueDepth
     from pbft_tasks.metrics import QueueDepthCollector
 
     def samples(collector):
@@ -112,7 +113,7 @@ def test_queue_depth_is_what_rabbitmq_holds_and_absent_when_it_cannot_say(broker
                 for s in f.samples if s.name == "hdpbf_queue_messages"]
 
     queue = f"test.depth.{uuid.uuid4().hex[:8]}"
-    missing = QueueDepthCollector("7", broker_url, queue)
+    missing = QueueDepthCollector("7", QueueDepth(broker_url, queue))
     assert samples(missing) == []
     with Connection(broker_url) as conn:
         ch = conn.channel()
@@ -121,7 +122,7 @@ def test_queue_depth_is_what_rabbitmq_holds_and_absent_when_it_cannot_say(broker
             producer = Producer(ch, auto_declare=False)
             for i in range(3):
                 producer.publish({"i": i}, routing_key=queue, serializer="json")
-            c = QueueDepthCollector("7", broker_url, queue)
+            c = QueueDepthCollector("7", QueueDepth(broker_url, queue))
             assert wait_until(lambda: samples(c) == [({"node": "7"}, 3.0)], 10,
                               f"3 messages in {queue}: {samples(c)}")
             assert samples(missing) == [({"node": "7"}, 3.0)]  # reconnects after an error
