@@ -235,7 +235,6 @@ class NodeRuntime:
                 self._send(who, answer)
         return None
 
-
     def _on_blocks(self, wire: dict) -> str | None:
         blocks = wire.get("blocks")
         if set(wire) != {"type", "sender", "blocks"} or type(blocks) is not list or len(blocks) > FETCH_MAX:

@@ -190,9 +190,9 @@ class NormalCase:
         if not (self.is_primary and b.pending and not self.vc.in_view_change
                 and self.now - b.pending_since >= self.cfg.batch_timeout_ticks):
             return
-        in_flight = b.next_seq - 1 - self.last_exec
-        if self.cfg.pipeline == 0 or in_flight < self.cfg.pipeline:
-            self._propose(cause, force=True, limit=1 if self.cfg.pipeline else None)
+        room = self._room()
+        if room is None or room > 0:
+            self._propose(cause, force=True, limit=None if room is None else 1)
 
     def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
         b, w = self.batcher, self.window
