@@ -195,3 +195,15 @@ def test_nova_configurations_through_novas_own_client(tmp_path):
     assert out["nova_client_floor_vs_nova_rpc_pct"] < out["nova_hdpbf_best_pct"] < 100
     assert out["nova_instance_fields"] >= 50               # what nova-api loads, not 6
     assert f"{out['nova_client_floor_ms']:.3f} ms = " in proc.stdout.replace("\n", " ")
+
+
+def test_a_skip_reason_is_printed_as_written_not_as_markup():
+    """The nova skip reason tells the user to ``pip install -e '.[test]'``; rich took
+    ``[test]`` for a style tag and printed ``pip install -e '.'``."""
+    from rich.console import Console
+
+    from mesh.bench.paper_report import report_skipped
+    out = Console(record=True, width=200, highlight=False)
+    why = "nova cannot be imported (No module named 'nova'); pip install -e '.[test]'"
+    report_skipped({"skipped": {"nova": why}}, out)
+    assert why in out.export_text()

@@ -33,6 +33,8 @@ import time
 import uuid
 from typing import Any
 
+from rich.markup import escape  # a skip reason names pip extras, '.[test]': not markup
+
 from .consensus import write_json
 from . import broker_counts as counts
 from .broker_counts import PrivateBroker, RabbitCounters
@@ -84,12 +86,12 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
         rig.start()
         configs = [c for c in CONFIGS if c in wanted and (c != "redis" or rig.redis is not None)]
         if rig.redis is None and "redis" in wanted:
-            say(f"[yellow]redis configuration skipped: {rig.redis_skip}[/yellow]")
+            say(f"[yellow]redis configuration skipped: {escape(rig.redis_skip)}[/yellow]")
         nova_on = use_nova and nova.start()
         if nova_on:
             configs += [c for c in NOVA_CONFIGS if c in wanted]
         elif use_nova:
-            say(f"[yellow]nova configurations skipped: {nova.skip}[/yellow]")
+            say(f"[yellow]nova configurations skipped: {escape(nova.skip)}[/yellow]")
         if not configs:
             raise RuntimeError(f"no configuration of {sorted(wanted)} can run here")
 

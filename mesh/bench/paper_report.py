@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
+
 from .stats import percentile
 from .paper_rig import TWO_STEP
 from .workload import first_calls, paper_sequence
@@ -227,11 +229,17 @@ def table(result: dict) -> Any:
     return t
 
 
+def report_skipped(result: dict, console: Any) -> None:
+    """Each configuration that did not run and why; a reason is text, not rich markup (it
+    names pip extras such as '.[test]')."""
+    for name, why in result.get("skipped", {}).items():
+        console.print(f"[yellow]{name} configuration skipped: {escape(str(why))}[/yellow]")
+
+
 def report(result: dict, console: Any) -> None:
     console.print(table(result))
     console.print(f"rig: {result['label']}; compute services as {result['compute']}")
-    for name, why in result.get("skipped", {}).items():
-        console.print(f"[yellow]{name} configuration skipped: {why}[/yellow]")
+    report_skipped(result, console)
     s1, rg = result.get("step1_p50_us"), result.get("redis_get_p50_us")
     if s1 is not None:  # None: hdpbf did not run (--only)
         line = f"step-1 read alone (ConsoleReader.step1) p50 {s1} us"
