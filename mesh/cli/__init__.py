@@ -51,9 +51,18 @@ def main() -> None:
 @click.option("--votes", type=click.Choice(["all-to-all", "collector"]), default=None,
               help="Vote routing  [default: collector from "
                    f"{topology.COLLECTOR_FROM_N} nodes, all-to-all below]")
+@click.option("--keep-existing", is_flag=True,
+              help="If DIR/mesh.json exists: keep it and its keys when it is the mesh these "
+                   "options make (nodes, broker, backend, queue type, clients, readers), else "
+                   "exit 2 naming what differs.")
 def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
-         backend: str, force: bool, readers: tuple[str, ...] = (), votes: str | None = None) -> None:
+         backend: str, force: bool, readers: tuple[str, ...] = (), votes: str | None = None,
+         keep_existing: bool = False) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
+    if keep_existing and not force and (dir_ / topology.CONFIG_NAME).exists():
+        _keep(dir_, nodes=nodes, clients=clients or ("admin",), broker=broker,
+              queue_type=queue_type, backend=backend, readers=readers)
+        return
     for name in readers:
         try:
             topology.check_name(name, "reader name")
@@ -91,6 +100,34 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
         config = topology.add_readers(dir_, readers, replace=True)
         for r in config.readers:
             out.print(f"reader {r.name}: {topology.reader_key_path(dir_, r.name)}", soft_wrap=True)
+
+
+def _keep(dir_: Path, **asked) -> None:
+    """``init --keep-existing`` on an existing mesh: keep it if it is the one asked for,
+    else BadInput naming each difference (URLs without their passwords)."""
+    from mesh.ops.stack import redact
+    path = dir_ / topology.CONFIG_NAME
+    try:
+        cfg = topology.MeshConfig.load(path)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    have = {"nodes": cfg.n, "broker": cfg.broker_url, "backend": cfg.result_backend,
+            "queue_type": cfg.queue_type}
+    diffs = []
+    for name in (n for n in have if have[n] != asked[n]):
+        shown = redact(str(have[name])), redact(str(asked[name]))
+        diffs.append(f"{name.replace('_', ' ')}: " + ("another password" if shown[0] == shown[1]
+                     else f"{shown[0]} in the file, {shown[1]} asked"))
+    for kind, listed in (("clients", cfg.clients), ("readers", cfg.readers)):
+        missing = sorted(set(asked[kind]) - {x.name for x in listed})
+        if missing:
+            diffs.append(f"{kind} {', '.join(missing)} are not in the file")
+    if diffs:
+        raise BadInput(f"{path} is another mesh than the one asked for ({'; '.join(diffs)}): "
+                       f"move that directory away to make a new mesh (its keys too), or "
+                       f"pass --force to replace it")
+    console().print(f"keeping the mesh in {path}: n={cfg.n}, broker {redact(cfg.broker_url)}",
+                    soft_wrap=True, markup=False)
 
 
 # The commands of the other modules; none of them imports this package.

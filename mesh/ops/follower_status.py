@@ -96,12 +96,13 @@ def ask(cfg: MeshConfig, connection: Any, timeout: float = 1.0) -> dict[str, dic
     return answers
 
 
-def rows(cfg: MeshConfig, procs: list, top: Optional[int], max_lag: int,
+def rows(cfg: MeshConfig, procs: Optional[list], top: Optional[int], max_lag: int,
          answers: Optional[dict[str, dict]] = None) -> list[dict]:
     """One row per follower of mesh.json: process, height, head, lag, health.
     ``answers``: what ``ask`` returned (a follower not in it falls back to its local
-    status.json)."""
-    by_name = {p.name: p for p in procs if p.kind == "follower"}
+    status.json).  ``procs`` None: no process records (a mesh known from its mesh.json
+    alone, mesh/ops/mesh_status.py), so a follower is judged by its answer."""
+    by_name = {p.name: p for p in procs or () if p.kind == "follower"}
     out = []
     now = time.time()
     for info in cfg.followers:
@@ -110,7 +111,10 @@ def rows(cfg: MeshConfig, procs: list, top: Optional[int], max_lag: int,
         via = "broker" if st is not None else "status.json"
         if st is None:
             st = _status(str(cfg.follower_data_dir(info.name) / "status.json"))
-        state = rec.state() if rec else ("elsewhere" if via == "broker" else "not started here")
+        if procs is None:
+            state = "elsewhere" if via == "broker" else "no answer"
+        else:
+            state = rec.state() if rec else ("elsewhere" if via == "broker" else "not started here")
         row: dict[str, Any] = {"name": info.name, "pid": rec.pid if rec else None,
                                "process": state, "height": None, "head": None, "lag": None,
                                "lag_ms_p50": None, "lag_ms_p99": None, "rejected": None,
@@ -123,10 +127,13 @@ def rows(cfg: MeshConfig, procs: list, top: Optional[int], max_lag: int,
                        connected=st.get("connected"), age_s=round(now - st.get("time", 0), 1))
             highest = max(x for x in (top, st.get("seen_top"), st["height"]) if x is not None)
             row["lag"] = highest - st["height"]
-        if state not in ("running", "elsewhere"):
+        if procs is None and st is None:
+            reasons.append("no answer over the broker")
+        elif state not in ("running", "elsewhere"):
             reasons.append(f"process {state}")
         if st is None:
-            reasons.append("no status.json")
+            if procs is not None:
+                reasons.append("no status.json")
         else:
             if now - st.get("time", 0) > STALE_S:
                 reasons.append(f"status {row['age_s']:g}s old")

@@ -71,20 +71,41 @@ def stop_groups(procs: Iterable[subprocess.Popen], timeout: float, wake: bool = 
             proc.wait(timeout=10)
 
 
+def mesh_app(cfg: MeshConfig) -> Any:
+    """A Celery app of its own for mesh ``cfg``'s broker and backend: Celery caches
+    connection pools per app, so reusing the global one after changing its broker_url
+    would keep using the old broker."""
+    from celery import Celery
+
+    from pbft_tasks.brokers import celery_settings
+    app = Celery(f"hdpbf-mesh-{id(cfg)}", set_as_current=False)
+    app.conf.update(celery_settings(cfg.broker_url, cfg.result_backend, cfg.queue_type))
+    return app
+
+
+def poll_statuses(app: Any, cfg: MeshConfig, timeout: float = 2.0) -> dict[int, dict | None]:
+    """Every node's ``pbft.status`` within one shared ``timeout``; None for a node that
+    did not answer in time.  The requests expire, so a node that comes back later does
+    not work through a pile of stale status calls."""
+    pending = {n.id: app.send_task("pbft.status", queue=n.queue, expires=timeout + 1.0)
+               for n in cfg.nodes}
+    deadline = time.monotonic() + timeout
+    out: dict[int, dict | None] = {}
+    for i, r in pending.items():
+        try:
+            out[i] = r.get(timeout=max(0.05, deadline - time.monotonic()))
+        except Exception:
+            out[i] = None
+        finally:
+            r.forget()
+    return out
+
+
 class LocalMesh:
     def __init__(self, config_path: str, app: Any = None, log_dir: str | None = None):
         self.config_path = os.path.abspath(config_path)
         self.cfg = MeshConfig.load(self.config_path)
-        if app is None:
-            # An app of its own: Celery caches connection pools per app, so reusing the
-            # global one after changing its broker_url would keep using the old broker.
-            from celery import Celery
-
-            from pbft_tasks.brokers import celery_settings
-            app = Celery(f"hdpbf-launcher-{id(self)}", set_as_current=False)
-            app.conf.update(celery_settings(self.cfg.broker_url, self.cfg.result_backend,
-                                            self.cfg.queue_type))
-        self.app = app
+        self.app = app if app is not None else mesh_app(self.cfg)
         self.log_dir = log_dir or os.path.join(self.cfg.data_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.procs: dict[int, subprocess.Popen] = {}
@@ -123,18 +144,7 @@ class LocalMesh:
         """Every node's ``pbft.status`` within one shared ``timeout``; None for a node that
         did not answer in time.  The requests expire, so a node that comes back later does
         not work through a pile of stale status calls."""
-        pending = {n.id: self.app.send_task("pbft.status", queue=n.queue, expires=timeout + 1.0)
-                   for n in self.cfg.nodes}
-        deadline = time.monotonic() + timeout
-        out: dict[int, dict | None] = {}
-        for i, r in pending.items():
-            try:
-                out[i] = r.get(timeout=max(0.05, deadline - time.monotonic()))
-            except Exception:
-                out[i] = None
-            finally:
-                r.forget()
-        return out
+        return poll_statuses(self.app, self.cfg, timeout)
 
     def wait_ready(self, nodes: list[int] | None = None, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -54,11 +54,12 @@ import click
 from rich.table import Table
 
 from pbft_tasks import metrics
-from pbft_tasks.topology import (CONFIG_NAME, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
+from pbft_tasks.topology import (CONFIG_NAME, ENV_CONFIG, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
                                  MeshConfig, add_readers, init_mesh)
 
 from ..clikit import BadInput, console
 from . import follower_status as follower_ops
+from . import mesh_status
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
                        worker_command)
 from .respawn import respawn_command
@@ -67,7 +68,7 @@ DEFAULT_DATA_DIR = "./hdpbf-data"
 RUN_FILE = os.path.join("run", "processes.json")
 AUTH_FILE = "flower.auth"
 READER = "api"
-DEFAULT_MAX_LAG = 64          # one checkpoint interval: beyond it a node needs the others' log
+DEFAULT_MAX_LAG = mesh_status.DEFAULT_MAX_LAG
 STOP_ORDER = ("api", "compute", "flower", "follower", "worker")  # clients of the mesh before the mesh
 ENV_FLOWER_USER = "HDPBF_FLOWER_USER"
 ENV_FLOWER_PASSWORD = "HDPBF_FLOWER_PASSWORD"
@@ -493,12 +494,8 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
         rec = by_name.get(f"node{node.id}")
         state = rec.state() if rec else "not started"
         st = answers.get(node.id)
-        row: dict[str, Any] = {"id": node.id, "pid": rec.pid if rec else None,
-                               "process": state, "answered": st is not None,
-                               "height": None, "view": None, "head": None, "lag": None}
-        if st is not None:
-            row.update(height=st["height"], view=st["view"], head=st["head"],
-                       lag=top - st["height"], rejected=sum(st.get("rejected", {}).values()))
+        row = dict(mesh_status.node_row(node.id, st, top), pid=rec.pid if rec else None,
+                   process=state)
         row.update(_node_metrics(rec, node.id))
         reasons = []
         if state != "running":
@@ -589,23 +586,16 @@ def _reader_metrics(rec: ProcessRecord) -> dict:
 def _print_status(report: dict, out) -> None:
     if not report["running"]:
         out.print(f"not running: {report['reason']} (start it with 'hdpbf up --data-dir "
-                  f"{report['data_dir']}')", soft_wrap=True, markup=False)
+                  f"{report['data_dir']}'; for a mesh started otherwise, give its mesh.json: "
+                  f"'hdpbf status --config PATH')", soft_wrap=True, markup=False)
         return
-    mark = {True: "[green]healthy[/green]", False: "[red]UNHEALTHY[/red]"}
+    mark = mesh_status.MARK
     out.print(f"mesh in {report['data_dir']}", soft_wrap=True, markup=False)
     if report["broker_error"]:
         out.print(f"[red]broker {report['broker']} unreachable:[/red] {report['broker_error']}",
                   soft_wrap=True)
-    table = Table(title=f"nodes: max height {report['max_height']}")
-    for col in ("node", "pid", "height", "view", "head", "lag", "head age", "health"):
-        table.add_column(col, justify="left" if col in ("head", "health") else "right")
-    for n in report["nodes"]:
-        health = mark[n["healthy"]] + (f" ({n['reason']})" if n["reason"] else "")
-        age = "-" if n.get("head_age_s") is None else f"{n['head_age_s']:g}s"
-        table.add_row(str(n["id"]), str(n["pid"]), str(n["height"] if n["answered"] else "-"),
-                      str(n["view"] if n["answered"] else "-"),
-                      (n["head"] or "")[:12] or "-", str(n["lag"] if n["answered"] else "-"),
-                      age, health)
+    table = mesh_status.node_table(f"nodes: max height {report['max_height']}", report["nodes"],
+                                   launcher=True)
     out.print(table)
     table = Table(title="other processes")
     for col in ("process", "pid", "state", "health"):
@@ -622,22 +612,69 @@ def _print_status(report: dict, out) -> None:
     out.print("all healthy" if report["healthy"] else "[red]not all healthy[/red]")
 
 
+def _mesh_config_for_status(data_dir: str | None, config: str | None) -> str | None:
+    """Which mesh ``hdpbf status`` looks at: ``--config`` (any mesh, over the broker);
+    else ``--data-dir`` or a ``./hdpbf-data`` that ``hdpbf up`` recorded (its processes);
+    else $HDPBF_CONFIG or ./mesh.json.  None means the launcher's report."""
+    if config is not None:
+        return config
+    if data_dir is not None or os.path.exists(run_file(DEFAULT_DATA_DIR)):
+        return None
+    for candidate in (os.environ.get(ENV_CONFIG), CONFIG_NAME):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
 @click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), default=DEFAULT_DATA_DIR,
-              show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help=f"a mesh started by 'hdpbf up'  [default: {DEFAULT_DATA_DIR}]")
+@click.option("--config", metavar="PATH", default=None,
+              help="any mesh, from its mesh.json alone: every node and follower asked over "
+                   "the broker  [default without --data-dir: $HDPBF_CONFIG, then ./mesh.json, "
+                   f"when {DEFAULT_DATA_DIR} has no record]")
+@click.option("--broker", metavar="URL", envvar="HDPBF_BROKER_URL", default=None,
+              help="with a mesh.json: reach its broker at this URL instead (e.g. a port "
+                   "published on this host)  [env: HDPBF_BROKER_URL]")
+@click.option("--backend", metavar="URL", envvar="HDPBF_RESULT_BACKEND", default=None,
+              help="with a mesh.json: its result backend at this URL instead  "
+                   "[env: HDPBF_RESULT_BACKEND]")
+@click.option("--node", "nodes", type=int, multiple=True, metavar="ID",
+              help="with a mesh.json: judge only this node (repeatable; a healthcheck's)")
+@click.option("--follower", "followers", multiple=True, metavar="NAME",
+              help="with a mesh.json: judge only this follower (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=3.0, show_default=True,
               help="seconds a node has to answer pbft.status")
 @click.option("--max-lag", type=click.IntRange(0, None), default=DEFAULT_MAX_LAG,
               show_default=True, help="blocks behind the highest node still called healthy")
-def status(data_dir: str, as_json: bool, timeout: float, max_lag: int) -> None:
-    """Per node: height, view, head, lag and health; the other processes.  Exit 0 only
-    if everything is healthy."""
-    report = status_report(data_dir, timeout=timeout, max_lag=max_lag)
+def status(data_dir: str | None, config: str | None, broker: str | None, backend: str | None,
+           nodes: tuple[int, ...], followers: tuple[str, ...], as_json: bool, timeout: float,
+           max_lag: int) -> None:
+    """Per node: height, view, head, lag and health; the other processes, for a mesh
+    'hdpbf up' started.  With a mesh.json: every node and follower, asked over the
+    broker.  Exit 0 only if everything (or what --node/--follower name) is healthy."""
+    path = _mesh_config_for_status(data_dir, config)
+    if path is None and (nodes or followers):
+        raise BadInput("--node and --follower judge a mesh named by its mesh.json: add "
+                       "--config PATH")
+    if path is not None:
+        from dataclasses import replace
+
+        from ..clikit import config_path
+        cfg = MeshConfig.load(config_path(path))
+        cfg = replace(cfg, broker_url=broker or cfg.broker_url,
+                      result_backend=backend or cfg.result_backend)
+        report = mesh_status.report(cfg, timeout=timeout, max_lag=max_lag, nodes=nodes,
+                                    followers=followers)
+        printer = mesh_status.print_report
+    else:
+        report = status_report(data_dir or DEFAULT_DATA_DIR, timeout=timeout, max_lag=max_lag)
+        printer = _print_status
     if as_json:
         click.echo(json.dumps(report, indent=1, sort_keys=True))
     else:
-        _print_status(report, console())
+        printer(report, console())
     sys.exit(0 if report["healthy"] else 1)
 
 
