@@ -1,7 +1,7 @@
 """What every ``hdpbf`` command shares: the one-line error, the console, ``--config``.
 
 Owns: ``BadInput`` (input the operator must fix: one ``Error:`` line, exit code 2),
-``console()``, the ``--config`` option and its resolution (``config_path``), and the
+``console()``, ``redact`` (a URL without its password), the ``--config`` option and its resolution (``config_path``), and the
 signed client a command talks to the mesh with (``broker_client``).
 
 It lives outside the ``mesh.cli`` package on purpose: ``mesh/cli/__init__.py`` imports
@@ -12,6 +12,7 @@ tests/test_layers.py).
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.console import Console
@@ -31,6 +32,17 @@ def console(stderr: bool = False) -> Console:
 
 config_option = click.option("--config", "config", metavar="PATH",
                              help="mesh.json (default: $HDPBF_CONFIG, then ./mesh.json)")
+
+
+def redact(url: str) -> str:
+    """A broker or backend URL as shown to the operator: its password replaced by ***."""
+    if ";" in url:  # a cluster's failover list (mesh.json broker_url as a list)
+        return ";".join(redact(u) for u in url.split(";"))
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def config_path(config: str | None) -> str:

