@@ -306,7 +306,7 @@ def complete_wheels(dest: Path, markers: dict) -> None:
 def _requires(whl: Path) -> list[str]:
     import zipfile
     with zipfile.ZipFile(whl) as z:
-        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        (meta,) = [n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
         text = z.read(meta).decode("utf-8", "replace")
     return [line.split(":", 1)[1].strip() for line in text.splitlines()
             if line.startswith("Requires-Dist:")]

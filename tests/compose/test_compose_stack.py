@@ -122,8 +122,8 @@ def test_flower_lists_one_worker_per_node(project):
     names = sorted(w.split("@")[0] for w in workers)
     assert names == [f"node{i}" for i in NODES], names
     for name, info in workers.items():
-        queues = [q["name"] for q in info.get("active_queues", [])]
-        assert queues == [f"node.{name.split('@')[0][4:]}"], (name, queues)
+        queues = [q["name"] for q in info.get("active_queues") or []]
+        assert f"node.{name.split('@')[0][4:]}" in queues, (name, queues)
 
 
 def test_prometheus_scrapes_every_target_and_every_dashboard_query_runs(project):
@@ -133,7 +133,8 @@ def test_prometheus_scrapes_every_target_and_every_dashboard_query_runs(project)
         return (len(active) == 7 and not down) or None
     wait_until(targets_up, 90, "every Prometheus target up (4 nodes, follower1, nova-api, flower)")
     import urllib.parse
-    variables = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m"}
+    variables = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m",
+                 "${node}": ".+", "$node": ".+"}  # what Grafana substitutes
     exprs = []
     for path in sorted((project.dir / "dashboards").glob("*.json")):
         def walk(x):
@@ -167,8 +168,9 @@ def test_logs(project):
 def test_upgrade_builds_the_image_once(project):
     res = project.sh(f"{DC} build", timeout=900)
     out = res.stdout + res.stderr
-    built = sorted(set(re.findall(r"^\s*(?:Service\s+)?(\S+)\s+Built", out, re.M)))
-    assert built == ["node0"], f"services that built the image: {built}\n{out[-2000:]}"
+    built = set(re.findall(r"^\s*(\S+)\s+Built\s*$", out, re.M))
+    built |= set(re.findall(r"^#\d+ \[([a-z0-9-]+) ", out, re.M)) - {"internal"}
+    assert built == {"node0"}, f"services that built the image: {built}\n{out[-3000:]}"
     project.sh(UP, extra=NO_GRAFANA, timeout=600)
     all_healthy(project)
 
@@ -211,12 +213,14 @@ def test_a_killed_node_comes_back_and_catches_up(project):
     cid = project.compose("ps -q node2").stdout.strip()
     pid = int(project.dk.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout)
     os.kill(pid, signal.SIGKILL)
+    project.sh(f"{DC} --profile client run --rm client hdpbf put after-kill 1", timeout=120)
     wait_until(lambda: project.dk.docker("inspect", "-f", "{{.RestartCount}}", cid).stdout.strip() != "0",
                60, "Docker to restart node2")
-    project.sh(f"{DC} --profile client run --rm client hdpbf put after-kill 1", timeout=120)
-    wait_until(lambda: get_on(project, 2, "after-kill").returncode == 0, 120,
-               "node2 to catch up with 'after-kill'")
-    wait_until(lambda: all_healthy(project), 120, "every service healthy after the kill")
+    wait_until(lambda: all_healthy(project), 180, "every service healthy after the kill")
+    project.sh(f"{DC} --profile client run --rm client hdpbf put after-restart 1", timeout=120)
+    for key in ("after-kill", "after-restart"):
+        wait_until(lambda: get_on(project, 2, key).returncode == 0, 120,
+                   f"node2 to catch up with {key!r}")
 
 
 def test_back_up_and_restore_a_nodes_ledger(project):
@@ -230,8 +234,11 @@ def test_back_up_and_restore_a_nodes_ledger(project):
     project.sh(f'{DC} run --rm --no-deps -u 0 -v "$PWD/backup:/backup" node3 '
                f"sh -c 'rm -rf /etc/hdpbf/data/* && tar -C /etc/hdpbf/data -xzf /backup/node3.tar.gz'")
     project.sh(f"{DC} start node3")
-    wait_until(lambda: get_on(project, 3, "after-backup").returncode == 0, 120,
-               "the restored node3 to catch up with 'after-backup'")
+    wait_until(lambda: all_healthy(project), 180, "every service healthy after the restore")
+    project.sh(f"{DC} --profile client run --rm client hdpbf put after-restore 1", timeout=120)
+    for key in ("after-backup", "after-restore"):
+        wait_until(lambda: get_on(project, 3, key).returncode == 0, 120,
+                   f"the restored node3 to catch up with {key!r}")
     project.sh(f"{DC} exec node3 hdpbf verify --node 3")
 
 
@@ -252,7 +259,8 @@ def test_cluster_profile(project):
     for n in (1, 2, 3):
         assert f"rabbit@rabbitmq-c{n}" in res.stdout.split("Running Nodes")[1].split("Versions")[0]
     res = project.sh(f"{DC} exec rabbitmq-c1 rabbitmqctl list_queues name type")
-    types = dict(line.split() for line in res.stdout.splitlines() if line.startswith("node."))
+    types = dict(line.split() for line in res.stdout.splitlines()
+                 if re.match(r"node\.\d+\s", line))
     assert types == {f"node.{i}": "quorum" for i in NODES}, types
     project.sh(f"{DC} stop rabbitmq-c2")
     res = project.sh(f"{DC} --profile client run --rm client hdpbf put with-one-broker-down 1",
