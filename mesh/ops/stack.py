@@ -2,7 +2,9 @@
 without Docker (issue 5, items 5 and 6).
 
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
-command lines, waiting until they answer, and judging health.  Starting and stopping a
+command lines, waiting until they answer, and judging health.  ``status`` of a mesh that
+``up`` did not start (``--config``, or ``$HDPBF_CONFIG`` with no record here) is
+mesh/ops/mesh_status.py's, which also defines the node table both print.  Starting and stopping a
 process is mesh/ops/launcher.py's; the nova-api reader's HTTP front (``hdpbf api``) is in
 mesh/openstack/api.py.
 
