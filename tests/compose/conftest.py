@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -74,15 +73,16 @@ def docker_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(docker_env):
+def project(docker_env, tmp_path_factory):
     dk, build_env = docker_env
-    base = Path(tempfile.mkdtemp(prefix="hdpbf-compose-"))
+    base = tmp_path_factory.mktemp("compose")  # commands.log stays with pytest's last runs
     proj = Project(base, dk.env, build_env)
     proj.dk = dk
     yield proj
-    # containers of this project go with the daemon (docker_env); the copy goes here
+    # containers and volumes of this project go with the daemon (docker_env); the copy
+    # (keys included) goes here
     import shutil
-    shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(proj.dir, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -187,6 +187,11 @@ def build_base(dk: PrivateDockerd, cache: Path) -> None:
     require("debootstrap")
     target = dk.root / "rootfs"
     cache.mkdir(parents=True, exist_ok=True)
+    # a throwaway image: dpkg need not fsync every file, nor install docs and man pages
+    cfg = target / "etc" / "dpkg" / "dpkg.cfg.d"
+    cfg.mkdir(parents=True)
+    (cfg / "01-test-image").write_text("force-unsafe-io\n" + "".join(
+        f"path-exclude=/usr/share/{d}/*\n" for d in ("doc", "man", "info", "locale")))
     run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
          f"--cache-dir={cache}", "bookworm", str(target), apt_mirror()], timeout=1200)
     leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit()
