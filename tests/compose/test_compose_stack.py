@@ -252,7 +252,7 @@ def test_back_up_and_restore_a_nodes_ledger(project):
     "catching up is pbft_tasks/core/catchup.py's)"))
 def test_a_restored_node_catches_up_the_blocks_it_lacks(project):
     for key in ("after-backup", "after-restore"):
-        wait_until(lambda: get_on(project, 3, key).returncode == 0, 60,
+        wait_until(lambda: get_on(project, 3, key).returncode == 0, 30,
                    f"the restored node3 to catch up with {key!r}")
 
 

@@ -12,7 +12,9 @@ conf=/etc/rabbitmq/conf.d/10-defaults.conf
 } > "$conf"
 # rabbitmq.conf includes conf.d/ only when it exists (RabbitMQ 3.10)
 [ -e /etc/rabbitmq/rabbitmq.conf ] || : > /etc/rabbitmq/rabbitmq.conf
-chown -R rabbitmq:rabbitmq /var/lib/rabbitmq /etc/rabbitmq
+# files mounted into conf.d are read-only: only readable is needed
+chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
+chown rabbitmq:rabbitmq "$conf" /etc/rabbitmq/rabbitmq.conf
 if [ -n "${RABBITMQ_ERLANG_COOKIE:-}" ]; then
   cookie=/var/lib/rabbitmq/.erlang.cookie
   printf '%s' "$RABBITMQ_ERLANG_COOKIE" > "$cookie"
