@@ -4,7 +4,7 @@ Owns: the Celery/kombu settings and queue arguments that differ between mesh.jso
 ``queue_type = "classic"`` (the default: one broker, classic durable node queues) and
 ``"quorum"`` (a RabbitMQ cluster, node queues replicated by Raft on every cluster node),
 and re-publishing a message the broker did not confirm.  The failover design these
-serve is written down in README.md, section "Broker cluster: quorum queues and failover".
+serve is written down in docs/operations/broker-cluster.md.
 
 Rules and why:
 - A broker URL list (``amqp://a;amqp://b;...``, pbft_tasks/topology.py) is kombu's failover

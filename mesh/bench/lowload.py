@@ -7,7 +7,7 @@ them), and prints one JSON line: node-to-node messages sent per block made, and 
 commit p50.  It uses only what main had before issue 10 (``init_mesh``, ``LocalMesh``,
 ``MeshClient``, the ``sent`` and ``height`` of ``pbft.status``), so a checkout of an
 older commit can be measured by the same script: ``PYTHONPATH=<checkout> python
-/path/to/this/file 30 1.5`` (README, "Hostile input").  A figure, never an assertion.
+/path/to/this/file 30 1.5`` (docs/benchmarks/consensus.md).  A figure, never an assertion.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Run a mesh as real local processes: one ``celery worker`` per node.
 
-Owns: the exact worker command line (the one the README and compose file give), starting
+Owns: the exact worker command line (the one docs/operations/running-a-mesh.md and the compose file give), starting
 workers with their node identity in the environment, waiting until every node answers,
 killing and restarting one (for crash tests), and stopping exactly what was started.
 Logs go to ``<data_dir>/logs/node<id>.log`` (or ``log_dir``).

@@ -29,7 +29,7 @@ Rules:
 
 On real machines the same thing is: one host per validator and follower, RabbitMQ on
 one address they can all reach, and the same ``celery ... worker`` / ``hdpbf follow``
-commands with mesh.json's ``broker_url`` naming that address (README "Followers").
+commands with mesh.json's ``broker_url`` naming that address (docs/operations/followers.md).
 """
 from __future__ import annotations
 
