@@ -122,7 +122,8 @@ def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:
     producer.publish(body, retry=True, retry_policy=PUBLISH_RETRY, **kw)
 
 
-# A solo worker with a small prefetch stalls under backlog (DESIGN.md); 64 does not.
+# A solo worker with a small prefetch stalls under backlog (plain Celery at prefetch 1:
+# 5-10 tasks/s); 64 does not (docs/benchmarks/broker-cluster.md, "Draining a backlog").
 PREFETCH = 64
 
 

@@ -8,7 +8,7 @@ thread.  The ledger lives in mesh.json's directory for the node (``node_data_dir
 unless ``HDPBF_DATA_DIR`` names another: a second process for one node id (a twin,
 tests/integration/test_twins_mesh.py) must not share the first one's ledger.
 
-Settings and why (facts measured in DESIGN.md):
+Settings and why:
 - JSON only (``task_serializer``/``accept_content``): pickle from a broker is remote
   code execution.
 - Protocol tasks ignore results: storing them in Redis cuts throughput ~40 %.

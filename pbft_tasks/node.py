@@ -1,6 +1,6 @@
 """The per-node driver: feeds one pure ``Replica`` and carries out what it asks.
 
-Owns: the adapter pipeline of STYLE.md sec. 2, identical for every transport
+Owns: the adapter pipeline (docs/architecture.md, "Folders and layers"), identical for every transport
 (Celery queues in production, an in-process queue in embedded mode and tests):
 
     wire JSON -> parse (MalformedMessage) -> verify signature (Rejected)

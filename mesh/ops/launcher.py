@@ -14,8 +14,9 @@ the recorded start time, so a pid reused by an unrelated process is left alone.
 
 Worker settings: ``-P solo`` (one replica is one state machine; prefork children would
 split it), ``--prefetch-multiplier 64`` (a solo worker with a small prefetch stalls
-under backlog, DESIGN.md), ``-E`` (task events for Flower), no mingle/gossip (they only
-slow start-up; nodes talk through their own queues).
+under backlog: plain Celery at prefetch 1 drains 5-10 tasks/s, see
+docs/benchmarks/broker-cluster.md), ``-E`` (task events for Flower), no mingle/gossip
+(they only slow start-up; nodes talk through their own queues).
 """
 from __future__ import annotations
 

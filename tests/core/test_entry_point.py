@@ -1,4 +1,4 @@
-"""One entry point for every stimulus (STYLE.md sec. 6; dask's ``handle_stimulus``,
+"""One entry point for every stimulus (after dask's ``handle_stimulus`` and
 etcd raft's ``Step``).
 
 - ``Replica.handle`` is the replica's only way in: protocol messages, and the stimuli of

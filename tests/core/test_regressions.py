@@ -66,10 +66,10 @@ def test_restarted_primary_never_reuses_a_seq_it_proposed():
     "[" * 50_000,
 ], ids=["unhashable-type", "nan-expires", "infinite-value", "deep-nesting"])
 def test_parse_raises_only_malformed_message(raw):
-    """Found writing test_messages.py.  A peer's bytes made parse()/from_wire() raise
-    TypeError, ValueError or RecursionError instead of MalformedMessage (STYLE.md
-    sec. 3: a bad message is evidence, never an exception out of the adapter); NaN in a
-    request even reached the primary and crashed it in batch_digest()."""
+    """A peer's bytes that trip TypeError, ValueError or RecursionError in a naive
+    parse()/from_wire() come out as MalformedMessage: a bad message is evidence, never an
+    exception out of the adapter (docs/architecture.md, "The replica: choices"); NaN in a
+    request would otherwise reach the primary and crash it in batch_digest()."""
     with pytest.raises(MalformedMessage):
         parse(raw)
 
