@@ -2,7 +2,7 @@
 
 Owns: checking many Ed25519 signatures at once for the bulk paths (the ledger audit
 ``hdpbf verify``, catch-up after state transfer), and the measurement that decides where
-the work runs.  Issue 4 item 3; the per-message rules (who signs what, ``REASONS``) stay
+the work runs.  The per-message rules (who signs what, ``REASONS``) stay
 in ``signing``.
 
 Rules of this file:

@@ -148,6 +148,6 @@ def celery_settings(broker_url: str, result_backend: str, queue_type: str = "cla
         # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has
         # noticed (heartbeat) that its old connection is dead; an exclusive remote-control
         # queue of that old connection then makes the new one fail "RESOURCE_LOCKED" and
-        # the worker exit (found by tests/netns: a validator's link down for a few s).
+        # the worker exit (tests/netns cuts a validator's link for a few s).
         "control_queue_exclusive": False,
     }

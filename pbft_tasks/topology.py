@@ -31,7 +31,7 @@ Rules of this file:
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
   not signing keys: they never vote and never sign.  A mesh.json without ``readers``
   loads as a mesh with none.
-- Followers (optional, top-level ``followers``, issue 12): non-validating peers that
+- Followers (optional, top-level ``followers``): non-validating peers that
   keep a verified copy of the ledger (pbft_tasks/follower.py).  Each is only a name: a
   follower never signs or votes, so it has no key.  Its queue is ``follower.<name>``
   and its ledger ``data_dir/follower-<name>/``.  Listing it here makes it a member the
@@ -108,7 +108,7 @@ class ReaderInfo:
 
 @dataclass(frozen=True)
 class FollowerInfo:
-    """A non-validating peer (issue 12): a name only; it holds no key."""
+    """A non-validating peer: a name only; it holds no key."""
     name: str
 
     @property

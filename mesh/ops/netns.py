@@ -1,4 +1,4 @@
-"""Several hosts on one machine: Linux network namespaces joined by a bridge (issue 12).
+"""Several hosts on one machine: Linux network namespaces joined by a bridge.
 
 Owns: building and tearing down a topology of "hosts" (one network namespace each,
 ``ip netns``) on a bridge of their own, with the broker reachable on ONE address, and

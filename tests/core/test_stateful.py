@@ -370,7 +370,7 @@ TestViewChangeSafety = ViewChangeSafetyMachine.TestCase
 TestViewChangeSafety.settings = SETTINGS
 
 
-# Every machine again with collector vote routing (core/collector.py, issue 14).
+# Every machine again with collector vote routing (core/collector.py).
 class CollectorSafetyMachine(SafetyMachine):
     CONFIG = dict(SafetyMachine.CONFIG, votes="collector")
 
