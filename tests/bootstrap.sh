@@ -31,7 +31,7 @@ as_root() {
 # -- Debian packages --------------------------------------------------------------------
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-# tests/netns (issue 12): namespaces with iproute2, the broker relay with socat (as root).
+# tests/netns: namespaces with iproute2, the broker relay with socat (as root).
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # tests/compose: a private Docker daemon and a debootstrapped base image.

@@ -1,4 +1,4 @@
-"""Dependencies point down and never run in a circle (issue 9, item 2).
+"""Dependencies point down and never run in a circle.
 
 Layers, lowest first: the pure core (``pbft_tasks.core``), the ledger (``ledger``), the
 adapters (every other ``pbft_tasks`` module: Celery tasks, signing, transports, the node

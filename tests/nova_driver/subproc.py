@@ -2,7 +2,7 @@
 
 Why a subprocess: importing nova in this pytest process would resolve nova's
 ``import openstack`` (openstacksdk) to our ``tests/openstack`` package, and nova's
-functional fixtures monkey-patch the whole process with eventlet (DESIGN.md facts).
+functional fixtures monkey-patch the whole process with eventlet.
 ``--import-mode=importlib`` keeps ``tests/`` off ``sys.path`` in the child."""
 from __future__ import annotations
 
