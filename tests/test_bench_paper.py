@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -98,27 +96,6 @@ def test_an_answer_no_live_token_matches_is_stale():
 
 
 # -- the real broker ---------------------------------------------------------------------
-
-@pytest.fixture
-def private_vhost():
-    """A RabbitMQ vhost of this test's own, so purging node queues touches nobody else."""
-    override = os.environ.get("HDPBF_TEST_BROKER_URL")
-    if override:
-        yield override
-        return
-    exe = shutil.which("rabbitmqctl")
-    vhost = f"hdpbf-paper-{uuid.uuid4().hex[:8]}"
-    ok = exe is not None and all(
-        subprocess.run([exe, *args], capture_output=True, timeout=60).returncode == 0
-        for args in (("add_vhost", vhost), ("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")))
-    if not ok:
-        pytest.fail("rabbitmqctl could not create a private vhost (is RabbitMQ running? "
-                    "start it with: rabbitmq-server -detached)", pytrace=False)
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run([exe, "delete_vhost", vhost], capture_output=True, timeout=60)
-
 
 @pytest.mark.broker
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 
 from ledger.memory import MemoryLedger, build_block, put
 from mesh.embedded import EmbeddedMesh
-from pbft_tasks.topology import ConfigError, init_mesh
+from pbft_tasks.topology import ConfigError
 from pbft_tasks.byzantine import ENV, forged_key, from_environment
 from pbft_tasks.core.actions import SendClient
 from pbft_tasks.core.byzantine import Byzantine
@@ -29,10 +29,8 @@ from pbft_tasks.reads import answer_reads
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    init_mesh(tmp_path, nodes=4)
-    with EmbeddedMesh(str(tmp_path / "mesh.json")) as m:
-        yield m
+def mesh(embedded_mesh):
+    return embedded_mesh  # tests/conftest.py
 
 
 def make_faulty(mesh: EmbeddedMesh, node: int, spec: str) -> Byzantine:

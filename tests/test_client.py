@@ -5,15 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mesh.client import SubmitTimeout
-from mesh.embedded import EmbeddedMesh
-from pbft_tasks.topology import init_mesh
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    init_mesh(tmp_path, nodes=4)
-    with EmbeddedMesh(str(tmp_path / "mesh.json")) as m:
-        yield m
+def mesh(embedded_mesh):
+    return embedded_mesh  # tests/conftest.py
 
 
 class LosesFirstSends:

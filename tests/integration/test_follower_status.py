@@ -14,7 +14,7 @@ from mesh.ops import follower_status
 from pbft_tasks.follower_node import STATUS_ANSWERS_PER_S, FollowerNode
 from pbft_tasks.topology import MeshConfig, add_followers, init_mesh
 
-from .meshkit import wait_until
+from tests.meshkit import wait_until
 
 pytestmark = [pytest.mark.broker]
 

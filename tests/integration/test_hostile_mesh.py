@@ -27,7 +27,7 @@ from pbft_tasks.core.messages import (Checkpoint, Prepare, Request, ViewChange, 
 from pbft_tasks.node import FETCH_BURST
 from pbft_tasks.signing import Signer
 
-from .meshkit import wait_until
+from tests.meshkit import wait_until
 
 pytestmark = pytest.mark.broker
 

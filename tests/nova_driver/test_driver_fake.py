@@ -14,7 +14,7 @@ from ledger import LedgerReader
 from mesh.openstack import nova_wire
 from mesh.openstack.nova_wire import instance_primitive, request_context
 
-from .conftest import vnc
+from .driverkit import vnc
 
 UUID = "6f5c3f0e-8a3b-4c0e-9d7e-0123456789ab"
 UUID2 = "0b9e7d2c-1111-4a4a-8b8b-fedcba987654"

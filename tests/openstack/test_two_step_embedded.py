@@ -61,7 +61,7 @@ def test_the_ledger_files_hold_no_clear_token(kit):
 
 
 def test_a_reader_without_the_key_misses_step_1_and_goes_to_step_2(tmp_path):
-    from .conftest import Kit
+    from .kit import Kit
     kit = Kit(tmp_path, readers=("api0",))
     try:
         from pbft_tasks.topology import add_readers

@@ -3,18 +3,15 @@ oslo.messaging RPC servers on the rabbit driver, one ConsoleReader per API node 
 answers on, the default; a ``Gate`` holds compute's records back where a test needs "before
 the commit" to be certain).
 
-Marked ``broker``: needs RabbitMQ and Redis and FAILS (never skips) without them (the
-fixtures of tests/integration/conftest.py).  The mesh and the compute services are
-shared by the module; the broker stop/start test runs last and always restarts the
-broker in a ``finally``.  It uses ``rabbitmqctl stop_app``/``start_app`` (never a full
-server stop) and waits while /tmp/hdpbf-quiet exists (someone is benchmarking)."""
+Marked ``broker``: needs RabbitMQ and Redis and FAILS (never skips) without them.  The
+mesh and the compute services are shared by the module, on a vhost of its own
+(``vhosts``, tests/conftest.py); the broker stop/start test runs last and always
+restarts the broker (``rabbit_app_stopped``, tests/services.py: ``stop_app`` and
+``start_app``, never a full server stop, and not while /tmp/hdpbf-quiet exists)."""
 from __future__ import annotations
 
 import glob
 import logging
-import shutil
-import signal
-import subprocess
 import time
 
 import pytest
@@ -24,8 +21,8 @@ from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleReco
                             ConsoleUnavailable, Opener, Sealer, instance_key)
 from mesh.openstack.rpc import transport_url_from_broker
 from pbft_tasks.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
-from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
-from tests.integration.meshkit import Mesh, broker_port_open, wait_not_quiet, wait_until
+from tests.meshkit import Mesh, wait_until
+from tests.services import rabbit_app_stopped, wait_not_quiet
 
 from .test_own_answers import Gate
 
@@ -84,10 +81,14 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory, broker_url):  # noqa: F811
-    r = Rig(tmp_path_factory.mktemp("openstack"), broker_url)
-    yield r
-    r.close()
+def rig(tmp_path_factory, vhosts):
+    broker = vhosts.new()
+    r = Rig(tmp_path_factory.mktemp("openstack"), broker)
+    try:
+        yield r
+    finally:
+        r.close()
+        vhosts.delete(broker)
 
 
 def test_first_call_is_step_2_then_step_1_on_every_node(rig):
@@ -213,17 +214,6 @@ def test_delete_after_an_own_answer_is_never_served_again(rig):
 
 # -- broker stop/start (last: it disturbs everything) -------------------------------------
 
-def _rabbitmqctl(*args: str) -> None:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        pytest.fail("rabbitmqctl is not on PATH; the broker stop/start test needs it",
-                    pytrace=False)
-    res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    if res.returncode != 0:
-        pytest.fail(f"rabbitmqctl {' '.join(args)} failed: {res.stderr or res.stdout}",
-                    pytrace=False)
-
-
 def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(rig, caplog):
     caplog.set_level(logging.CRITICAL, logger="oslo.messaging")  # reconnect chatter
     rig.hosts.update({"vm-out": "cmp1", "vm-down": "cmp1", "vm-during": "cmp1", "vm-after": "cmp2"})
@@ -234,33 +224,11 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
     warm = rig.api(2)
     warm.get_vnc_console("vm-out")
     cold = ConsoleReader(rig.mesh.ledger_path(2), rig.url, rig.hosts, None, rpc_timeout=RPC_TIMEOUT)
-    wait_not_quiet()
-    # a SIGTERM (e.g. from `timeout`) must still reach the finally that restarts the broker
-    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        _rabbitmqctl("stop_app")
-        assert not broker_port_open()
-        for node in range(rig.mesh.n):  # step 1 is local SQLite: the broker is irrelevant
-            assert rig.api(node).get_vnc_console("vm-out") == (before, 1)
-        # step 2 fails fast, for a client that has called before and for one that has not
-        for api in (warm, cold):
-            t0 = time.monotonic()
-            with pytest.raises(ConsoleUnavailable):
-                api.get_vnc_console("vm-down")  # (a call left hanging may still be
-                # served once the broker is back: that is a new console, and fine)
-            assert time.monotonic() - t0 < RPC_TIMEOUT + 1.0, "step 2 did not fail fast"
-        # compute served something while the bus was down (e.g. a call that was already
-        # in flight): the recorder keeps it until consensus is reachable again
-        pending, _ = rig.computes["cmp1"].connect_info("vm-during")
-        rig.recorder.record("vm-during", "novnc", pending,
-                            time.time() + 600, host="cmp1")
-        time.sleep(0.5)
-        assert rig.recorder.pending >= 1
+        with rabbit_app_stopped():
+            pending = _during_the_outage(rig, before, warm, cold)
     finally:
-        _rabbitmqctl("start_app")
-        signal.signal(signal.SIGTERM, old_handler)
         cold.close()
-    wait_until(broker_port_open, 60, "RabbitMQ to listen on 5672 again")
     rig.mesh.local.wait_ready(timeout=90)  # every worker answers pbft.status again
     # The update kept during the outage commits (checked on every node below), sent again
     # by the recorder's retry or by the client's own re-publish once a broker answers
@@ -276,8 +244,24 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
     assert rig.mesh.wait_converged(timeout=60, at_least=height + 1)
 
 
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt("SIGTERM")
+def _during_the_outage(rig, before, warm, cold) -> dict:
+    for node in range(rig.mesh.n):  # step 1 is local SQLite: the broker is irrelevant
+        assert rig.api(node).get_vnc_console("vm-out") == (before, 1)
+    # step 2 fails fast, for a client that has called before and for one that has not
+    for api in (warm, cold):
+        t0 = time.monotonic()
+        with pytest.raises(ConsoleUnavailable):
+            api.get_vnc_console("vm-down")  # (a call left hanging may still be
+            # served once the broker is back: that is a new console, and fine)
+        assert time.monotonic() - t0 < RPC_TIMEOUT + 1.0, "step 2 did not fail fast"
+    # compute served something while the bus was down (e.g. a call that was already
+    # in flight): the recorder keeps it until consensus is reachable again
+    pending, _ = rig.computes["cmp1"].connect_info("vm-during")
+    rig.recorder.record("vm-during", "novnc", pending,
+                        time.time() + 600, host="cmp1")
+    time.sleep(0.5)
+    assert rig.recorder.pending >= 1
+    return pending
 
 
 def _try_step2(rig, instance):

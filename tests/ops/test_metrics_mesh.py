@@ -1,6 +1,6 @@
 """Every node worker of a real mesh serves its metrics over HTTP, and they tell the truth.
 
-Set up: the session's running 4-node mesh (tests/ops/conftest.py ``stack``), each worker
+Set up: the folder's running 4-node mesh (tests/ops/stack.py ``Stack``), each worker
 exporting on 127.0.0.1:(metrics_port_base + id) as mesh.json says.
 Step: commit UPDATES updates; send node 1 one malformed message and one with an unknown
 task name; read a console record through the API reader (step 1) and fail one step 2.
@@ -15,8 +15,8 @@ import pytest
 
 from pbft_tasks.metrics import BROKER_METRICS, NODE_METRICS, READER_METRICS, node_url, scrape
 
-from .conftest import BAD_NODE, UPDATES
-from integration.meshkit import wait_until
+from .stack import BAD_NODE, UPDATES
+from tests.meshkit import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

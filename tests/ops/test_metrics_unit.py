@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from integration.meshkit import free_port
+from tests.services import free_port
 from mesh.embedded import EmbeddedMesh
 from pbft_tasks.metrics import (NODE_METRICS, READER_METRICS, NodeMetrics, export_reader,
                           node_metrics_port, reader_registry, scrape, serve)
