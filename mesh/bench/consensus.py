@@ -40,12 +40,12 @@ configurations interleaved and returns their results in run order.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
 from typing import Any, Callable
 
+import psutil
 from kombu.exceptions import OperationalError
 
 from ..client import MeshClient, Pending, SubmitTimeout
@@ -135,7 +135,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             # per process, and only those still running: another session's RabbitMQ node
             # that stopped meanwhile made this negative (shared machine, 2026-12-01)
             used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
-                       if os.path.exists(f"/proc/{p}"))
+                       if psutil.pid_exists(p))
             cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
@@ -210,7 +210,7 @@ def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float)
     ``pbft.status`` snapshots of every node around ``requests`` low-load requests.
     ``rest`` is what the process spent outside the measured stages (socket and AMQP
     framing, Celery's consumer loop, the tick thread, sqlitedict's thread, GC): the
-    workers' CPU from /proc minus the stages."""
+    workers' CPU (psutil) minus the stages."""
     runs = 0
     ns: dict[str, int] = {}
     for i, st in after.items():
@@ -228,28 +228,19 @@ def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float)
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of a process so far (Linux /proc), by OS thread id."""
-    out = {}
+    """CPU seconds of each thread of a process so far, by OS thread id ({} if gone)."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    except psutil.Error:
+        return {}
 
 
 def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requests: int,
                      stages_ms: dict) -> dict:
     """Split ``rest`` (the workers' CPU outside the measured stages): the main thread's
     unmeasured part (receiving from the socket, AMQP framing, Celery's consumer loop) and
-    every other thread by name (the tick thread, sqlitedict's writer, ...).  Clock ticks
-    of /proc are 10 ms, so these are coarse at small ``requests``."""
+    every other thread by name (the tick thread, sqlitedict's writer, ...).  The kernel
+    counts CPU in 10 ms clock ticks, so these are coarse at small ``requests``."""
     by_name: dict[str, float] = {}
     main = 0.0
     for i, pid in pids.items():
@@ -271,27 +262,20 @@ def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requ
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), 0 if it is gone."""
+    """User + system CPU seconds of a process so far, 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return t.user + t.system
 
 
 def local_broker_pids() -> list[int]:
     """RabbitMQ's Erlang VM on this machine (owned by the rabbitmq user), if any."""
-    out = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as fh:
-                    if fh.read().strip() == "beam.smp" and os.stat(f"/proc/{entry}").st_uid == _uid("rabbitmq"):
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
+    uid = _uid("rabbitmq")
+    return [p.pid for p in psutil.process_iter(["name", "uids"])
+            if p.info["name"] == "beam.smp" and p.info["uids"] is not None
+            and p.info["uids"].real == uid]
 
 
 def _uid(user: str) -> int | None:

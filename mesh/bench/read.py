@@ -32,6 +32,8 @@ from ledger import LedgerReader, LedgerStore, build_block
 from ledger import format as fmt
 from ledger.memory import put
 
+from .stats import percentile
+
 BLOCK_SIZE = 250
 WARMUP = 300
 
@@ -40,11 +42,6 @@ def _record_value(i: int) -> dict:
     """A value shaped like what nova-api asks for: an instance's placement."""
     return {"instance": str(uuid.UUID(int=i)), "host": f"compute-{i % 16}",
             "state": "active", "flavor": "m1.small", "ports": [f"10.0.{i % 250}.{i % 200}"]}
-
-
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    idx = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
-    return sorted_ns[idx] / 1000.0
 
 
 def _build_ledger(path: str, keys: list[str]) -> None:
@@ -118,9 +115,8 @@ def run(n: int = 20000, redis_url: str = "redis://127.0.0.1:6379/0", keys: int =
                 redis_client.close()
 
     for name, ns in samples.items():
-        ns.sort()
-        result[f"{name}_get_p50_us"] = round(_percentile(ns, 0.50), 2)
-        result[f"{name}_get_p99_us"] = round(_percentile(ns, 0.99), 2)
+        result[f"{name}_get_p50_us"] = round(percentile(ns, 50) / 1000, 2)
+        result[f"{name}_get_p99_us"] = round(percentile(ns, 99) / 1000, 2)
     if redis_error is not None:
         result.update(redis_get_p50_us=None, redis_get_p99_us=None, redis_error=redis_error)
     result["ratio_redis_over_ledger"] = (
