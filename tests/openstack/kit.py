@@ -38,9 +38,10 @@ class Kit:
         self._close.insert(0, svc.stop)
         return svc
 
-    def reader(self, node: int, reader: str | None = "api0", timeout: float = 2.0) -> ConsoleReader:
+    def reader(self, node: int, reader: str | None = "api0", timeout: float = 2.0,
+               **kw) -> ConsoleReader:
         r = ConsoleReader(self.ledger_path(node), self.url, self.hosts,
-                          self.opener(reader) if reader else None, rpc_timeout=timeout)
+                          self.opener(reader) if reader else None, rpc_timeout=timeout, **kw)
         self._close.append(r.close)
         return r
 
@@ -48,3 +49,18 @@ class Kit:
         for fn in self._close:
             fn()
         self.mesh.close()
+
+
+class FakeClock:
+    """A wall clock a test moves by hand (``ConsoleReader(clock=...)``): expiry is judged
+    without waiting for it, and no slow machine can make a token expire early."""
+
+    def __init__(self, start: float | None = None):
+        import time
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ class Stack:
     """The running stack the ops tests look at."""
 
     def __init__(self, base: Path, broker: str):
+        # before any worker starts: every block, latency and head age comes after these
+        self.started_wall, self.started_mono = time.time(), time.monotonic()
         self.base = base
         self.metrics_base = free_port_block(4)
         self.mesh = Mesh(base / "mesh", 4, broker, metrics_port_base=self.metrics_base)

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 
 import click
 import pytest
@@ -101,10 +100,8 @@ def test_status_with_the_broker_unreachable_says_so_and_exits_1(tmp_path):
     cfg = init_mesh(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:9//")
     _write_run(str(tmp_path), {"data_dir": str(tmp_path), "config": str(cfg.path),
                                "started_at": 0.0, "processes": []}, create=True)
-    t0 = time.monotonic()
     res = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path), "--json"])
     assert res.exit_code == 1, res.output
     report = json.loads(res.output)
     assert report["broker_error"] and "guest:***@" in report["broker"]
     assert [n["reason"] for n in report["nodes"]] == ["process not started; broker unreachable"] * 4
-    assert time.monotonic() - t0 < 15
