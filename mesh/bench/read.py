@@ -32,6 +32,7 @@ from ledger import LedgerReader, LedgerStore, build_block
 from ledger import format as fmt
 from ledger.memory import put
 
+from .missing import UNAVAILABLE, reason
 from .stats import percentile
 
 BLOCK_SIZE = 250
@@ -93,26 +94,48 @@ def run(n: int = 20000, redis_url: str = "redis://127.0.0.1:6379/0", keys: int =
                                                        "sqlitedict": sqlitedict_get}
             if redis_client is not None:
                 probes["redis"] = redis_get
-            for k in names[:WARMUP]:
-                for probe in probes.values():
-                    assert probe(k) is not None
             samples: dict[str, list[int]] = {name: [] for name in probes}
-            order = list(probes.items())
+
+            def drop_redis(exc: BaseException, phase: str) -> None:
+                # Redis went away mid-run: its figures are missing, the local ones stay
+                nonlocal redis_error
+                redis_error = f"{reason(exc)} ({phase}, after {len(samples['redis'])} reads)"
+                del probes["redis"], samples["redis"]
+
+            for k in names[:WARMUP]:
+                for name, probe in list(probes.items()):
+                    try:
+                        assert probe(k) is not None
+                    except UNAVAILABLE as exc:
+                        if name != "redis":
+                            raise
+                        drop_redis(exc, "warming up")
             clock = time.perf_counter_ns
             for i in range(n):
                 k = names[rng.randrange(keys)]
+                order = list(probes.items())
                 shift = i % len(order)
                 for name, probe in order[shift:] + order[:shift]:
                     t0 = clock()
-                    probe(k)
+                    try:
+                        probe(k)
+                    except UNAVAILABLE as exc:
+                        if name != "redis":
+                            raise
+                        drop_redis(exc, "measuring")
+                        continue
                     samples[name].append(clock() - t0)
         finally:
             reader.close()
             sdict.close()
             if redis_client is not None:
-                for start in range(0, len(names), 500):
-                    redis_client.delete(*(prefix + k for k in names[start:start + 500]))
-                redis_client.close()
+                try:
+                    for start in range(0, len(names), 500):
+                        redis_client.delete(*(prefix + k for k in names[start:start + 500]))
+                    redis_client.close()
+                except UNAVAILABLE as exc:
+                    result["redis_cleanup_error"] = (f"{reason(exc)}: keys {prefix}* left "
+                                                     f"in Redis")
 
     for name, ns in samples.items():
         result[f"{name}_get_p50_us"] = round(percentile(ns, 50) / 1000, 2)

@@ -36,3 +36,22 @@ def test_without_redis_the_redis_figures_are_missing_with_the_reason(tmp_path, c
     assert result["redis_get_p50_us"] is None and result["ratio_redis_over_ledger"] is None
     assert "ConnectionError" in result["redis_error"]
     assert "Redis not measured" in capsys.readouterr().out
+
+
+@pytest.mark.broker
+def test_redis_going_away_mid_run_leaves_its_figures_missing_and_keeps_the_rest(
+        tmp_path, backend_url, monkeypatch):
+    import redis
+    real_get, calls = redis.Redis.get, []
+
+    def get(self, name):
+        calls.append(name)
+        if len(calls) > 100:
+            raise redis.exceptions.ConnectionError("Connection reset by peer")
+        return real_get(self, name)
+    monkeypatch.setattr(redis.Redis, "get", get)
+    result = bench_read.main(["--n", "300", "--keys", "50", "--redis-url", backend_url])
+    assert result["redis_get_p50_us"] is None and result["ratio_redis_over_ledger"] is None
+    assert result["redis_error"].startswith("ConnectionError: Connection reset by peer")
+    assert result["ledger_get_p50_us"] > 0 and result["sqlitedict_get_p50_us"] > 0
+    assert list(redis.Redis.from_url(backend_url).scan_iter("hdpbf:bench_read:*")) == []
