@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import grimp
@@ -46,28 +45,27 @@ def test_no_module_imports_the_package_it_is_in():
     assert own_package_imports(graph) == []
 
 
-FAKE = {
-    "pbft_tasks/__init__.py": "",
-    "pbft_tasks/core/__init__.py": "",
-    "pbft_tasks/core/replica.py": "def step():\n    import pbft_tasks.node  # lazy, still a dependency\n",
-    "pbft_tasks/node.py": "import mesh.cli\n",
-    "ledger/__init__.py": "",
-    "ledger/store.py": "from pbft_tasks.core import replica\nimport ledger\n",
-    "mesh/__init__.py": "",
-    "mesh/cli.py": "import mesh.bench.run\n",
-    "mesh/bench/__init__.py": "",
-    "mesh/bench/run.py": "from mesh import ops\n",
-    "mesh/ops.py": "from mesh import cli\n",
+FAKE_PACKAGES = ("pbft_tasks", "pbft_tasks.core", "ledger", "mesh", "mesh.bench")
+FAKE_MODULES = {
+    "pbft_tasks.core.replica": "def step():\n    import pbft_tasks.node  # lazy, still a dependency\n",
+    "pbft_tasks.node": "import mesh.cli\n",
+    "ledger.store": "from pbft_tasks.core import replica\nimport ledger\n",
+    "mesh.cli": "import mesh.bench.run\n",
+    "mesh.bench.run": "from mesh import ops\n",
+    "mesh.ops": "from mesh import cli\n",
 }
 
 
 def test_the_checks_can_fail(tmp_path):
     """A made-up project of the same names breaking every rule is caught by the
     project's own configuration."""
-    for name, text in FAKE.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
+    for package in FAKE_PACKAGES:
+        folder = tmp_path.joinpath(*package.split("."))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text("")
+    for module, text in FAKE_MODULES.items():
+        *folders, name = module.split(".")
+        tmp_path.joinpath(*folders, f"{name}.py").write_text(text)
     # a process of its own, started in the made-up tree: this one has the real packages
     code = ("import sys; from importlinter.cli import lint_imports; "
             "sys.exit(lint_imports(config_filename=sys.argv[1], no_cache=True, no_logo=True))")
