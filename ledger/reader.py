@@ -1,6 +1,6 @@
 """``LedgerReader``: the fast, read-only local read path of a node's ledger.
 
-Owns: step 2a of the two-step read (DESIGN.md "Read path"): another process on the node
+Owns: step 2a of the two-step read (docs/nova.md, "Two-step reads"): another process on the node
 (nova-api) asks its own node's ledger first and falls back to an RPC through RabbitMQ only
 on a miss.  A hit must cost far less than the fallback and less than a Redis GET, so this
 module does not go through sqlitedict (whose every read is a round trip through its

@@ -252,8 +252,7 @@ class BrokerClientTransport:
     be).  When the broker node under this connection dies (a cluster, mesh.json's
     broker URL list), ``poll`` reconnects to the next node and declares the queue again;
     a reply sent while it was gone is lost, and ``MeshClient.wait`` sends the request to
-    every replica again, which answer it from their client table (README "Broker
-    cluster")."""
+    every replica again, which answer it from their client table (docs/operations/broker-cluster.md)."""
 
     def __init__(self, app: Any, client: MeshClient):
         from kombu import Queue

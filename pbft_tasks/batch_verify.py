@@ -2,7 +2,7 @@
 
 Owns: checking many Ed25519 signatures at once for the bulk paths (the ledger audit
 ``hdpbf verify``, catch-up after state transfer), and the measurement that decides where
-the work runs.  Issue 4 item 3; the per-message rules (who signs what, ``REASONS``) stay
+the work runs.  The per-message rules (who signs what, ``REASONS``) stay
 in ``signing``.
 
 Rules of this file:
@@ -39,9 +39,10 @@ from 64 keys; best of 3 interleaved rounds, so load changes hit every path alike
     the paths, which is why the rounds are interleaved now.
 
 Conclusion: on one machine Ray NEVER beats the thread pool.  Both get the same cores;
-PyNaCl releases the GIL, so threads already use all of them (DESIGN.md: ~1.9x on 2
-idle cores, ~1.0x when the other core is busy, as above), and Ray adds 2-5 s to start,
-~700 MB, pickling, the object store and a fixed ~60-80 ms a batch.  So:
+PyNaCl releases the GIL, so threads already use all of them (~1.8-1.9x on 2 idle
+cores, ~1.0x when the other core is busy, as above; docs/benchmarks/verify.md), and Ray
+adds 2-5 s to start, ~700 MB, pickling, the object store and a fixed ~60-80 ms a batch.
+So:
 - local (no ``ray_address``): threads are the default; ``LOCAL_INLINE_MAX`` = 1,000,000
   only keeps a way to push a huge batch (catch-up of a whole ledger) out of this
   process's memory and GIL-held Python overhead; on 2 cores do not expect it to be faster.

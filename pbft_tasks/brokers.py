@@ -4,7 +4,7 @@ Owns: the Celery/kombu settings and queue arguments that differ between mesh.jso
 ``queue_type = "classic"`` (the default: one broker, classic durable node queues) and
 ``"quorum"`` (a RabbitMQ cluster, node queues replicated by Raft on every cluster node),
 and re-publishing a message the broker did not confirm.  The failover design these
-serve is written down in README.md, section "Broker cluster: quorum queues and failover".
+serve is written down in docs/operations/broker-cluster.md.
 
 Rules and why:
 - A broker URL list (``amqp://a;amqp://b;...``, pbft_tasks/topology.py) is kombu's failover
@@ -122,7 +122,8 @@ def publish_confirmed(producer: Any, body: Any, **kw: Any) -> None:
     producer.publish(body, retry=True, retry_policy=PUBLISH_RETRY, **kw)
 
 
-# A solo worker with a small prefetch stalls under backlog (DESIGN.md); 64 does not.
+# A solo worker with a small prefetch stalls under backlog (plain Celery at prefetch 1:
+# 5-10 tasks/s); 64 does not (docs/benchmarks/broker-cluster.md, "Draining a backlog").
 PREFETCH = 64
 
 
@@ -147,6 +148,6 @@ def celery_settings(broker_url: str, result_backend: str, queue_type: str = "cla
         # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has
         # noticed (heartbeat) that its old connection is dead; an exclusive remote-control
         # queue of that old connection then makes the new one fail "RESOURCE_LOCKED" and
-        # the worker exit (found by tests/netns: a validator's link down for a few s).
+        # the worker exit (tests/netns cuts a validator's link for a few s).
         "control_queue_exclusive": False,
     }

@@ -8,7 +8,7 @@ thread.  The ledger lives in mesh.json's directory for the node (``node_data_dir
 unless ``HDPBF_DATA_DIR`` names another: a second process for one node id (a twin,
 tests/integration/test_twins_mesh.py) must not share the first one's ledger.
 
-Settings and why (facts measured in DESIGN.md):
+Settings and why:
 - JSON only (``task_serializer``/``accept_content``): pickle from a broker is remote
   code execution.
 - Protocol tasks ignore results: storing them in Redis cuts throughput ~40 %.
@@ -59,7 +59,7 @@ app.conf.update(_initial_settings())
 # Set while the worker's consumer holds a broker connection.  The node's timers run only
 # then: a worker cut off from RabbitMQ hears from nobody, and a request timer expiring
 # on its own silence would move it alone to a higher view, which PBFT gives it no way
-# back from (found by tests/faults/cut_off_backup.toml; pausing, SIGSTOP, stops the
+# back from (tests/faults/cut_off_backup.toml; pausing, SIGSTOP, stops the
 # ticks as well).  Its queue keeps what it missed; it works through that on reconnecting.
 _broker_up = threading.Event()
 

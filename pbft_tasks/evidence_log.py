@@ -6,9 +6,9 @@ for messages the adapter rejects.  Rules:
   (``rejected[reason]``, the metrics); only the *log line* is rate-limited.
 - Per (sender, reason), the first ``burst`` messages of every ``every`` seconds are
   logged, the rest only counted; the next line after a quiet spell says how many were
-  not logged.  Occasional bad messages are all logged; a flood (issue 10's attacker,
-  or a view change under load when every peer's old-view votes arrive as
-  ``wrong_view``) used to write one WARNING line per message: a synchronous file write
+  not logged.  Occasional bad messages are all logged; a flood (a faulty
+  peer's, or a view change under load when every peer's old-view votes arrive as
+  ``wrong_view``) would otherwise write one WARNING line per message: a synchronous file write
   per task run, slowing the node exactly when it was behind.
 - Bounded: at most ``max_keys`` (sender, reason) pairs are remembered; past that the
   table is cleared (a line may then come early; nothing is lost but log lines).

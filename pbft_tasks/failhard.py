@@ -1,4 +1,4 @@
-"""How a worker process fails hard on our own bug (issue 9, item 5).
+"""How a worker process fails hard on our own bug.
 
 Owns: ending the process at once with ``EX_SOFTWARE`` (70) when its node runtime has
 stopped (``node.NodeFailed``): no acknowledgement of the message in hand, no Celery

@@ -1,5 +1,5 @@
-"""A follower: a verified, non-validating copy of the ledger (issue 12; the paper's
-non-validating peers, Fabric 0.6; CometBFT's blocksync checks).
+"""A follower: a verified, non-validating copy of the ledger (the paper's
+non-validating peers; Fabric 0.6; CometBFT's blocksync checks).
 
 Owns: deciding whether a block offered by anyone may be appended to this follower's
 ledger, appending it, and counting what it refused and why.  No broker, no clock of its

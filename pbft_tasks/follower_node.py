@@ -1,4 +1,4 @@
-"""A follower on the broker: the ``hdpbf follow`` process (issue 12).
+"""A follower on the broker: the ``hdpbf follow`` process.
 
 Owns the follower's adapter half (the checks are pbft_tasks/follower.py, the validators'
 pushes pbft_tasks/follower_push.py, the wire docs/PROTOCOL.md sec. 5.9):

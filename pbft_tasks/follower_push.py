@@ -1,4 +1,4 @@
-"""The validators' half of followers (issue 12): pushing blocks, and whom to push to.
+"""The validators' half of followers: pushing blocks, and whom to push to.
 
 Owns:
 - ``BlockPusher``: a validator's ``NodeRuntime.on_execute`` hook, attached by the

@@ -1,5 +1,5 @@
 """The gate of a node's queue: every message taken off ``node.<id>`` is checked here
-before Celery's own machinery touches it (issue 10, finding 1, 2, 7, 9).
+before Celery's own machinery touches it.
 
 Owns: what a message on a node queue must look like to reach a task, and the reasons
 it is refused.  Anyone with broker credentials can publish to ``node.<id>`` (in

@@ -1,6 +1,6 @@
 """The per-node driver: feeds one pure ``Replica`` and carries out what it asks.
 
-Owns: the adapter pipeline of STYLE.md sec. 2, identical for every transport
+Owns: the adapter pipeline (docs/architecture.md, "Folders and layers"), identical for every transport
 (Celery queues in production, an in-process queue in embedded mode and tests):
 
     wire JSON -> parse (MalformedMessage) -> verify signature (Rejected)
@@ -30,7 +30,7 @@ Rules:
 - Client requests keep the client's signature when forwarded; every other outgoing
   message is signed by this node.  Ed25519 is deterministic, so re-signing our own
   commit for a certificate yields the signature we sent.
-- Fault injection for tests (issue 4): a node given ``byzantine`` (core/byzantine.py,
+- Fault injection for tests: a node given ``byzantine`` (core/byzantine.py,
   switched on only by HDPBF_BYZANTINE) sends what ``byzantine.outgoing`` makes of its
   honest replica's messages, after the ledger transaction, and signs as it says
   (pbft_tasks/byzantine.py).  Its own ledger stays honest.
@@ -109,7 +109,7 @@ class NodeRuntime:
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
-        # Followers of mesh.json (issue 12): members that may fetch blocks, never vote.
+        # Followers of mesh.json: members that may fetch blocks, never vote.
         self.followers: frozenset[str] = frozenset()
         self.replica = Replica(node_id, config, records=ledger.protocol_records())
         if self.replica.last_exec != ledger.height:
@@ -188,8 +188,8 @@ class NodeRuntime:
     def handle_requests(self, wires: list) -> None:
         """A bundle of requests (``pbft.request`` with a list, as clients send them): each
         is handled as one message, and the requests this node relays to the primary leave
-        as one bundle per node afterwards, not as one message a request (a client's
-        bundle of 64 used to become 64 task runs in the primary's queue)."""
+        as one bundle per node afterwards, not as one message a request (otherwise a
+        client's bundle of 64 becomes 64 task runs in the primary's queue)."""
         self._relay = {}
         try:
             for w in wires:

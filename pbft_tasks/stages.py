@@ -1,7 +1,7 @@
 """Where a node's worker spends its CPU, stage by stage: cheap in-process accounting.
 
 Owns: ``StageClock``, the per-node accumulator of CPU time by stage of a protocol task
-run (issue 14 item 3).  The stages, in the order a task run goes through them:
+run.  The stages, in the order a task run goes through them:
 
   decode   Celery/kombu turn the AMQP body into (args, kwargs)   pbft_tasks/strategy.py
   parse    from_wire and the size check                          node.py ``handle``

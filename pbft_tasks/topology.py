@@ -19,7 +19,7 @@ Rules of this file:
   memory, after ``load``, ``data_dir`` is always absolute.
 - mesh.json holds only public keys, but the broker and backend URLs may carry passwords;
   when they do the file is written 0600, else 0644.
-- Brokers (mesh/ops/broker_cluster.py, README "Broker cluster"): ``broker_url`` is one URL
+- Brokers (mesh/ops/broker_cluster.py, docs/operations/broker-cluster.md): ``broker_url`` is one URL
   or a list of the URLs of one RabbitMQ cluster's nodes; in memory a list is kept as
   kombu's failover form, the URLs joined by ``;``, so every process that hands
   ``broker_url`` to Celery or kombu fails over to the next node by itself.
@@ -31,7 +31,7 @@ Rules of this file:
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
   not signing keys: they never vote and never sign.  A mesh.json without ``readers``
   loads as a mesh with none.
-- Followers (optional, top-level ``followers``, issue 12): non-validating peers that
+- Followers (optional, top-level ``followers``): non-validating peers that
   keep a verified copy of the ledger (pbft_tasks/follower.py).  Each is only a name: a
   follower never signs or votes, so it has no key.  Its queue is ``follower.<name>``
   and its ledger ``data_dir/follower-<name>/``.  Listing it here makes it a member the
@@ -108,7 +108,7 @@ class ReaderInfo:
 
 @dataclass(frozen=True)
 class FollowerInfo:
-    """A non-validating peer (issue 12): a name only; it holds no key."""
+    """A non-validating peer: a name only; it holds no key."""
     name: str
 
     @property
@@ -655,8 +655,7 @@ def add_followers(config_path: str | os.PathLike, names: Iterable[str]) -> MeshC
 
 # -- init -----------------------------------------------------------------------------
 
-# From this many nodes a new mesh routes votes through the collector (README, "Measured:
-# vote routing"): on these machines all-to-all at n = 7 had 2.6 x the messages per batch,
+# From this many nodes a new mesh routes votes through the collector (docs/benchmarks/vote-routing.md): on these machines all-to-all at n = 7 had 2.6 x the messages per batch,
 # 1.3 x the worker CPU per request and 0.9 x the tx/s of the collector, and at n = 10 and
 # 16 it did not finish the benchmark (its O(n^2) votes queue up behind each other until
 # the request timers expire); at n = 4 the two are within noise of each other, and

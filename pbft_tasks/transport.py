@@ -6,7 +6,7 @@
   ``hdpbf.broadcast`` with routing key ``from.<i>``; every other node's queue is bound
   to that key, so RabbitMQ makes the n-1 copies (one publish instead of n-1).  A reply
   to client c is a plain JSON message on queue ``hdpbf.reply.<c>``.
-- Followers (issue 12, pbft_tasks/follower_push.py): a validator publishes each block
+- Followers (pbft_tasks/follower_push.py): a validator publishes each block
   it executes, with its certificate, once on the direct exchange ``hdpbf.blocks`` with
   routing key ``from.<i>``; a follower's queue ``follower.<name>`` binds to the keys of
   the validators it listens to.  Answers to a follower's fetch are plain JSON messages

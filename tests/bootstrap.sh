@@ -29,7 +29,7 @@ as_root() {
 # -- Debian packages --------------------------------------------------------------------
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
-# tests/netns (issue 12): namespaces with iproute2, the broker relay with socat (as root).
+# tests/netns: namespaces with iproute2, the broker relay with socat (as root).
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if ! redis_up && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi

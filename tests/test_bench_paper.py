@@ -137,7 +137,7 @@ def test_broker_run_through_the_cli(tmp_path, private_vhost):
     assert out["configs"]["hdpbf-ledger"]["step1"] > 0
 
 
-# -- nova's own client (issue 11 item 6) ---------------------------------------------------
+# -- nova's own client ----------------------------------------------------------------------
 
 NOVA_FIELDS = ("mean_ms", "p50_ms", "step1", "own_answers", "step2", "broker_messages",
                "broker_messages_per_1000_steady")

@@ -1,6 +1,6 @@
 """The per-queue message counts of ``hdpbf bench paper --count-messages``: which queue is
 RPC and which is consensus, and the difference of two snapshots (mesh/bench/broker_counts.py).
-The counting against a live management API was run by hand (README, "Using it with nova")."""
+The counting against a live management API was run by hand (docs/benchmarks/paper.md, "Load taken off the broker")."""
 from __future__ import annotations
 
 from mesh.bench.broker_counts import MARKER, kind_of, routed, scale

@@ -1,4 +1,4 @@
-"""The README's test command is what CI runs, character for character (issue 9, item 1)."""
+"""The README's test command is what CI runs, character for character."""
 import re
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Collector vote routing through the real adapter (issue 14): NodeRuntimes with SQLite
+"""Collector vote routing through the real adapter: NodeRuntimes with SQLite
 ledgers, Ed25519 and JSON on an embedded mesh (in-process queue).  The real-broker
 version runs in tests/faults (mesh backend) and tests/integration.
 
@@ -98,9 +98,9 @@ def test_one_forged_vote_rejects_the_whole_certificate(tmp_path):
 
 
 def test_every_protocol_task_takes_one_wire_object(tmp_path, monkeypatch):
-    """Regression (merge of issues 10 and 14): pbft.certificate kept the old
-    ``_handle(args, expected)`` call when the tasks grew keyword checking, so every
-    certificate raised TypeError in the worker and a collector mesh never committed.
+    """Every protocol task, pbft.certificate included, takes one wire object as the
+    worker passes it: a task whose call did not match would raise TypeError on every
+    message of its type (for the certificate, a collector mesh would never commit).
     Each task, called as the worker calls it, hands its one wire object to the node."""
     from pbft_tasks import celery_app, tasks
     from pbft_tasks.node import TASK_FOR_TYPE

@@ -1,4 +1,4 @@
-"""Our own bug fails hard, a peer's bad message does not (issue 9, item 5), without a
+"""Our own bug fails hard, a peer's bad message does not, without a
 broker: the node runtime's ERROR state and the worker strategy's exit without an ack.
 The real worker process is tests/integration/test_fail_hard.py."""
 from types import SimpleNamespace

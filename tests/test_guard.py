@@ -1,4 +1,4 @@
-"""The gate of a node's queue (pbft_tasks/guard.py), issue 10 findings 1, 2, 7 and 9.
+"""The gate of a node's queue (pbft_tasks/guard.py).
 
 Set up: kombu messages shaped as a hostile publisher shapes them, and behind the gate
 Celery's own task handler of a real worker consumer (``NodeConsumer.create_task_handler``
@@ -59,7 +59,7 @@ class Recorder:
 
 
 def _cases():
-    """(case id, reason, message): every shape of issue 10's findings 1, 2, 7 and 9."""
+    """(case id, reason, message): every shape of message the gate refuses."""
     yield "task_header_list", "bad_headers", msg(headers=_headers(task=["pbft.prepare"]))
     yield "task_header_table", "bad_headers", msg(headers=_headers(task={"a": 1}))
     proto1 = {k: v for k, v in _headers().items() if k != "task"}
@@ -132,8 +132,8 @@ def test_our_own_messages_pass_the_gate():
 
 
 def test_celery_handler_behind_the_gate_never_sees_a_bad_message():
-    """Before the gate, Celery's own handler raised (TypeError, KeyError, ValueError)
-    on these, which stopped the worker's consumer: the unrecoverable error of finding 1."""
+    """Celery's own handler raises (TypeError, KeyError, ValueError) on these, which
+    stops the worker's consumer for good: the gate must keep every one from it."""
     from celery.worker.consumer.consumer import Consumer
     consumer = Consumer.__new__(Consumer)  # only what create_task_handler reads
     consumer.app = app
@@ -160,7 +160,7 @@ def test_celery_handler_behind_the_gate_never_sees_a_bad_message():
 
 def test_a_compressed_body_is_never_inflated():
     """guard_channel refuses a compressed body before kombu builds the message (kombu
-    decompresses in Message.__init__, finding 7)."""
+    decompresses in Message.__init__)."""
     inflated = []
 
     class Raw:

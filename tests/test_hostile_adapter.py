@@ -1,4 +1,4 @@
-"""Hostile input at the adapter (issue 10): NodeRuntime and the Celery task functions on
+"""Hostile input at the adapter: NodeRuntime and the Celery task functions on
 an embedded mesh (real NodeRuntimes, SQLite ledgers, Ed25519 and JSON; an in-process
 queue instead of RabbitMQ).  The real-broker version of every attack is
 tests/integration/test_hostile_mesh.py.
@@ -49,7 +49,7 @@ def counted(rt) -> Counter:
     return Counter(rt.rejected)
 
 
-# -- finding 10: drops that were not counted ----------------------------------------------
+# -- every drop is counted ----------------------------------------------------------------
 
 def test_a_bad_signature_nested_in_a_view_change_is_counted_not_an_assertion(mesh):
     s2 = signer(mesh, 2)
@@ -109,7 +109,7 @@ def test_a_preprepare_from_the_wrong_node_still_counts_as_before(mesh):
     assert counted(mesh.nodes[TARGET]) == Counter({"not_primary": 1})
 
 
-# -- finding 8: fetch amplification -----------------------------------------------------------
+# -- fetch amplification ----------------------------------------------------------------------
 
 class Clock:
     def __init__(self):
@@ -153,7 +153,7 @@ def test_fetches_for_blocks_that_do_not_exist_or_for_outsiders_get_nothing(mesh)
     assert sent_blocks(mesh) == []
 
 
-# -- findings 3 and 4: the client refuses what every node would refuse ----------------------
+# -- the client refuses what every node would refuse ----------------------
 
 def test_the_client_refuses_a_value_nodes_would_refuse(mesh):
     from pbft_tasks.core.messages import MAX_VALUE_BYTES, MAX_VALUE_DEPTH

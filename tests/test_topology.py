@@ -317,7 +317,7 @@ def test_from_env_errors(mesh, env, message):
         from_env(env)
 
 
-# -- broker cluster settings (issue 13) -------------------------------------------------
+# -- broker cluster settings ------------------------------------------------------------
 
 def test_broker_url_list_and_quorum_queue_type_round_trip(tmp_path):
     cfg = init_mesh(tmp_path, broker_url="amqp://a:1//")

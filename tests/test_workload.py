@@ -1,4 +1,4 @@
-"""The workload generator reproduces the paper's 100-call order exactly (PAPER.md)."""
+"""The workload generator reproduces the paper's 100-call order exactly (Kim and Park 2020)."""
 from collections import Counter
 
 from mesh.bench.workload import INSTANCES, ROUNDS, first_calls, paper_sequence

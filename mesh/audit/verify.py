@@ -1,4 +1,4 @@
-"""``hdpbf verify`` (the ledger audit) and ``hdpbf bench verify`` (issue 4, items 3-4).
+"""``hdpbf verify`` (the ledger audit) and ``hdpbf bench verify``.
 
 Owns: the offline audit of a node's ledger file, which the pure ``ledger.audit`` cannot do
 alone because it needs keys and PyNaCl: it walks the whole chain with ``LedgerReader`` and
@@ -352,7 +352,7 @@ def _follower_ledgers(cfg: MeshConfig, names: tuple[str, ...]) -> list[tuple[Any
               help="directory holding node<ID>/ledger.sqlite (default: the mesh's data_dir)")
 @click.option("--node", "node_id", type=int, default=None, help="audit only this node's ledger")
 @click.option("--follower", "followers", multiple=True, metavar="NAME",
-              help="audit this follower's ledger instead (repeatable; issue 12)")
+              help="audit this follower's ledger instead (repeatable)")
 @click.option("--config", metavar="PATH",
               help="mesh.json with the public keys (default: DATA_DIR/mesh.json, "
                    "DATA_DIR/../mesh.json, $HDPBF_CONFIG, ./mesh.json)")

@@ -8,9 +8,8 @@ messages; then node 1's worker is started again and ``node.1``'s depth is sample
 20 ms.  ``drain_msgs_per_s`` = the backlog over the time from the first message taken to
 node 1's ledger at the others' height (the worker's start-up is not counted).  Blocks
 are kept small (``max_batch`` 8) so that a few thousand updates leave thousands of
-messages behind.  DESIGN.md measured the stall of
-a solo worker with a small prefetch on a classic queue (prefetch 1: 5-10 tasks/s); this
-is the same question on the mesh's own messages and queues.  Figures, never assertions.
+messages behind.  Plain Celery stalls with a solo worker and a small prefetch on a
+classic queue (prefetch 1: 5-10 tasks/s); this is the same question on the mesh's own messages and queues.  Figures, never assertions.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Messages RabbitMQ routed during a bench, from RabbitMQ's own counters (issue 11 item 7).
+"""Messages RabbitMQ routed during a bench, from RabbitMQ's own counters.
 
 Owns: reading the management API's per-queue message statistics of one vhost and
 turning two snapshots into "messages routed", split into OpenStack RPC and consensus.

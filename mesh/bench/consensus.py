@@ -133,8 +133,8 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         if followers:
             rig.wait_followers(mesh.statuses()[0]["height"], timeout=60)
         if broker_pids:
-            # per process, and only those still running: another session's RabbitMQ node
-            # that stopped meanwhile made this negative (shared machine, 2026-12-01)
+            # per process, and only those still running: another run's RabbitMQ node that
+            # stops meanwhile would make this negative (a shared machine)
             used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
                        if psutil.pid_exists(p))
             cpu["rabbitmq"] = round(used / low_load * 1000, 2)

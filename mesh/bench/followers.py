@@ -1,4 +1,4 @@
-"""The follower half of ``hdpbf bench consensus --followers K [--netns]`` (issue 12).
+"""The follower half of ``hdpbf bench consensus --followers K [--netns]``.
 
 Owns: laying out and starting the benchmark's mesh with K followers (local processes,
 or every validator and follower on a namespace host of its own with ``--netns``,

@@ -1,4 +1,4 @@
-"""The README's follower figure: tx/s and follower lag against K (followers) and n.
+"""The follower figure of docs/benchmarks/followers.md: tx/s and follower lag against K (followers) and n.
 
     python -m mesh.bench.followers_plot RESULT.json ... --png docs/img/bench-followers.png
 

@@ -4,10 +4,10 @@
 RabbitMQ (the default vhost unless BROKER_URL names another: node queues are purged, so
 never beside another mesh on the same vhost; take ``/tmp/hdpbf-bench.lock``), sends COUNT puts one at a time, GAP_S seconds apart (an idle mesh between
 them), and prints one JSON line: node-to-node messages sent per block made, and the
-commit p50.  It uses only what main had before issue 10 (``init_mesh``, ``LocalMesh``,
+commit p50.  It uses only what older commits have too (``init_mesh``, ``LocalMesh``,
 ``MeshClient``, the ``sent`` and ``height`` of ``pbft.status``), so a checkout of an
 older commit can be measured by the same script: ``PYTHONPATH=<checkout> python
-/path/to/this/file 30 1.5`` (README, "Hostile input").  A figure, never an assertion.
+/path/to/this/file 30 1.5`` (docs/benchmarks/consensus.md).  A figure, never an assertion.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 
-try:  # the layout after issue 9
+try:  # the current layout
     from mesh.ops.launcher import LocalMesh
     from pbft_tasks.topology import client_keys, init_mesh, load_client_identity, node_keys
-except ImportError:  # before it (an older checkout on PYTHONPATH)
+except ImportError:  # an older checkout's layout on PYTHONPATH
     from mesh.launcher import LocalMesh
     from mesh.topology import client_keys, init_mesh, load_client_identity, node_keys
 from mesh.client import BrokerClientTransport, MeshClient

@@ -1,7 +1,7 @@
 """The paper's experiment, reproduced and set against the obvious alternative.
 
 ``hdpbf bench paper`` makes the 100 ``get_vnc_console`` calls of Kim and Park (2020,
-"Performance evaluation", PAPER.md; the order is ``mesh.bench.workload.paper_sequence``)
+"Performance evaluation"; figures in docs/benchmarks/paper.md; the order is ``mesh.bench.workload.paper_sequence``)
 four ways in one run, back to back as the paper's script made them: ``rpc`` (plain
 OpenStack), ``redis`` (cache-aside), ``hdpbf`` (two-step with the API node's own
 answers) and ``hdpbf-ledger`` (two-step from the ledger alone, the paper's design);

@@ -1,4 +1,4 @@
-"""``hdpbf bench paper``'s two nova configurations: nova 34's own client (issue 11 item 6).
+"""``hdpbf bench paper``'s two nova configurations: nova 34's own client.
 
 - ``nova-rpc``    nova's ``ComputeAPI.get_vnc_console`` on ``rabbit://``: plain nova.
 - ``nova-hdpbf``  the same client on ``hdpbf+rabbit://``: the hdpbf oslo.messaging

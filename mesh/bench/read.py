@@ -1,6 +1,6 @@
 """Read-path benchmark: a node's local ledger read against sqlitedict and a Redis GET.
 
-Owns: the measurement behind step 2a of the two-step read (DESIGN.md "Read path"): is a
+Owns: the measurement behind step 2a of the two-step read (docs/nova.md, "Two-step reads"): is a
 local ledger hit cheap enough to try before anything else?  It builds a temporary ledger
 of ``keys`` records with ``ledger.LedgerStore`` (real blocks, real JSON records), stores
 the same JSON records in Redis under a private prefix, and then, in ONE loop, times

@@ -1,6 +1,6 @@
 """The paper's workload: 100 ``get_vnc_console`` calls over six instances.
 
-Owns: the exact call order of Kim and Park's experiment (PAPER.md, "The experiment").
+Owns: the exact call order of Kim and Park's experiment (HCIS 2020, "Performance evaluation").
 Instances are numbered 1..6.  In phase k (k = 1..6) a round calls instances 1..k in
 order; phase k runs ``ROUNDS[k-1]`` rounds:
 

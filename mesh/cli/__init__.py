@@ -98,7 +98,7 @@ from mesh.audit.verify import verify  # noqa: E402
 from mesh.ops.broker_cluster import broker_cluster  # noqa: E402  (hdpbf broker-cluster up/down)
 from mesh.bench.commands import bench  # noqa: E402  (consensus, read, paper, verify)
 from mesh.cli.commands import demo, get, put, worker  # noqa: E402
-from mesh.cli.follow import add_follower, follow  # noqa: E402  (issue 12)
+from mesh.cli.follow import add_follower, follow  # noqa: E402
 from mesh.openstack.api import api  # noqa: E402
 from mesh.openstack.commands import add_reader, compute, console_cmd, delete_instance, move_instance  # noqa: E402
 from mesh.ops.stack import down, status, up  # noqa: E402

@@ -1,4 +1,4 @@
-"""``hdpbf follow``: run a follower, a verified non-validating ledger copy (issue 12).
+"""``hdpbf follow``: run a follower, a verified non-validating ledger copy.
 
 A plain click command (added to the group in mesh/cli/__init__.py); the work is in
 pbft_tasks/follower_node.py (wire, pulling, status) and pbft_tasks/follower.py (checks).

@@ -1,5 +1,6 @@
 """The OpenStack side of HdPBF: nova-compute's get_vnc_console RPC server that records
-its answers through consensus, and nova-api's two-step reader (PAPER.md, issue 3).
+its answers through consensus, and nova-api's two-step reader (Kim and Park 2020, Figs. 8 and 9;
+docs/nova.md).
 
 - ``ComputeService`` (compute.py): oslo.messaging RPC server, topic ``compute``.
 - ``ConsoleRecorder`` (recorder.py): step 5a, idempotent retries, invalidation.

@@ -1,4 +1,4 @@
-"""The ``hdpbf`` oslo.messaging driver: unmodified nova gets two-step reads (issue 11).
+"""The ``hdpbf`` oslo.messaging driver: unmodified nova gets two-step reads.
 
 ``transport_url = hdpbf+rabbit://user:pass@host:5672/`` in nova.conf loads this driver
 (stevedore group ``oslo.messaging.drivers``, name before the ``+``), which wraps the

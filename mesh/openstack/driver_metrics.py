@@ -1,7 +1,7 @@
 """Prometheus metrics of the ``hdpbf`` oslo.messaging driver, served from nova's process.
 
 Owns: the driver's metric names (a contract, like ``pbft_tasks/metrics.py``'s: the
-README's nova.conf lines and the tests name them), turning the drivers' ``stats`` and
+nova.conf lines of docs/nova.md and the tests name them), turning the drivers' ``stats`` and
 their recorders' counts into metric families at scrape time, and the one endpoint per
 process and port.
 

@@ -5,7 +5,7 @@ mesh's Celery broker URL (kombu spelling) to an oslo.messaging transport URL.
 
 Rules of this file:
 - The global ``cfg.CONF`` is used, never a private ``ConfigOpts``: oslo.messaging's
-  tracing and driver options are registered there, as in nova (DESIGN.md facts table).
+  tracing and driver options are registered there, as in nova (a private ``ConfigOpts`` lacks them).
 - ``rabbit://`` (the real broker) everywhere, except a URL starting with ``fake:``:
   oslo's in-process fake driver, for embedded mode and unit tests.  The fake driver
   keeps its queues inside the transport object, so a server and a client only meet when

@@ -3,7 +3,7 @@
 Owns: the ledger value of a console (``instance_key``) and the sealing of its bearer
 token.  A console token lets whoever holds it open the instance's console (nova keeps
 only its hash); the ledger is replicated to every node, so the token must not be in it
-in clear (DESIGN.md "Security").
+in clear (docs/nova.md, "What each node can and cannot read").
 
 Rules of this file:
 - Compute seals once, before submission: the token is encrypted with a PyNaCl

@@ -1,4 +1,4 @@
-"""Followers in ``hdpbf up`` and ``hdpbf status`` (issue 12), kept out of mesh/ops/stack.py.
+"""Followers in ``hdpbf up`` and ``hdpbf status``, kept out of mesh/ops/stack.py.
 
 Owns: the names ``hdpbf up --followers K`` gives (``f1`` .. ``fK``), when a started
 follower counts as ready, the follower rows of ``hdpbf status`` and their table.  A

@@ -1,6 +1,6 @@
 """Run a mesh as real local processes: one ``celery worker`` per node.
 
-Owns: the exact worker command line (the one the README and compose file give), starting
+Owns: the exact worker command line (the one docs/operations/running-a-mesh.md and the compose file give), starting
 workers with their node identity in the environment, waiting until every node answers,
 killing and restarting one (for crash tests), and stopping exactly what was started.
 Logs go to ``<data_dir>/logs/node<id>.log`` (or ``log_dir``).
@@ -16,8 +16,9 @@ gone between two looks from one we may not read.
 
 Worker settings: ``-P solo`` (one replica is one state machine; prefork children would
 split it), ``--prefetch-multiplier 64`` (a solo worker with a small prefetch stalls
-under backlog, DESIGN.md), ``-E`` (task events for Flower), no mingle/gossip (they only
-slow start-up; nodes talk through their own queues).
+under backlog: plain Celery at prefetch 1 drains 5-10 tasks/s, see
+docs/benchmarks/broker-cluster.md), ``-E`` (task events for Flower), no mingle/gossip
+(they only slow start-up; nodes talk through their own queues).
 """
 from __future__ import annotations
 

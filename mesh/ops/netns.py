@@ -1,4 +1,4 @@
-"""Several hosts on one machine: Linux network namespaces joined by a bridge (issue 12).
+"""Several hosts on one machine: Linux network namespaces joined by a bridge.
 
 Owns: building and tearing down a topology of "hosts" (one network namespace each,
 ``ip netns``) on a bridge of their own, with the broker reachable on ONE address, and
@@ -29,7 +29,7 @@ Rules:
 
 On real machines the same thing is: one host per validator and follower, RabbitMQ on
 one address they can all reach, and the same ``celery ... worker`` / ``hdpbf follow``
-commands with mesh.json's ``broker_url`` naming that address (README "Followers").
+commands with mesh.json's ``broker_url`` naming that address (docs/operations/followers.md).
 """
 from __future__ import annotations
 

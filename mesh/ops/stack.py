@@ -1,5 +1,5 @@
 """``hdpbf up``, ``status`` and ``down``: the mesh as local processes, for machines
-without Docker (issue 5, items 5 and 6).
+without Docker.
 
 Owns: the layout of a launcher data dir, which processes ``up`` starts and with which
 command lines, waiting until they answer, and judging health.  Starting and stopping a

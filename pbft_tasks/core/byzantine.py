@@ -39,12 +39,12 @@ The behaviours (combine them with commas; ``silent`` overrides the others):
 - ``nosig``: the adapter sends its messages without a signature.
 - ``lie``: its replies to clients carry falsified results (a read's value altered:
   for a console key another host, port and token).
-- ``flood``: with every broadcast it also sends what issue 10 found a faulty node can
-  use against the others' liveness: a Prepare with seq 2^62 (a "seen ahead" target), a
+- ``flood``: with every broadcast it also sends what a faulty node can use
+  against the others' liveness: a Prepare with seq 2^62 (a "seen ahead" target), a
   VIEW-CHANGE for a view just ahead and one for a view far ahead (a growing series:
   stored VIEW-CHANGEs and the f+1 join rule), and a request for blocks 1..64 (a fetch
   answered with blocks).  Every honest node must keep committing in view 0.
-- ``alter_push``: the blocks it pushes to followers are altered (issue 12); nothing
+- ``alter_push``: the blocks it pushes to followers are altered; nothing
   changes here, the adapter that publishes blocks does it (pbft_tasks/follower_node.py).
 """
 from __future__ import annotations

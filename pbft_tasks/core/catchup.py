@@ -20,7 +20,7 @@ Rules, each tested in tests/core/test_paper.py or tests/core/test_state_transfer
   (``quiet_since``): an execution, a new pre-prepare or a new vote for an unexecuted
   seq; time without work is not silence either (``quiet_since`` follows the clock while
   idle), so a message is never re-sent just because the replica was idle before
-  sending it (at low load every PRE-PREPARE went out twice, ~10 ms apart, issue 10),
+  sending it (otherwise, at low load, every PRE-PREPARE would go out twice, ~10 ms apart),
   nor while a loaded mesh is busy with it.  The timeout adapts to what progress takes
   here: 4 x a moving average of the silences that ended in an execution, at least
   ``retransmit_ticks`` / 4 (250 ms by default: on a loaded 2-core machine a 100 ms
@@ -294,8 +294,8 @@ class CatchUp:
 
     def _seen_ahead_by_f1(self) -> int:
         """The highest seq beyond the window that f+1 senders (one of them honest) sent
-        messages for: one faulty node's seq 2^62 is evidence, never a target (issue 10,
-        finding 5).  Entries this replica has reached are forgotten."""
+        messages for: one faulty node's seq 2^62 is evidence, never a target.
+        Entries this replica has reached are forgotten."""
         return self.catchup.seen_ahead_by(Q.weak_quorum(self.n), self.last_exec)
 
     def _need_state(self, seq: int, peers: list[int], cause: str) -> None:

@@ -9,7 +9,7 @@ Rules:
   requests execution skipped as duplicates.  The batch is bound through its digest.
   The view is stored but not hashed: a batch prepared in view v may commit at one
   replica in v and, re-proposed after a view change (sec. 4.4), at another in v+1 --
-  the same seq and digest, so the same block (found by the view-change hypothesis test).
+  the same seq and digest, so the same block (the view-change hypothesis test produces it).
   The commit certificate is *not* hashed: replicas hold different (equally valid) sets
   of 2f+1 signed commits, yet must agree on the hash.
 - The state digest a checkpoint carries (Castro-Liskov sec. 4.3) is the head hash after

@@ -22,9 +22,9 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 - f+1 matching CHECKPOINTs for a seq this replica has not executed, or beyond 2L past
   h (kept bounded: the newest per sender), start state transfer (catchup.py).  When it
   then takes its own checkpoint at such a far seq, the far ones for that seq count as
-  votes for it: without them a replica that caught up by state transfer kept h = 0,
-  refused every later normal-case message as outside its window and never voted again
-  (found by tests/core/scenarios/state_transfer.txt).
+  votes for it: without them a replica that caught up by state transfer would keep
+  h = 0, refuse every later normal-case message as outside its window and never vote
+  again (tests/core/scenarios/state_transfer.txt).
 - A duplicate CHECKPOINT for the stable checkpoint is answered with our own (the sender
   missed stability), at most once per (peer, seq, ``retransmit_ticks``).
 """
@@ -229,7 +229,7 @@ class Checkpoints:
         # once the view has proved itself with a stable checkpoint, not at its first
         # execution: under load, executions a little over a timer apart would otherwise
         # bring it back to its base at once and trip the next view change, and the next
-        # (a cascade of view changes on a loaded 2-core machine, issue 14).
+        # (a cascade of view changes on a loaded 2-core machine).
         self.vc.stable()
         self.catchup.forget_helped_below(seq)
         for m in self.window.take_held():  # the window moved: messages we held may now be in it

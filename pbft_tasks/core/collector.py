@@ -13,7 +13,7 @@ catch-up state (catchup.py) what it saw ahead.
 
 Why.  All-to-all PREPARE and COMMIT cost O(n^2) messages a batch; on the 2-core machine
 every message is a task run of ~0.75 ms, so CPU per message, not bandwidth, bounds
-latency and throughput (issue 14).  With a collector each phase costs O(n) messages:
+latency and throughput.  With a collector each phase costs O(n) messages:
 backups send their vote to the collector only, the collector sends one certificate to
 every replica.
 

@@ -36,7 +36,7 @@ MAX_CLIENT_LEN = 128
 MAX_VALUE_BYTES = 64 * 1024
 # A primary cuts a batch at MAX_BATCH requests or at this many bytes of requests
 # (canonical wire form), whichever comes first: well below MAX_WIRE_BYTES, so a
-# PRE-PREPARE is never refused as oversize by the backups (issue 10, finding 4).
+# PRE-PREPARE is never refused as oversize by the backups.
 MAX_BATCH_BYTES = 1024 * 1024
 # Arrays and objects nested in a put's value.  Python's JSON encoder recurses once per
 # level: a value nested ~950 deep was accepted, committed, and then broke every

@@ -26,15 +26,15 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
   the client table; the primary also refuses to propose a request twice.
 - Batching (sec. 5.1): the primary cuts a batch when ``max_batch`` requests wait, or
   when the waiting requests fill ``max_batch_bytes`` (their canonical wire form; 1 MiB,
-  well below the 4 MiB a backup accepts: a batch over it was refused by every backup and
-  each new primary repeated it, finding 4 of issue 10); a request that alone is over
+  well below the 4 MiB a backup accepts: a batch over it would be refused by every
+  backup and each new primary would repeat it); a request that alone is over
   ``max_batch_bytes`` is refused on arrival (``request_too_large``).  It
   cuts a partial batch once the oldest waiting request has waited
   ``batch_timeout_ticks`` ticks *and* fewer than ``pipeline`` of its batches are in
-  flight (proposed, not yet executed).  Full batches respect the same window: under a
-  flood of 2,000 requests the primary used to propose eight full batches at once, every
-  backup verified all their requests before the first commit could form, and at n = 10
-  on two cores the first execution came after the 1 s request timer (a view change,
+  flight (proposed, not yet executed).  Full batches respect the same window: proposing
+  the eight full batches of a 2,000-request flood at once would make every backup
+  verify all their requests before the first commit could form, and at n = 10 on two
+  cores the first execution would come after the 1 s request timer (a view change,
   then more, each new primary as flooded as the last).  With the window the flood
   waits at the primary, where no backup's timer runs, and each execution lets the next
   batch go (``_cut_partial``).  Under load requests pile up behind the window and

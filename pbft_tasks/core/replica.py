@@ -33,7 +33,7 @@ functions, each in its own module with its owner and its rules:
 - viewchange.py  ``ViewChangeState`` (``replica.vc``), ``ViewChanges`` and the pure
   VIEW-CHANGE / NEW-VIEW rules (sec. 4.4, 4.5.2);
 - collector.py   ``Collector``: vote routing, all-to-all or through the primary as
-  collector with CERTIFICATE messages (SBFT-style, issue 14);
+  collector with CERTIFICATE messages (SBFT-style);
 - quorum.py: the quorum math.
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:

@@ -41,7 +41,7 @@ tests/core/test_view_change.py:
   duplicate is ignored before its proofs are checked), and none for a view more than
   ``MAX_VIEWS_AHEAD`` past this replica's (``view_out_of_range``).  So a flood from one
   faulty node costs constant time per message, and its VIEW-CHANGEs count once toward
-  the f+1 join rule, for its newest view only (issue 10, finding 6).
+  the f+1 join rule, for its newest view only.
 - If no NEW-VIEW comes in time after 2f+1 replicas asked for v+1 (sec. 4.5.2: the
   timer starts then, so a replica that timed out alone does not climb views on its
   own) it moves on to v+2 with the timeout doubled, so the mesh does not loop.  The
@@ -225,11 +225,11 @@ class ViewChangeState:
         # by state transfer meanwhile).
         # Once started the timer runs until a NEW-VIEW: a VIEW-CHANGE of the quorum
         # that is later replaced by its sender's newer one (stored VIEW-CHANGEs are the
-        # newest per sender) still asked for this view.  It used to count only what
-        # was stored for exactly this view, so when the new primary moved on alone
-        # (its NEW-VIEW lost) the count fell to 2f and the timer stopped for good:
-        # the others waited in v+1 for ever, the primary alone in v+2 (the stall of
-        # the 4-node RabbitMQ benchmark).  A sender asking for a later view counts too.
+        # newest per sender) still asked for this view.  Counting only what is stored
+        # for exactly this view, the count would fall to 2f when the new primary moves
+        # on alone (its NEW-VIEW lost) and the timer would stop for good: the others
+        # waiting in v+1 for ever, the primary alone in v+2.  So a sender asking for a
+        # later view counts too.
         if self.quorum_at is None:
             asked = {s for v, vs in self.view_changes.items() if v >= view for s in vs}
             if len(asked) < quorum:

@@ -1,4 +1,4 @@
-"""A real 3-node RabbitMQ cluster for the broker-failover tests (issue 13).
+"""A real 3-node RabbitMQ cluster for the broker-failover tests.
 
 One cluster for this whole folder (``cluster``, package-scoped): three nodes take ~15 s
 to start, and the tests leave it whole (three members) when they finish, each killing and restarting

@@ -2,7 +2,7 @@
 
 Set up: a real 3-node cluster (conftest ``cluster``, shared by this module), a 4-node mesh
 of real workers whose mesh.json lists the three node URLs with ``queue_type: quorum``,
-and one MeshClient.  Each test checks what README "Broker cluster" promises:
+and one MeshClient.  Each test checks what docs/operations/broker-cluster.md promises:
 - kill -9 of the node leading the primary's queue mid-load (1,000 updates): every
   acknowledged update is in every honest ledger, the ledgers are identical and audit,
   the mesh commits again (the pause is printed, not asserted), the node rejoins;

@@ -1,4 +1,4 @@
-"""Paper tests for Byzantine behaviours (issue 4): one faulty replica of n = 4 runs an
+"""Paper tests for Byzantine behaviours: one faulty replica of n = 4 runs an
 honest core whose output is perverted (pbft_tasks/core/byzantine.py), in the simulator.
 
 Castro and Liskov 1999, sec. 4.5: with at most f faulty replicas, correct replicas

@@ -1,9 +1,9 @@
-"""One entry point for every stimulus (STYLE.md sec. 6; dask's ``handle_stimulus``,
+"""One entry point for every stimulus (after dask's ``handle_stimulus`` and
 etcd raft's ``Step``).
 
 - ``Replica.handle`` is the replica's only way in: protocol messages, and the stimuli of
-  stimuli.py (``Tick``, ``Install``, ``FetchDone``, ``Resume``).  The old entry points
-  (``step``, ``tick``, ``install``, ``request_state``, ``resume``) are gone.
+  stimuli.py (``Tick``, ``Install``, ``FetchDone``, ``Resume``).  There is no other
+  (no ``step``, ``tick``, ``install``, ``request_state`` or ``resume``).
 - One dispatch table maps each of them to its handler.
 - Every action a stimulus causes carries its cause, ``describe(stimulus)``.
 - Stimuli are values: frozen dataclasses with slots, like the messages.

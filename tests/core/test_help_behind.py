@@ -83,8 +83,8 @@ def test_duplicate_checkpoint_for_stable_checkpoint_is_answered():
 
 
 def test_a_duplicated_commit_between_two_executed_replicas_does_not_storm():
-    """Found by the integration tests: two replicas that both executed seq n answered
-    each other's answers forever.  Help is rate-limited per (peer, seq)."""
+    """Two replicas that both executed seq n must not answer each other's answers
+    forever: help is rate-limited per (peer, seq)."""
     # set up: seq 1 executed everywhere
     c = _cluster()
     c.request("a", 1, "k1", 1)

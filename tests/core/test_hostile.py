@@ -1,4 +1,4 @@
-"""Hostile input at the core (issue 10): what one faulty replica can make an honest one
+"""Hostile input at the core: what one faulty replica can make an honest one
 store or do is bounded.  Each test: set up a replica, step the attack, check the bound.
 The adapter's side is tests/test_hostile_adapter.py, the real mesh's
 tests/integration/test_hostile_mesh.py.
@@ -22,7 +22,7 @@ def tick(r: Replica, ticks: int) -> list:
     return out
 
 
-# -- finding 5: a seq far ahead is evidence, not a target ---------------------------------
+# -- a seq far ahead is evidence, not a target ---------------------------------
 
 def test_one_prepare_far_ahead_starts_no_fetch_loop():
     """One Prepare with seq 2^62 from a faulty node made the replica fetch blocks forever."""
@@ -47,7 +47,7 @@ def test_far_ahead_from_f_plus_one_senders_is_a_target():
     assert fetches and fetches[0].to_seq == honest_far
 
 
-# -- finding 6: a VIEW-CHANGE flood from one faulty node ------------------------------------
+# -- a VIEW-CHANGE flood from one faulty node ------------------------------------
 
 def stored_view_changes(r: Replica) -> int:
     return sum(len(vs) for vs in r.vc.view_changes.values())
@@ -73,7 +73,7 @@ def test_a_flooder_cannot_carry_an_honest_timeout_to_its_view():
     assert r.view == 1 and r.vc.in_view_change
 
 
-# -- finding 3: value nesting depth -----------------------------------------------------------
+# -- value nesting depth -----------------------------------------------------------------------
 
 def nested(depth: int):
     v = 1
@@ -111,7 +111,7 @@ def test_a_view_change_with_the_deepest_allowed_value_encodes():
     assert signing_bytes(from_wire(nv_wire))
 
 
-# -- finding 4: batches are cut by bytes as well as by count --------------------------------
+# -- batches are cut by bytes as well as by count --------------------------------
 
 def test_big_requests_are_batched_below_the_wire_limit():
     """128 puts of 60 KB made a primary build a batch over the 4 MiB wire limit; every

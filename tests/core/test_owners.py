@@ -1,4 +1,4 @@
-"""Replica state has owners (STYLE.md sec. 6; etcd's ``raftLog`` and ``tracker``).
+"""Replica state has owners (docs/architecture.md; after etcd's ``raftLog`` and ``tracker``).
 
 - The batcher (normalcase.py ``Batcher``), the window (checkpoints.py ``Window``), the
   view-change state (viewchange.py ``ViewChangeState``) and the catch-up state

@@ -1,4 +1,4 @@
-"""The core does no I/O and is deterministic (STYLE.md sec. 1).
+"""The core does no I/O and is deterministic (docs/architecture.md, "The parts").
 
 - No module in pbft_tasks/core imports a broker, database, crypto, clock, randomness,
   socket, thread or OS module (checked on the AST, so a lazy import inside a function

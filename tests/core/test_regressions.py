@@ -1,5 +1,5 @@
-"""Plain regression tests: every failure the stateful tests (or review) found, shrunk
-to the few steps that show it, with the rule it broke."""
+"""Plain regression tests: failures the stateful tests (or a review) can find, each
+shrunk to the few steps that show it, with the rule it breaks."""
 from __future__ import annotations
 
 import json
@@ -16,11 +16,11 @@ from .helpers import config, fake_digest, messages, persisted, preprepare, req, 
 
 
 def test_vote_from_a_peer_does_not_make_a_restarted_primary_skip_a_seq():
-    """Found by LivenessMachine.  A Byzantine backup sent the primary a prepare for
-    seq 1; the primary crashed and restarted; _restore set next_seq past every seq in
-    the log, including seqs that only held *other* replicas' votes, so the primary
-    proposed seq 2, nobody ever pre-prepared seq 1, and execution (strictly in order)
-    stalled for good."""
+    """(LivenessMachine.)  A Byzantine backup sends the primary a prepare for seq 1; the
+    primary crashes and restarts.  If _restore set next_seq past every seq in the log,
+    including seqs that only hold *other* replicas' votes, the primary would propose
+    seq 2, nobody would ever pre-prepare seq 1, and execution (strictly in order) would
+    stall for good."""
     # set up: the primary logs a Byzantine vote for seq 1, then restarts
     p = Replica(0, config(max_batch=1))
     records = persisted(p.handle(Prepare(0, 1, fake_digest("byz"), 1)))
@@ -49,8 +49,8 @@ def test_vote_far_ahead_does_not_stall_a_restarted_cluster():
 
 
 def test_restarted_primary_never_reuses_a_seq_it_proposed():
-    """The other half of the same rule: after the fix the primary still skips every seq
-    for which it sent a pre-prepare, even one that has not executed."""
+    """The other half of the same rule: the restarted primary still skips every seq for
+    which it sent a pre-prepare, even one that has not executed."""
     cfg = config(max_batch=1, pipeline=0)  # no window: both seqs in flight, and a third
     p = Replica(0, cfg)
     records = persisted(p.handle(req("a", 1)) + p.handle(req("a", 2)))
@@ -66,10 +66,10 @@ def test_restarted_primary_never_reuses_a_seq_it_proposed():
     "[" * 50_000,
 ], ids=["unhashable-type", "nan-expires", "infinite-value", "deep-nesting"])
 def test_parse_raises_only_malformed_message(raw):
-    """Found writing test_messages.py.  A peer's bytes made parse()/from_wire() raise
-    TypeError, ValueError or RecursionError instead of MalformedMessage (STYLE.md
-    sec. 3: a bad message is evidence, never an exception out of the adapter); NaN in a
-    request even reached the primary and crashed it in batch_digest()."""
+    """A peer's bytes that trip TypeError, ValueError or RecursionError in a naive
+    parse()/from_wire() come out as MalformedMessage: a bad message is evidence, never an
+    exception out of the adapter (docs/architecture.md, "The replica: choices"); NaN in a
+    request would otherwise reach the primary and crash it in batch_digest()."""
     with pytest.raises(MalformedMessage):
         parse(raw)
 
@@ -106,9 +106,9 @@ def test_vote_from_a_sender_outside_the_mesh_is_evidence_not_a_vote():
 
 
 def test_a_batch_committed_in_two_views_makes_the_same_block():
-    """Found by ViewChangeSafetyMachine: seq 1 committed at one replica in view 0 and,
-    re-proposed by the new primary, at the others in view 1 -- same seq and digest, but
-    the block hash covered the view, so honest ledgers 'disagreed' at height 1."""
+    """(ViewChangeSafetyMachine.)  Seq 1 commits at one replica in view 0 and,
+    re-proposed by the new primary, at the others in view 1 -- same seq and digest; a
+    block hash covering the view would make honest ledgers 'disagree' at height 1."""
     from pbft_tasks.core.chain import GENESIS, make_block
     a = make_block(1, 0, fake_digest("b"), GENESIS, (), [])
     b = make_block(1, 1, fake_digest("b"), GENESIS, (), [])
@@ -116,14 +116,14 @@ def test_a_batch_committed_in_two_views_makes_the_same_block():
 
 
 def test_a_batch_committed_in_v_survives_two_view_changes():
-    """Found reviewing the view change for the twins tests (issue 4); no Byzantine node
-    needed.  Seq 1 committed at node 1 only, in view 0.  View 1's NEW-VIEW re-proposed it,
-    but only node 2 saw that NEW-VIEW, so it never prepared in view 1.  Entering view 1
-    replaced each log entry by a fresh one for the re-proposal, discarding its view-0
-    prepared certificate, so the VIEW-CHANGEs of nodes 1, 2 and 3 for view 2 carried
-    none, the NEW-VIEW of view 2 left seq 1 empty, and its primary put another request
-    there: two honest ledgers with different blocks at height 1.  Castro-Liskov sec. 4.4:
-    P holds the certificate of the latest view in which each request prepared."""
+    """No Byzantine node needed.  Seq 1 commits at node 1 only, in view 0.  View 1's
+    NEW-VIEW re-proposes it, but only node 2 sees that NEW-VIEW, so it never prepares in
+    view 1.  If entering view 1 replaced each log entry by a fresh one for the
+    re-proposal, discarding its view-0 prepared certificate, the VIEW-CHANGEs of nodes 1,
+    2 and 3 for view 2 would carry none, the NEW-VIEW of view 2 would leave seq 1 empty,
+    and its primary would put another request there: two honest ledgers with different
+    blocks at height 1.  Castro-Liskov sec. 4.4: P holds the certificate of the latest
+    view in which each request prepared (``Entry.prior``)."""
     # set up: view 0, r1 prepares at 0, 1 and 2; only node 1 gets the commits
     c = Cluster(4, checkpoint_interval=4, log_window=8, max_batch=2, batch_timeout_ticks=0,
                 view_change_ticks=5, retransmit_ticks=1000)
@@ -199,14 +199,14 @@ def _state(c: Cluster) -> list:
 
 
 def test_a_new_primary_that_moves_on_alone_does_not_stop_the_others_view_change_timer():
-    """Found by the 4-node RabbitMQ benchmark that stopped committing for good (load ~40):
-    the new primary's NEW-VIEW did not arrive, the new primary itself moved on to the
-    next view, the others waited in the previous one for ever.  Sec. 4.5.2: the timer
-    for v+2 starts once 2f+1 VIEW-CHANGEs for v+1 are in, and then runs until a NEW-VIEW.
-    It counted only what was stored for exactly v+1; since stored VIEW-CHANGEs are the
-    newest per sender (issue 10, finding 6), the new primary's VIEW-CHANGE for v+2
-    replaced its one for v+1, the count fell to 2f and the timer stopped: backups 2 and 3
-    in view 1 with 2 VIEW-CHANGEs, node 1 alone in view 2 with 1, nobody ever moved."""
+    """(A 4-node RabbitMQ benchmark under load.)  The new primary's NEW-VIEW does not
+    arrive, the new primary itself moves on to the next view, and the others must not
+    wait in the previous one for ever.  Sec. 4.5.2: the timer for v+2 starts once 2f+1
+    VIEW-CHANGEs for v+1 are in, and then runs until a NEW-VIEW.  Counting only what is
+    stored for exactly v+1, and stored VIEW-CHANGEs being the newest per sender, the new
+    primary's VIEW-CHANGE for v+2 would replace its one for v+1, the count fall to 2f and
+    the timer stop: backups 2 and 3 in view 1 with 2 VIEW-CHANGEs, node 1 alone in view 2
+    with 1, nobody ever moving."""
     # set up: backups 2 and 3 know of a request and time out (their timer doubles);
     # node 1 learns of it only now, joins view 1 by the f+1 rule (its timer does not
     # double), and its NEW-VIEW for view 1 is lost

@@ -1,4 +1,4 @@
-"""State transfer (Castro and Liskov 1999, sec. 4.3 and 5.3, in the form of issue 4): a
+"""State transfer (Castro and Liskov 1999, sec. 4.3 and 5.3): a
 replica that learns from f+1 replicas of a stable state beyond what it executed fetches
 the committed blocks, checks each one before anything changes, and rejoins."""
 from __future__ import annotations

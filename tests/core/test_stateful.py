@@ -1,5 +1,5 @@
 """Hypothesis stateful tests on the in-memory cluster (raiden's
-tests/fuzz/test_state_changes.py, STYLE.md sec. 5).
+tests/fuzz/test_state_changes.py).
 
 ``SafetyMachine`` lets the network deliver any queued message, drop, duplicate and
 reorder; ticks; clients submit and retransmit; one honest replica at a time crashes
@@ -370,7 +370,7 @@ TestViewChangeSafety = ViewChangeSafetyMachine.TestCase
 TestViewChangeSafety.settings = SETTINGS
 
 
-# Every machine again with collector vote routing (core/collector.py, issue 14).
+# Every machine again with collector vote routing (core/collector.py).
 class CollectorSafetyMachine(SafetyMachine):
     CONFIG = dict(SafetyMachine.CONFIG, votes="collector")
 

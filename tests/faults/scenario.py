@@ -1,4 +1,4 @@
-"""Fault scenarios as data (STYLE.md sec. 5, after CometBFT's e2e manifests): parse and
+"""Fault scenarios as data (after CometBFT's e2e manifests; docs/testing.md): parse and
 validate one ``tests/faults/*.toml`` file.
 
 Owns: the file format and every rule a file must obey before anything runs.  A bad file

@@ -1,10 +1,10 @@
-"""Regression (found by cut_off_backup.toml on the real mesh): a worker cut off from
-RabbitMQ kept ticking; its request timer expired on its own silence and it moved alone
-to view 1, then 2, 3, 4.  Back on the broker it ignored the others' view-0 messages for
-good (PBFT gives a replica alone in a higher view no way back): the ledger kept up by
-state transfer, but the node never voted again, so one more fault would have stopped
-the mesh.  Now the tick thread ticks only while the worker's consumer holds a broker
-connection (pbft_tasks/celery_app.py, ``_broker_up``)."""
+"""A worker cut off from RabbitMQ (cut_off_backup.toml on the real mesh) must not tick:
+its request timer would expire on its own silence and it would move alone to view 1,
+then 2, 3, 4.  Back on the broker it would ignore the others' view-0 messages for good
+(PBFT gives a replica alone in a higher view no way back): its ledger would keep up by
+state transfer, but it would never vote again, so one more fault would stop the mesh.
+The tick thread ticks only while the worker's consumer holds a broker connection
+(pbft_tasks/celery_app.py, ``_broker_up``)."""
 from __future__ import annotations
 
 from celery.worker.consumer.consumer import Consumer

@@ -1,4 +1,4 @@
-"""Safety and liveness with one Byzantine worker of four, on real RabbitMQ (issue 4).
+"""Safety and liveness with one Byzantine worker of four, on real RabbitMQ.
 
 Each faulty node runs the honest core with its output perverted
 (pbft_tasks/core/byzantine.py), switched on only by its worker's environment

@@ -1,4 +1,4 @@
-"""Our own bug fails hard (issue 9, item 5): a real worker whose node runtime raises
+"""Our own bug fails hard: a real worker whose node runtime raises
 exits at once with EX_SOFTWARE (70), does not go on with a half-stepped replica, and,
 restarted, rebuilds from its durable records and catches up with the others.
 

@@ -1,4 +1,4 @@
-"""Followers on the real broker (issue 12): they end at the validators' head, whatever
+"""Followers on the real broker: they end at the validators' head, whatever
 happens to them, and refuse what a Byzantine validator pushes.
 
 Set up: 4 real validator workers on the local RabbitMQ (a private vhost), followers as

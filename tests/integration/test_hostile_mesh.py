@@ -1,11 +1,10 @@
-"""Every attack of issue 10 at once, on a running 4-node mesh on real RabbitMQ.
+"""Every hostile message at once, on a running 4-node mesh on real RabbitMQ.
 
 Set up: a 4-node mesh of real Celery workers; a bare kombu producer on the default
 exchange (anyone with broker credentials can do this), the keys of node 3 (a faulty
 node: what it signs verifies) and of the admin client (a faulty client).
-Step: publish every bad message of the issue's findings 1-10 to node 1's queue, and let
-an honest client submit puts whose values together are far over the wire limit
-(finding 4).
+Step: publish every kind of bad message to node 1's queue, and let an honest client
+submit puts whose values together are far over the wire limit.
 Check: every worker alive and answering ``pbft.status``; node 1 counted every message
 under the reason docs/PROTOCOL.md sec. 7 documents for it and nothing else; no fetch
 loop (node 1 sends nothing while the mesh is idle); no view change; identical heads on
@@ -68,7 +67,7 @@ def _unacked(mesh, queue: str) -> int:
 
 
 def attacks(mesh):
-    """(reason, publish(producer)) for every bad message of issue 10."""
+    """(reason, publish(producer)) for every kind of bad message."""
     node3 = Signer(FAULTY, load_node_identity(mesh.cfg, FAULTY))
     admin = Signer("admin/hostile", load_client_identity(mesh.cfg, "admin"))
 
@@ -155,7 +154,7 @@ def test_every_attack_at_once_and_the_mesh_keeps_committing(mesh):
             if reason:
                 expected[reason] += 1
     assert sent > VIEW_FLOOD + FETCHES
-    # finding 4: an honest client's big values, together far over the 4 MiB wire limit
+    # an honest client's big values, together far over the 4 MiB wire limit
     big = client.submit([client.put_request(f"big{i}", "v" * 60_000) for i in range(72)])
 
     def counted():
@@ -190,8 +189,8 @@ def test_every_attack_at_once_and_the_mesh_keeps_committing(mesh):
     mesh.wait_quiet(timeout=60)
     assert mesh.local.status(TARGET, timeout=30)["sent"] - sent_before < 10, "node 1 keeps sending"
 
-    # finding 2: no delayed message is parked unacknowledged in node 1's worker (it used
-    # to hold them until RabbitMQ's consumer timeout closed the channel)
+    # no delayed message is parked unacknowledged in node 1's worker (holding one until
+    # RabbitMQ's consumer timeout closes the channel would stop the worker)
     wait_until(lambda: _unacked(mesh, f"node.{TARGET}") == 0, 60,
                lambda: f"node.{TARGET} to have no unacknowledged messages "
                        f"(now {_unacked(mesh, f'node.{TARGET}')})")

@@ -1,4 +1,4 @@
-"""Twins on real RabbitMQ (issue 4; Bano et al., "Twins: BFT Systems Made Robust", 2020).
+"""Twins on real RabbitMQ (Bano et al., "Twins: BFT Systems Made Robust", 2020).
 
 A twin is a second worker process for one node id: the same ``HDPBF_NODE_ID`` and key,
 its own ledger (``HDPBF_DATA_DIR``, pbft_tasks/celery_app.py), consuming the same queue

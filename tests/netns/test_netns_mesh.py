@@ -1,5 +1,5 @@
 """Validators and followers on hosts of their own (network namespaces), talking only
-over their links (issue 12 item 2).
+over their links.
 
 Set up: 4 validators and 4 followers, each in its own namespace, plus the broker host:
 9 namespaces on one bridge; RabbitMQ and Redis reachable at one address only.

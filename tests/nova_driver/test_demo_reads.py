@@ -1,6 +1,6 @@
 """``hdpbf demo`` (embedded, no broker) ends with console reads through the hdpbf driver:
 step 2 first, step 1 after the commit on two API hosts with the same token, and step 2
-again after a terminate (issue 11 item 8)."""
+again after a terminate."""
 from __future__ import annotations
 
 import json

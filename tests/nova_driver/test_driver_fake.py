@@ -1,4 +1,4 @@
-"""The ``hdpbf`` driver on ``hdpbf+fake:/`` with an embedded mesh (issue 11, items 1-3).
+"""The ``hdpbf`` driver on ``hdpbf+fake:/`` with an embedded mesh.
 
 Each test: hosts (transports with their own [hdpbf] settings), calls through oslo's RPC
 client exactly as nova's ComputeAPI makes them, then which step answered, what the

@@ -1,6 +1,6 @@
 """nova's own functional fixtures (in-process nova-api, conductor, scheduler, placement,
 nova-compute on the fake virt driver), unmodified, with ``transport_url =
-hdpbf+fake:/`` and an in-process mesh (issue 11 item 4, second bullet).  The cases are
+hdpbf+fake:/`` and an in-process mesh.  The cases are
 nova_cases/functional_case.py, run by unittest in a process of their own:
 ``POST /servers/{id}/remote-consoles`` twice, the second from step 1 with the same
 token, which validates against nova's ConsoleAuthToken table; after ``DELETE

@@ -1,5 +1,5 @@
 """nova 34's own ComputeAPI client and a compute server on nova's serializer, both on
-``hdpbf+rabbit://`` against the real RabbitMQ (issue 11 item 4, first bullet).  The
+``hdpbf+rabbit://`` against the real RabbitMQ.  The
 cases live in nova_cases/rabbit_case.py and run in a process of their own (subproc.py):
 first call step 2, second step 1 with the same token, a third from a second API host's
 ledger copy step 1; a terminate invalidates; an unrelated cast and call pass through

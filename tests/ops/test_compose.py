@@ -156,7 +156,7 @@ def test_every_node_has_one_worker_on_its_own_queue(resolved, mesh_cfg):
     for node in mesh_cfg.nodes:
         name, svc = workers[node.queue]
         cmd = command(svc)
-        # the launcher's exact command (README "Running a mesh"), minus python -m and -l
+        # the launcher's exact command (docs/operations/running-a-mesh.md), minus python -m and -l
         expected = worker_command(node.id)
         expected = expected[expected.index("celery"):expected.index("-l")]
         assert cmd == expected, f"{name}: {cmd} != {expected}"

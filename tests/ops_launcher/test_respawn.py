@@ -1,4 +1,4 @@
-"""mesh.ops.respawn: the restart policy of hdpbf up's workers (issue 9, item 5).  Only a
+"""mesh.ops.respawn: the restart policy of hdpbf up's workers.  Only a
 fail-hard exit (70) restarts; anything else passes through; the worker dies with it."""
 import os
 import signal

@@ -1,4 +1,4 @@
-"""``hdpbf up`` restarts a worker that fails hard (issue 9, item 5), on real RabbitMQ and
+"""``hdpbf up`` restarts a worker that fails hard, on real RabbitMQ and
 Redis.  Every worker is started with the fault-test hook HDPBF_FAIL_AT_SEQ=2: each one
 raises right after block 2 is in its ledger and exits 70 without acknowledging; its
 respawner (mesh/ops/respawn.py) starts it again, it rebuilds from its ledger (block 2

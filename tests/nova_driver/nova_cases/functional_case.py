@@ -1,5 +1,5 @@
-"""nova's own functional fixtures, unmodified, on ``hdpbf+fake:/`` with an in-process mesh
-(issue 11 item 4, second bullet).  Run in a process of its own by
+"""nova's own functional fixtures, unmodified, on ``hdpbf+fake:/`` with an in-process mesh.
+Run in a process of its own by
 ../test_nova_functional.py: importing ``nova.tests.functional`` monkey-patches the whole
 process with eventlet.
 
