@@ -31,7 +31,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from pbft_tasks.core.messages import (MalformedMessage, Reply, Request, from_wire, request_digest,
                                       to_wire)
@@ -84,6 +84,8 @@ class MeshClient:
         self.pending: dict[int, Pending] = {}
         self.rejected = 0
         self.completed: deque[float] = deque(maxlen=512)  # when recent requests got f+1
+        # the wall clock expiry is set and judged by (tests give a fake one)
+        self.clock: Callable[[], float] = time.time
 
     # -- building requests ---------------------------------------------------------
     def next_ts(self) -> int:
@@ -93,7 +95,7 @@ class MeshClient:
     def put_request(self, key: str, value: Any, ttl: float | None = None) -> Request:
         if ttl is not None and ttl <= 0:
             raise ValueError("ttl must be positive")
-        expires = None if ttl is None else time.time() + ttl
+        expires = None if ttl is None else self.clock() + ttl
         return self._signed({"op": "put", "key": key, "value": value, "expires_at": expires})
 
     def delete_request(self, key: str) -> Request:
@@ -207,7 +209,7 @@ class MeshClient:
         if result.get("deleted"):
             return None
         expires = result.get("expires_at")
-        return None if expires is not None and time.time() >= expires else result["value"]
+        return None if expires is not None and self.clock() >= expires else result["value"]
 
     # -- replies ---------------------------------------------------------------------
     def on_reply(self, wire: Any) -> None:

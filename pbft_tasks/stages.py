@@ -17,7 +17,7 @@ run.  The stages, in the order a task run goes through them:
 
 What is not here is still CPU of the process: receiving from the socket and framing
 (py-amqp), Celery's consumer loop, the tick thread, sqlitedict's writer thread,
-garbage collection.  The bench reports it as the rest of the process's CPU (/proc).
+garbage collection.  The bench reports it as the rest of the process's CPU.
 
 Rules:
 - CPU time of the consumer thread only (``time.thread_time_ns``, CLOCK_THREAD_CPUTIME_ID,

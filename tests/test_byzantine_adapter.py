@@ -19,7 +19,7 @@ import pytest
 
 from ledger.memory import MemoryLedger, build_block, put
 from mesh.embedded import EmbeddedMesh
-from pbft_tasks.topology import ConfigError, init_mesh
+from pbft_tasks.topology import ConfigError
 from pbft_tasks.byzantine import ENV, forged_key, from_environment
 from pbft_tasks.core.actions import SendClient
 from pbft_tasks.core.byzantine import Byzantine
@@ -29,10 +29,8 @@ from pbft_tasks.reads import answer_reads
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    init_mesh(tmp_path, nodes=4)
-    with EmbeddedMesh(str(tmp_path / "mesh.json")) as m:
-        yield m
+def mesh(embedded_mesh):
+    return embedded_mesh  # tests/conftest.py
 
 
 def make_faulty(mesh: EmbeddedMesh, node: int, spec: str) -> Byzantine:
@@ -69,17 +67,19 @@ def test_the_forged_key_is_no_node_key(mesh):
 def test_reads_through_consensus_return_the_committed_value(mesh):
     client = mesh.client(timeout=5.0)
     client.put("a", {"host": "10.0.0.5", "port": 5900}, timeout=10)
-    client.put("t", 1, ttl=0.05, timeout=10)
+    client.put("t", 1, ttl=60, timeout=10)
     assert client.read("a", timeout=10) == {"host": "10.0.0.5", "port": 5900}
     assert client.read("never", timeout=10) is None
-    time.sleep(0.06)  # the client's clock decides expiry
+    assert client.read("t", timeout=10) == 1
+    now = time.time()
+    client.clock = lambda: now + 61  # the client's clock decides expiry
     assert client.read("t", timeout=10) is None
     client.delete("a", timeout=10)
     assert client.read("a", timeout=10) is None
     # the reads were ordered: they are in every ledger's chain and change no state
     with_gets = [b for b in mesh.nodes[0].ledger.iter_blocks()
                  if any(r["op"]["op"] == "get" for r in b["requests"])]
-    assert len(with_gets) == 4
+    assert len(with_gets) == 5
 
 
 def test_a_get_answered_again_only_while_its_key_is_unchanged():

@@ -5,17 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from mesh.embedded import EmbeddedMesh
 from pbft_tasks import failhard, strategy
 from pbft_tasks.node import NodeFailed
-from pbft_tasks.topology import init_mesh
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    cfg = init_mesh(tmp_path / "m", nodes=4)
-    with EmbeddedMesh(str(cfg.path)) as m:
-        yield m
+def mesh(embedded_mesh):
+    return embedded_mesh  # tests/conftest.py
 
 
 def test_a_bug_while_stepping_stops_the_runtime_for_good(mesh, monkeypatch):

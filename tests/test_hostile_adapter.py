@@ -13,8 +13,7 @@ from collections import Counter
 
 import pytest
 
-from mesh.embedded import EmbeddedMesh
-from pbft_tasks.topology import init_mesh, load_node_identity
+from pbft_tasks.topology import load_node_identity
 from pbft_tasks import celery_app, tasks
 from pbft_tasks.core.messages import (Checkpoint, Prepare, PrePrepare, ViewChange, batch_digest,
                                       to_wire)
@@ -25,10 +24,8 @@ DIGEST = "ab" * 32
 
 
 @pytest.fixture
-def mesh(tmp_path):
-    init_mesh(tmp_path, nodes=4)
-    with EmbeddedMesh(str(tmp_path / "mesh.json")) as m:
-        yield m
+def mesh(embedded_mesh):
+    return embedded_mesh  # tests/conftest.py
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "build", "data"}
+SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "build", "data",
+             ".grimp_cache", ".import_linter_cache"}  # lint-imports writes its caches there
 BINARY = {".png", ".jpg", ".sqlite", ".sqlite-wal", ".sqlite-shm", ".pyc", ".gz", ".whl"}
 
 MARKERS = re.compile("|".join([

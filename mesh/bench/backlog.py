@@ -22,6 +22,7 @@ import click
 
 from ..ops.broker_cluster import BrokerCluster, ClusterError
 from .consensus import drive, write_json
+from .missing import UNAVAILABLE, reason
 
 
 def _depth(app: Any, queue: str) -> int:
@@ -99,7 +100,14 @@ def run(prefetches: list[int], updates: int = 2000, broker_nodes: int = 3,
     else:
         broker, queue_type = broker or DEFAULT_BROKER_URL, "classic"
     try:
-        runs = [drain_once(broker, queue_type, p, updates, say=say) for p in prefetches]
+        runs = []
+        for p in prefetches:
+            try:
+                runs.append(drain_once(broker, queue_type, p, updates, say=say))
+            except UNAVAILABLE as exc:  # this prefetch did not make it; the others go on
+                say(f"queue {queue_type}, prefetch {p}: FAILED: {reason(exc)}")
+                runs.append({"queue_type": queue_type, "prefetch": p, "updates": updates,
+                             "failed": reason(exc)})
     finally:
         if cluster is not None:
             cluster.down()

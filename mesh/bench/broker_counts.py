@@ -16,7 +16,10 @@ Rules of this file:
 - Counters of a queue deleted between two snapshots are lost, so snapshots are taken
   while the bench's clients (and their reply queues) are alive.
 - Needs a broker with ``rabbitmq_management`` on; the shared broker of these machines
-  has none, so the bench starts a private one (``hdpbf bench paper --private-broker``).
+  has none, so the bench starts a private one (``hdpbf bench paper --count-messages``).
+- A run counts through a ``Tally``: once the counters fail it (``settled`` times out,
+  the API is gone), the tally stops and says why, and the run drops the counts that
+  needed the failed snapshot rather than die (mesh/bench/missing.py).
 """
 from __future__ import annotations
 
@@ -26,7 +29,12 @@ import time
 import urllib.parse
 import urllib.request
 
+from .missing import UNAVAILABLE, reason
+
 KINDS = ("rpc", "consensus", "other")
+# How long a snapshot waits for the plugin to count its marker, and then for channels
+# that report a little later.
+SETTLE_TIMEOUT, SETTLE_AFTER = 30.0, 1.2
 MARKER = "hdpbf.bench.marker"
 
 
@@ -68,13 +76,16 @@ class RabbitCounters:
             raw = resp.read()
         return json.loads(raw) if raw else None
 
-    def settled(self, timeout: float = 30.0, after: float = 1.2) -> dict[str, int]:
+    def settled(self, timeout: float | None = None, after: float | None = None
+                ) -> dict[str, int]:
         """A snapshot that includes everything published before the call.  The plugin
         shows a message only seconds later (each channel reports every
         ``collect_statistics_interval``, then the plugin aggregates), so a marker is
         published through the API to a queue of its own; once the marker is counted, the
         aggregation has caught up with that moment, and ``after`` more seconds cover
         the channels that report a little later."""
+        timeout = SETTLE_TIMEOUT if timeout is None else timeout
+        after = SETTLE_AFTER if after is None else after
         vh = urllib.parse.quote(self.vhost, safe="")
         self._call("PUT", f"queues/{vh}/{MARKER}", {"durable": False, "auto_delete": False,
                                                    "arguments": {"x-max-length": 1}})
@@ -89,6 +100,32 @@ class RabbitCounters:
             time.sleep(0.2)
         time.sleep(after)
         return self.snapshot()
+
+
+class Tally:
+    """Messages routed between marks, for a run that must not die of the counters."""
+
+    def __init__(self, counters: RabbitCounters):
+        self.counters = counters
+        self.before: dict[str, int] | None = None
+        self.error: str | None = None      # why counting stopped, once it did
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def mark(self) -> dict[str, int] | None:
+        """Messages routed since the previous mark, by kind; None at the first mark and
+        once the counters have failed (``error`` says how)."""
+        if self.error is not None:
+            return None
+        try:
+            now = self.counters.settled()
+        except UNAVAILABLE as exc:
+            self.error = reason(exc)
+            return None
+        before, self.before = self.before, now
+        return None if before is None else routed(before, now)
 
 
 def routed(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

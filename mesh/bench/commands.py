@@ -2,7 +2,9 @@
 
 Each is a thin shell over its module (``consensus.py``, ``read.py``, ``paper.py``;
 ``verify`` is the audit's, mesh/audit/verify.py): it runs, prints figures with rich and
-writes JSON; it asserts nothing.
+writes JSON; it asserts nothing.  A figure it cannot have is printed and written as
+missing, with the reason; a run the world stops ends in one line of error
+(mesh/bench/missing.py).
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from ..audit.verify import bench_verify
 from ..clikit import BadInput, console
 from .backlog import backlog as bench_backlog
 from .failover import failover as bench_failover
+from .missing import BenchGroup
 from .paper import bench_paper
 
 
-@click.group()
+@click.group(cls=BenchGroup)
 def bench() -> None:
     """Benchmarks: they print figures and write JSON; they assert nothing."""
 
@@ -120,12 +123,20 @@ def _consensus_table(runs: list[dict], count: int, durability: str) -> Table:
     if any(r.get("followers") for r in runs):
         rows += _FOLLOWER_ROWS
     for label, key in rows:
-        table.add_row(label, *(str(r.get(key, "FAILED" if "failed" in r else "")) for r in runs))
+        table.add_row(label, *(_cell(r, key) for r in runs))
     for who in ("workers", "followers", "rabbitmq", "client"):
         if any(who in r.get("low_load_cpu_ms_per_request", {}) for r in runs):
             table.add_row(f"CPU ms per request, {who} (low load)",
                           *(str(r.get("low_load_cpu_ms_per_request", {}).get(who, "")) for r in runs))
     return table
+
+
+def _cell(r: dict, key: str) -> str:
+    if "failed" in r:
+        return "FAILED"
+    if key in r.get("missing", {}):
+        return "missing"
+    return str(r.get(key, ""))
 
 
 def _stages_table(runs: list[dict]) -> Table:

@@ -40,15 +40,15 @@ configurations interleaved and returns their results in run order.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
 from typing import Any, Callable
 
-from kombu.exceptions import OperationalError
+import psutil
 
 from ..client import MeshClient, Pending, SubmitTimeout
+from .missing import UNAVAILABLE, Missing
 from .stats import percentile
 
 
@@ -96,6 +96,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     rig = FollowerRig(base, nodes, followers, netns, broker, backend, max_batch, durability,
                       queue_type=queue_type, votes=votes, nice=followers_nice)
     cfg, mesh = rig.cfg, rig.mesh
+    missing = Missing()
     t0 = time.perf_counter()
     try:
         rig.start(timeout=300)  # K=32 followers start slowly on a loaded 2-core box
@@ -135,7 +136,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             # per process, and only those still running: another run's RabbitMQ node that
             # stops meanwhile would make this negative (a shared machine)
             used = sum(max(0.0, process_cpu_s(p) - c0) for p, c0 in broker0.items()
-                       if os.path.exists(f"/proc/{p}"))
+                       if psutil.pid_exists(p))
             cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
         before = mesh.statuses()
@@ -147,14 +148,17 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
         t1, t1_wall = time.perf_counter(), time.time()
         loaded = drive(client, requests, window=window, chunk=100)
         elapsed = max(p.all_at for p in loaded) - t1
-        after = mesh.statuses()
-        catchup = rig.wait_followers(after[0]["height"], timeout=120) if followers else None
         loaded_window = (t1_wall, t1_wall + elapsed)
-        blocks = after[0]["height"] - before[0]["height"]
-        msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
-        heads = {s["head"] for s in after.values()}
-        heights = {s["height"] for s in after.values()}
         load_all = latencies_ms(loaded)
+        # the run is measured: from here a figure that cannot be had is missing, not fatal
+        after, catchup = None, None
+        with missing.guard(*NODE_FIGURES):
+            after = mesh.statuses()
+        if followers and after is not None:
+            catchup = rig.wait_followers(after[0]["height"], timeout=120)
+            if catchup is None:
+                missing.note("follower_catchup_s", f"the followers were not at height "
+                                                   f"{after[0]['height']} within 120 s")
         result = {
             "nodes": nodes, "requests": requests, "window": window, "max_batch": max_batch,
             "low_load": low_load, "low_load_gap_s": low_load_gap,
@@ -171,19 +175,13 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "low_load_cpu_ms_per_request": cpu,
             "loaded_commit_p50_ms": round(percentile(load_all, 50), 3),
             "loaded_commit_p99_ms": round(percentile(load_all, 99), 3),
-            "blocks": blocks,
-            "mean_batch": round(requests / blocks, 1) if blocks else None,
-            "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
-            "identical_heads": len(heads) == 1 and len(heights) == 1,
-            # a view change during the run (the 1 s request timer under a deep backlog)
-            # is part of the figure: the view each node ended in
-            "views": {i: s["view"] for i, s in after.items()},
-            "view_max": max(s["view"] for s in after.values()),
-            "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
+            **dict.fromkeys(NODE_FIGURES),
+            **(node_figures(before, after, requests) if after is not None else {}),
             "followers": followers, "netns": netns, "followers_nice": followers_nice,
             "follower_catchup_s": None if catchup is None else round(catchup, 3),
             "follower_rejected": rig.rejected(),
+            "missing": missing,
         }
         client.transport.close()
     except SubmitTimeout as exc:
@@ -201,8 +199,34 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     result.update(lag_figures(rig.lag_samples(), low_window, loaded_window) if followers else
                   {"follower_lag_p50_ms": None, "follower_lag_p99_ms": None})
     if followers:  # deliveries of pushed blocks, per block (all followers together)
-        result["follower_pushes_per_block"] = round(rig.pushes() / max(1, after[0]["height"]), 2)
+        result["follower_pushes_per_block"] = (
+            round(rig.pushes() / max(1, after[0]["height"]), 2) if after is not None else None)
+    result["missing"] = dict(missing)
+    missing.say(say)
     return result
+
+
+# what the nodes' own status says of the loaded run, missing if they do not answer it
+NODE_FIGURES = ("blocks", "mean_batch", "messages_per_batch", "identical_heads", "views",
+                "view_max", "rejected")
+
+
+def node_figures(before: dict, after: dict, requests: int) -> dict:
+    blocks = after[0]["height"] - before[0]["height"]
+    msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
+    heads = {s["head"] for s in after.values()}
+    heights = {s["height"] for s in after.values()}
+    return {
+        "blocks": blocks,
+        "mean_batch": round(requests / blocks, 1) if blocks else None,
+        "messages_per_batch": round(msgs / blocks, 2) if blocks else None,
+        "identical_heads": len(heads) == 1 and len(heights) == 1,
+        # a view change during the run (the 1 s request timer under a deep backlog)
+        # is part of the figure: the view each node ended in
+        "views": {i: s["view"] for i, s in after.items()},
+        "view_max": max(s["view"] for s in after.values()),
+        "rejected": {i: s["rejected"] for i, s in after.items() if s["rejected"]},
+    }
 
 
 def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float) -> dict:
@@ -210,7 +234,7 @@ def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float)
     ``pbft.status`` snapshots of every node around ``requests`` low-load requests.
     ``rest`` is what the process spent outside the measured stages (socket and AMQP
     framing, Celery's consumer loop, the tick thread, sqlitedict's thread, GC): the
-    workers' CPU from /proc minus the stages."""
+    workers' CPU (psutil) minus the stages."""
     runs = 0
     ns: dict[str, int] = {}
     for i, st in after.items():
@@ -228,28 +252,19 @@ def stage_breakdown(before: dict, after: dict, requests: int, workers_ms: float)
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds of each thread of a process so far (Linux /proc), by OS thread id."""
-    out = {}
+    """CPU seconds of each thread of a process so far, by OS thread id ({} if gone)."""
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+        return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+    except psutil.Error:
+        return {}
 
 
 def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requests: int,
                      stages_ms: dict) -> dict:
     """Split ``rest`` (the workers' CPU outside the measured stages): the main thread's
     unmeasured part (receiving from the socket, AMQP framing, Celery's consumer loop) and
-    every other thread by name (the tick thread, sqlitedict's writer, ...).  Clock ticks
-    of /proc are 10 ms, so these are coarse at small ``requests``."""
+    every other thread by name (the tick thread, sqlitedict's writer, ...).  The kernel
+    counts CPU in 10 ms clock ticks, so these are coarse at small ``requests``."""
     by_name: dict[str, float] = {}
     main = 0.0
     for i, pid in pids.items():
@@ -271,27 +286,20 @@ def thread_breakdown(pids: dict, before: dict, after: dict, statuses: dict, requ
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), 0 if it is gone."""
+    """User + system CPU seconds of a process so far, 0 if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return t.user + t.system
 
 
 def local_broker_pids() -> list[int]:
     """RabbitMQ's Erlang VM on this machine (owned by the rabbitmq user), if any."""
-    out = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as fh:
-                    if fh.read().strip() == "beam.smp" and os.stat(f"/proc/{entry}").st_uid == _uid("rabbitmq"):
-                        out.append(int(entry))
-            except OSError:
-                continue
-    return out
+    uid = _uid("rabbitmq")
+    return [p.pid for p in psutil.process_iter(["name", "uids"])
+            if p.info["name"] == "beam.smp" and p.info["uids"] is not None
+            and p.info["uids"].real == uid]
 
 
 def _uid(user: str) -> int | None:
@@ -315,9 +323,9 @@ def run_matrix(nodes: list[int], votes: list[str], rounds: int = 1, say: Callabl
                 say(f"round {r + 1}/{rounds}: {n} nodes, votes={v}")
                 try:
                     res = run(nodes=n, votes=v, **kw)
-                except (SubmitTimeout, OperationalError, OSError) as exc:  # a figure too: it did not keep up
-                    # (OperationalError: e.g. the broker dropped a connection that missed
-                    # its heartbeats on an overloaded machine)
+                except UNAVAILABLE as exc:  # a figure too: it did not keep up
+                    # (e.g. the broker dropped a connection that missed its heartbeats on
+                    # an overloaded machine); the other runs of the matrix go on
                     say(f"  {n} nodes, votes={v}: FAILED: {type(exc).__name__}: {exc}")
                     res = {"nodes": n, "votes": v, "failed": f"{type(exc).__name__}: {exc}"}
                     if getattr(exc, "at_failure", None):

@@ -32,6 +32,7 @@ import click
 from ..client import MeshClient, Pending
 from ..ops.broker_cluster import BrokerCluster, ClusterError
 from .consensus import drive, write_json
+from .missing import UNAVAILABLE, Missing, reason
 from .stats import percentile
 
 
@@ -194,13 +195,20 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
         done, events = out["done"], out["kills"]
         pauses = [e["pause_s"] for e in events if e.get("pause_s") is not None]
         readers = [LedgerReader(cfg.node_data_dir(i) / "ledger.sqlite") for i in range(cfg.n)]
+        missing = Missing()
         try:
-            _wait_converged(readers, timeout=60)
+            converged = _wait_converged(readers, timeout=60)
             heads = {(r.height(), r.head()) for r in readers}
-            lost = lost_updates(readers, done)
+            # a node still behind is not a loss: "lost" is only counted on ledgers that
+            # agree, and missing (with their heights) when they did not come to agree
+            lost = lost_updates(readers, done) if converged else None
+            if not converged:
+                missing.note("lost", f"the ledgers did not converge within 60 s: heights "
+                                     f"{[r.height() for r in readers]}")
         finally:
             for r in readers:
                 r.close()
+        missing.say(say)
         return {
             "broker_nodes": len(cluster.nodes), "nodes": nodes, "kills": len(events),
             "kills_asked": kills, "requests": count,
@@ -211,6 +219,7 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
             "identical_ledgers": len(heads) == 1,
             "client_reconnects": client.transport.reconnects,
             "events": [{k: v for k, v in e.items() if k != "t"} for e in events],
+            "missing": dict(missing),
         }
     finally:
         if mesh is not None:
@@ -218,10 +227,14 @@ def run(kills: int = 5, per_kill: int = 600, nodes: int = 4, cluster_dir: str | 
         cluster.down()
 
 
-def _wait_converged(readers: list[Any], timeout: float) -> None:
+def _wait_converged(readers: list[Any], timeout: float) -> bool:
+    """Whether every ledger holds one (height, head) within ``timeout``."""
     deadline = time.monotonic() + timeout
-    while len({(r.height(), r.head()) for r in readers}) > 1 and time.monotonic() < deadline:
+    while len({(r.height(), r.head()) for r in readers}) > 1:
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
+    return True
 
 
 def run_cluster_vs_single(broker_nodes: int = 3, say: Callable = print, **bench_kw: Any) -> dict:
@@ -234,10 +247,16 @@ def run_cluster_vs_single(broker_nodes: int = 3, say: Callable = print, **bench_
     cdir = tempfile.mkdtemp(prefix="hdpbf-cluster-")
     cluster = BrokerCluster.plan_free(cdir, broker_nodes, prefix=f"b{os.getpid()}c")
     say(f"-- {broker_nodes}-node cluster (quorum queues, publisher confirms)")
-    cluster.up()
     try:
+        cluster.up()
         kw = dict(bench_kw, broker=cluster.broker_url, queue_type="quorum")
         result = bc.run(console=None, **kw)
+    except (*UNAVAILABLE, ClusterError) as exc:  # the single broker's run is kept
+        say(f"-- {broker_nodes}-node cluster: FAILED: {reason(exc)}")
+        return {**{f"single_broker_{k}": single[k] for k in
+                   ("tx_per_s", "commit_p50_ms", "low_load_cpu_ms_per_request")},
+                "broker_nodes": broker_nodes, "nodes": single["nodes"], "votes": single["votes"],
+                "failed": reason(exc), "single_broker": single}
     finally:
         cluster.down()
     result["broker_nodes"] = broker_nodes

@@ -19,23 +19,15 @@ Figures, never assertions (the tests check behaviour, not speed).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from .stats import percentile
 from ..ops.followers import Followers
 from ..ops.launcher import LocalMesh
 from pbft_tasks.topology import (DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, MeshConfig, add_followers,
                                  init_mesh)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """As consensus.percentile (not imported: consensus imports this module)."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
 class FollowerRig:

@@ -31,13 +31,14 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from rich.markup import escape  # a skip reason names pip extras, '.[test]': not markup
 
 from .consensus import write_json
 from . import broker_counts as counts
 from .broker_counts import PrivateBroker, RabbitCounters
+from .missing import Missing
 from .paper_nova import FLOOR_CALLS, NOVA_CONFIGS, NovaSide
 from .paper_report import (CallRecord, check_answers, median_series, plot, report, summarize,
                            table)
@@ -82,6 +83,9 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
     use_nova, nova = nova and bool(wanted & set(NOVA_CONFIGS)), NovaSide(rig)
     nova_on = False
     nova_served: list[dict] = []
+    missing = Missing()
+    warnings: list[str] = []
+    tally: counts.Tally | None = None
     try:
         rig.start()
         configs = [c for c in CONFIGS if c in wanted and (c != "redis" or rig.redis is not None)]
@@ -100,17 +104,12 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
         for c in configs:                               # warm every path once
             for iid in warm.values():
                 call(c, iid)
-        if set(configs) & set(TWO_STEP):
-            rig.wait_committed(list(warm.values()))
-        if "nova-hdpbf" in configs:
-            nova.wait_committed(list(warm.values()))
-        counters = None
+        _quiet_start(rig, nova, configs, list(warm.values()), "the warm-up calls", warnings, say)
         if rabbit_api is not None:
             from urllib.parse import urlsplit
             path = urlsplit(rig.cfg.broker_url).path
-            counters = RabbitCounters(rabbit_api, path[1:] if path not in ("", "/", "//")
-                                      else "/")
-        before = None
+            tally = counts.Tally(RabbitCounters(rabbit_api, path[1:] if path not in ("", "/", "//")
+                                                else "/"))
         schedule = [(r, c) for r in range(repeat)
                     for c in configs[r % len(configs):] + configs[:r % len(configs)]]
         bar = _progress(console, progress)
@@ -118,8 +117,8 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             task = bar.add_task("calls", total=len(schedule) * len(seq))
             for r, c in schedule:
                 bar.update(task, description=f"{c:>12} repeat {r + 1}/{repeat}")
-                if counters and before is None:
-                    before = counters.settled()
+                if tally is not None and tally.before is None:
+                    tally.mark()
                 for n, (_, k) in enumerate(seq, start=1):
                     iid = ids[(c, r, k)]
                     w0 = time.time()
@@ -129,16 +128,16 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
                     records.append(CallRecord(c, r + 1, n, k, dt * 1000, step, iid, w0,
                                               time.time(), info))
                     bar.advance(task)
-                if c in TWO_STEP:                       # start the next run on a quiet mesh
-                    rig.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
-                elif c == "nova-hdpbf":
-                    nova.wait_committed([ids[(c, r, k)] for k in range(1, INSTANCES + 1)])
-                if counters:  # this run's "after" is the next run's "before"
-                    now = counters.settled()
-                    msgs[c] = counts.add(msgs.get(c, {}), counts.routed(before, now))
-                    before = now
+                # start the next run on a quiet mesh
+                _quiet_start(rig, nova, [c], [ids[(c, r, k)] for k in range(1, INSTANCES + 1)],
+                             f"{c} repeat {r + 1}", warnings, say)
+                if tally is not None:  # this run's "after" is the next run's "before"
+                    got = tally.mark()
+                    if got is not None:
+                        msgs[c] = counts.add(msgs.get(c, {}), got)
         last_r = repeat - 1
-        if counters:  # steady state: the workload again and again on the same instances
+        counted_runs = tally is not None and tally.ok
+        if counted_runs:  # steady state: the workload again and again on the same instances
             for c in configs:
                 bar_say = f"steady state: {c}, {steady_rounds} x {len(seq)} calls"
                 say(bar_say)
@@ -149,16 +148,22 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
                         call(c, ids[(c, last_r, k)])
                         ms.append((time.perf_counter() - t0) * 1000)
                 steady_ms[c] = round(sum(ms) / len(ms), 4)
-                now = counters.settled()
-                steady[c] = counts.scale(counts.routed(before, now),
-                                         1000 / (steady_rounds * len(seq)))
-                before = now
-        micro = rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)])
+                got = tally.mark()
+                if got is None:
+                    break
+                steady[c] = counts.scale(got, 1000 / (steady_rounds * len(seq)))
+        micro = dict.fromkeys(RIG_MICRO)
+        with missing.guard(*RIG_MICRO):
+            micro.update(rig.micro([ids[("hdpbf", last_r, k)] for k in range(1, INSTANCES + 1)]))
         if nova_on:
             if "nova-hdpbf" in configs:
-                micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
-                                         for k in range(1, INSTANCES + 1)]))
-            micro.update(nova.floor(floor_calls))
+                micro.update(dict.fromkeys(NOVA_MICRO))
+                with missing.guard(*NOVA_MICRO):
+                    micro.update(nova.micro([ids[("nova-hdpbf", last_r, k)]
+                                             for k in range(1, INSTANCES + 1)]))
+            micro.update(dict.fromkeys(NOVA_FLOOR))
+            with missing.guard(*NOVA_FLOOR):
+                micro.update(nova.floor(floor_calls))
             nova_served = nova.served()
             nova.close()
             nova_on = False
@@ -175,18 +180,28 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             shutil.rmtree(base, ignore_errors=True)
     result = summarize(records, served, configs, seq)
     result.update(micro)
-    for c in msgs:
-        result["configs"][c]["broker_messages"] = counts.scale(msgs[c], 100 / (repeat * len(seq)))
-        result["configs"][c]["broker_messages_per_1000_steady"] = steady.get(c)
-        result["configs"][c]["steady_mean_ms"] = steady_ms.get(c)
-    if msgs:
+    if tally is not None:
+        # a count that lost a snapshot is no count: the runs' counts go whole if the
+        # counters failed during the runs, the steady-state ones if they failed after
+        if not counted_runs:
+            msgs, steady = {}, {}
+            missing.note("broker_messages", tally.error)
+        if not tally.ok:
+            steady = {}
+            missing.note("broker_messages_per_1000_steady", tally.error)
+        for c in configs:
+            result["configs"][c]["broker_messages"] = (
+                counts.scale(msgs[c], 100 / (repeat * len(seq))) if c in msgs else None)
+            result["configs"][c]["broker_messages_per_1000_steady"] = steady.get(c)
+            result["configs"][c]["steady_mean_ms"] = steady_ms.get(c)
         result["broker_counts"] = {"source": "RabbitMQ management API, per-queue message_stats"
                                              ".publish", "steady_rounds": steady_rounds}
     result.update(mode=rig.mode, label=rig.label, compute=rig.compute_mode, nodes=nodes,
                   repeat=repeat, service_ms=service_ms, token_ttl=token_ttl,
                   skipped={**({"redis": rig.redis_skip} if "redis" in wanted
                                and "redis" not in configs else {}),
-                           **({"nova": nova.skip} if nova.skip else {})})
+                           **({"nova": nova.skip} if nova.skip else {})},
+                  missing=dict(missing), warnings=warnings)
     nova_rpc = result["configs"].get("nova-rpc")
     if nova_rpc is not None:
         if "nova-hdpbf" in result["configs"]:
@@ -202,6 +217,27 @@ def run(repeat: int = 3, service_ms: float = 0.0, nodes: int = 4, token_ttl: flo
             best = (firsts * nova_rpc["mean_ms"] + (len(seq) - firsts) * floor) / len(seq)
             result["nova_hdpbf_best_pct"] = round(100 * best / nova_rpc["mean_ms"], 2)
     return result
+
+
+# what rig.micro, nova.micro and nova.floor measure, reported None when they cannot
+RIG_MICRO = ("step1_p50_us", "step1_p99_us", "redis_get_p50_us", "redis_get_p99_us")
+NOVA_MICRO = ("driver_step1_p50_us", "driver_step1_p99_us")
+NOVA_FLOOR = ("nova_client_floor_ms", "nova_client_floor_p50_ms", "nova_serialize_ms",
+              "nova_serialize_p50_ms", "nova_instance_fields")
+
+
+def _quiet_start(rig: Rig, nova: NovaSide, configs: list[str], iids: list[str], after: str,
+                 warnings: list[str], say: Callable) -> None:
+    """Wait until what ``after`` recorded is committed, so the next calls start on a
+    quiet mesh; if it is not, say so and go on (the figures stay, with the warning)."""
+    try:
+        if set(configs) & set(TWO_STEP):
+            rig.wait_committed(iids)
+        if "nova-hdpbf" in configs:
+            nova.wait_committed(iids)
+    except TimeoutError as exc:
+        warnings.append(f"after {after}: {exc}; the next calls started on a busy mesh")
+        say(f"[yellow]{warnings[-1]}[/yellow]")
 
 
 def _progress(console: Any, enabled: bool) -> Any:

@@ -275,6 +275,10 @@ def report(result: dict, console: Any) -> None:
                           f"{st.get('total', float('nan')):g} (RPC {st.get('rpc', 0):g}, "
                           f"consensus {st.get('consensus', 0):g})"
                           + (f"; steady-state call mean {mean:.3f} ms" if mean is not None else ""))
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning: {warning}[/yellow]")
+    for figure, why in result.get("missing", {}).items():
+        console.print(f"[yellow]missing: {figure} ({why})[/yellow]")
     colour = "green" if result["stale_answers"] == 0 else "red"
     own = sum(result["configs"][c]["own_answers"] for c in CHECKED if c in result["configs"])
     console.print(f"[{colour}]stale_answers = {result['stale_answers']}[/{colour}] (hdpbf, "

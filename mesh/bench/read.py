@@ -32,6 +32,9 @@ from ledger import LedgerReader, LedgerStore, build_block
 from ledger import format as fmt
 from ledger.memory import put
 
+from .missing import UNAVAILABLE, reason
+from .stats import percentile
+
 BLOCK_SIZE = 250
 WARMUP = 300
 
@@ -40,11 +43,6 @@ def _record_value(i: int) -> dict:
     """A value shaped like what nova-api asks for: an instance's placement."""
     return {"instance": str(uuid.UUID(int=i)), "host": f"compute-{i % 16}",
             "state": "active", "flavor": "m1.small", "ports": [f"10.0.{i % 250}.{i % 200}"]}
-
-
-def _percentile(sorted_ns: list[int], q: float) -> float:
-    idx = min(len(sorted_ns) - 1, int(q * len(sorted_ns)))
-    return sorted_ns[idx] / 1000.0
 
 
 def _build_ledger(path: str, keys: list[str]) -> None:
@@ -96,31 +94,52 @@ def run(n: int = 20000, redis_url: str = "redis://127.0.0.1:6379/0", keys: int =
                                                        "sqlitedict": sqlitedict_get}
             if redis_client is not None:
                 probes["redis"] = redis_get
-            for k in names[:WARMUP]:
-                for probe in probes.values():
-                    assert probe(k) is not None
             samples: dict[str, list[int]] = {name: [] for name in probes}
-            order = list(probes.items())
+
+            def drop_redis(exc: BaseException, phase: str) -> None:
+                # Redis went away mid-run: its figures are missing, the local ones stay
+                nonlocal redis_error
+                redis_error = f"{reason(exc)} ({phase}, after {len(samples['redis'])} reads)"
+                del probes["redis"], samples["redis"]
+
+            for k in names[:WARMUP]:
+                for name, probe in list(probes.items()):
+                    try:
+                        assert probe(k) is not None
+                    except UNAVAILABLE as exc:
+                        if name != "redis":
+                            raise
+                        drop_redis(exc, "warming up")
             clock = time.perf_counter_ns
             for i in range(n):
                 k = names[rng.randrange(keys)]
+                order = list(probes.items())
                 shift = i % len(order)
                 for name, probe in order[shift:] + order[:shift]:
                     t0 = clock()
-                    probe(k)
+                    try:
+                        probe(k)
+                    except UNAVAILABLE as exc:
+                        if name != "redis":
+                            raise
+                        drop_redis(exc, "measuring")
+                        continue
                     samples[name].append(clock() - t0)
         finally:
             reader.close()
             sdict.close()
             if redis_client is not None:
-                for start in range(0, len(names), 500):
-                    redis_client.delete(*(prefix + k for k in names[start:start + 500]))
-                redis_client.close()
+                try:
+                    for start in range(0, len(names), 500):
+                        redis_client.delete(*(prefix + k for k in names[start:start + 500]))
+                    redis_client.close()
+                except UNAVAILABLE as exc:
+                    result["redis_cleanup_error"] = (f"{reason(exc)}: keys {prefix}* left "
+                                                     f"in Redis")
 
     for name, ns in samples.items():
-        ns.sort()
-        result[f"{name}_get_p50_us"] = round(_percentile(ns, 0.50), 2)
-        result[f"{name}_get_p99_us"] = round(_percentile(ns, 0.99), 2)
+        result[f"{name}_get_p50_us"] = round(percentile(ns, 50) / 1000, 2)
+        result[f"{name}_get_p99_us"] = round(percentile(ns, 99) / 1000, 2)
     if redis_error is not None:
         result.update(redis_get_p50_us=None, redis_get_p99_us=None, redis_error=redis_error)
     result["ratio_redis_over_ledger"] = (

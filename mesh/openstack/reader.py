@@ -59,7 +59,7 @@ import concurrent.futures
 import logging
 import os
 import time
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from ledger import LedgerReader
 from ledger import format as fmt
@@ -105,7 +105,8 @@ class ConsoleReader:
     def __init__(self, ledger_path: str | os.PathLike, transport_url: str | None,
                  hosts: dict[str, str], opener: Opener | None = None,
                  rpc_timeout: float = 5.0, own_answers: bool = True,
-                 own_answers_max: int = OWN_ANSWERS_MAX):
+                 own_answers_max: int = OWN_ANSWERS_MAX,
+                 clock: Callable[[], float] = time.time):
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be positive")
         if own_answers_max < 1:
@@ -117,6 +118,8 @@ class ConsoleReader:
         self.rpc_timeout = rpc_timeout
         self.own_answers = own_answers
         self.own_answers_max = own_answers_max
+        # the node's wall clock, which expiry is judged by (tests give a fake one)
+        self.clock = clock
         self.step1_hits = 0          # answered from the local ledger
         self.step1_own_answers = 0   # answered from this reader's own step-2 answers
         self.step2_calls = 0
@@ -161,14 +164,14 @@ class ConsoleReader:
         another host, or not readable with this reader's key).  Own answers are not
         looked at: this is the ledger alone."""
         record = self._record(instance_key(instance, console_type))
-        return self._from_ledger(instance, record, time.time())
+        return self._from_ledger(instance, record, self.clock())
 
     def _local(self, instance: str, console_type: str) -> tuple[dict | None, Step, int]:
         """(answer, step, ledger version of the key): the ledger or an own answer."""
         key = instance_key(instance, console_type)
         record = self._record(key)
         version = record["version"] if record is not None else 0
-        now = time.time()
+        now = self.clock()
         own = self._own.get(key)
         if own is not None:
             if version == own.base:
@@ -193,7 +196,7 @@ class ConsoleReader:
         return len(self._own)
 
     def _keep(self, key: str, info: dict, host: str, expires_at: float, base: int) -> None:
-        if expires_at <= time.time():
+        if expires_at <= self.clock():
             return
         self._own[key] = _Own(dict(info), host, expires_at, base)
         self._own.move_to_end(key)

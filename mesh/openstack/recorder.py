@@ -141,6 +141,13 @@ class ConsoleRecorder:
         with self._cond:
             return len(self._queue) + len(self._inflight)
 
+    @property
+    def sending(self) -> int:
+        """Updates the recorder's thread has taken up (being sent to consensus, or sent
+        again after a failure) and that are not committed yet."""
+        with self._cond:
+            return len(self._inflight)
+
     def close(self, timeout: float = 10.0) -> None:
         """Flush for up to ``timeout`` s, then stop the thread (what is left is lost)."""
         try:

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
+import psutil
 
 RABBITMQ_USER = "rabbitmq"
 RABBITMQ_HOME = "/var/lib/rabbitmq"
@@ -218,21 +219,22 @@ class BrokerCluster:
                                f"{res.stderr.strip() or res.stdout.strip()}; see {node.dir}/log")
 
     def pid(self, node: BrokerNode) -> int | None:
-        """The node's OS pid, if it is running (from its pid file, checked in /proc)."""
+        """The node's OS pid, if it is running (from its pid file, checked against the
+        process table)."""
         try:
             pid = int(node.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            proc = psutil.Process(pid)
+            cmdline, environ = proc.cmdline(), proc.environ()
+        except psutil.Error:
             return None
         # The node name is not in the VM's argv (rabbitmq-server passes it through the
         # environment): the pid is this node's VM only with this node's name and data.
-        mine = (f"RABBITMQ_NODENAME={node.name}".encode() in environ
-                and f"RABBITMQ_MNESIA_BASE={node.dir}/mnesia".encode() in environ)
-        return pid if mine and b"beam" in cmdline else None
+        mine = (environ.get("RABBITMQ_NODENAME") == node.name
+                and environ.get("RABBITMQ_MNESIA_BASE") == f"{node.dir}/mnesia")
+        return pid if mine and any("beam" in a for a in cmdline) else None
 
     def kill_node(self, which: int | str, sig: int = signal.SIGKILL) -> None:
         """Kill one node's Erlang VM (kill -9 by default), as a crash would."""

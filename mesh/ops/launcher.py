@@ -9,8 +9,10 @@ Also owns detached processes (``hdpbf up``/``down``, mesh/ops/stack.py): ``spawn
 starts a process in a session of its own that outlives its starter, and returns a
 ``ProcessRecord`` (pid, the kernel's start time of that pid, the exact argv) that can be
 written to a file.  ``stop_recorded`` later stops exactly those: a pid is signalled only
-while ``/proc/<pid>/cmdline`` is still the recorded argv and ``/proc/<pid>/stat`` gives
-the recorded start time, so a pid reused by an unrelated process is left alone.
+while its command line is still the recorded argv and its start time the recorded one,
+so a pid reused by an unrelated process is left alone.  Processes are read through
+psutil, not by parsing /proc here: it knows a zombie from a live process and a process
+gone between two looks from one we may not read.
 
 Worker settings: ``-P solo`` (one replica is one state machine; prefork children would
 split it), ``--prefetch-multiplier 64`` (a solo worker with a small prefetch stalls
@@ -27,6 +29,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
+
+import psutil
 
 from pbft_tasks.brokers import PREFETCH
 from pbft_tasks.topology import MeshConfig
@@ -185,33 +189,36 @@ class LocalMesh:
 
 # -- detached processes (hdpbf up / status / down) --------------------------------------
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 # Processes this process started with spawn_detached, so that one that dies while we
 # still run is reaped (polled) instead of lingering as a zombie.
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 def _proc_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
-    With the pid it names one process for ever; None if there is no such process or it
-    is a zombie (dead, only waiting to be reaped)."""
+    """When the process started, in clock ticks since boot (the kernel's own start
+    time, as /proc/<pid>/stat gives it and as run/processes.json has always recorded
+    it).  With the pid it names one process for ever; None if there is no such
+    process or it is a zombie (dead, only waiting to be reaped)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode(errors="replace")
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        since_boot = proc.create_time() - psutil.boot_time()
+    except psutil.Error:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the name in (...) may hold spaces
-    if not fields or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+    # psutil gives boot time + ticks / CLK_TCK: the ticks come back exactly
+    return round(since_boot * _CLK_TCK)
 
 
 def _proc_cmdline(pid: int) -> list[str] | None:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.ZombieProcess:
+        return []
+    except psutil.Error:
         return None
-    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
 @dataclass
@@ -220,7 +227,7 @@ class ProcessRecord:
     name: str
     pid: int
     command: list[str]
-    start_ticks: int | None          # /proc/<pid>/stat start time when it was started
+    start_ticks: int | None          # the kernel's start time (ticks since boot)
     started_at: float                # wall clock, for people
     log: str = ""
     kind: str = ""                   # worker / compute / api / flower
@@ -269,7 +276,7 @@ def spawn_detached(name: str, command: list[str], env: dict, log_path: str,
         logf.flush()
         proc = subprocess.Popen(command, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
-    # Popen returns after exec, so /proc already shows the new command line.
+    # Popen returns after exec, so the process table already shows the new command line.
     _CHILDREN[proc.pid] = proc
     rec = ProcessRecord(name=name, pid=proc.pid, command=list(command),
                         start_ticks=_proc_start_ticks(proc.pid), started_at=time.time(),

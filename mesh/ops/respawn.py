@@ -18,7 +18,19 @@ Rules:
 - The worker dies with this process: it gets SIGKILL when its parent dies (Linux's
   PR_SET_PDEATHSIG), so a ``kill -9`` of the recorded pid leaves no worker behind.
 - The command line is the worker's own after ``--``: no secret on it (the environment
-  carries the configuration), and ``hdpbf status``/``down`` see it in /proc.
+  carries the configuration), and ``hdpbf status``/``down`` see it in the process table.
+
+Why not a process supervisor library: supervisord and circus are daemons of their own
+that own every process they run, with their own configuration and control socket;
+``hdpbf up`` would then start, watch and stop that daemon instead of its processes, and
+``status``/``down`` would ask it rather than the process table.  Neither has this
+policy either: supervisord restarts on unexpected exit codes, but its back-off (one
+more second per try, FATAL after ``startretries``) only covers a process that dies
+while starting; one that fails hard after it started is restarted at once, every time.
+systemd (``Restart=on-failure``, ``RestartForceExitStatus=70``) would fit, but ``up``
+runs where there is no systemd to ask (containers, CI, a laptop), and compose has its
+own ``restart:``.  What is left is this loop: one exit code, a doubling back-off, the
+signal passed on, and the child tied to its parent.
 """
 from __future__ import annotations
 

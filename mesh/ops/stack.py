@@ -18,8 +18,8 @@ A data dir (default ``./hdpbf-data``)::
 
 Rules of this file:
 - ``down`` stops exactly the recorded processes and nothing else: a pid is signalled
-  only while /proc says it still runs the recorded argv and started at the recorded
-  time (``ProcessRecord.state``); anything else is reported and left alone.
+  only while the process table says it still runs the recorded argv and started at the
+  recorded time (``ProcessRecord.state``); anything else is reported and left alone.
 - ``up`` refuses while any recorded process still runs; a record whose processes are
   all gone (a reboot, a kill -9 of everything) is stale and replaced.
 - Node queues are purged only for a mesh ``up`` has just created: an existing mesh's
@@ -114,7 +114,7 @@ def _write_run(data_dir: str, run: dict, create: bool = False) -> None:
 
 def _hdpbf_argv() -> list[str]:
     """How to run ``hdpbf`` as a child: this interpreter and the installed script (the
-    argv /proc will show, so ``down`` can recognise it)."""
+    argv the process table will show, so ``down`` can recognise it)."""
     script = os.path.join(os.path.dirname(sys.executable), "hdpbf")
     if not os.path.exists(script):
         script = shutil.which("hdpbf") or ""

@@ -16,8 +16,7 @@ import uuid
 import pytest
 
 from mesh.ops.broker_cluster import BrokerCluster
-from tests.integration.conftest import no_stray_workers  # noqa: F401  (session fixture)
-from tests.integration.meshkit import wait_not_quiet
+from tests.services import wait_not_quiet
 
 
 @pytest.fixture(scope="package")

@@ -19,7 +19,7 @@ import pytest
 from mesh.bench.failover import CommitWatch, drive_with_kills, lost_updates
 from mesh.bench.consensus import drive
 from mesh.client import SubmitTimeout
-from tests.integration.meshkit import Mesh, assert_values, audit_node, wait_until
+from tests.meshkit import Mesh, assert_values, audit_node, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from pbft_tasks.core.collector import VOTE_ROUTINGS
 from tests.faults.mesh_backend import MeshBackend
 from tests.faults.runner import play, scenario_files
 from tests.faults.scenario import load
-from tests.integration.meshkit import Mesh
+from tests.meshkit import Mesh
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -25,9 +25,7 @@ paper's client keeps retransmitting; MeshClient.wait does it once).
 """
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +33,8 @@ from urllib.parse import urlsplit
 from mesh.client import BrokerClientTransport
 from pbft_tasks.core.chain import GENESIS
 
-from tests.integration.meshkit import audit_node, broker_port_open, wait_not_quiet
+from tests.meshkit import audit_node
+from tests.services import rabbit_app_stopped
 
 from .proxy import CuttableProxy
 
@@ -183,21 +182,9 @@ class MeshBackend:
 
     def restart_broker(self) -> float:
         """Stop and start RabbitMQ; returns the outage (stop_app -> workers ready)."""
-        wait_not_quiet("restarting RabbitMQ")
         t0 = time.perf_counter()
-        old = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            rabbitmqctl("stop_app")
-            if broker_port_open():
-                raise AssertionError("RabbitMQ still listens after stop_app")
-        finally:
-            rabbitmqctl("start_app")
-            signal.signal(signal.SIGTERM, old)
-        deadline = time.monotonic() + 60
-        while not broker_port_open():
-            if time.monotonic() > deadline:
-                raise AssertionError("RabbitMQ does not listen on 5672 60 s after start_app")
-            time.sleep(0.1)
+        with rabbit_app_stopped():
+            pass
         self.mesh.local.wait_ready(self.live(), timeout=120)
         outage = time.perf_counter() - t0
         try:
@@ -281,18 +268,3 @@ class MeshBackend:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise AssertionError(f"node {i}'s ledger fails its audit: {exc}") from None
-
-
-# -- RabbitMQ ---------------------------------------------------------------------------------
-
-def rabbitmqctl(*args: str) -> None:
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        raise AssertionError("rabbitmqctl is not on PATH; the broker restart scenario needs it")
-    res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    if res.returncode != 0:
-        raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {res.stderr or res.stdout}")
-
-
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt("SIGTERM")

@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 
 from pbft_tasks.core.collector import VOTE_ROUTINGS
-from tests.integration.conftest import broker_url, make_mesh, no_stray_workers  # noqa: F401
-from tests.integration.meshkit import wait_not_quiet
+from tests.services import wait_not_quiet
 
 from .mesh_backend import MeshBackend
 from .runner import play, scenario_files

@@ -30,7 +30,7 @@ from pbft_tasks.core.messages import (MAX_BATCH, MAX_VALUE_BYTES, MAX_WIRE_BYTES
                                       PrePrepare, Prepare, batch_digest, to_wire)
 from pbft_tasks.signing import REASONS, Signer
 
-from .meshkit import assert_values, wait_until
+from tests.meshkit import assert_values, wait_until
 
 pytestmark = pytest.mark.broker
 

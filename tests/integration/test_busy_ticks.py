@@ -13,7 +13,7 @@ from kombu import Connection, Producer
 from pbft_tasks import celery_app
 from pbft_tasks.brokers import QueueDepth
 
-from .meshkit import wait_until
+from tests.meshkit import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -23,7 +23,7 @@ import pytest
 
 from mesh.bench.consensus import drive
 
-from .meshkit import Mesh, assert_values, audit_node
+from tests.meshkit import Mesh, assert_values, audit_node
 
 pytestmark = pytest.mark.broker
 
@@ -93,13 +93,17 @@ def test_equivocating_primary_is_replaced_and_commits_resume(make_mesh):
 # -- faulty backups, one behaviour at a time on one mesh ------------------------------------------
 
 @pytest.fixture(scope="module")
-def backup_mesh(tmp_path_factory, broker_url):
-    """One mesh for the module; each test restarts node 3 with its behaviour."""
-    mesh = Mesh(tmp_path_factory.mktemp("byzantine") / "mesh", 4, broker_url)
-    mesh.start()
-    state = {"mesh": mesh, "client": mesh.client(timeout=1.0), "expected": {}}
-    yield state
-    mesh.stop()
+def backup_mesh(tmp_path_factory, vhosts):
+    """One mesh for the module (on a vhost of its own); each test restarts node 3 with
+    its behaviour."""
+    broker = vhosts.new()
+    mesh = Mesh(tmp_path_factory.mktemp("byzantine") / "mesh", 4, broker)
+    try:
+        mesh.start()
+        yield {"mesh": mesh, "client": mesh.client(timeout=1.0), "expected": {}}
+    finally:
+        mesh.stop()
+        vhosts.delete(broker)
 
 
 def restart_faulty(mesh: Mesh, spec: str) -> dict:

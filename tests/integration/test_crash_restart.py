@@ -21,7 +21,7 @@ import pytest
 
 from mesh.bench.consensus import drive
 
-from .meshkit import MessageStorm, assert_values, audit_node, wait_until
+from tests.meshkit import MessageStorm, assert_values, audit_node, wait_until
 
 pytestmark = pytest.mark.broker
 

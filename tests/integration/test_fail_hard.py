@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from .meshkit import assert_values, audit_node, wait_until
+from tests.meshkit import assert_values, audit_node, wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -21,7 +21,7 @@ from mesh.bench.consensus import drive
 from mesh.ops.followers import Followers
 from pbft_tasks.topology import add_followers
 
-from .meshkit import wait_until
+from tests.meshkit import wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -12,7 +12,7 @@ import pytest
 
 from mesh.bench.consensus import drive
 
-from .meshkit import assert_values, audit_node
+from tests.meshkit import assert_values, audit_node
 
 pytestmark = pytest.mark.broker
 

@@ -20,7 +20,7 @@ import pytest
 
 from mesh.bench.consensus import drive
 
-from .meshkit import assert_values, audit_node, wait_until
+from tests.meshkit import assert_values, audit_node, wait_until
 
 pytestmark = pytest.mark.broker
 

@@ -18,7 +18,6 @@ heights and the evidence the honest nodes recorded.
 """
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -28,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from ledger.reader import LedgerReader
-from mesh.ops.launcher import node_env, worker_command
+from mesh.ops.launcher import node_env, stop_groups, worker_command
 
-from .meshkit import Mesh, audit_node, wait_until
+from tests.meshkit import Mesh, audit_node, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -73,13 +72,7 @@ class Twin:
             return list(r.iter_blocks())
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_groups([self.proc], timeout=15)
 
 
 @pytest.fixture

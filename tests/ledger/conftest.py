@@ -2,22 +2,9 @@
 opens either, so behaviour tests run against both backends."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# When the whole suite runs, a test package elsewhere (tests/core/__init__.py) puts
-# tests/ on sys.path, where this folder would be found as a namespace package "ledger"
-# before setuptools' editable finder is asked.  A regular package anywhere on sys.path
-# wins over a namespace portion, so putting the project root there resolves "ledger"
-# to the real package.  (``pythonpath = ["."]`` in pyproject's pytest options would do
-# the same for every folder.)
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
-
-from ledger import LedgerStore, MemoryLedger  # noqa: E402
+from ledger import LedgerStore, MemoryLedger
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from mesh.ops.netns import NetnsError, require
-from tests.integration.conftest import broker_url, no_stray_workers  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from mesh.client import BrokerClientTransport, MeshClient
 from mesh.ops.netns_mesh import NetnsMesh
 from pbft_tasks.topology import DEFAULT_RESULT_BACKEND, client_keys, load_client_identity, node_keys
 from pbft_tasks.signing import Verifier
-from tests.integration.meshkit import wait_until
+from tests.meshkit import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.netns, pytest.mark.slow]
 

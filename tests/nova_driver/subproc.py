@@ -1,9 +1,8 @@
 """Run a module of nova_cases/ in a pytest process of its own.
 
-Why a subprocess: importing nova in this pytest process would resolve nova's
-``import openstack`` (openstacksdk) to our ``tests/openstack`` package, and nova's
-functional fixtures monkey-patch the whole process with eventlet.
-``--import-mode=importlib`` keeps ``tests/`` off ``sys.path`` in the child."""
+Why a subprocess: nova's functional fixtures monkey-patch the whole process with
+eventlet, which must never happen beside Celery and the thread-based tests.
+``--import-mode=importlib`` keeps the case's folder off ``sys.path`` in the child."""
 from __future__ import annotations
 
 import os

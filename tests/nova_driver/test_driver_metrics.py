@@ -8,12 +8,12 @@ Check: the scraped text, parsed by prometheus_client's parser, holds exactly tho
 counts, summed over the two drivers of the process, and the recorder's one put."""
 from __future__ import annotations
 
-from integration.meshkit import free_port
+from tests.services import free_port
 from mesh.openstack.driver_metrics import DRIVER_METRICS, MISS_REASONS
 from mesh.openstack.nova_wire import request_context
 from pbft_tasks.metrics import scrape
 
-from .conftest import vnc
+from .driverkit import vnc
 
 UUID = "6f5c3f0e-8a3b-4c0e-9d7e-0123456789ab"
 

@@ -15,6 +15,8 @@ import pytest
 from mesh.openstack import STEP_OWN, ConsoleReader, instance_key, nova_wire, rpc, seal_console
 from mesh.openstack.sealing import NOVA_KEYS
 
+from .kit import FakeClock
+
 
 class FakeLedger:
     """Raw kv records by key, versioned like ledger/state.py (put: +1; delete of a live
@@ -50,8 +52,8 @@ class FakeLedger:
 class FakeCompute:
     """The RPC client: ``prepare(server=host).call(...)`` mints a console per call."""
 
-    def __init__(self, ttl=600.0, send_expiry=True):
-        self.ttl, self.send_expiry = ttl, send_expiry
+    def __init__(self, ttl=600.0, send_expiry=True, clock=time.time):
+        self.ttl, self.send_expiry, self.clock = ttl, send_expiry, clock
         self.calls: list[tuple[str, str]] = []
         self.served: list[tuple[str, dict, float]] = []  # (host, connect_info, expires_at)
         self._lock = threading.Lock()
@@ -71,7 +73,7 @@ class FakeCompute:
                     compute.calls.append((server, instance))
                 info = {"host": server, "port": 5900, "internal_access_path": None,
                         "token": token, "access_url": f"http://vnc/?token={token}"}
-                expires_at = time.time() + compute.ttl
+                expires_at = compute.clock() + compute.ttl
                 compute.served.append((server, dict(info), expires_at))
                 return {**info, rpc.EXPIRES_AT_FIELD: expires_at} if compute.send_expiry \
                     else info
@@ -165,13 +167,12 @@ def test_a_moved_instance_never_gets_the_old_hosts_own_answer(setup):
 
 
 def test_an_expired_own_answer_is_not_served():
-    ledger, compute = FakeLedger(), FakeCompute(ttl=0.2)
-    reader = make_reader(ledger, compute)
+    clock = FakeClock()
+    ledger, compute = FakeLedger(), FakeCompute(ttl=0.2, clock=clock)
+    reader = make_reader(ledger, compute, clock=clock)
     first, _ = reader.get_vnc_console("i1")
     assert reader.get_vnc_console("i1") == (first, STEP_OWN)
-    expires_at = compute.served[-1][2]
-    while time.time() <= expires_at:                      # the token's life, nothing else
-        time.sleep(0.01)
+    clock.advance(0.2)                                    # the token's life, nothing else
     again, step = reader.get_vnc_console("i1")
     assert step == 2 and again["token"] != first["token"]
     compute.ttl = -1.0                                    # a reply already expired

@@ -1,7 +1,7 @@
 """Every panel query of every dashboard renders against a real Prometheus scraping a real
 mesh, and every metric it names exists there: a renamed metric breaks this test.
 
-Set up: the session's stack (tests/ops/conftest.py): 4 node workers, Flower (workers run
+Set up: the folder's stack (tests/ops/stack.py): 4 node workers, Flower (workers run
 with -E), an API reader's counters, nova's hdpbf driver's counters, and a ``prometheus``
 process scraping them every second with compose/prometheus.yml's jobs (and one for the
 driver); traffic committed, bad messages sent.
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.meshkit import wait_until
-
-from .conftest import http_get
+from tests.meshkit import wait_until
+from tests.services import http_body
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -84,7 +83,7 @@ def metric_names(expr: str) -> set[str]:
 def query(prom: str, expr: str) -> dict:
     url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
-        body = http_get(url, timeout=10)
+        body = http_body(url, timeout=10)
     except Exception as exc:  # 400 for a bad expression: show Prometheus's reason
         detail = getattr(exc, "read", lambda: b"")().decode(errors="replace")
         pytest.fail(f"Prometheus refused {expr!r}: {exc} {detail}")
@@ -122,7 +121,7 @@ def test_every_panel_query_runs_on_a_real_scrape_of_the_mesh(loaded_stack):
     assert any("flower_" in n for n in names) and any("hdpbf_" in n for n in names), titles
 
     def targets_up():
-        active = json.loads(http_get(f"{prom}/api/v1/targets"))["data"]["activeTargets"]
+        active = json.loads(http_body(f"{prom}/api/v1/targets"))["data"]["activeTargets"]
         down = [(t["labels"]["job"], t["scrapeUrl"], t.get("lastError")) for t in active
                 if t["health"] != "up"]
         return not down and len(active) == 7, down

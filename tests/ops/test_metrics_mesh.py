@@ -1,6 +1,6 @@
 """Every node worker of a real mesh serves its metrics over HTTP, and they tell the truth.
 
-Set up: the session's running 4-node mesh (tests/ops/conftest.py ``stack``), each worker
+Set up: the folder's running 4-node mesh (tests/ops/stack.py ``Stack``), each worker
 exporting on 127.0.0.1:(metrics_port_base + id) as mesh.json says.
 Step: commit UPDATES updates; send node 1 one malformed message and one with an unknown
 task name; read a console record through the API reader (step 1) and fail one step 2.
@@ -11,12 +11,14 @@ counters are 1/1/1.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pbft_tasks.metrics import BROKER_METRICS, NODE_METRICS, READER_METRICS, node_url, scrape
 
-from .conftest import BAD_NODE, UPDATES
-from integration.meshkit import wait_until
+from .stack import BAD_NODE, UPDATES
+from tests.meshkit import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -50,8 +52,12 @@ def test_each_node_endpoint_matches_its_ledger(loaded_stack):
             executed = sum(len(b["requests"]) - len(b.get("skip", [])) for b in r.iter_blocks())
         assert one(s, "hdpbf_requests_committed_total", node=node) == executed >= UPDATES
         assert one(s, "hdpbf_commit_latency_seconds_count", node=node) == height
-        assert 0 < one(s, "hdpbf_commit_latency_seconds_sum", node=node) < 10 * height
-        assert 0 <= one(s, "hdpbf_ledger_head_age_seconds", node=node) < 120
+        # every latency and the head's age fall inside the stack's life (bounds of
+        # logic, not of speed: how fast is the benchmarks' business)
+        latency_sum = one(s, "hdpbf_commit_latency_seconds_sum", node=node)
+        head_age = one(s, "hdpbf_ledger_head_age_seconds", node=node)
+        assert 0 < latency_sum <= height * (time.monotonic() - loaded_stack.started_mono)
+        assert 0 <= head_age <= time.time() - loaded_stack.started_wall
         assert one(s, "hdpbf_view", node=node) == 0
         assert one(s, "hdpbf_view_changes_total", node=node) == 0
         assert one(s, "hdpbf_state_transfers_total", node=node) == 0

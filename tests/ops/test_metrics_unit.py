@@ -9,10 +9,11 @@ latency histogram saw every block, the rejected counter has its reason.
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
-from integration.meshkit import free_port
+from tests.services import free_port
 from mesh.embedded import EmbeddedMesh
 from pbft_tasks.metrics import (NODE_METRICS, READER_METRICS, NodeMetrics, export_reader,
                           node_metrics_port, reader_registry, scrape, serve)
@@ -61,6 +62,7 @@ def test_every_node_metric_is_exported_before_any_traffic(embedded):
 def test_commits_move_heights_counters_and_latency(embedded):
     mesh, metrics = embedded
     client = mesh.client()
+    wall0, mono0 = time.time(), time.monotonic()
     for i in range(3):
         client.put(f"k{i}", i, timeout=10)
     for rt, m in zip(mesh.nodes, metrics):
@@ -70,8 +72,12 @@ def test_commits_move_heights_counters_and_latency(embedded):
         assert value(reg, "hdpbf_blocks_committed_total", node=node) == height
         assert value(reg, "hdpbf_requests_committed_total", node=node) == 3
         assert value(reg, "hdpbf_commit_latency_seconds_count", node=node) == height
-        assert value(reg, "hdpbf_commit_latency_seconds_bucket", node=node, le="10.0") == height
-        assert 0 <= value(reg, "hdpbf_ledger_head_age_seconds", node=node) < 60
+        # every latency and the head's age fall inside this test (bounds of logic, not
+        # of speed: how fast is the benchmarks' business)
+        latency_sum = value(reg, "hdpbf_commit_latency_seconds_sum", node=node)
+        head_age = value(reg, "hdpbf_ledger_head_age_seconds", node=node)
+        assert 0 < latency_sum <= height * (time.monotonic() - mono0)
+        assert 0 <= head_age <= time.time() - wall0
         assert value(reg, "hdpbf_view", node=node) == 0
 
 

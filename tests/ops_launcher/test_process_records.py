@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import subprocess
-import time
 
 import click
 import pytest
@@ -16,6 +15,8 @@ from click.testing import CliRunner
 from mesh.cli import main
 from mesh.ops.launcher import ProcessRecord, _proc_start_ticks, spawn_detached, stop_recorded
 from mesh.ops.stack import flower_credentials
+from tests.meshkit import wait_until
+from tests.processes import group_members
 
 
 def _spawn(tmp_path, name: str, command: list[str]) -> ProcessRecord:
@@ -59,27 +60,10 @@ def test_a_pid_that_runs_something_else_is_left_alone(tmp_path):
 def test_a_process_ignoring_sigterm_is_killed_with_its_group(tmp_path):
     rec = _spawn(tmp_path, "stubborn", ["sh", "-c", "trap '' TERM; echo armed-$((6*7)); sleep 60 & wait"])
     log = tmp_path / "logs" / "stubborn.log"
-    deadline = time.monotonic() + 10
-    while "armed-42" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: "armed-42" in log.read_text(), 10, "the shell to ignore SIGTERM")
     assert stop_recorded([rec], timeout=0.5) == {"stubborn": "killed"}
     assert rec.state() == "gone"
-    assert _live_members(rec.pid) == []  # its sleep child went with it
-
-
-def _live_members(pgid: int) -> list[int]:
-    """Pids of the process group that are not zombies (a dead child of a dead parent
-    waits for init to reap it)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat_line = open(f"/proc/{entry}/stat").read()
-        except (OSError, ValueError):
-            continue
-        fields = stat_line[stat_line.rfind(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            out.append(int(entry))
-    return out
+    assert group_members(rec.pid) == []  # its sleep child went with it
 
 
 def test_down_with_nothing_running_says_so_and_exits_0(tmp_path):
@@ -116,10 +100,8 @@ def test_status_with_the_broker_unreachable_says_so_and_exits_1(tmp_path):
     cfg = init_mesh(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:9//")
     _write_run(str(tmp_path), {"data_dir": str(tmp_path), "config": str(cfg.path),
                                "started_at": 0.0, "processes": []}, create=True)
-    t0 = time.monotonic()
     res = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path), "--json"])
     assert res.exit_code == 1, res.output
     report = json.loads(res.output)
     assert report["broker_error"] and "guest:***@" in report["broker"]
     assert [n["reason"] for n in report["nodes"]] == ["process not started; broker unreachable"] * 4
-    assert time.monotonic() - t0 < 15

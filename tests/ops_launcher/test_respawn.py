@@ -4,11 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from mesh.ops import respawn
+from tests.meshkit import wait_until
+from tests.processes import alive, kill_all
 
 
 @pytest.fixture(autouse=True)
@@ -46,24 +47,14 @@ def test_the_worker_dies_with_its_respawner(tmp_path):
                               "time.sleep(300)\n")
     wrapper = subprocess.Popen(respawn.respawn_command(child))
     try:
-        deadline = time.monotonic() + 20
-        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        pid = int(pidfile.read_text())
+        pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), 20,
+                             "the worker to start"))
         os.kill(wrapper.pid, signal.SIGKILL)
         wrapper.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().split(")")[-1].split()[0] == "Z":
-                        break
-            except FileNotFoundError:
-                break
-            time.sleep(0.02)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            pytest.fail("the worker outlived its respawner")
+        try:
+            wait_until(lambda: not alive(pid), 10, "the worker to die with its respawner")
+        finally:
+            kill_all([pid] if alive(pid) else [])
     finally:
         if wrapper.poll() is None:
             wrapper.kill()

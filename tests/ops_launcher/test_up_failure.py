@@ -7,10 +7,10 @@ import os
 import pytest
 
 from pbft_tasks.topology import init_mesh, node_key_path
+from tests.processes import kill_all, processes_of
+from tests.services import wait_not_quiet
 
-from tests.integration.meshkit import wait_not_quiet
-
-from .conftest import Launch, processes_of
+from .launchkit import Launch
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -30,6 +30,5 @@ def test_up_stops_what_it_started_when_a_worker_refuses_to_start(tmp_path, broke
         assert "refusing to start" in launch.log("node2")
     finally:
         left = processes_of("-", str(launch.data_dir))
-        for pid in left:
-            os.kill(pid, 9)
+        kill_all(left)
     assert not left, f"processes of the failed up survived (now killed): {left}"

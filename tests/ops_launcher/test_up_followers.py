@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from pbft_tasks.topology import MeshConfig
-from tests.integration.meshkit import wait_not_quiet, wait_until
+from tests.meshkit import wait_until
+from tests.services import wait_not_quiet
 
-from .conftest import Launch, hdpbf, up_then_down
-from .test_up_status_down import commit_updates
+from .launchkit import Launch, commit_updates, hdpbf, shared_launch
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -24,10 +24,9 @@ class FollowerLaunch(Launch):
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, broker_url):
+def launched(tmp_path_factory, vhosts):
     wait_not_quiet()
-    with up_then_down(FollowerLaunch(tmp_path_factory.mktemp("launch") / "hdpbf-data",
-                                     broker_url)) as launch:
+    with shared_launch(tmp_path_factory, vhosts, FollowerLaunch) as launch:
         yield launch
 
 

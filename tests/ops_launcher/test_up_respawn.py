@@ -5,14 +5,14 @@ respawner (mesh/ops/respawn.py) starts it again, it rebuilds from its ledger (bl
 is not executed twice, so the hook does not fire again) and the mesh goes on."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.integration.meshkit import wait_not_quiet, wait_until
+from tests.meshkit import wait_until
+from tests.services import wait_not_quiet
 
-from .conftest import Launch, hdpbf, processes_of
-from .test_up_status_down import commit_updates
+from tests.processes import kill_all, processes_of
+
+from .launchkit import Launch, commit_updates, hdpbf
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -51,7 +51,6 @@ def test_up_restarts_a_worker_that_failed_hard_and_the_mesh_goes_on(tmp_path, br
     finally:
         down = hdpbf("down", "--data-dir", str(launch.data_dir), timeout=120)
         left = processes_of("-", str(launch.data_dir))
-        for pid in left:
-            os.kill(pid, 9)
+        kill_all(left)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not left, f"processes of this up survived down (now killed): {left}"

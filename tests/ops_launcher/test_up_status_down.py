@@ -3,59 +3,29 @@
 One launch is shared by the module (starting 8 processes costs seconds on two cores);
 the tests run in file order and the destructive ones (kill -9 a worker, ``down``) come
 last.  Every check reads what an operator would: the commands' exit codes and JSON,
-Flower's HTTP API and /metrics, the API reader's HTTP answers, /proc.
+Flower's HTTP API and /metrics, the API reader's HTTP answers, the process table.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import stat
 import subprocess
-import time
-import urllib.error
-import urllib.request
 
+import psutil
 import pytest
 
-from mesh.client import BrokerClientTransport, MeshClient
-from mesh.ops.launcher import LocalMesh
-from pbft_tasks.topology import MeshConfig, client_keys, load_client_identity, node_keys
-from pbft_tasks.signing import Verifier
-from tests.integration.meshkit import wait_until
+from tests.meshkit import wait_until
+from tests.processes import alive
+from tests.services import http_get
 
-from .conftest import hdpbf
+from .launchkit import commit_updates, hdpbf
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 NAMES = ["node0", "node1", "node2", "node3", "cmp1", "cmp2", "api", "flower"]
 PBFT_TASKS = ("pbft.request", "pbft.preprepare", "pbft.prepare", "pbft.commit")
-
-
-def get(url: str, auth: tuple[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def commit_updates(launch, count: int) -> None:
-    """``count`` puts through MeshClient + BrokerClientTransport (as ``hdpbf put``)."""
-    cfg = MeshConfig.load(launch.data_dir / "mesh.json")
-    app = LocalMesh(str(cfg.path), log_dir=str(launch.data_dir / "logs")).app
-    client = MeshClient("admin", load_client_identity(cfg, "admin"), cfg.n,
-                        Verifier(node_keys(cfg), client_keys(cfg)), timeout=2.0)
-    client.transport = BrokerClientTransport(app, client)
-    try:
-        batch = client.submit([client.put_request(f"k{time.time_ns()}-{i}", i) for i in range(count)])
-        client.wait(batch, timeout=30)
-    finally:
-        client.transport.close()
 
 
 def heights(launch) -> dict[int, int | None]:
@@ -68,8 +38,7 @@ def test_up_starts_every_process_with_its_log_and_status_is_healthy(launched):
     for p in run["processes"]:
         assert p["pid"] > 0 and p["start_ticks"] and p["command"]
         assert (launched.data_dir / "logs" / f"{p['name']}.log").exists()
-        cmdline = open(f"/proc/{p['pid']}/cmdline", "rb").read().split(b"\0")[:-1]
-        assert [a.decode() for a in cmdline] == p["command"], p["name"]
+        assert psutil.Process(p["pid"]).cmdline() == p["command"], p["name"]
     worker = next(p for p in run["processes"] if p["name"] == "node2")["command"]
     assert worker[worker.index("-Q") + 1] == "node.2" and "-E" in worker
     # No secret on any command line: Flower's password and the broker's are elsewhere.
@@ -117,11 +86,11 @@ def test_updates_reach_every_node_and_status_shows_equal_heights(launched):
 
 def test_flower_api_lists_every_node_worker_on_its_own_queue(launched):
     url = f"http://127.0.0.1:{launched.flower_port}/api/workers"
-    assert get(url)[0] == 401  # basic auth is on
+    assert http_get(url)[0] == 401  # basic auth is on
     auth = launched.flower_auth()
 
     def workers():
-        code, body = get(url, auth)
+        code, body = http_get(url, auth)
         assert code == 200, body
         found = json.loads(body)
         return found if len(found) == 4 and all(w.get("active_queues") for w in found.values()) else None
@@ -138,7 +107,7 @@ def test_flower_metrics_count_pbft_tasks_by_name(launched):
     commit_updates(launched, 3)
 
     def counts():
-        code, body = get(f"http://127.0.0.1:{launched.flower_port}/metrics")
+        code, body = http_get(f"http://127.0.0.1:{launched.flower_port}/metrics")
         assert code == 200
         seen: dict[str, float] = {}
         for line in body.decode().splitlines():
@@ -154,20 +123,20 @@ def test_flower_metrics_count_pbft_tasks_by_name(launched):
 
 def test_api_reader_answers_step_2_then_step_1_after_the_commit(launched):
     url = f"http://127.0.0.1:{launched.api_port}/console/vm-launch?host=cmp1"
-    code, body = get(url)
+    code, body = http_get(url)
     assert code == 200, body
     first = json.loads(body)
     assert first["step"] == 2 and first["connect_info"]["host"] == "cmp1"
     token = first["connect_info"]["token"]
 
     def step1():
-        answer = json.loads(get(url)[1])
+        answer = json.loads(http_get(url)[1])
         return answer if answer["step"] == 1 else None
 
     second = wait_until(step1, 20, "the API reader to answer from its ledger (step 1)")
     assert second["connect_info"]["token"] == token
     assert second["connect_info"] == first["connect_info"]
-    assert get(f"http://127.0.0.1:{launched.api_port}/console/unknown-vm")[0] == 400
+    assert http_get(f"http://127.0.0.1:{launched.api_port}/console/unknown-vm")[0] == 400
     api = next(p for p in launched.status()[1]["processes"] if p["name"] == "api")
     assert api["metrics"] == f"http://127.0.0.1:{launched.metrics_base + 4}/metrics"
     assert api["step2_calls"] >= 1 and api["step1_answers"] >= 1, api
@@ -176,8 +145,7 @@ def test_api_reader_answers_step_2_then_step_1_after_the_commit(launched):
 def test_kill_9_of_a_worker_makes_status_unhealthy(launched):
     victim = launched.pid("node3")
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not os.path.exists(f"/proc/{victim}/cmdline")
-               or not open(f"/proc/{victim}/cmdline", "rb").read(), 10, "node3 to die")
+    wait_until(lambda: not alive(victim), 10, "node3 to die")
     code, report = launched.status("--timeout", "1.5")
     assert code == 1 and report["healthy"] is False
     bad = {n["id"]: n for n in report["nodes"] if not n["healthy"]}
@@ -202,7 +170,7 @@ def test_down_stops_exactly_what_up_started(launched):
         assert "pid reused (left alone)" in res.stdout
         assert bystander.poll() is None, "down killed an unrelated process"
         for name, pid in pids.items():
-            assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split(")")[-1][:3], name
+            assert not alive(pid), name
         assert not (launched.data_dir / "run" / "processes.json").exists()
 
         again = hdpbf("down", "--data-dir", str(launched.data_dir))

@@ -1,6 +1,6 @@
 """nova 34's own compute RPC client on ``hdpbf+rabbit://`` (real RabbitMQ), run in a
-process of its own by ../test_nova_rabbit.py (importing nova beside the other tests
-would put ``tests/openstack`` in the way of openstacksdk's ``openstack``).
+process of its own by ../test_nova_rabbit.py (nova is imported only in processes of its
+own, never beside the other tests).
 
 nova-api hosts: ``nova.compute.rpcapi.ComputeAPI`` after ``nova.config.parse_args`` and
 ``nova.rpc.init``, with real ``objects.Instance`` and ``RequestContext``.  The compute

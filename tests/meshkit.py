@@ -1,9 +1,8 @@
-"""Helpers for the mesh integration tests: a Mesh of real workers, condition waits, and
-the ledger checks (identical tips, values on every node, audited certified chains)."""
+"""A mesh of real workers for the tests, condition waits, and the ledger checks
+(identical tips, values on every node, audited certified chains).  The fixture that
+makes one per test is ``make_mesh`` (tests/conftest.py)."""
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,11 +14,13 @@ from ledger.format import LedgerError
 from ledger.reader import LedgerReader
 from mesh.client import BrokerClientTransport, MeshClient, SubmitTimeout
 from mesh.ops.launcher import LocalMesh
-from pbft_tasks.topology import (DEFAULT_RESULT_BACKEND, MeshConfig, client_keys, init_mesh,
-                           load_client_identity, node_keys)
+from pbft_tasks.topology import (MeshConfig, client_keys, init_mesh, load_client_identity,
+                                 node_keys)
 from pbft_tasks.core.messages import Commit, from_wire
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import Rejected, Verifier
+
+from .services import backend_url
 
 
 # Legitimate traffic leaves at most a few hundred messages waiting in a node's queue
@@ -64,9 +65,7 @@ class Mesh:
     """One test's mesh: its config, its LocalMesh of workers, clients and ledger views."""
 
     def __init__(self, base: Path, n: int, broker_url: str, **settings: Any):
-        cfg = init_mesh(base, nodes=n, broker_url=broker_url,
-                        result_backend=os.environ.get("HDPBF_TEST_BACKEND_URL",
-                                                      DEFAULT_RESULT_BACKEND))
+        cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url())
         for name, value in settings.items():
             setattr(cfg, name, value)
         cfg.save(base / "mesh.json")
@@ -237,54 +236,3 @@ def assert_values(mesh: Mesh, expected: dict[str, Any]) -> None:
                      if r.get_value(k, default="<missing>") != v}
         assert not wrong, (f"node {i}: {len(wrong)} of {len(expected)} keys read back wrong, "
                            f"e.g. {dict(list(wrong.items())[:5])}")
-
-
-QUIET = "/tmp/hdpbf-quiet"
-
-
-def wait_not_quiet(what: str = "touching RabbitMQ", limit: float = 900.0) -> None:
-    """While the team's benchmarking marker exists, wait before starting workers or
-    restarting the broker (a benchmark needs the machine to itself); fail after ``limit``."""
-    deadline = time.monotonic() + limit
-    while os.path.exists(QUIET):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{QUIET} still exists after {limit}s: someone is benchmarking; "
-                        f"not {what}", pytrace=False)
-        time.sleep(10)
-
-
-def broker_port_open(host: str = "127.0.0.1", port: int = 5672) -> bool:
-    """Whether RabbitMQ listens (the broker stop/start tests wait on it)."""
-    try:
-        socket.create_connection((host, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_block(count: int) -> int:
-    """A base port with ``count`` consecutive free ports from it (e.g. metrics: one per
-    node), away from the default 9400/9500 that other meshes on this machine use."""
-    import random
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no block of {count} free ports found")
