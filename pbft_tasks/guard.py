@@ -27,7 +27,7 @@ equal to ``GUARD_REASONS``):
   date.  A parked message is never held: it is acknowledged and dropped at once.
 - The body decodes to ``[args, kwargs, embed]`` with args a list, kwargs ``{}`` and no
   callbacks, errbacks, chain or chord in embed (``undecodable`` / ``malformed``);
-  ``pbft.status`` takes no arguments at all.
+  ``pbft.status`` and ``pbft.hops`` take no arguments at all.
 - A message that makes the worker die (our bug, or one we did not foresee) is
   redelivered by RabbitMQ with ``redelivered`` set.  ``PoisonJournal`` counts, per
   message id and on disk, how often a redelivered message was started; one that was
@@ -165,8 +165,8 @@ def check_body(decoded: Any, task: str) -> None:
         raise Refused("malformed", "callbacks, errbacks, chains and chords are not run here")
     if kwargs:
         raise Refused("malformed", f"{task} takes no keyword arguments")
-    if task == "pbft.status" and args:
-        raise Refused("malformed", "pbft.status takes no arguments")
+    if task in ("pbft.status", "pbft.hops") and args:
+        raise Refused("malformed", f"{task} takes no arguments")
 
 
 class PoisonJournal:

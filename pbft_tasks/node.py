@@ -169,6 +169,7 @@ class NodeRuntime:
             if len(data) > limit:
                 return self.reject("oversize", f"over {limit} bytes", wire)
             clock.lap("parse")
+            clock.handled(wire)
             self.verifier.check(msg, data)
             clock.lap("verify")
         except MalformedMessage as exc:
@@ -287,8 +288,9 @@ class NodeRuntime:
         results: list = []
         clock = self.stages
         if records or blocks:
+            t0 = time.perf_counter_ns()
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
-            clock.lap("ledger")
+            clock.lap_wait("ledger", time.perf_counter_ns() - t0)
             for block, res in zip(blocks, results):
                 for hook in self.on_execute:
                     hook(block, res)
@@ -305,17 +307,20 @@ class NodeRuntime:
                 else:
                     self._send(a.to, wire)
                 clock.lap("publish")
+                clock.sent(wire)
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
                 wire = self._wire(a.msg)
                 clock.lap("sign")
                 self.transport.broadcast(self.id, self.peers, wire)
                 clock.lap("publish")
+                clock.sent(wire)
             elif isinstance(a, SendClient):
                 wire = self._wire(a.msg)
                 clock.lap("sign")
                 self.transport.send_client(a.client, wire)
                 clock.lap("publish")
+                clock.sent(wire)
             elif isinstance(a, FetchState):
                 peer = a.peers[self._fetches % len(a.peers)] if a.peers else self.peers[0]
                 self._fetches += 1  # the next request goes to the next peer

@@ -4,7 +4,7 @@ Each task receives the message's wire object (docs/PROTOCOL.md), hands it to thi
 worker's node runtime, and returns nothing: no protocol decision and no exception for a
 bad message escapes a task (the runtime logs and counts it).  ``pbft.request`` also
 accepts a list of requests, so that a client may pipeline several in one message.
-``pbft.status`` is the one task with a result (through the Redis backend).
+``pbft.status`` and ``pbft.hops`` are the tasks with a result (through the Redis backend).
 """
 from __future__ import annotations
 
@@ -101,3 +101,9 @@ def blocks(*args, **kwargs) -> None:
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)
 def status() -> dict:
     return runtime().status()
+
+
+@app.task(name="pbft.hops", ignore_result=False, acks_late=False)
+def hops() -> list:
+    """The timing records of this node's last task runs (stages.py), for the bench."""
+    return list(runtime().stages.hops)
