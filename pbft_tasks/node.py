@@ -305,22 +305,22 @@ class NodeRuntime:
                 if self._relay is not None and isinstance(a.msg, Request):
                     self._relay.setdefault(a.to, []).append(wire)  # sent by handle_requests
                 else:
+                    clock.sending(wire)
                     self._send(a.to, wire)
                 clock.lap("publish")
-                clock.sent(wire)
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
                 wire = self._wire(a.msg)
                 clock.lap("sign")
+                clock.sending(wire)
                 self.transport.broadcast(self.id, self.peers, wire)
                 clock.lap("publish")
-                clock.sent(wire)
             elif isinstance(a, SendClient):
                 wire = self._wire(a.msg)
                 clock.lap("sign")
+                clock.sending(wire)
                 self.transport.send_client(a.client, wire)
                 clock.lap("publish")
-                clock.sent(wire)
             elif isinstance(a, FetchState):
                 peer = a.peers[self._fetches % len(a.peers)] if a.peers else self.peers[0]
                 self._fetches += 1  # the next request goes to the next peer

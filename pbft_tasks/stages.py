@@ -31,8 +31,8 @@ Rules:
 
 Hops: the same runs also leave a short record of *when* (wall clock, ``time.time``, so
 records of processes on one host compare): the run's start, the message it handled
-(``hop_key``), and for every message it sent, when the publish returned, the run's CPU
-so far and its wait on the ledger so far (the ledger transaction's wall time minus its
+(``hop_key``), and for every message it sent, when it was handed to the publish (the
+moment it left), the run's CPU so far and its wait on the ledger so far (the ledger transaction's wall time minus its
 CPU: the fsync).  The last ``HOPS_KEPT`` runs are kept; the ``pbft.hops`` task returns
 them and the consensus bench follows one commit's messages through them, hop by hop
 (mesh/bench/critical_path.py).  A record costs a few clock readings a run.
@@ -104,8 +104,10 @@ class StageClock:
         if self._in is None and self._owner is not None and self._owner == threading.get_ident():
             self._in = hop_key(wire)
 
-    def sent(self, wire: dict) -> None:
-        """``wire`` was just published (call right after the ``publish`` lap)."""
+    def sending(self, wire: dict) -> None:
+        """``wire`` is about to be published (call right after the ``sign`` lap): the
+        moment it leaves, not when the publish returns -- with publisher confirms that
+        is after the broker's answer, by when the receiver may be at work on it."""
         if self._owner is not None and self._owner == threading.get_ident():
             if self._outs is None:
                 self._outs = []

@@ -75,8 +75,8 @@ def test_a_run_records_what_it_handled_and_when_each_message_left():
     c.handled({"type": "Prepare", "view": 0, "seq": 4, "sender": 1})
     c.handled({"type": "Prepare", "view": 0, "seq": 5, "sender": 1})  # the first one counts
     c.lap_wait("ledger", 10**9)  # a second of wall time, almost all of it waiting
-    c.lap("publish")
-    c.sent({"type": "Reply", "sender": 2, "client": "admin", "results": [{"timestamp": 7}]})
+    c.lap("sign")
+    c.sending({"type": "Reply", "sender": 2, "client": "admin", "results": [{"timestamp": 7}]})
     c.end("ack")
     (start, handled, sends, end), = c.hops
     assert handled == "Prepare v0 n4 from 1" and start <= sends[0][1] <= end

@@ -3,7 +3,7 @@
 Owns: following one low-load request from the client's publish to the last reply the
 client needed, through the nodes' timing records of their task runs (``pbft.hops``,
 pbft_tasks/stages.py: a run's start, the message it handled, and for every message it
-sent, when the publish returned with the run's CPU and ledger wait so far).
+sent, when it was handed to the publish, with the run's CPU and ledger wait so far).
 
 The walk goes backwards.  The last reply came from a run of node L; that run handled
 the message that completed L's quorum (a Commit from node k, say); k published it from
@@ -11,16 +11,16 @@ a run that handled a Prepare, and so on, back to the run of the primary that han
 the client's request.  Each hop is one message and the work its receiver did before
 sending the next message on the path:
 
-  broker_ms  publish returned at the sender -> the receiver's run started, less the
-             time the receiver was still busy with earlier messages (RabbitMQ, the
-             network stack, the consumer's fetch)
+  broker_ms  handed to the publish at the sender -> the receiver's run started, less
+             the time the receiver was still busy with earlier messages (the publish,
+             RabbitMQ, the network stack, the consumer's fetch)
   queue_ms   waiting at the receiver: behind its earlier runs, and inside the run for
              a core (the run's wall time that was neither its CPU nor the ledger wait)
-  cpu_ms     the receiving run's CPU until it published the next message
+  cpu_ms     the receiving run's CPU until it sent the next message on the path
   fsync_ms   the run's wait on the ledger transaction (its wall time less its CPU)
 
 The last hop is the reply: from its publish to the client's reading of it (all of it
-``broker_ms``).  The hops add up to the commit latency of that request, within the
+``broker_ms``, the client's own poll loop included).  The hops add up to the commit latency of that request, within the
 client's own processing.  Timestamps are ``time.time`` of processes on one host; on
 several hosts their clocks' offsets would enter ``broker_ms``.
 """
