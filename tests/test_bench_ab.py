@@ -82,3 +82,12 @@ def test_archive_unpacks_the_commit(tmp_path):
     assert (tree / "a.txt").read_text() == "one\n"
     with pytest.raises(ValueError, match="no-such-rev"):
         ab.archive("no-such-rev", repo, out)
+
+
+def test_baseline_takes_one_configuration_only():
+    from click.testing import CliRunner
+
+    from mesh.cli import main
+    for extra in (["--nodes", "4,7"], ["--votes", "both"], ["--followers", "2"]):
+        res = CliRunner().invoke(main, ["bench", "consensus", "--baseline", "HEAD", *extra])
+        assert res.exit_code == 2 and "--baseline compares one configuration" in res.output, extra
