@@ -255,10 +255,8 @@ class CatchUp:
         expect = block_hash(block_header(seq, view, digest, self.head, skip))
         if expect != block["hash"]:
             return f"block {seq}: hashes to {expect[:12]} here, not {block['hash'][:12]}", None
-        entry = Entry(seq)
-        entry.preprepare = PrePrepare(view, seq, digest, batch, Q.primary(view, self.n))
-        entry.commits = {c.sender: c for c in cert if c.sender in senders}
-        return None, entry
+        return None, Entry(seq, preprepare=PrePrepare(view, seq, digest, batch, Q.primary(view, self.n)),
+                           commits={c.sender: c for c in cert if c.sender in senders})
 
     def _on_install(self, stimulus: Install, cause: str) -> None:
         """Execute one committed block fetched from a peer (its signatures already
@@ -268,8 +266,9 @@ class CatchUp:
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
             return
-        entry.prior = self._certificate(self.window.log.get(entry.seq))
-        self.window.put(entry)
+        self.window.put(Entry(entry.seq, preprepare=entry.preprepare, commits=entry.commits,
+                              prior=self._certificate(self.window.log.get(entry.seq))))
+        entry = self.window.log[entry.seq]
         self._execute(entry, cause)
         self._execute_ready(cause)
         self.catchup.installed(self.last_exec)
