@@ -277,7 +277,7 @@ class CatchUp:
         """After a batch of fetched blocks: ask for the rest if still behind."""
         if self.catchup.fetch_done(self.last_exec):
             self._need_state(self.catchup.behind_to, list(self.catchup.fetch_peers),
-                             "state transfer continues")
+                             cause.derive("state transfer continues"))
 
     def _stuck_check(self, cause: str) -> None:
         if self.now - self.catchup.last_progress < self.cfg.retransmit_ticks:
@@ -289,7 +289,7 @@ class CatchUp:
                 if len(voters) >= Q.weak_quorum(self.n):  # an honest replica committed it
                     ahead = max(ahead, seq)
         if ahead > self.last_exec:
-            self._need_state(ahead, [s for s in range(self.n) if s != self.id], f"{cause}: stuck")
+            self._need_state(ahead, [s for s in range(self.n) if s != self.id], cause.derive(f"{cause}: stuck"))
 
     def _seen_ahead_by_f1(self) -> int:
         """The highest seq beyond the window that f+1 senders (one of them honest) sent

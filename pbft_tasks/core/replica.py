@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import quorum as Q
-from .actions import Evidence, Persist
+from .actions import Cause, Evidence, Persist
 from .catchup import CatchUp, CatchUpState
 from .chain import GENESIS
 from .checkpoints import Checkpoints, Window
@@ -121,6 +121,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.clients = ClientTable(config.client_window)
         # Volatile state: lost on restart on purpose (clients retransmit).
         self.now = 0
+        self.stimuli = 0                # stimuli taken since start (their default ids)
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
         # The owners (etcd's raftLog and tracker).
         self.batcher = Batcher()                 # normalcase.py: pending requests, next_seq
@@ -140,14 +141,19 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         return self.primary == self.id
 
     # -- the entry point -----------------------------------------------------------------
-    def handle(self, stimulus: Any) -> list:
+    def handle(self, stimulus: Any, stimulus_id: str | None = None) -> list:
         """Take one stimulus: a protocol message whose signature the driver has checked,
         or a ``Tick``, ``Install``, ``FetchDone`` or ``Resume`` (stimuli.py).  Returns the
-        actions it causes (actions.py), each carrying ``describe(stimulus)``."""
+        actions it causes (actions.py), each carrying its ``Cause``: ``describe(stimulus)``
+        with the stimulus's id, ``stimulus_id`` if the driver names one, else
+        ``"<replica>.<count>"``."""
         kind = type(stimulus)
         if kind is Tick:
             self.now += 1  # a tick is named after the clock it moves to
-        cause = describe(stimulus, self.now)
+        self.stimuli += 1
+        cause = Cause(describe(stimulus, self.now),
+                      stimulus_id if stimulus_id is not None else f"{self.id}.{self.stimuli}",
+                      stimulus)
         meta = self.meta_record()  # the state before the step, to derive what it changed
         handler = self._handlers.get(kind)
         sender = getattr(stimulus, "sender", 0)
