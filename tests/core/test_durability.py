@@ -18,6 +18,7 @@ from hypothesis import event, settings
 from hypothesis.stateful import precondition, rule
 
 from pbft_tasks.core.actions import Persist
+from pbft_tasks.core.messages import PrePrepare, Prepare, batch_digest
 from pbft_tasks.core.replica import Replica
 
 from .helpers import config, req
@@ -57,9 +58,6 @@ class DurableCluster(CheckedCluster):
         node = self.nodes[i]
         if node.replica is not None and i not in self.byzantine:
             check_rebuilt(node.replica, node.records)
-            self.persists += sum(isinstance(a, Persist) for a in actions)
-
-    persists = 0
 
 
 class DurabilityMachine(ViewChangeSafetyMachine):
@@ -98,7 +96,6 @@ def test_a_step_persists_exactly_what_it_changed():
     """A backup's first prepare for a pre-prepare writes the pre-prepare and its votes;
     a peer's prepare that completes nothing writes nothing; a repeated message writes
     nothing."""
-    from pbft_tasks.core.messages import PrePrepare, Prepare, batch_digest
     r = Replica(1, config())
     batch = (req(),)
     pp = PrePrepare(0, 1, batch_digest(batch), batch, 0)
