@@ -21,7 +21,10 @@ Rules:
   milliseconds, and those would push everything else out.
 - Recording keeps references (an append to a bounded deque); what an entry
   says is worked out only when someone asks (``entries``), so the log costs the step
-  almost nothing.
+  almost nothing.  A ``Persist`` is kept as the names of its records (``Persisted``),
+  not their content, which is all an entry shows: a client record holds up to a
+  thousand results, and keeping hundreds of steps' copies alive would make every
+  full collection of Python's garbage collector walk them, on every later step.
 - Pure: no clock.  The driver passes the time it wants shown, if any.
 """
 from __future__ import annotations
@@ -36,6 +39,20 @@ from .replica import describe
 from .stimuli import Install, Tick
 
 DEFAULT_SIZE = 512
+
+
+class Persisted:
+    """What the log keeps of a ``Persist``: the names of its records and its cause."""
+
+    __slots__ = ("names", "cause")
+
+    def __init__(self, names: tuple, cause: Any):
+        self.names = names
+        self.cause = cause
+
+
+def _kept(a: Any) -> Any:
+    return Persisted(tuple(a.records), a.cause) if type(a) is Persist else a
 
 
 def request_id(r: Request) -> str:
@@ -78,6 +95,8 @@ def summary(a: Any) -> str:
     """One line for an action."""
     if isinstance(a, Persist):
         return f"persist {', '.join(sorted(a.records))}"
+    if isinstance(a, Persisted):
+        return f"persist {', '.join(sorted(a.names))}"
     if isinstance(a, Execute):
         return f"execute n{a.seq} ({len(a.block.get('requests', ()))} requests)"
     if isinstance(a, Send):
@@ -123,7 +142,7 @@ class StimulusLog:
         cause = actions[0].cause if actions else Cause(
             describe(stimulus, replica.now),
             stimulus_id if stimulus_id is not None else f"{replica.id}.{replica.stimuli}", stimulus)
-        self._entries.append((cause, at, tuple(actions)))
+        self._entries.append((cause, at, tuple(map(_kept, actions))))
         return actions
 
     def snapshot(self) -> list[tuple]:

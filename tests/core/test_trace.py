@@ -5,6 +5,9 @@
 - The driver may name the id; the core's default is ``<replica>.<count>``.
 - The log is bounded, records steps that caused nothing, and leaves out ticks that did
   nothing.
+- The log keeps what a persist wrote by name only, not the records' content (a client
+  record holds up to a thousand results; hundreds of copies kept alive would slow every
+  full garbage collection), and the step still returns the whole ``Persist``.
 - A commit is traced across nodes by its request id: on every replica, the entries of
   the pre-prepare, the votes and the execution of the seq that carried it.
 """
@@ -69,6 +72,16 @@ def test_an_entry_names_its_request_seq_and_what_it_caused():
     assert e["keys"][:2] == ["n1", "c/7"]
     assert e["actions"][0] == "persist pp/1, votes/1"
     assert "broadcast Prepare v0 n1" in e["actions"]
+
+
+def test_the_log_keeps_a_persist_by_the_names_of_its_records():
+    r, log = Replica(1, config()), StimulusLog()
+    [p] = [a for a in log.step(r, preprepare()) if isinstance(a, Persist)]
+    assert sorted(p.records) == ["pp/1", "votes/1"] and p.records["pp/1"] is not None
+    [(_, _, kept)] = log.snapshot()
+    assert not any(isinstance(a, Persist) for a in kept), "the records' content was kept"
+    assert [a.cause.id for a in kept][:1] == [p.cause.id]
+    assert log.entries()[0]["actions"][0] == "persist pp/1, votes/1"
 
 
 def test_a_commit_is_traced_across_nodes_by_its_request_id():
