@@ -221,6 +221,41 @@ def bench_read(count: int, redis_url: str, json_path: str | None) -> None:
     write_json(br.run(n=count, redis_url=redis_url), json_path)
 
 
+@bench.command("step")
+@click.option("--requests", type=click.IntRange(100, 1_000_000), default=6000, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 1000), default=4, show_default=True)
+@click.option("--window", type=click.IntRange(1, 100_000), default=64, show_default=True,
+              help="requests each client keeps in flight")
+@click.option("--rounds", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="runs; the least disturbed is kept")
+@click.option("--baseline", default=None, metavar="COMMIT",
+              help="also run the same bench on this commit's tree (git archive)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_step_cmd(requests: int, clients: int, window: int, rounds: int, baseline: str | None,
+                   json_path: str | None) -> None:
+    """CPU per request of the core step and of the ledger write, in one process, no broker."""
+    import tempfile
+
+    from . import step as bs
+    from .consensus import write_json
+    trees = {"this tree": None}
+    if baseline:
+        trees[baseline] = baseline
+    table = Table("tree", "step us/req", "ledger us/req", "steps", "persist rows", "blocks")
+    result: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, commit in trees.items():
+            if commit is None:
+                r = bs.bench_step(requests, clients, window, rounds)
+            else:
+                r = bs.run_tree(bs.baseline_tree(commit, tmp), requests, clients, window, rounds)
+            result[name] = r
+            table.add_row(name, f"{r['step_us_per_request']:.1f}", f"{r['ledger_us_per_request']:.1f}",
+                          str(r["steps"]), str(r["rows"]), str(r["blocks"]))
+    console().print(table)
+    write_json(result, json_path)
+
+
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
 bench.add_command(bench_failover)
