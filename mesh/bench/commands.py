@@ -241,7 +241,7 @@ def bench_step_cmd(requests: int, clients: int, window: int, rounds: int, baseli
     trees = {"this tree": None}
     if baseline:
         trees[baseline] = baseline
-    table = Table("tree", "step us/req", "ledger us/req", "steps", "persist rows", "blocks")
+    table = Table("tree", "step us/req", "ledger us/req", "of which gc", "steps", "persist rows", "blocks")
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, commit in trees.items():
@@ -251,7 +251,7 @@ def bench_step_cmd(requests: int, clients: int, window: int, rounds: int, baseli
                 r = bs.run_tree(bs.baseline_tree(commit, tmp), requests, clients, window, rounds)
             result[name] = r
             table.add_row(name, f"{r['step_us_per_request']:.1f}", f"{r['ledger_us_per_request']:.1f}",
-                          str(r["steps"]), str(r["rows"]), str(r["blocks"]))
+                          f"{r['gc_us_per_request']:.1f}", str(r["steps"]), str(r["rows"]), str(r["blocks"]))
     console().print(table)
     write_json(result, json_path)
 

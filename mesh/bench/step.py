@@ -11,6 +11,8 @@ CPU of this thread (``time.thread_time_ns``), summed over the four nodes:
   when the tree has one);
 - ``ledger``: gathering the records and ``LedgerStore.apply`` (sqlitedict's own thread,
   which writes the rows, is not counted, as in the worker's ``ledger`` stage).
+- ``gc``: the part of those two spent in Python's cyclic garbage collector (what the
+  process keeps alive makes every full collection longer).
 Each run is repeated ``rounds`` times and the best is kept (the least disturbed).  The
 script imports only what old trees have too, so the same file runs against
 ``git archive <commit>`` (``--baseline``: that tree first on PYTHONPATH, in a
@@ -18,6 +20,7 @@ subprocess).  Run: ``hdpbf bench step [--baseline COMMIT] [--json out.json]``.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -51,6 +54,16 @@ def _run(requests: int, clients: int, window: int, n: int, directory: str,
     replied: dict[tuple[str, int], int] = {}
     done = issued = 0
     clock = time.thread_time_ns
+    gc_ns = [0, 0]  # total, start of the collection under way
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_ns[1] = clock()
+        else:
+            gc_ns[0] += clock() - gc_ns[1]
+
+    gc.collect()
+    gc.callbacks.append(on_gc)
 
     def issue(client: str) -> None:
         nonlocal issued
@@ -108,9 +121,10 @@ def _run(requests: int, clients: int, window: int, n: int, directory: str,
                             done += 1
                             if issued < requests:
                                 issue(a.client)
+    gc.callbacks.remove(on_gc)
     for led in ledgers:
         led.close()
-    return {"step_ns": step_ns, "ledger_ns": ledger_ns, "steps": steps, "persists": persists,
+    return {"gc_ns": gc_ns[0], "step_ns": step_ns, "ledger_ns": ledger_ns, "steps": steps, "persists": persists,
             "rows": rows, "height": replicas[0].last_exec}
 
 
@@ -127,6 +141,7 @@ def bench_step(requests: int = 2000, clients: int = 4, window: int = 64, rounds:
             "rounds": rounds, "durability": durability, "stimulus_log": StimulusLog is not None,
             "step_us_per_request": best["step_ns"] / requests / 1e3,
             "ledger_us_per_request": best["ledger_ns"] / requests / 1e3,
+            "gc_us_per_request": best["gc_ns"] / requests / 1e3,
             "steps": best["steps"], "persists": best["persists"], "rows": best["rows"],
             "blocks": best["height"]}
 
