@@ -14,12 +14,15 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
+_MISSING = object()
+
+
 class ClientTable:
     def __init__(self, window: int = 1024):
         self.window = window
         self._floor: dict[str, int] = {}
         self._done: dict[str, dict[int, Any]] = {}
-        self._before: dict[str, tuple] = {}  # client -> its record's content before this step
+        self._changed: set[str] = set()  # clients whose record this step changed
 
     def executed(self, client: str, ts: int) -> bool:
         return ts <= self._floor.get(client, -1) or ts in self._done.get(client, ())
@@ -42,24 +45,25 @@ class ClientTable:
         return self._done.get(client, {}).get(ts)
 
     def record(self, client: str, ts: int, result: Any) -> None:
-        if client not in self._before:
-            self._before[client] = self._state(client)
         done = self._done.setdefault(client, {})
+        floor = self._floor.get(client, -1)
+        old = done.get(ts, _MISSING)
         done[ts] = result
         if len(done) > self.window:
             oldest = min(done)
             del done[oldest]
-            self._floor[client] = max(self._floor.get(client, -1), oldest)
-
-    def _state(self, client: str) -> tuple:
-        return self._floor.get(client, -1), dict(self._done.get(client, {}))
+            self._floor[client] = max(floor, oldest)
+        # Derived from the change itself, not from a copy of the record taken before it
+        # (up to ``window`` results, copied and compared on every execution): the record
+        # changed if a result came in or changed, or the floor moved.
+        if old is _MISSING or old != result or self._floor.get(client, -1) != floor:
+            self._changed.add(client)
 
     def changes(self) -> dict:
         """The ``client/`` records whose content changed since the last call (what a
-        step must persist, derived by comparing with the state before it)."""
-        out = {f"client/{c}": self.to_record(c) for c, before in self._before.items()
-               if self._state(c) != before}
-        self._before = {}
+        step must persist)."""
+        out = {f"client/{c}": self.to_record(c) for c in sorted(self._changed)}
+        self._changed = set()
         return out
 
     def to_record(self, client: str) -> dict:
