@@ -46,11 +46,13 @@ from typing import Any, Iterable, Optional
 
 from ledger.audit import check_block_contents
 from ledger.format import LedgerError
+from ledger.state import refused_writes
 from pbft_tasks.core.clients import ClientTable
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 
 from .batch_verify import BatchVerifier
+from .evidence_log import EvidenceLog
 
 log = logging.getLogger("hdpbf.follower")
 
@@ -85,6 +87,7 @@ class Follower:
                 self.clients.load_record(name[len(CLIENT_PREFIX):], rec)
         self.ahead: dict[int, dict] = {}    # seq -> certified block waiting for its gap
         self.rejected: Counter[str] = Counter()
+        self.evidence_log = EvidenceLog(log)  # every refusal counted, lines rate-limited
         self.installed = 0
         self.duplicates = 0
         self.seen_top = ledger.height       # highest certified seq seen from anyone
@@ -211,7 +214,14 @@ class Follower:
             if not run:
                 return
             records = {CLIENT_PREFIX + c: staged.table.to_record(c) for c in dirty}
-            self.ledger.apply(records, [_stored(b) for b in run])   # raises only on our bug
+            results = self.ledger.apply(records, [_stored(b) for b in run])  # raises only on our bug
+            for block, res in zip(run, results):
+                for client, key, reason in refused_writes(block, res):
+                    self.rejected[reason] += 1   # the client's evidence, as on the replicas
+                    out.rejected[reason] += 1
+                    self.evidence_log.warning((repr(client), reason),
+                                              "follower refused client %r's write of %s in "
+                                              "block %s: %s", client, key, block["seq"], reason)
             self.clients = staged.table
             self.installed += len(run)
             out.installed += len(run)
@@ -223,7 +233,8 @@ class Follower:
         self.rejected[reason] += 1
         out.rejected[reason] += 1
         seq = block.get("seq") if isinstance(block, dict) else None
-        log.warning("follower refused block %r from %r: %s", seq, source, reason)
+        self.evidence_log.warning((repr(source), reason), "follower refused block %r from %r: %s",
+                                  seq, source, reason)
 
 
 class _Staged:

@@ -75,7 +75,7 @@ class FollowerNode:
         from celery import Celery
 
         from ledger.store import LedgerStore
-        from .topology import node_keys
+        from .topology import console_writers, node_keys
 
         from .batch_verify import BatchVerifier
         from .celery_app import celery_settings
@@ -86,7 +86,8 @@ class FollowerNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker_url = broker_url or os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url
         # A follower never signs; losing its last commits to a power cut costs a re-fetch.
-        self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal")
+        self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal",
+                                  writers=console_writers(cfg))
         self.verifier = BatchVerifier(node_keys(cfg), {}, ray_address=ray_address,
                                       temp_dir=self.data_dir / "ray")
         self.follower = Follower(cfg.n, self.ledger, self.verifier,

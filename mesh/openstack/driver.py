@@ -157,7 +157,7 @@ class HdpbfDriver(base.BaseDriver):
             driver_metrics.export(self, opts.metrics_port, opts.metrics_host)
 
     def _configure(self, opts) -> None:
-        from pbft_tasks.topology import MeshConfig, load_reader_identity
+        from pbft_tasks.topology import MeshConfig, console_writers, load_reader_identity
         from . import driver_record
         from .sealing import Opener
         mesh_cfg = MeshConfig.load(opts.mesh_config)  # ConfigError names the problem
@@ -166,7 +166,8 @@ class HdpbfDriver(base.BaseDriver):
             if opts.reader:
                 opener = Opener(opts.reader,
                                 load_reader_identity(mesh_cfg, opts.reader, opts.reader_key))
-            self.reader = Step1Reader(opts.ledger, opener, own_answers=opts.own_answers)
+            self.reader = Step1Reader(opts.ledger, opener, own_answers=opts.own_answers,
+                                      writers=console_writers(mesh_cfg))
         if opts.client:
             self.recorder = driver_record.shared_recorder(
                 opts.mesh_config, opts.client, opts.client_key, opts.seal, opts.embedded)

@@ -7,11 +7,16 @@ every such problem is a miss with a reason, and the call goes to step 2.
 
 Rules of this file:
 - A ledger answer is a live record (not deleted, not expired at this host's clock)
-  recorded by the host the call is addressed to (``target.server``), that opens with
-  this host's reader key (nova_wire.open_reply).
+  recorded by the host the call is addressed to (``target.server``): its value says
+  ``compute_host`` is that host, and its committed ``writer`` is a client that speaks
+  for that host in mesh.json (``ledger.state.may_serve``; the replicas already refuse
+  other writes, this host checks again with its own copy of the rule), and it opens
+  with this host's reader key (nova_wire.open_reply).
 - Reasons: ``no_ledger`` (file missing: node not started), ``ledger_error`` (unreadable,
   corrupt, not JSON), ``missing``, ``deleted``, ``expired``, ``other_host``,
-  ``unreadable`` (sealed for other readers, wrong key, tampered), ``bad_value``.
+  ``other_writer`` (written by a client that does not speak for the host, or by no
+  client: a record from before writers were kept), ``unreadable`` (sealed for other
+  readers, wrong key, tampered), ``bad_value``.
 - Own answers follow reader.py exactly: kept with the key's ledger version read before
   the call left (``base``) and an expiry the caller computes as send time + nova's
   ``token_ttl`` (never later than compute's own: compute mints the token after the
@@ -34,6 +39,7 @@ import time
 
 from ledger import LedgerReader
 from ledger.format import LedgerError, LedgerNotFound, is_live
+from ledger.state import Writers, may_serve
 
 from .nova_wire import open_reply
 from .sealing import Opener, SealError
@@ -53,8 +59,9 @@ class _Own:
 
 class Step1Reader:
     def __init__(self, ledger_path: str, opener: Opener | None, own_answers: bool = True,
-                 own_answers_max: int = OWN_ANSWERS_MAX):
+                 own_answers_max: int = OWN_ANSWERS_MAX, writers: Writers | None = None):
         self.ledger_path = ledger_path
+        self.writers = writers   # mesh.json's clients -> hosts (None: each its own name)
         self.opener = opener
         self.own_answers = own_answers
         self.own_answers_max = own_answers_max
@@ -128,6 +135,8 @@ class Step1Reader:
             return None, "bad_value", version
         if value.get("compute_host") != server:
             return None, "other_host", version
+        if not may_serve(record, server, self.writers):
+            return None, "other_writer", version
         try:
             return open_reply(value, self.opener), STEP1, version
         except SealError as exc:
