@@ -36,7 +36,9 @@ RPC_TIMEOUT = 1.5
 class Rig:
     def __init__(self, base, broker: str):
         wait_not_quiet()
-        self.mesh = Mesh(base, 4, broker, hosts={"admin": ("cmp1", "cmp2")})
+        # the one recorder of this rig records for every compute host of the tests
+        self.mesh = Mesh(base, 4, broker,
+                         hosts={"admin": ("cmp1", "cmp2", "cmp-gate", "cmp-gate2")})
         add_readers(self.mesh.config_path, ["api0", "api1"])
         self.cfg = MeshConfig.load(self.mesh.config_path)
         self.url = transport_url_from_broker(broker)
