@@ -23,7 +23,9 @@ Rules of this file:
   raised.  Reasons: ``malformed``, ``bad_block`` (hash or digest), ``too_few_commits``,
   ``commit_mismatch`` (a commit for another view/seq/digest), ``duplicate_signer``,
   ``unknown_signer``, ``bad_signature`` (or ``missing_signature`` /
-  ``malformed_signature``), ``bad_prev``, ``bad_skip``, ``too_far_ahead``.  When a
+  ``malformed_signature``), ``bad_prev``, ``bad_skip``, ``too_far_ahead``,
+  ``conflicting_block`` (a block for an installed seq whose header hash differs from
+  the installed block's; one with the same hash is a ``duplicate``, counted apart).  When a
   certificate fails for several reasons, the first in that order is counted.  Extra
   entries beside 2f+1 good ones are tolerated only if they are good too: an honest
   validator never sends a bad one, so a certificate with any bad entry is refused.
@@ -141,7 +143,7 @@ class Follower:
             return "malformed"
         seq = block.get("seq")
         if type(seq) is int and 0 < seq <= self.height:
-            return "duplicate"
+            return self._against_installed(block, seq)
         if type(seq) is int and seq in self.ahead:
             return "duplicate"
         try:
@@ -153,6 +155,18 @@ class Follower:
         if seq > self.height + MAX_AHEAD:
             return "too_far_ahead"
         return None
+
+    def _against_installed(self, block: dict, seq: int) -> str:
+        """A block for a seq already installed: ``duplicate`` if it is the installed one
+        (same header hash, and contents that hash to it), ``conflicting_block`` if not.
+        Two certified blocks for one seq prove that validators signed both (more than f
+        of them), and an uncertified one is a forgery: either is evidence."""
+        installed = self.ledger.block(seq)
+        if installed is not None and block.get("hash") == installed.get("hash"):
+            return "duplicate"
+        if installed is None:   # below the head but not stored: our bug, not the peer's
+            raise LedgerError(f"follower ledger has height {self.height} but no block {seq}")
+        return "conflicting_block"
 
     def _check_certificates(self, blocks: list[dict]) -> list[Optional[str]]:
         """The reason each block's certificate fails, or None; every signature of every
