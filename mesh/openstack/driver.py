@@ -16,7 +16,8 @@ Rules of this file:
   NovaObject primitive and the console type; step 1 (driver_read.py) or step 2 through
   the inner driver.  Whatever goes wrong with step 1 (missing or corrupt ledger, a value
   sealed for other readers, a primitive without a uuid) is a step-2 call counted in
-  ``stats`` under ``miss.<reason>``; nova's call never fails because of us.
+  ``stats`` under ``miss.<reason>``; nova's call never fails because of us: even an
+  exception step 1 did not foresee is logged and counted as ``miss.ledger_error``.
 - Server side (nova-compute): after nova's method returned, the reply goes back first
   (5b), then the recorder queues it (5a: driver_record.py; never waits).  A failure is
   never recorded.  Expiry: the time the request arrived + nova's ``[consoleauth]
@@ -232,7 +233,11 @@ class HdpbfDriver(base.BaseDriver):
             self.count("step2")
             return self._inner.send(target, ctxt, message, **kw)
         key = nova_wire.reply_key(target.topic, method, uuid, console_type)
-        reply, how, base_version = self.reader.lookup(key, target.server)
+        try:
+            reply, how, base_version = self.reader.lookup(key, target.server)
+        except Exception:  # whatever the local copy holds, nova's call goes on (step 2)
+            log.exception("hdpbf: step 1 for %s failed; asking compute", key)
+            reply, how, base_version = None, "ledger_error", 0
         if reply is not None:
             self.count(how)
             return reply

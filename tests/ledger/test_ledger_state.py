@@ -218,3 +218,9 @@ def test_the_writer_is_the_client_name_without_its_session():
     assert writes[KEY1]["writer"] == "cmp1" and "refused" not in results[0]
     _, results = run_as({}, "cmp2/5e55104a", [put(KEY1, console("cmp1"), 1.0)])
     assert results[0]["refused"] == "console_other_host"
+
+
+def test_json_nested_deeper_than_the_parser_is_a_format_error():
+    from ledger import format as fmt
+    with pytest.raises(fmt.LedgerFormatError, match="nested too deep"):
+        fmt.decode("[" * 200_000 + "]" * 200_000)
