@@ -101,8 +101,9 @@ class Rig:
         kw = {k: v for k, v in (("broker_url", broker_url), ("result_backend", backend)) if v}
         self.cfg = init_mesh(self.base, nodes=self.nodes, clients=("admin", *HOSTS),
                              readers=("api",), force=True,
-                             # the embedded rig records both hosts' answers as compute-1
-                             hosts={HOSTS[0]: HOSTS}, **kw)
+                             # the embedded rig records both hosts' answers as compute-1,
+                             # and so does nova's rig (paper_nova.py) for its nova-<host>s
+                             hosts={HOSTS[0]: (*HOSTS, *(f"nova-{h}" for h in HOSTS))}, **kw)
         self.config_path = os.path.join(self.base, "mesh.json")
         self.transport_url = transport_url
 
