@@ -25,9 +25,12 @@ Rules of this file:
   Expiry stays the reader's business: the client compares ``expires_at`` with its clock.
 - Several operations on one key in one block see each other, in request order (a local
   overlay in front of ``get``).
-- Every record carries its ``writer``: the committed client name of the request that
-  wrote it (the ``name`` of a ``name/session`` client id, whose key signed it) (a put's record and a delete's tombstone alike).  Records written before
-  writers were kept have none; readers treat such a console record as unbound.
+- Every record (a put's record and a delete's tombstone alike) carries its ``writer``:
+  the committed client name of the request that wrote it (the ``name`` of a
+  ``name/session`` client id, whose key signed it).  Records written before writers were
+  kept have none; readers treat such a console record as unbound.
+- The result depends on ``writers`` too (mesh.json's clients): every replica and
+  follower of a mesh must execute with the same.
 - Console records are bound to their writer.  A key under ``rpc/`` or ``console/``
   (``CONSOLE_PREFIXES``: nova's console replies, ``rpc/<topic>/<method>/<uuid>/<type>``,
   and the stand-in compute's ``console/<uuid>/<type>``) may be written only by a client
