@@ -50,6 +50,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
+from ledger.state import refused_writes
+
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
                             NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
@@ -308,6 +310,12 @@ class NodeRuntime:
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
             clock.lap_wait("ledger", time.perf_counter_ns() - t0)
             for block, res in zip(blocks, results):
+                for client, key, reason in refused_writes(block, res):
+                    self.rejected[reason] += 1   # the client's evidence, on every replica
+                    self.evidence_log.warning((repr(client), reason),
+                                              "node %s refused client %r's write of %s "
+                                              "in block %s: %s", self.id, client, key,
+                                              block.get("seq"), reason)
                 for hook in self.on_execute:
                     hook(block, res)
         actions = answer_reads(actions, blocks, results, self.ledger)
