@@ -25,17 +25,48 @@ Rules of this file:
   Expiry stays the reader's business: the client compares ``expires_at`` with its clock.
 - Several operations on one key in one block see each other, in request order (a local
   overlay in front of ``get``).
-- An operation that is not a well-formed put/delete is our bug (the core parses requests
+- A config op (``{"op": "config", "key": CONFIG_KEY, "change"}``) executes the change
+  against the configuration history stored at ``CONFIG_KEY`` (the genesis history when
+  the key was never written), with the ``ConfigRules`` the ledger was bound to
+  (pbft_tasks/core/config.py): accepted or refused, the history is written back (a
+  refusal only bumps its counter) and the result is ``ConfigHistory.execute``'s.  A
+  ledger bound to no genesis refuses every change (``config_no_genesis``) and writes
+  nothing, the same on every replica of that mesh.
+- An operation that is not a well-formed put/delete/get/config is our bug (the core parses requests
   strictly before they are ordered) and raises ``LedgerError``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
+
+from pbft_tasks.core.config import ConfigHistory, Configuration, Verify
+from pbft_tasks.core.messages import CONFIG_KEY, SYSTEM_PREFIX
 
 from .format import LedgerError
 
 Record = dict
 Getter = Callable[[str], Optional[Record]]
+
+
+@dataclass(frozen=True)
+class ConfigRules:
+    """What config ops execute against: the genesis configuration, the boundary's
+    checkpoint interval and log window, and the admin signature check."""
+    genesis: Configuration
+    checkpoint_interval: int
+    log_window: int
+    verify: Verify
+
+    def new_history(self) -> ConfigHistory:
+        return ConfigHistory(self.genesis, self.checkpoint_interval, self.log_window)
+
+
+def config_history(record: Optional[Record], rules: ConfigRules) -> ConfigHistory:
+    """The history stored in ``record`` (the kv record of CONFIG_KEY), or genesis."""
+    if record is None:
+        return rules.new_history()
+    return ConfigHistory.from_record(record["value"])
 
 
 def _skipped(block: dict) -> set[int]:
@@ -51,9 +82,13 @@ def _skipped(block: dict) -> set[int]:
 
 def _op_of(block: dict, i: int, request: Any) -> dict:
     op = request.get("op") if isinstance(request, dict) else None
-    if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "get") \
+    if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "get", "config") \
             or type(op.get("key")) is not str:
-        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete/get op")
+        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete/get/config op")
+    if op["op"] == "config" and op["key"] != CONFIG_KEY:
+        raise LedgerError(f"block {block.get('seq')}: config op at request {i} on key {op['key']!r}")
+    if op["op"] in ("put", "delete") and op["key"].startswith(SYSTEM_PREFIX):
+        raise LedgerError(f"block {block.get('seq')}: {op['op']} at request {i} on a mesh key")
     if op["op"] == "put" and ("value" not in op or "expires_at" not in op):
         raise LedgerError(f"block {block.get('seq')}: put at request {i} lacks value/expires_at")
     return op
@@ -70,7 +105,8 @@ def touched_keys(blocks: Iterable[dict]) -> set[str]:
     return keys
 
 
-def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optional[dict]]]:
+def apply_block(get: Getter, block: dict, rules: Optional[ConfigRules] = None
+                ) -> tuple[dict[str, Record], list[Optional[dict]]]:
     """Execute ``block`` against the state seen through ``get`` (key -> record or None).
 
     Returns ``(writes, results)``: ``writes`` maps each changed key to its new record
@@ -102,6 +138,19 @@ def apply_block(get: Getter, block: dict) -> tuple[dict[str, Record], list[Optio
         old_version = old["version"] if old is not None else 0
         if op["op"] == "get":
             results.append(read_result(key, old))
+            continue
+        if op["op"] == "config":
+            if rules is None:
+                results.append({"config": "refused", "reason": "config_no_genesis",
+                                "detail": "this ledger is bound to no genesis configuration",
+                                "version": 0})
+                continue
+            history = config_history(old, rules)
+            results.append(history.execute(seq, op["change"], rules.verify))
+            new = {"value": history.to_record(), "version": old_version + 1, "block": seq,
+                   "expires_at": None}
+            overlay[key] = new
+            writes[key] = new
             continue
         if op["op"] == "put":
             new = {"value": op["value"], "version": old_version + 1, "block": seq,

@@ -87,6 +87,7 @@ class FollowerNode:
         self.broker_url = broker_url or os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url
         # A follower never signs; losing its last commits to a power cut costs a re-fetch.
         self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal")
+        self.ledger.bind_genesis(cfg.config_rules())  # it executes config ops as validators do
         self.verifier = BatchVerifier(node_keys(cfg), {}, ray_address=ray_address,
                                       temp_dir=self.data_dir / "ray")
         self.follower = Follower(cfg.n, self.ledger, self.verifier,

@@ -358,3 +358,19 @@ class Verifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_hex(public_key: str, data: bytes, signature: str) -> bool:
+    """Whether ``signature`` (hex) is ``public_key``'s (hex) Ed25519 signature of
+    ``data``; garbage in either is simply "no".  The admin signature check of
+    configuration changes (pbft_tasks/core/config.py takes it as a parameter)."""
+    try:
+        verify_key_from_hex(public_key).verify(data, bytes.fromhex(signature))
+        return True
+    except Exception:  # BadSignatureError, ValueError of bad hex or length
+        return False
+
+
+def sign_hex(key: SigningKey, data: bytes) -> str:
+    """``key``'s Ed25519 signature of ``data`` as hex (what ``verify_hex`` checks)."""
+    return key.sign(data).signature.hex()

@@ -44,6 +44,7 @@ def build_node(cfg: MeshConfig, node_id: int, transport: Transport, *,
     data_dir = data_dir or cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
     ledger = LedgerStore(os.path.join(data_dir, LEDGER_FILE), durability=cfg.durability)
+    ledger.bind_genesis(cfg.config_rules())  # config ops execute against the mesh's genesis
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
                      verifier or mesh_verifier(cfg), transport, byzantine=byzantine)
     attach_pusher(rt, cfg, transport)  # mesh.json's followers: answer their fetches, push blocks

@@ -293,6 +293,14 @@ def check_change(cfg: Configuration, change: Any, verify: Verify) -> Configurati
         raise ConfigRefused("config_unauthorized",
                             f"{len(good)} valid admin signatures, policy needs {cfg.threshold} "
                             f"of {len(admins)}")
+    return apply_ops(cfg, ops)
+
+
+def apply_ops(cfg: Configuration, ops: Any) -> Configuration:
+    """The configuration after ``ops`` (version + 1), signatures aside; ``ConfigRefused``
+    if they do not apply.  ``check_change`` ends here; a proposer checks with it first."""
+    if type(ops) is not list or not 1 <= len(ops) <= MAX_OPS:
+        raise ConfigRefused("config_malformed", f"ops must be a list of 1..{MAX_OPS} operations")
     d = cfg.to_dict()
     for op in ops:
         _apply_op(d, op)

@@ -333,7 +333,9 @@ class NormalCase:
                 # the result names its request: a request reusing a timestamp with
                 # another operation must not be answered with this one's result
                 result = {"seq": pp.seq, "index": i, "request": request_digest(r)}
-                if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
+                if r.op["op"] in ("get", "config"):
+                    # the adapter answers with what the ledger's execution returned
+                    # (pbft_tasks/reads.py): a get's value, a config change's outcome
                     result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
                 self._dirty_clients.add(r.client)
