@@ -106,6 +106,8 @@ class NodeRuntime:
         self.ledger = ledger
         self.signer = signer
         self.verifier = verifier
+        # membership.py, when the verifier follows the ledger's configuration
+        self.membership = getattr(verifier, "membership", None)
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
@@ -247,7 +249,7 @@ class NodeRuntime:
                     raise MalformedMessage("a block must be an object with an integer seq and "
                                            "lists certificate and requests")
                 for w in block["certificate"] + block["requests"]:
-                    self.verifier.check(from_wire(w))
+                    self.verifier.check(from_wire(w), seq=block["seq"])
             except MalformedMessage as exc:
                 return self.reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
