@@ -36,7 +36,7 @@ from .audit import check_block
 from .format import LedgerError, LedgerFormatError
 from pbft_tasks.core.config import from_dict
 
-from .state import ConfigRules, apply_block, config_history, touched_keys
+from .state import ConfigRules, apply_block, config_history, rules_of, touched_keys
 
 ITER_CHUNK = 256
 
@@ -145,18 +145,19 @@ class LedgerBase:
         self._check_open()
         have = self._fetch_one(fmt.GENESIS_KEY)
         if have is None:
-            self._write({fmt.GENESIS_KEY: {"hash": rules.genesis.hash,
-                                           "config": rules.genesis.to_dict(),
-                                           "checkpoint_interval": rules.checkpoint_interval,
-                                           "log_window": rules.log_window}}, [])
+            record = {"hash": rules.genesis.hash, "config": rules.genesis.to_dict(),
+                      "checkpoint_interval": rules.checkpoint_interval,
+                      "log_window": rules.log_window}
+            if rules.validator_changes:  # absent: refused, as ledgers bound before it
+                record["validator_changes"] = True
+            self._write({fmt.GENESIS_KEY: record}, [])
             self.config_rules = rules
             return None
         stored = from_dict(have["config"])
         if stored.hash != have["hash"]:
             raise LedgerFormatError(f"the genesis record's hash {have['hash'][:16]} is not "
                                     f"that of its configuration: a damaged ledger")
-        self.config_rules = ConfigRules(stored, have["checkpoint_interval"], have["log_window"],
-                                        rules.verify)
+        self.config_rules = rules_of(have, rules.verify)
         return None if stored.hash == rules.genesis.hash else stored.hash
 
     def genesis_record(self) -> Optional[dict]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from pbft_tasks.core.config import ConfigHistory, Configuration, Verify
+from pbft_tasks.core.config import ConfigHistory, Configuration, Verify, from_dict
 from pbft_tasks.core.messages import CONFIG_KEY, SYSTEM_PREFIX
 
 from .format import LedgerError
@@ -52,14 +52,23 @@ Getter = Callable[[str], Optional[Record]]
 @dataclass(frozen=True)
 class ConfigRules:
     """What config ops execute against: the genesis configuration, the boundary's
-    checkpoint interval and log window, and the admin signature check."""
+    checkpoint interval and log window, the admin signature check, and whether changes of
+    the validators are accepted (else refused as ``config_unsupported``)."""
     genesis: Configuration
     checkpoint_interval: int
     log_window: int
     verify: Verify
+    validator_changes: bool = False
 
     def new_history(self) -> ConfigHistory:
         return ConfigHistory(self.genesis, self.checkpoint_interval, self.log_window)
+
+
+def rules_of(genesis_record: dict, verify: Verify) -> ConfigRules:
+    """The rules a ledger's ``m/genesis`` record (ledger/base.py) stands for."""
+    return ConfigRules(from_dict(genesis_record["config"]), genesis_record["checkpoint_interval"],
+                       genesis_record["log_window"], verify,
+                       bool(genesis_record.get("validator_changes", False)))
 
 
 def config_history(record: Optional[Record], rules: ConfigRules) -> ConfigHistory:
@@ -146,7 +155,8 @@ def apply_block(get: Getter, block: dict, rules: Optional[ConfigRules] = None
                                 "version": 0})
                 continue
             history = config_history(old, rules)
-            results.append(history.execute(seq, op["change"], rules.verify))
+            results.append(history.execute(seq, op["change"], rules.verify,
+                                           rules.validator_changes))
             new = {"value": history.to_record(), "version": old_version + 1, "block": seq,
                    "expires_at": None}
             overlay[key] = new

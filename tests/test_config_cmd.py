@@ -56,8 +56,8 @@ def test_propose_refuses_bad_input_with_one_line(mesh_dir, tmp_path):
     assert "config_malformed" in hdpbf(mesh_dir, "config", "propose", "--add-client", "x=zz", "--out", p, code=2)
     assert "config_unknown_member" in hdpbf(mesh_dir, "config", "propose", "--remove-client", "nobody",
                                             "--out", p, code=2)
-    assert "config_too_few_validators" in hdpbf(mesh_dir, "config", "propose", "--remove-validator", "3",
-                                                "--out", p, code=2)
+    assert "config_unsupported" in hdpbf(mesh_dir, "config", "propose", "--remove-validator", "3",
+                                         "--out", p, code=2)
     assert "nothing to change" in hdpbf(mesh_dir, "config", "propose", "--out", p, code=2)
     assert not os.path.exists(p)
 

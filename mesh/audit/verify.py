@@ -48,7 +48,7 @@ from ledger import format as fmt
 from ledger.audit import check_block
 from ledger.format import LedgerError
 from ledger.reader import LedgerReader
-from ledger.state import ConfigRules, apply_block, config_history
+from ledger.state import ConfigRules, apply_block, config_history, rules_of
 from pbft_tasks.batch_verify import BatchVerifier, Signed
 from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.config import ConfigRefused, Configuration, from_dict
@@ -176,8 +176,7 @@ class LedgerAudit:
         if stored.hash != self.rules.genesis.hash:
             result.notes.append(f"bound to genesis {stored.hash[:16]}, mesh.json's is "
                                 f"{self.rules.genesis.hash[:16]} (mesh.json edited since)")
-        return ConfigRules(stored, record["checkpoint_interval"], record["log_window"],
-                           self.rules.verify)
+        return rules_of(record, self.rules.verify)
 
     def _certificate(self, block: dict, cfg: Configuration) -> list[Signed]:
         cert = block.get("certificate")

@@ -29,7 +29,7 @@ from nacl.public import PrivateKey
 from rich.table import Table
 
 from ledger import LedgerError, LedgerReader
-from ledger.state import ConfigRules, config_history
+from ledger.state import ConfigRules, config_history, rules_of
 from pbft_tasks.core import config as C
 from pbft_tasks.core.messages import CONFIG_KEY
 from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public_key_hex, read_key_file,
@@ -64,25 +64,24 @@ def keygen(out: Path, kind: str) -> None:
 
 
 # -- reading the configuration -------------------------------------------------------------
-def current_history(cfg: MeshConfig, node_id: int) -> tuple[C.ConfigHistory, int]:
-    """The configuration history in node ``node_id``'s ledger and that ledger's height
-    (genesis and 0 when it has no ledger yet)."""
+def current_history(cfg: MeshConfig, node_id: int) -> tuple[C.ConfigHistory, int, ConfigRules]:
+    """The configuration history in node ``node_id``'s ledger, that ledger's height and
+    the rules it executes changes by (genesis and 0 when it has no ledger yet)."""
     try:
         path = os.path.join(cfg.node_data_dir(node_id), LEDGER_FILE)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     rules = cfg.config_rules()
     if not os.path.exists(path):
-        return rules.new_history(), 0
+        return rules.new_history(), 0, rules
     try:
         with LedgerReader(path) as reader:
             record, height, genesis = reader.get_record(CONFIG_KEY), reader.height(), reader.genesis_record()
     except LedgerError as exc:
         raise BadInput(f"node {node_id}: {exc}") from None
     if genesis is not None:
-        rules = ConfigRules(C.from_dict(genesis["config"]), genesis["checkpoint_interval"],
-                            genesis["log_window"], rules.verify)
-    return config_history(record, rules), height
+        rules = rules_of(genesis, rules.verify)
+    return config_history(record, rules), height, rules
 
 
 # -- propose -------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ def config_group() -> None:
 def propose(out: Path, threshold: Optional[int], node_id: int, config: Optional[str], **ops) -> None:
     """Write an unsigned change of the newest configuration to --out."""
     cfg = MeshConfig.load(config_path(config))
-    history, _ = current_history(cfg, node_id)
+    history, _, rules = current_history(cfg, node_id)
     built: list[dict] = []
     for op in _PAIRED + _NAMED:
         for text in ops[op]:
@@ -150,6 +149,9 @@ def propose(out: Path, threshold: Optional[int], node_id: int, config: Optional[
     if not latest.admins:
         raise BadInput("this mesh has no admins (hdpbf init --admin NAME): no change can pass")
     try:  # refuse here what the mesh would refuse anyway (signatures aside)
+        if not rules.validator_changes and any("validator" in op["op"] for op in built):
+            raise C.ConfigRefused("config_unsupported", "this mesh does not change its "
+                                  "validators yet (docs/operations/membership.md)")
         C.apply_ops(latest, built)
     except C.ConfigRefused as exc:
         raise BadInput(f"this change would be refused: {exc}") from None
@@ -264,7 +266,7 @@ def report(result: dict, as_json: bool) -> None:
 def show(node_id: int, as_json: bool, config: Optional[str]) -> None:
     """The configuration in force on a node, any change pending, refusals by reason."""
     cfg = MeshConfig.load(config_path(config))
-    history, height = current_history(cfg, node_id)
+    history, height, _ = current_history(cfg, node_id)
     in_force = history.at(height + 1)
     entries = history.entries()
     since = max(f for _, f, c in entries if c.version == in_force.version)

@@ -26,6 +26,9 @@ Rules of this file (docs/PROTOCOL.md, "Membership"):
   that reason.  A refused change executes as a no-op: the history is unchanged except
   for its refusal counter.  Nothing a peer or client sends can make ``execute`` raise;
   only our own bug does (a seq that does not grow).
+- A history may refuse every change of the validators (``validators=False``,
+  ``config_unsupported``): what the ledger does until the replicas switch validator sets
+  at the boundary (docs/PROTOCOL.md, "Membership").
 - Boundary: a change executed at seq s is in force from ``effective_from(s)`` =
   the first checkpoint after s + log_window, plus one.  Every replica that orders a seq
   past that checkpoint has a stable checkpoint above s (its log window is L), so it has
@@ -55,7 +58,8 @@ _KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 # Reasons a change is refused (counted in ``ConfigHistory.refused``).
 REFUSALS = ("config_malformed", "config_stale", "config_unauthorized", "config_unknown_member",
-            "config_duplicate", "config_too_few_validators", "config_bad_threshold")
+            "config_duplicate", "config_too_few_validators", "config_bad_threshold",
+            "config_unsupported")
 
 # op -> (role, action); role "validator" is keyed by "id", "follower" has no key.
 OPS = {f"{a}_{r}": (r, a) for r in ("client", "reader", "validator", "admin")
@@ -279,10 +283,16 @@ def _apply_op(d: dict, op: Any) -> None:
         found[0]["key"] = _key(op["key"], f"{role} key")
 
 
-def check_change(cfg: Configuration, change: Any, verify: Verify) -> Configuration:
+def check_change(cfg: Configuration, change: Any, verify: Verify,
+                 validators: bool = True) -> Configuration:
     """The configuration ``change`` makes of ``cfg`` (the newest accepted one), or
-    ``ConfigRefused`` with the reason.  Deterministic given ``verify``."""
+    ``ConfigRefused`` with the reason.  Deterministic given ``verify``.  With
+    ``validators`` False a change of the validators is refused (``config_unsupported``):
+    a mesh whose replicas do not yet switch validator sets at the boundary."""
     version, base, ops, sigs = _parse_change(change)
+    if not validators and any(type(op) is dict and OPS.get(op.get("op"), ("",))[0] == "validator"
+                              for op in ops):
+        raise ConfigRefused("config_unsupported", "this mesh does not change its validators")
     if version != cfg.version or base != cfg.hash:
         raise ConfigRefused("config_stale", f"built on version {version}, current is {cfg.version}")
     admins = dict(cfg.admins)
@@ -363,7 +373,7 @@ class ConfigHistory:
         """Accepted configurations not yet in force at ``seq``."""
         return [c for f, c in zip(self._from, self._cfgs) if f > seq]
 
-    def execute(self, seq: int, change: Any, verify: Verify) -> dict:
+    def execute(self, seq: int, change: Any, verify: Verify, validators: bool = True) -> dict:
         """Execute a change ordered at ``seq``.  Returns the deterministic result the
         client is answered with: accepted with the new version and the seq it is in
         force from, or refused with a reason (a no-op, counted)."""
@@ -371,7 +381,7 @@ class ConfigHistory:
             raise ValueError(f"config change at seq {seq} after one at {self.last_seq}")
         self.last_seq = seq
         try:
-            new = check_change(self.latest, change, verify)
+            new = check_change(self.latest, change, verify, validators)
         except ConfigRefused as refusal:
             self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
             return {"config": "refused", "reason": refusal.reason, "detail": refusal.detail,

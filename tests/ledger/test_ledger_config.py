@@ -3,6 +3,8 @@ executes against the stored history, refusals are counted no-ops, the ledger is 
 its genesis, and a ledger written before genesis binding still loads."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ledger.format import GENESIS_KEY, LedgerError
@@ -115,3 +117,19 @@ def test_a_ledger_written_before_genesis_binding_still_loads(tmp_path):
         assert store.genesis_record()["hash"] == RULES.genesis.hash
         assert store.config_history().latest.version == 1
         assert store._fetch_one(GENESIS_KEY)["log_window"] == L
+
+
+def test_a_change_of_the_validators_is_refused_unless_the_mesh_switches_them():
+    rotate = config_op(change_of(RULES.genesis, [{"op": "rotate_validator", "id": 1,
+                                                  "key": public_key_hex(generate_key())}], "a", "b"))
+    ledger = MemoryLedger()
+    ledger.bind_genesis(RULES)
+    [[result]] = ledger.apply(None, [build_block(1, GENESIS, [rotate])])
+    assert result["reason"] == "config_unsupported"
+    switching = MemoryLedger()
+    switching.bind_genesis(dataclasses.replace(RULES, validator_changes=True))
+    [[result]] = switching.apply(None, [build_block(1, GENESIS, [rotate])])
+    assert result["config"] == "accepted"
+    reopened = MemoryLedger(rows=switching.rows)
+    reopened.bind_genesis(RULES)  # what the ledger was bound with is kept (m/genesis)
+    assert reopened.config_rules.validator_changes
