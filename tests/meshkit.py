@@ -65,7 +65,8 @@ class Mesh:
     """One test's mesh: its config, its LocalMesh of workers, clients and ledger views."""
 
     def __init__(self, base: Path, n: int, broker_url: str, **settings: Any):
-        cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url())
+        cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url(),
+                        admins=settings.pop("admins", ()))
         for name, value in settings.items():
             setattr(cfg, name, value)
         cfg.save(base / "mesh.json")
