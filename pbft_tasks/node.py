@@ -374,6 +374,7 @@ class NodeRuntime:
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "config_version": self.membership.version if self.membership is not None else None,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
                 "cpu_stages": self.stages.snapshot(),

@@ -8,6 +8,7 @@ import pytest
 from mesh.client import MeshClient
 from mesh.embedded import EmbeddedMesh, _LocalClientTransport
 from pbft_tasks.core import config as C
+from pbft_tasks.metrics import NodeMetrics
 from pbft_tasks.core.messages import PrePrepare, Request, batch_digest, to_wire
 from pbft_tasks.signing import Signer, generate_key, public_key_hex, read_key_file, sign_hex
 from pbft_tasks.topology import MeshConfig, admin_key_path, init_mesh, load_node_identity
@@ -87,3 +88,22 @@ def test_a_revoked_client_is_refused_by_every_replica_from_its_boundary(mesh):
     pp = Signer(0, load_node_identity(mesh.cfg, 0)).sign(
         PrePrepare(mesh.nodes[1].replica.view, seq, batch_digest(batch), batch, 0))
     assert [rt.handle(to_wire(pp)) for rt in mesh.nodes[1:]] == ["batch_unknown_client"] * 3
+    # a stale change is a counted no-op; every node exports the same membership metrics
+    stale = admin.reconfigure(dict(change(mesh, [{"op": "add_follower", "name": "f"}]), version=0),
+                              timeout=10)
+    assert stale["reason"] == "config_stale"
+    for rt in mesh.nodes:
+        reg = NodeMetrics(rt).registry
+        assert reg.get_sample_value("hdpbf_config_version", {"node": str(rt.id)}) == 2
+        assert [reg.get_sample_value("hdpbf_config_changes_total", {"node": str(rt.id), "outcome": o})
+                for o in ("accepted", "config_stale", "config_unauthorized")] == [2, 1, 0]
+        assert rt.status()["config_version"] == 2
+
+
+def test_status_flags_a_node_on_another_configuration_version():
+    from mesh.ops.mesh_status import flag_config_versions, node_row
+    answers = {0: 2, 1: 2, 2: 1, 3: None}
+    rows = [node_row(i, {"height": 5, "view": 0, "head": "ab", "config_version": v}, 5)
+            for i, v in answers.items()]
+    flag_config_versions(rows)
+    assert [r["config_differs"] for r in rows] == [False, False, True, False]
