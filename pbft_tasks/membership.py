@@ -14,6 +14,9 @@ Rules of this file:
   PRE-PREPARE or a fetched block at that message's seq.  A client not in the
   configuration in force there is ``unknown_client`` (``batch_unknown_client`` in a
   batch): counted evidence, dropped, on every correct replica alike.
+- Followers: a follower the configuration in force lists is answered like one of
+  mesh.json's (fetches), and blocks are pushed from the first block after any
+  configuration lists one (follower_push.py).
 - A ledger bound to no genesis (an old one opened without ``bind_genesis``) falls back
   to the fixed keys of mesh.json.
 - Reloads happen on the node's stepping thread (the ``on_execute`` hook); readers on
@@ -49,6 +52,16 @@ class Membership:
         """The version of the configuration in force at the next seq (None: no genesis)."""
         h = self.history
         return None if h is None else h.at(self.next_seq).version
+
+    def is_follower(self, name: str) -> bool:
+        """Whether the configuration in force at the next seq lists follower ``name``."""
+        h = self.history
+        return h is not None and name in h.at(self.next_seq).followers
+
+    def any_follower(self) -> bool:
+        """Whether any accepted configuration (in force or pending) lists a follower."""
+        h = self.history
+        return h is not None and any(c.followers for _, _, c in h.entries())
 
     def client_key(self, name: str, seq: Optional[int] = None) -> Optional[VerifyKey]:
         h = self.history

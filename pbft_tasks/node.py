@@ -204,13 +204,18 @@ class NodeRuntime:
             self.transport.send_requests(to, batch)
 
     # -- state transfer -----------------------------------------------------------------
+    def _is_follower(self, who: str) -> bool:
+        """mesh.json's followers, and those the ledger's configuration lists now."""
+        return who in self.followers or (self.membership is not None
+                                         and self.membership.is_follower(who))
+
     def _on_fetch(self, wire: dict) -> str | None:
         try:
             lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
             if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
                     type(v) is int for v in (lo, hi)) or not 1 <= lo <= hi or not (
                     (type(who) is int and who in self.peers)
-                    or (type(who) is str and who in self.followers)):
+                    or (type(who) is str and self._is_follower(who))):
                 raise ValueError
         except (KeyError, ValueError):
             return self.reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)

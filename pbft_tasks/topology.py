@@ -214,7 +214,17 @@ class MeshConfig:
 
     def follower_data_dir(self, name: str) -> Path:
         """Where follower ``name`` keeps its ledger (not created here)."""
-        return self.data_path / f"follower-{self.follower(name).name}"
+        return self.data_path / f"follower-{self.follower_info(name).name}"
+
+    def follower_info(self, name: str) -> FollowerInfo:
+        """Follower ``name`` as listed here, or, for a valid name not listed, as a member
+        the ledger's configuration may list (``hdpbf config propose --add-follower``):
+        the validators answer it only if the configuration in force does."""
+        for info in self.followers:
+            if info.name == name:
+                return info
+        check_name(name, "follower name")
+        return FollowerInfo(name=name)
 
     def follower(self, name: str) -> FollowerInfo:
         for info in self.followers:

@@ -107,3 +107,18 @@ def test_status_flags_a_node_on_another_configuration_version():
             for i, v in answers.items()]
     flag_config_versions(rows)
     assert [r["config_differs"] for r in rows] == [False, False, True, False]
+
+
+def test_a_follower_added_by_the_ledger_is_answered_and_pushed_to_without_restarts(mesh):
+    from pbft_tasks.follower_push import LatePusher
+    admin = mesh.client()
+    fetch = {"type": "Fetch", "from_seq": 1, "to_seq": 2, "requester": "api9"}
+    assert all(rt.handle(dict(fetch)) == "malformed" for rt in mesh.nodes)  # not a member yet
+    r = admin.reconfigure(change(mesh, [{"op": "add_follower", "name": "api9"}]), timeout=10)
+    assert r["config"] == "accepted"
+    pushers = [h for rt in mesh.nodes for h in rt.on_execute if isinstance(h, LatePusher)]
+    # an accepted (still pending) follower is enough to start pushing: it fetches the rest
+    assert len(pushers) == 4 and all(p.pusher is not None for p in pushers)
+    pass_boundary(mesh, admin, r["effective"])
+    assert all(rt.handle(dict(fetch)) is None for rt in mesh.nodes)
+    assert all(p.pusher is not None and p.pusher.pushed > 0 for p in pushers)
