@@ -14,6 +14,9 @@ Rules of this file:
   PRE-PREPARE or a fetched block at that message's seq.  A client not in the
   configuration in force there is ``unknown_client`` (``batch_unknown_client`` in a
   batch): counted evidence, dropped, on every correct replica alike.
+- The core asks ``admits`` before proposing a batch and after each checkpoint, and
+  forgets requests of clients not admitted there: a primary never proposes a request
+  its backups would refuse, and no request timer waits for one.
 - Followers: a follower the configuration in force lists is answered like one of
   mesh.json's (fetches), and blocks are pushed from the first block after any
   configuration lists one (follower_push.py).
@@ -62,6 +65,16 @@ class Membership:
         """Whether any accepted configuration (in force or pending) lists a follower."""
         h = self.history
         return h is not None and any(c.followers for _, _, c in h.entries())
+
+    def admits(self, client: str, seq: int) -> bool:
+        """The core's hook (core/replica.py ``admits``): whether a request of ``client``
+        (``name/session``), accepted under the key in force at the next seq, may be
+        ordered at ``seq``: its client still has that same key there."""
+        if self.history is None:
+            return True
+        name = client.partition("/")[0]
+        key = self.client_key(name, seq)
+        return key is not None and key == self.client_key(name)
 
     def client_key(self, name: str, seq: Optional[int] = None) -> Optional[VerifyKey]:
         h = self.history

@@ -113,7 +113,8 @@ class NodeRuntime:
         self.peers = [i for i in range(config.n) if i != node_id]
         # Followers of mesh.json: members that may fetch blocks, never vote.
         self.followers: frozenset[str] = frozenset()
-        self.replica = Replica(node_id, config, records=ledger.protocol_records())
+        self.replica = Replica(node_id, config, records=ledger.protocol_records(),
+                               admits=self.membership.admits if self.membership is not None else None)
         if self.replica.last_exec != ledger.height:
             raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
                                f"executed but the ledger holds {ledger.height} blocks")

@@ -39,7 +39,7 @@ OWNERS = {"batcher": "Batcher", "window": "Window", "vc": "ViewChangeState",
 # what Replica.__init__ may create: who it is, its view, what it executed, its clients
 # and clock, the owners, and the output of the call in progress (_reset_output)
 OWN_FIELDS = {"id", "cfg", "n", "f", "quorum", "need_prepares", "view", "last_exec", "head",
-              "clients", "now", "awaiting", *OWNERS,
+              "clients", "now", "awaiting", "admits", *OWNERS,
               "_dirty_meta", "_dirty_pp", "_dirty_votes", "_dirty_ckpt", "_dirty_clients",
               "_deleted", "_executes", "_messages", "_evidences"}
 REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector"}
