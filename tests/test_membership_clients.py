@@ -122,3 +122,24 @@ def test_a_follower_added_by_the_ledger_is_answered_and_pushed_to_without_restar
     pass_boundary(mesh, admin, r["effective"])
     assert all(rt.handle(dict(fetch)) is None for rt in mesh.nodes)
     assert all(p.pusher is not None and p.pusher.pushed > 0 for p in pushers)
+
+
+def test_compute_seals_for_the_readers_of_the_newest_configuration(mesh):
+    from nacl.public import PrivateKey
+
+    from mesh.openstack.reader_keys import ReaderKeys
+    from mesh.openstack.sealing import Opener, Sealer
+    old = PrivateKey.generate()
+    sealer = Sealer({"api0": old.public_key})
+    keys = ReaderKeys(sealer, mesh.client())
+    assert keys.refresh() is False and list(sealer.recipients) == ["api0"]  # no change yet
+    new = PrivateKey.generate()
+    admin = mesh.client()
+    r = admin.reconfigure(change(mesh, [{"op": "add_reader", "name": "api9",
+                                         "key": bytes(new.public_key).hex()}]), timeout=10)
+    assert r["config"] == "accepted"
+    assert keys.refresh() is True and list(sealer.recipients) == ["api9"]  # genesis had none
+    assert Opener("api9", new).open(sealer.seal("tok")) == "tok"
+    admin.reconfigure(change(mesh, [{"op": "remove_reader", "name": "api9"}]), timeout=10)
+    assert keys.refresh() is True and sealer.recipients == {}  # revoked: sealed for nobody
+    assert sealer.seal("tok") == {}
