@@ -615,7 +615,13 @@ def load_node_identity(config: MeshConfig, node_id: int,
 
 def load_client_identity(config: MeshConfig, name: str,
                          key_path: str | os.PathLike | None = None) -> SigningKey:
-    """The private key of client ``name``, checked against its public key in mesh.json."""
+    """The private key of client ``name``, checked against its public key in mesh.json.
+    A client mesh.json does not list (added with ``hdpbf config``) needs ``key_path``;
+    its key is the mesh's business: the validators refuse it unless the configuration in
+    force lists it with that key."""
+    if key_path is not None and name not in {c.name for c in config.clients}:
+        check_name(name, "client name")
+        return _read_key(Path(key_path))
     info = config.client(name)
     path = Path(key_path) if key_path is not None else client_key_path(config.base_dir, name)
     return _checked_signing_key(config, path, info.public_key,

@@ -113,3 +113,13 @@ def test_a_change_through_the_mesh_takes_effect_at_its_boundary(mesh_dir, tmp_pa
                                     str(mesh_dir / "mesh.json"), "--json"])
     assert res.exit_code == 0, res.output
     assert all(n["ok"] for n in json.loads(res.output)["nodes"])
+
+
+def test_a_client_mesh_json_does_not_list_loads_its_own_key_file(mesh_dir, tmp_path):
+    from pbft_tasks.signing import public_key_hex
+    from pbft_tasks.topology import ConfigError, load_client_identity
+    pub = keygen(tmp_path, "compute9.key")
+    cfg = MeshConfig.load(mesh_dir / "mesh.json")
+    assert public_key_hex(load_client_identity(cfg, "compute9", tmp_path / "compute9.key")) == pub
+    with pytest.raises(ConfigError, match="compute9"):
+        load_client_identity(cfg, "compute9")

@@ -57,7 +57,11 @@ def test_add_and_revoke_a_compute_host_without_restarts(make_mesh, tmp_path):
     compute7 = MeshClient("compute7", key, mesh.n, Verifier(node_keys(mesh.cfg), client_keys(mesh.cfg)),
                           timeout=5.0)
     compute7.transport = BrokerClientTransport(mesh.app, compute7)
-    assert compute7.put("instance-7", {"host": "compute7"}, timeout=30)["seq"] >= effective
+    # the compute host's own key file; mesh.json does not list it
+    out = hdpbf("put", "instance-7", '{"host": "compute7"}', "--client", "compute7", "--key-file",
+                str(tmp_path / "compute7.key"), "--config", str(mesh.config_path), "--timeout", "30")
+    assert int(re.search(r"at block (\d+)", out).group(1)) >= effective
+    assert compute7.put("instance-7b", {"host": "compute7"}, timeout=30)["seq"] >= effective
     _, revoked_from = change_through_cli(mesh, tmp_path, "revoke.json", "--remove-client", "compute7")
     pass_boundary(mesh, admin, revoked_from)
     out = hdpbf("config", "show", "--config", str(mesh.config_path), "--json")
