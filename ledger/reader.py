@@ -106,6 +106,10 @@ class LedgerReader:
         record = self.get(key, now)
         return default if record is None else record["value"]
 
+    def genesis_record(self) -> Optional[dict]:
+        """The genesis configuration this ledger is bound to (``m/genesis``), or None."""
+        return self._value(fmt.GENESIS_KEY)
+
     # -- chain ------------------------------------------------------------------------
 
     def _head_record(self) -> dict:

@@ -46,11 +46,23 @@ Rules of this file:
   deletes the source host's records from the destination host
   (``post_live_migration_at_destination``).  Gets are never refused.
 - An operation that is not a well-formed put/delete is our bug (the core parses requests
+- A config op (``{"op": "config", "key": CONFIG_KEY, "change"}``) executes the change
+  against the configuration history stored at ``CONFIG_KEY`` (the genesis history when
+  the key was never written), with the ``ConfigRules`` the ledger was bound to
+  (pbft_tasks/core/config.py): accepted or refused, the history is written back (a
+  refusal only bumps its counter) and the result is ``ConfigHistory.execute``'s.  A
+  ledger bound to no genesis refuses every change (``config_no_genesis``) and writes
+  nothing, the same on every replica of that mesh.
+- An operation that is not a well-formed put/delete/get/config is our bug (the core parses requests
   strictly before they are ordered) and raises ``LedgerError``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Mapping, Optional
+
+from pbft_tasks.core.config import ConfigHistory, Configuration, Verify, from_dict
+from pbft_tasks.core.messages import CONFIG_KEY, SYSTEM_PREFIX
 
 from .format import LedgerError
 
@@ -108,6 +120,35 @@ def may_serve(record: Any, host: str, writers: Optional[Writers]) -> bool:
     return type(writer) is str and host in hosts_of(writers, writer)
 
 
+@dataclass(frozen=True)
+class ConfigRules:
+    """What config ops execute against: the genesis configuration, the boundary's
+    checkpoint interval and log window, the admin signature check, and whether changes of
+    the validators are accepted (else refused as ``config_unsupported``)."""
+    genesis: Configuration
+    checkpoint_interval: int
+    log_window: int
+    verify: Verify
+    validator_changes: bool = False
+
+    def new_history(self) -> ConfigHistory:
+        return ConfigHistory(self.genesis, self.checkpoint_interval, self.log_window)
+
+
+def rules_of(genesis_record: dict, verify: Verify) -> ConfigRules:
+    """The rules a ledger's ``m/genesis`` record (ledger/base.py) stands for."""
+    return ConfigRules(from_dict(genesis_record["config"]), genesis_record["checkpoint_interval"],
+                       genesis_record["log_window"], verify,
+                       bool(genesis_record.get("validator_changes", False)))
+
+
+def config_history(record: Optional[Record], rules: ConfigRules) -> ConfigHistory:
+    """The history stored in ``record`` (the kv record of CONFIG_KEY), or genesis."""
+    if record is None:
+        return rules.new_history()
+    return ConfigHistory.from_record(record["value"])
+
+
 def _skipped(block: dict) -> set[int]:
     skip = block.get("skip", [])
     n = len(block.get("requests", []))
@@ -121,9 +162,13 @@ def _skipped(block: dict) -> set[int]:
 
 def _op_of(block: dict, i: int, request: Any) -> dict:
     op = request.get("op") if isinstance(request, dict) else None
-    if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "get") \
+    if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "get", "config") \
             or type(op.get("key")) is not str:
-        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete/get op")
+        raise LedgerError(f"block {block.get('seq')}: request {i} has no valid put/delete/get/config op")
+    if op["op"] == "config" and op["key"] != CONFIG_KEY:
+        raise LedgerError(f"block {block.get('seq')}: config op at request {i} on key {op['key']!r}")
+    if op["op"] in ("put", "delete") and op["key"].startswith(SYSTEM_PREFIX):
+        raise LedgerError(f"block {block.get('seq')}: {op['op']} at request {i} on a mesh key")
     if op["op"] == "put" and ("value" not in op or "expires_at" not in op):
         raise LedgerError(f"block {block.get('seq')}: put at request {i} lacks value/expires_at")
     return op
@@ -140,10 +185,12 @@ def touched_keys(blocks: Iterable[dict]) -> set[str]:
     return keys
 
 
-def apply_block(get: Getter, block: dict, writers: Optional[Writers] = None
+def apply_block(get: Getter, block: dict, writers: Optional[Writers] = None,
+                rules: Optional[ConfigRules] = None
                 ) -> tuple[dict[str, Record], list[Optional[dict]]]:
     """Execute ``block`` against the state seen through ``get`` (key -> record or None);
-    ``writers``: client -> compute hosts, for the console rule (see the file's rules).
+    ``writers``: client -> compute hosts, for the console rule (see the file's rules);
+    ``rules``: the genesis configuration rules config ops execute with.
 
     Returns ``(writes, results)``: ``writes`` maps each changed key to its new record
     (the last one if a key changed several times); ``results`` has one entry per
@@ -175,6 +222,20 @@ def apply_block(get: Getter, block: dict, writers: Optional[Writers] = None
         old_version = old["version"] if old is not None else 0
         if op["op"] == "get":
             results.append(read_result(key, old))
+            continue
+        if op["op"] == "config":
+            if rules is None:
+                results.append({"config": "refused", "reason": "config_no_genesis",
+                                "detail": "this ledger is bound to no genesis configuration",
+                                "version": 0})
+                continue
+            history = config_history(old, rules)
+            results.append(history.execute(seq, op["change"], rules.verify,
+                                           rules.validator_changes))
+            new = {"value": history.to_record(), "version": old_version + 1, "block": seq,
+                   "expires_at": None, "writer": writer_name(request.get("client"))}
+            overlay[key] = new
+            writes[key] = new
             continue
         client = writer_name(request.get("client"))
         refused = refusal(op, client, writers)

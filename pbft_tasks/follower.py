@@ -281,7 +281,7 @@ class _Staged:
                 continue
             r = from_wire(w)
             result: dict[str, Any] = {"seq": block["seq"], "index": i}
-            if r.op.get("op") == "get":
+            if r.op.get("op") in ("get", "config"):
                 result["read"] = r.op["key"]
             self.table.record(r.client, r.timestamp, result)
             dirty.add(r.client)

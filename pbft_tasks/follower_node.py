@@ -87,13 +87,14 @@ class FollowerNode:
         from .celery_app import celery_settings
 
         self.cfg = cfg
-        self.name = cfg.follower(name).name
+        self.name = cfg.follower_info(name).name  # mesh.json's, or one the ledger lists
         self.data_dir = Path(data_dir) if data_dir else cfg.follower_data_dir(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker_url = broker_url or os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url
         # A follower never signs; losing its last commits to a power cut costs a re-fetch.
         self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal",
                                   writers=console_writers(cfg))
+        self.ledger.bind_genesis(cfg.config_rules())  # it executes config ops as validators do
         self.verifier = BatchVerifier(node_keys(cfg), {}, ray_address=ray_address,
                                       temp_dir=self.data_dir / "ray")
         self.follower = Follower(cfg.n, self.ledger, self.verifier,
@@ -102,7 +103,7 @@ class FollowerNode:
         self.sources = sources_for(cfg.n, cfg.f, self.name, sources)
         self.app = Celery(f"hdpbf-follower-{self.name}", set_as_current=False)
         self.app.conf.update(celery_settings(self.broker_url, cfg.result_backend))
-        self.queue_name = cfg.follower(name).queue
+        self.queue_name = cfg.follower_info(name).queue
         self.stop = threading.Event()
         # Re-entrant: a publish may read frames and deliver a message to on_message
         # inside it (py-amqp's _basic_publish drains events), i.e. in this same thread.

@@ -113,12 +113,15 @@ class NodeRuntime:
         self.ledger = ledger
         self.signer = signer
         self.verifier = verifier
+        # membership.py, when the verifier follows the ledger's configuration
+        self.membership = getattr(verifier, "membership", None)
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
         # Followers of mesh.json: members that may fetch blocks, never vote.
         self.followers: frozenset[str] = frozenset()
-        self.replica = Replica(node_id, config, records=ledger.protocol_records())
+        self.replica = Replica(node_id, config, records=ledger.protocol_records(),
+                               admits=self.membership.admits if self.membership is not None else None)
         if self.replica.last_exec != ledger.height:
             raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
                                f"executed but the ledger holds {ledger.height} blocks")
@@ -221,13 +224,18 @@ class NodeRuntime:
             self.transport.send_requests(to, batch)
 
     # -- state transfer -----------------------------------------------------------------
+    def _is_follower(self, who: str) -> bool:
+        """mesh.json's followers, and those the ledger's configuration lists now."""
+        return who in self.followers or (self.membership is not None
+                                         and self.membership.is_follower(who))
+
     def _on_fetch(self, wire: dict) -> str | None:
         try:
             lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
             if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
                     type(v) is int for v in (lo, hi)) or not 1 <= lo <= hi or not (
                     (type(who) is int and who in self.peers)
-                    or (type(who) is str and who in self.followers)):
+                    or (type(who) is str and self._is_follower(who))):
                 raise ValueError
         except (KeyError, ValueError):
             return self.reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
@@ -266,7 +274,7 @@ class NodeRuntime:
                     raise MalformedMessage("a block must be an object with an integer seq and "
                                            "lists certificate and requests")
                 for w in block["certificate"] + block["requests"]:
-                    self.verifier.check(from_wire(w))
+                    self.verifier.check(from_wire(w), seq=block["seq"])
             except MalformedMessage as exc:
                 return self.reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
@@ -401,6 +409,7 @@ class NodeRuntime:
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
                 "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "config_version": self.membership.version if self.membership is not None else None,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
                 "cpu_stages": self.stages.snapshot(),

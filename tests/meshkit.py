@@ -68,7 +68,7 @@ class Mesh:
                  **settings: Any):
         """``hosts``: client -> the compute hosts it speaks for (init_mesh's)."""
         cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url(),
-                        hosts=hosts)
+                        hosts=hosts, admins=settings.pop("admins", ()))
         for name, value in settings.items():
             setattr(cfg, name, value)
         cfg.save(base / "mesh.json")

@@ -513,6 +513,7 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
         row["healthy"] = not reasons
         row["reason"] = "; ".join(reasons)
         nodes.append(row)
+    mesh_status.flag_config_versions(nodes)
     others = []
     for p in procs:
         if p.kind == "worker":

@@ -42,6 +42,11 @@ MAX_BATCH_BYTES = 1024 * 1024
 # level: a value nested ~950 deep was accepted, committed, and then broke every
 # VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
 MAX_VALUE_DEPTH = 32
+# Keys under SYSTEM_PREFIX belong to the mesh, not to clients: a put or delete there is
+# malformed.  CONFIG_KEY holds the configuration history (core/config.py); the only op
+# that writes it is {"op": "config", "key": CONFIG_KEY, "change": <signed change>}.
+SYSTEM_PREFIX = "_hdpbf/"
+CONFIG_KEY = SYSTEM_PREFIX + "config"
 
 
 class MalformedMessage(ValueError):
@@ -300,9 +305,24 @@ def _op(v: Any) -> dict:
     elif kind in ("delete", "get"):
         if set(v) != {"op", "key"}:
             raise MalformedMessage(f"{kind} op needs exactly op, key")
+    elif kind == "config":
+        if set(v) != {"op", "key", "change"} or v["key"] != CONFIG_KEY:
+            raise MalformedMessage(f"config op needs exactly op, key ({CONFIG_KEY!r}), change")
+        # what the change says is checked when it executes (core/config.py: a bad one is
+        # a counted no-op, the same on every replica); here only its size and shape
+        if type(v["change"]) is not dict or json_depth(v["change"]) > MAX_VALUE_DEPTH:
+            raise MalformedMessage("config change must be an object")
+        try:
+            size = len(canonical(v["change"]))
+        except (ValueError, TypeError, RecursionError):
+            raise MalformedMessage("config change is not canonical JSON") from None
+        if size > MAX_VALUE_BYTES:
+            raise MalformedMessage(f"config change larger than {MAX_VALUE_BYTES} bytes")
     else:
         raise MalformedMessage(f"unknown op {kind!r}")
     _str(v, "key", MAX_KEY_LEN)
+    if kind in ("put", "delete") and v["key"].startswith(SYSTEM_PREFIX):
+        raise MalformedMessage(f"keys under {SYSTEM_PREFIX!r} belong to the mesh")
     return v
 
 

@@ -49,7 +49,7 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import quorum as Q
 from .actions import Cause, Evidence, Persist
@@ -105,7 +105,8 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     (derived from what a step changed by ``_finish``, read by ``_restore``); the rest is volatile and lost on
     restart on purpose."""
 
-    def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None):
+    def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None,
+                 admits: Callable[[str, int], bool] | None = None):
         if not 0 <= node_id < config.n:
             raise ValueError(f"node id {node_id} not in 0..{config.n - 1}")
         self.id = node_id
@@ -123,6 +124,10 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.now = 0
         self.stimuli = 0                # stimuli taken since start (their default ids)
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
+        # Membership (core/config.py): admits(client, seq) says whether the configuration
+        # in force at seq admits that client; a pure function of the executed history
+        # the adapter passes in (pbft_tasks/membership.py).  None: every client.
+        self.admits = admits
         # The owners (etcd's raftLog and tracker).
         self.batcher = Batcher()                 # normalcase.py: pending requests, next_seq
         self.window = Window(config.log_window, node_id)  # checkpoints.py: h, the log, checkpoints

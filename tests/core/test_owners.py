@@ -47,7 +47,7 @@ ENTRY_WRITERS = {"Log", "Entry"}
 # what Replica.__init__ may create: who it is, its view, what it executed, its clients
 # and clock, the owners, and the output of the call in progress (_reset_output)
 OWN_FIELDS = {"id", "cfg", "n", "f", "quorum", "need_prepares", "view", "last_exec", "head",
-              "clients", "now", "stimuli", "awaiting", *OWNERS,
+              "clients", "now", "stimuli", "awaiting", "admits", *OWNERS,
               "_executes", "_messages", "_evidences"}
 REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector"}
 MUTATORS = {"append", "extend", "insert", "add", "update", "discard", "remove", "pop",
