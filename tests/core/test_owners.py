@@ -2,7 +2,7 @@
 
 - The batcher (normalcase.py ``Batcher``), the window (checkpoints.py ``Window``), the
   view-change state (viewchange.py ``ViewChangeState``) and the catch-up state
-  (catchup.py ``CatchUpState``) each create their fields in their own ``__init__``, and
+  (catchup.py ``CatchUpState``) and the status exchange's (status.py ``StatusState``) each create their fields in their own ``__init__``, and
   only their own class changes them: no core module assigns, deletes or mutates
   (``append``, ``add``, ``pop``, ``setdefault``, ...) ``<x>.<owner>.<field>`` outside
   that owner's class, directly or through a local name bound to the owner or one of its
@@ -28,6 +28,7 @@ from pbft_tasks.core.catchup import CatchUpState
 from pbft_tasks.core.checkpoints import Window
 from pbft_tasks.core.normalcase import Batcher
 from pbft_tasks.core.replica import Replica, ReplicaConfig
+from pbft_tasks.core.status import StatusState
 from pbft_tasks.core.viewchange import ViewChangeState
 
 CORE = Path(pbft_tasks.core.__file__).parent
@@ -35,14 +36,15 @@ FILES = sorted(CORE.glob("*.py"))
 
 # the replica's attribute -> its owner class
 OWNERS = {"batcher": "Batcher", "window": "Window", "vc": "ViewChangeState",
-          "catchup": "CatchUpState"}
+          "catchup": "CatchUpState", "statuses": "StatusState"}
 # what Replica.__init__ may create: who it is, its view, what it executed, its clients
 # and clock, the owners, and the output of the call in progress (_reset_output)
 OWN_FIELDS = {"id", "cfg", "n", "f", "quorum", "need_prepares", "view", "last_exec", "head",
               "clients", "now", "awaiting", *OWNERS,
               "_dirty_meta", "_dirty_pp", "_dirty_votes", "_dirty_ckpt", "_dirty_clients",
               "_deleted", "_executes", "_messages", "_evidences"}
-REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector"}
+REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector",
+                   "StatusExchange"}
 MUTATORS = {"append", "extend", "insert", "add", "update", "discard", "remove", "pop",
             "popitem", "setdefault", "clear", "sort", "reverse"}
 
@@ -160,7 +162,7 @@ def test_replica_init_creates_only_its_own_fields():
     assert {name: type(getattr(r, name)).__name__ for name in OWNERS} == OWNERS
 
 
-@pytest.mark.parametrize("owner", [Batcher, Window, ViewChangeState, CatchUpState],
+@pytest.mark.parametrize("owner", [Batcher, Window, ViewChangeState, CatchUpState, StatusState],
                          ids=lambda c: c.__name__)
 def test_owners_have_slots(owner):
     """No field can be added to an owner by assigning it from outside."""
