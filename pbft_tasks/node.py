@@ -69,6 +69,7 @@ TASK_FOR_TYPE = {
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
     "Certificate": "pbft.certificate",
+    "Status": "pbft.peer_status",
 }
 # State transfer is adapter business: a block is self-certifying (its 2f+1 signed
 # commits), so neither message is signed; both are bounded and checked field by field.
