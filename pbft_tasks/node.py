@@ -54,7 +54,7 @@ from ledger.state import refused_writes
 
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
-                            NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
+                            NewView, Request, Status, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .core.stimuli import FetchDone, Install, Resume, Tick
 from .core.trace import StimulusLog
@@ -76,6 +76,7 @@ TASK_FOR_TYPE = {
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
     "Certificate": "pbft.certificate",
+    "Status": "pbft.peer_status",
 }
 # State transfer is adapter business: a block is self-certifying (its 2f+1 signed
 # commits), so neither message is signed; both are bounded and checked field by field.
@@ -130,6 +131,7 @@ class NodeRuntime:
         self.evidence_log = EvidenceLog(log)  # every bad message counted, lines rate-limited
         self.handled: Counter[str] = Counter()
         self.sent = 0
+        self.sent_status = 0  # of which STATUS messages (core/status.py): the idle cost
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
         self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
@@ -339,9 +341,12 @@ class NodeRuntime:
                 else:
                     clock.sending(wire)
                     self._send(a.to, wire)
+                    self.sent_status += isinstance(a.msg, Status)
                 clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
+                if isinstance(a.msg, Status):
+                    self.sent_status += len(self.peers)
                 wire = self._wire(a.msg)
                 clock.lap("sign")
                 clock.sending(wire)
@@ -408,7 +413,8 @@ class NodeRuntime:
         r = self.replica
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
-                "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "handled": dict(self.handled), "sent": self.sent, "sent_status": self.sent_status,
+                "installed": self.installed,
                 "config_version": self.membership.version if self.membership is not None else None,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},

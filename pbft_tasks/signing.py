@@ -40,7 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
 from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, Message, NewView, PrePrepare,
-                                      Prepare, Reply, Request, ViewChange)
+                                      Prepare, Reply, Request, Status, ViewChange)
 
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
@@ -52,7 +52,8 @@ SIG_HEX_LEN = 128
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
 _SEED_RE = re.compile(r"[0-9a-fA-F]{64}")
 
-_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Certificate)
+_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Certificate,
+                Status)
 
 # Every reason a message can be rejected for.  batch_* mean a request inside a
 # PrePrepare's batch failed the check of the same name; nested_* a message inside a

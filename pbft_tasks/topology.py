@@ -143,6 +143,9 @@ DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
 TIMER_MS = 1000
+# Every node sends every peer a STATUS this often (pbft_tasks/core/status.py), so one left
+# behind in an idle mesh learns it and catches up: n-1 messages a node a period.
+STATUS_MS = 1000
 
 
 @dataclass
@@ -255,6 +258,7 @@ class MeshConfig:
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
                              view_change_ticks=self.timer_ticks(TIMER_MS),
+                             status_ticks=self.timer_ticks(STATUS_MS),
                              votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:

@@ -43,7 +43,7 @@ from pbft_tasks.signing import REASONS, Signer, Verifier
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "PROTOCOL.md"
 KEY = SigningKey(bytes(range(32)))
-TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate")
+TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate", "Status")
 N = 4
 
 _BLOCK_RE = re.compile(

@@ -2,7 +2,8 @@
 
 Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
 "Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), of the view change
-(sec. 4.4), and the collector's Certificate (collector.py), their JSON wire form,
+(sec. 4.4), the collector's Certificate (collector.py) and the Status of the status
+exchange (status.py), their JSON wire form,
 strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
 
 Rules of this file:
@@ -186,13 +187,28 @@ class Certificate:
     sig: str = _sig_field()
 
 
+@dataclass(frozen=True, slots=True)
+class Status:
+    """<STATUS, v, n, d, h, i>_i (core/status.py): replica i is in view ``view``, has
+    executed up to ``seq`` with chain head ``head`` there, and its stable checkpoint is
+    ``stable_seq``.  Sent every status period to every peer, and to a peer that is
+    behind; a claim, never a proof: f+1 of them only set a state-transfer target, and
+    the blocks fetched carry their own 2f+1 commits."""
+    view: int
+    seq: int
+    head: str
+    stable_seq: int
+    sender: int
+    sig: str = _sig_field()
+
+
 CERTIFICATE_PHASES = {"prepare": Prepare, "commit": Commit}
 
 Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
-                Certificate]
+                Certificate, Status]
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint,
-                                  ViewChange, NewView, Certificate)
+                                  ViewChange, NewView, Certificate, Status)
 }
 # A view change carries whole pre-prepares (batches included), so it may be larger than
 # a normal-case message.
@@ -428,6 +444,9 @@ def from_wire(d: Any) -> Message:
                        view_changes=tuple(_nested(w, ViewChange) for w in _list(d, "view_changes")),
                        preprepares=tuple(_nested(w, PrePrepare) for w in _list(d, "preprepares")),
                        sender=_int(d, "sender"), sig=_sig(d))
+    if kind == "Status":
+        return Status(view=_int(d, "view"), seq=_int(d, "seq"), head=_hex(d, "head", 64),
+                      stable_seq=_int(d, "stable_seq"), sender=_int(d, "sender"), sig=_sig(d))
     return Checkpoint(seq=_int(d, "seq", 1), state_digest=_hex(d, "state_digest", 64),
                       sender=_int(d, "sender"), sig=_sig(d))
 
