@@ -23,11 +23,12 @@ equal to ``GUARD_REASONS``):
   header Celery reads of the type Celery expects (``bad_headers``).
 - No delay is honoured: a message with an ``eta`` (or a ``countdown``, which Celery
   sends as an ``eta``) is ``delayed_task``; so is ``expires`` on a protocol task.
-  ``pbft.status`` may carry ``expires`` (``LocalMesh.statuses`` sets it), as an ISO
+  The monitoring tasks ``pbft.status`` and ``pbft.trace`` may carry ``expires``
+  (``LocalMesh.statuses`` sets it), as an ISO
   date.  A parked message is never held: it is acknowledged and dropped at once.
 - The body decodes to ``[args, kwargs, embed]`` with args a list, kwargs ``{}`` and no
   callbacks, errbacks, chain or chord in embed (``undecodable`` / ``malformed``);
-  ``pbft.status`` takes no arguments at all.
+  the monitoring tasks take no arguments at all.
 - A message that makes the worker die (our bug, or one we did not foresee) is
   redelivered by RabbitMQ with ``redelivered`` set.  ``PoisonJournal`` counts, per
   message id and on disk, how often a redelivered message was started; one that was
@@ -55,6 +56,8 @@ from .evidence_log import EvidenceLog
 
 log = logging.getLogger("hdpbf.guard")
 
+# The tasks with a result, for monitoring (pbft_tasks/tasks.py): no arguments, may expire.
+MONITORING_TASKS = ("pbft.status", "pbft.trace")
 GUARD_REASONS = ("oversize", "bad_content", "bad_headers", "unknown_task", "unknown_message",
                  "delayed_task", "undecodable", "malformed", "poison")
 
@@ -122,7 +125,7 @@ def check_headers(headers: Any, tasks: set[str]) -> str:
         raise Refused("delayed_task", f"{task} with an eta: delays are not honoured on node queues")
     expires = headers.get("expires")
     if expires is not None:
-        if task != "pbft.status":
+        if task not in MONITORING_TASKS:
             raise Refused("delayed_task", f"{task} with expires: not honoured on node queues")
         try:
             if type(expires) is not str:
@@ -165,8 +168,8 @@ def check_body(decoded: Any, task: str) -> None:
         raise Refused("malformed", "callbacks, errbacks, chains and chords are not run here")
     if kwargs:
         raise Refused("malformed", f"{task} takes no keyword arguments")
-    if task == "pbft.status" and args:
-        raise Refused("malformed", "pbft.status takes no arguments")
+    if task in MONITORING_TASKS and args:
+        raise Refused("malformed", f"{task} takes no arguments")
 
 
 class PoisonJournal:

@@ -30,6 +30,10 @@ Rules:
 - Client requests keep the client's signature when forwarded; every other outgoing
   message is signed by this node.  Ed25519 is deterministic, so re-signing our own
   commit for a certificate yields the signature we sent.
+- Every stimulus gets an id, ``<node>.<start>.<count>`` (``start`` tells this run of
+  the worker from the last), which every action it causes carries (core/actions.py
+  ``Cause``); the newest stimuli and their actions are kept (core/trace.py
+  ``StimulusLog``) and shown by ``pbft.trace`` (``hdpbf status --trace``).
 - Fault injection for tests: a node given ``byzantine`` (core/byzantine.py,
   switched on only by HDPBF_BYZANTINE) sends what ``byzantine.outgoing`` makes of its
   honest replica's messages, after the ledger transaction, and signs as it says
@@ -51,6 +55,7 @@ from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, 
                             NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .core.stimuli import FetchDone, Install, Resume, Tick
+from .core.trace import StimulusLog
 from .byzantine import signed_as
 from .evidence_log import EvidenceLog
 from .ratelimit import TokenBuckets
@@ -131,6 +136,10 @@ class NodeRuntime:
         self._relay: dict[int, list[dict]] | None = None  # requests to relay, per node (handle_requests)
         # CPU by stage of the task runs (stages.py); the Celery strategy begins and ends runs.
         self.stages = StageClock()
+        self.trace = StimulusLog()  # recent stimuli and what they caused (core/trace.py)
+        self.started = time.time()
+        self._run = format(int(self.started * 1000) % 0x1000000, "x")  # this run of the worker
+        self._stimuli = 0
 
     @contextlib.contextmanager
     def _stepping(self, what: str):
@@ -146,10 +155,17 @@ class NodeRuntime:
             raise NodeFailed(f"node {self.id} failed while {what}: {exc!r}") from exc
 
     # -- stimuli ----------------------------------------------------------------------
+    def _step(self, stimulus: Any) -> list:
+        """The replica takes ``stimulus`` under its id; the step is recorded in the trace.
+        Called under ``self.lock``."""
+        self._stimuli += 1
+        return self.trace.step(self.replica, stimulus, f"{self.id}.{self._run}.{self._stimuli}",
+                               at=time.time())
+
     def start(self) -> None:
         """Re-send own votes for everything unexecuted (a crash may have cut them off)."""
         with self.lock, self._stepping("resuming"):
-            self._carry_out(self.replica.handle(Resume()))
+            self._carry_out(self._step(Resume()))
 
     def handle(self, wire: Any, expected_type: str | None = None) -> str | None:
         """Process one untrusted wire message.  Returns None if it was stepped, else the
@@ -180,7 +196,7 @@ class NodeRuntime:
             return self.reject("check_failed", repr(exc), wire)
         with self.lock, self._stepping(f"stepping a {type(msg).__name__}"):
             self.handled[type(msg).__name__] += 1
-            actions = self.replica.handle(msg)
+            actions = self._step(msg)
             clock.lap("step")
             self._carry_out(actions)
         return None
@@ -259,17 +275,17 @@ class NodeRuntime:
                 if block.get("seq", 0) <= self.replica.last_exec:
                     continue  # already have it (a duplicate answer)
                 before = self.replica.last_exec
-                self._carry_out(self.replica.handle(Install(block)))
+                self._carry_out(self._step(Install(block)))
                 self.installed += self.replica.last_exec - before
         with self.lock, self._stepping("asking for more state"):
-            self._carry_out(self.replica.handle(FetchDone()))
+            self._carry_out(self._step(FetchDone()))
         return None
 
     def tick(self, busy: bool = False) -> None:
         """One tick; ``busy``: messages for this node are waiting that it has not
         handled yet (core/stimuli.py ``Tick``)."""
         with self.lock, self._stepping("ticking"):
-            self._carry_out(self.replica.handle(Tick(busy)))
+            self._carry_out(self._step(Tick(busy)))
 
     # -- carrying out actions ----------------------------------------------------------
     def _carry_out(self, actions: list) -> None:
@@ -378,6 +394,14 @@ class NodeRuntime:
                 # OS thread id -> name, so a bench can split the process's CPU by thread
                 "threads": {str(t.native_id): t.name for t in threading.enumerate()},
                 "time": time.time()}
+
+    def trace_status(self) -> dict:
+        """``pbft.trace``: the newest stimuli, oldest first, each with its id, what it was,
+        its trace keys (request ids, ``n<seq>``) and the actions it caused."""
+        with self.lock:
+            recorded = self.trace.snapshot()
+        return {"id": self.id, "started": self.started, "run": self._run,
+                "stimuli": self._stimuli, "trace": self.trace.entries(recorded), "time": time.time()}
 
 
 __all__ = ["NodeRuntime", "NodeFailed", "Transport", "TASK_FOR_TYPE", "describe"]

@@ -4,7 +4,8 @@ Each task receives the message's wire object (docs/PROTOCOL.md), hands it to thi
 worker's node runtime, and returns nothing: no protocol decision and no exception for a
 bad message escapes a task (the runtime logs and counts it).  ``pbft.request`` also
 accepts a list of requests, so that a client may pipeline several in one message.
-``pbft.status`` is the one task with a result (through the Redis backend).
+``pbft.status`` and ``pbft.trace`` are the tasks with a result (through the Redis
+backend), for monitoring.
 """
 from __future__ import annotations
 
@@ -101,3 +102,9 @@ def blocks(*args, **kwargs) -> None:
 @app.task(name="pbft.status", ignore_result=False, acks_late=False)
 def status() -> dict:
     return runtime().status()
+
+
+@app.task(name="pbft.trace", ignore_result=False, acks_late=False)
+def trace() -> dict:
+    """The node's recent stimuli and what each caused (core/trace.py)."""
+    return runtime().trace_status()

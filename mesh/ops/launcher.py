@@ -88,11 +88,13 @@ def mesh_app(cfg: MeshConfig) -> Any:
     return app
 
 
-def poll_statuses(app: Any, cfg: MeshConfig, timeout: float = 2.0) -> dict[int, dict | None]:
-    """Every node's ``pbft.status`` within one shared ``timeout``; None for a node that
-    did not answer in time.  The requests expire, so a node that comes back later does
-    not work through a pile of stale status calls."""
-    pending = {n.id: app.send_task("pbft.status", queue=n.queue, expires=timeout + 1.0)
+def poll_statuses(app: Any, cfg: MeshConfig, timeout: float = 2.0,
+                  task: str = "pbft.status") -> dict[int, dict | None]:
+    """Every node's ``pbft.status`` (or ``task``, another monitoring task: ``pbft.trace``)
+    within one shared ``timeout``; None for a node that did not answer in time.  The
+    requests expire, so a node that comes back later does not work through a pile of
+    stale status calls."""
+    pending = {n.id: app.send_task(task, queue=n.queue, expires=timeout + 1.0)
                for n in cfg.nodes}
     deadline = time.monotonic() + timeout
     out: dict[int, dict | None] = {}

@@ -16,6 +16,9 @@ Rules of this file:
 - ``--node``/``--follower`` narrow the verdict (the exit code), not the question: every
   node is still asked, since lag is measured against the highest of them.  This is what a
   container healthcheck runs for its own node.
+- ``--trace`` also asks every node's ``pbft.trace``: its recent stimuli, each with its
+  id and the actions it caused; ``--follow KEY`` picks, on every node, those about one
+  request (``client/ts``), seq (``n<seq>``) or stimulus id (pbft_tasks/core/trace.py).
 - One column is one entry of ``NODE_COLUMNS`` (title, justification, cell): a new field of
   ``pbft.status`` becomes a column by adding one entry, in both reports.
 """
@@ -28,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 from rich.markup import escape
 from rich.table import Table
 
+from pbft_tasks.core.trace import follow
 from pbft_tasks.topology import MeshConfig
 
 from ..clikit import redact
@@ -90,9 +94,10 @@ def node_row(node_id: int, answer: Optional[dict], top: Optional[int]) -> dict[s
 
 def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG,
            nodes: Iterable[int] = (), followers: Iterable[str] = (),
-           app: Any = None) -> dict:
+           app: Any = None, trace: bool = False) -> dict:
     """Ask every node and follower of ``cfg`` over its broker; the verdict covers
-    ``nodes`` and ``followers`` when either is given, else everything."""
+    ``nodes`` and ``followers`` when either is given, else everything.  ``trace``: also
+    every node's recent stimuli (``pbft.trace``), in ``report["trace"]``."""
     nodes, followers = list(nodes), list(followers)
     known = {n.id for n in cfg.nodes}
     unknown = [i for i in nodes if i not in known]
@@ -128,6 +133,7 @@ def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG
         except Exception as exc:  # the broker went away meanwhile
             broker_error = f"{type(exc).__name__}: {exc}"
     follower_rows = follower_ops.rows(cfg, None, top, max_lag, follower_answers)
+    traces = ask_traces(app, cfg, timeout) if trace and broker_error is None else None
     judged = ([r for r in rows if r["id"] in nodes] + [f for f in follower_rows if f["name"] in followers]
               if nodes or followers else rows + follower_rows)
     return {"config": str(cfg.path), "running": True, "healthy": all(r["healthy"] for r in judged),
@@ -135,7 +141,45 @@ def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG
                        or None),
             "broker_error": broker_error, "broker": redact(cfg.broker_url),
             "time": time.time(), "max_height": top, "max_lag": max_lag, "nodes": rows,
-            "processes": [], "followers": follower_rows}
+            "processes": [], "followers": follower_rows,
+            **({"trace": traces} if trace else {})}
+
+
+def ask_traces(app: Any, cfg: MeshConfig, timeout: float) -> dict[str, Any]:
+    """Every node's ``pbft.trace`` answer, by node id (a string, as in JSON); None for a
+    node that did not answer."""
+    try:
+        answers = poll_statuses(app, cfg, timeout=timeout, task="pbft.trace")
+    except Exception:  # the broker went away meanwhile
+        return {str(n.id): None for n in cfg.nodes}
+    return {str(i): a for i, a in answers.items()}
+
+
+def followed(rep: dict, key: Optional[str]) -> dict[str, list[dict]]:
+    """Per node, the stimuli of ``rep["trace"]`` about ``key`` (a request id
+    ``client/ts``, a seq ``n<seq>`` or a stimulus id; core/trace.py ``follow``), or all
+    of them when ``key`` is None."""
+    by_node = {i: (a or {}).get("trace", []) for i, a in (rep.get("trace") or {}).items()}
+    return by_node if key is None else follow(key, by_node)
+
+
+def print_trace(rep: dict, out: Any, key: Optional[str] = None, last: int = 40) -> None:
+    """Per node, its newest ``last`` stimuli (or those about ``key``): id, stimulus and
+    the actions it caused."""
+    for node, entries in followed(rep, key).items():
+        answer = (rep.get("trace") or {}).get(node)
+        if answer is None:
+            out.print(f"node {node}: [red]no pbft.trace answer[/red]")
+            continue
+        shown = entries if key is not None else entries[-last:]
+        table = Table(title=f"node {node}: {len(shown)} of {answer['stimuli']} stimuli"
+                            + (f" about {key}" if key else " (newest last)"))
+        for col in ("id", "stimulus", "caused"):
+            table.add_column(col, justify="left")
+        for e in shown:
+            table.add_row(escape(e["id"]), escape(e["stimulus"]),
+                          escape("\n".join(e["actions"]) or "-"))
+        out.print(table)
 
 
 def print_report(rep: dict, out: Any) -> None:
@@ -149,4 +193,4 @@ def print_report(rep: dict, out: Any) -> None:
 
 
 __all__ = ["Column", "NODE_COLUMNS", "node_table", "node_row", "report", "print_report",
-           "DEFAULT_MAX_LAG"]
+           "print_trace", "followed", "ask_traces", "DEFAULT_MAX_LAG"]

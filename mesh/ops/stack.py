@@ -457,9 +457,10 @@ def _stop_order(procs: list[ProcessRecord]) -> list[ProcessRecord]:
 
 # -- status --------------------------------------------------------------------------------
 
-def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG) -> dict:
+def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG,
+                  trace: bool = False) -> dict:
     """What ``hdpbf status`` prints: per node height/view/head/lag/healthy, the other
-    processes, and the verdict."""
+    processes, and the verdict; ``trace``: also every node's ``pbft.trace``."""
     data_dir = os.path.abspath(data_dir)
     run = load_run(data_dir)
     if run is None:
@@ -529,7 +530,9 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
             "broker_error": broker_error, "broker": redact(cfg.broker_url),
             "started_at": run["started_at"], "max_height": top, "max_lag": max_lag,
             "flower": run.get("flower"), "api": run.get("api"), "nodes": nodes,
-            "processes": others, "followers": followers}
+            "processes": others, "followers": followers,
+            **({"trace": mesh_status.ask_traces(mesh.app, cfg, timeout)
+                if broker_error is None else None} if trace else {})}
 
 
 def _scrape(rec: ProcessRecord | None) -> dict | None:
@@ -639,12 +642,23 @@ def _mesh_config_for_status(data_dir: str | None, config: str | None) -> str | N
               help="seconds a node has to answer pbft.status")
 @click.option("--max-lag", type=click.IntRange(0, None), default=DEFAULT_MAX_LAG,
               show_default=True, help="blocks behind the highest node still called healthy")
+@click.option("--trace", is_flag=True,
+              help="also each node's recent stimuli, each with its id and the actions it "
+                   "caused (pbft.trace)")
+@click.option("--follow", "follow_key", metavar="KEY", default=None,
+              help="with --trace: only the stimuli about KEY on every node: a request "
+                   "(CLIENT/TIMESTAMP, with the seq that carried it), a seq (n<SEQ>) or a "
+                   "stimulus id")
+@click.option("--last", type=click.IntRange(1, None), default=40, show_default=True,
+              help="with --trace and no --follow: stimuli shown per node")
 def status(data_dir: str | None, config: str | None, broker: str | None, backend: str | None,
            nodes: tuple[int, ...], followers: tuple[str, ...], as_json: bool, timeout: float,
-           max_lag: int) -> None:
+           max_lag: int, trace: bool, follow_key: str | None, last: int) -> None:
     """Per node: height, view, head, lag and health; the other processes, for a mesh
     'hdpbf up' started.  With a mesh.json: every node and follower, asked over the
-    broker.  Exit 0 only if everything (or what --node/--follower name) is healthy."""
+    broker.  Exit 0 only if everything (or what --node/--follower name) is healthy.
+    With --trace: also what each node did lately, stimulus by stimulus."""
+    trace = trace or follow_key is not None
     path = _mesh_config_for_status(data_dir, config)
     if path is None and (nodes or followers):
         raise BadInput("--node and --follower judge a mesh named by its mesh.json: add "
@@ -657,15 +671,20 @@ def status(data_dir: str | None, config: str | None, broker: str | None, backend
         cfg = replace(cfg, broker_url=broker or cfg.broker_url,
                       result_backend=backend or cfg.result_backend)
         report = mesh_status.report(cfg, timeout=timeout, max_lag=max_lag, nodes=nodes,
-                                    followers=followers)
+                                    followers=followers, trace=trace)
         printer = mesh_status.print_report
     else:
-        report = status_report(data_dir or DEFAULT_DATA_DIR, timeout=timeout, max_lag=max_lag)
+        report = status_report(data_dir or DEFAULT_DATA_DIR, timeout=timeout, max_lag=max_lag,
+                               trace=trace)
         printer = _print_status
+    if trace and follow_key is not None:
+        report["followed"] = {"key": follow_key, "nodes": mesh_status.followed(report, follow_key)}
     if as_json:
         click.echo(json.dumps(report, indent=1, sort_keys=True))
     else:
         printer(report, console())
+        if trace:
+            mesh_status.print_trace(report, console(), follow_key, last)
     sys.exit(0 if report["healthy"] else 1)
 
 

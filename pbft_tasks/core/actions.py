@@ -11,13 +11,41 @@ Rules (the driver's half of the contract, as etcd raft's ``Ready``/``Advance``):
 - Messages leave the core unsigned (``sig == ""``); the driver signs them.  Ed25519 is
   deterministic, so the driver can re-sign the core's own commits inside a certificate
   and obtain the signature it sent.
-- Every action carries ``cause``: the stimulus that produced it (``replica.describe``),
-  for logs.
+- Every action carries ``cause``: the stimulus that produced it, a ``Cause``.  It reads
+  as a display string (``replica.describe``) and carries the stimulus's id and the
+  stimulus itself (dask's ``stimulus_id``): every stimulus a replica takes gets an id,
+  and all the actions it causes carry it, so logs and the trace (trace.py) follow one
+  event from cause to effect.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+
+class Cause(str):
+    """What caused an action: the display string of the stimulus (``replica.describe``),
+    with ``id``, the stimulus's id, and ``stimulus``, the stimulus itself.  A string, so
+    logs and tests read it as before; ``derive`` and ``+`` keep the id."""
+
+    id: str
+    stimulus: Any
+
+    def __new__(cls, what: str, id: str = "", stimulus: Any = None) -> "Cause":
+        self = super().__new__(cls, what)
+        self.id = id
+        self.stimulus = stimulus
+        return self
+
+    def derive(self, what: str) -> "Cause":
+        """Another display string for the same stimulus."""
+        return Cause(what, self.id, self.stimulus)
+
+    def __add__(self, more: str) -> "Cause":
+        return self.derive(str.__add__(self, more))
+
+    def __reduce__(self):
+        return Cause, (str(self), self.id, self.stimulus)
 
 
 @dataclass(frozen=True, slots=True)

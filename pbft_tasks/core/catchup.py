@@ -255,10 +255,8 @@ class CatchUp:
         expect = block_hash(block_header(seq, view, digest, self.head, skip))
         if expect != block["hash"]:
             return f"block {seq}: hashes to {expect[:12]} here, not {block['hash'][:12]}", None
-        entry = Entry(seq)
-        entry.preprepare = PrePrepare(view, seq, digest, batch, Q.primary(view, self.n))
-        entry.commits = {c.sender: c for c in cert if c.sender in senders}
-        return None, entry
+        return None, Entry(seq, preprepare=PrePrepare(view, seq, digest, batch, Q.primary(view, self.n)),
+                           commits={c.sender: c for c in cert if c.sender in senders})
 
     def _on_install(self, stimulus: Install, cause: str) -> None:
         """Execute one committed block fetched from a peer (its signatures already
@@ -268,8 +266,9 @@ class CatchUp:
         if reason:
             self._evidence(None, "bad_state_transfer", reason, cause)
             return
-        entry.prior = self._certificate(self.window.log.get(entry.seq))
-        self.window.put(entry)
+        self.window.put(Entry(entry.seq, preprepare=entry.preprepare, commits=entry.commits,
+                              prior=self._certificate(self.window.log.get(entry.seq))))
+        entry = self.window.log[entry.seq]
         self._execute(entry, cause)
         self._execute_ready(cause)
         self.catchup.installed(self.last_exec)
@@ -278,7 +277,7 @@ class CatchUp:
         """After a batch of fetched blocks: ask for the rest if still behind."""
         if self.catchup.fetch_done(self.last_exec):
             self._need_state(self.catchup.behind_to, list(self.catchup.fetch_peers),
-                             "state transfer continues")
+                             cause.derive("state transfer continues"))
 
     def _stuck_check(self, cause: str) -> None:
         if self.now - self.catchup.last_progress < self.cfg.retransmit_ticks:
@@ -290,7 +289,7 @@ class CatchUp:
                 if len(voters) >= Q.weak_quorum(self.n):  # an honest replica committed it
                     ahead = max(ahead, seq)
         if ahead > self.last_exec:
-            self._need_state(ahead, [s for s in range(self.n) if s != self.id], f"{cause}: stuck")
+            self._need_state(ahead, [s for s in range(self.n) if s != self.id], cause.derive(f"{cause}: stuck"))
 
     def _seen_ahead_by_f1(self) -> int:
         """The highest seq beyond the window that f+1 senders (one of them honest) sent

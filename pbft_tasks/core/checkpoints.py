@@ -2,9 +2,10 @@
 Liskov 1999, sec. 4.3).
 
 Owns: ``Window``, the log between the watermarks (``h``, ``stable_digest``, ``high``,
-``log``, ``checkpoints``, ``own_checkpoints``, ``far_checkpoints`` and the ``held``
-messages), changed only by its own methods, and its part of persistence (the ``ckpt/``
-records, restoring the log); and ``Checkpoints``, a mixin of ``Replica`` (replica.py)
+``log`` (a log.py ``Log``), ``checkpoints``, ``own_checkpoints``, ``far_checkpoints`` and
+the ``held`` messages), changed only by its own methods, and its part of persistence
+(``changes``: the ``pp/``, ``votes/`` and ``ckpt/`` records a step changed, derived by
+comparing what it touched with what was there before; restoring the log); and ``Checkpoints``, a mixin of ``Replica`` (replica.py)
 with the checkpoint step functions.  The mixin tells the catch-up state (catchup.py)
 when this replica is behind, what it saw ahead and when the window moved.
 
@@ -36,7 +37,7 @@ from typing import Any
 from . import quorum as Q
 from .actions import Broadcast, Send
 from .chain import GENESIS
-from .log import Entry
+from .log import Entry, Log
 from .messages import Checkpoint, from_wire, to_wire
 
 
@@ -47,17 +48,18 @@ class Window:
     records); volatile: the far checkpoints and the messages held beyond H."""
 
     __slots__ = ("log_window", "h", "stable_digest", "log", "checkpoints", "own_checkpoints",
-                 "far_checkpoints", "held")
+                 "far_checkpoints", "held", "_ckpt_before")
 
-    def __init__(self, log_window: int):
+    def __init__(self, log_window: int, me: int = 0):
         self.log_window = log_window
         self.h = 0                      # low watermark = seq of the last stable checkpoint
         self.stable_digest = GENESIS
-        self.log: dict[int, Entry] = {}
+        self.log = Log(me)
         self.checkpoints: dict[int, dict[int, Checkpoint]] = {}
         self.own_checkpoints: dict[int, str] = {}
         self.far_checkpoints: dict[int, Checkpoint] = {}  # newest beyond the window, per sender
         self.held: list[Any] = []       # messages beyond H, replayed when the window moves
+        self._ckpt_before: dict[int, tuple | None] = {}  # seq -> its ckpt/ record's content before this step
 
     @property
     def high(self) -> int:
@@ -66,17 +68,16 @@ class Window:
     # -- the log ------------------------------------------------------------------------
     def entry(self, seq: int) -> Entry:
         """The log entry for ``seq``, a new empty one if there is none."""
-        return self.log.setdefault(seq, Entry(seq))
+        return self.log.entry(seq)
 
     def put(self, entry: Entry) -> None:
         """``entry`` replaces whatever the log held for its seq (a new view, a fetched block)."""
-        self.log[entry.seq] = entry
+        self.log.put(entry)
 
     def drop_above(self, seq: int) -> list[int]:
         """Forget the entries above ``seq``; the seqs forgotten."""
         gone = [s for s in self.log if s > seq]
-        for s in gone:
-            del self.log[s]
+        self.log.drop(gone)
         return gone
 
     def hold(self, m: Any, limit: int) -> bool:
@@ -88,8 +89,17 @@ class Window:
         return True
 
     # -- checkpoints --------------------------------------------------------------------
+    def _ckpt_state(self, seq: int) -> tuple | None:
+        votes = self.checkpoints.get(seq)
+        return None if votes is None else (self.own_checkpoints.get(seq), dict(votes))
+
+    def _touch_ckpt(self, seq: int) -> None:
+        if seq not in self._ckpt_before:
+            self._ckpt_before[seq] = self._ckpt_state(seq)
+
     def take_checkpoint(self, mine: Checkpoint) -> None:
         """Our own checkpoint, with the far ones for its seq as votes for it."""
+        self._touch_ckpt(mine.seq)
         self.own_checkpoints[mine.seq] = mine.state_digest
         votes = self.checkpoints.setdefault(mine.seq, {})
         votes[mine.sender] = mine
@@ -100,6 +110,7 @@ class Window:
     def add_checkpoint(self, ck: Checkpoint) -> Checkpoint | None:
         """Count ``ck`` as its sender's vote; if the sender already voted for that seq,
         change nothing and return its earlier vote."""
+        self._touch_ckpt(ck.seq)
         votes = self.checkpoints.setdefault(ck.seq, {})
         old = votes.get(ck.sender)
         if old is None:
@@ -117,23 +128,29 @@ class Window:
 
     def advance(self, seq: int, digest: str) -> list[str]:
         """The checkpoint at ``seq`` is stable: move h there and garbage-collect the log
-        at or below it and the checkpoints below it; the names of the records to delete."""
+        at or below it and the checkpoints below it."""
         self.h, self.stable_digest = seq, digest
-        deleted = []
-        for s in [s for s in self.log if s <= seq]:
-            del self.log[s]
-            deleted += (f"pp/{s}", f"votes/{s}")
+        self.log.drop([s for s in self.log if s <= seq])
         for s in [s for s in self.checkpoints if s < seq]:
+            self._touch_ckpt(s)
             del self.checkpoints[s]
             self.own_checkpoints.pop(s, None)
-            deleted.append(f"ckpt/{s}")
-        return deleted
 
     def take_held(self) -> list[Any]:
         held, self.held = self.held, []
         return held
 
     # -- persistence --------------------------------------------------------------------
+    def changes(self) -> dict:
+        """The records (None = delete) whose content this step changed: the log's
+        (log.py ``Log.changes``) and the ``ckpt/`` ones; forgets the step."""
+        out = self.log.changes()
+        for s, before in self._ckpt_before.items():
+            if self._ckpt_state(s) != before:
+                out[f"ckpt/{s}"] = self.checkpoint_record(s) if s in self.checkpoints else None
+        self._ckpt_before = {}
+        return out
+
     def checkpoint_record(self, seq: int) -> dict:
         return {"own": self.own_checkpoints.get(seq),
                 "msgs": [to_wire(c) for _, c in sorted(self.checkpoints[seq].items())]}
@@ -146,9 +163,8 @@ class Window:
         seqs = {int(k.split("/")[1]) for k in records if k.startswith(("pp/", "votes/"))}
         for s in seqs:
             if s > self.h:
-                e = Entry.from_records(s, records.get(f"pp/{s}"), records.get(f"votes/{s}"))
-                e.executed = s <= last_exec
-                self.log[s] = e
+                self.log.restore(Entry.from_records(s, records.get(f"pp/{s}"), records.get(f"votes/{s}"),
+                                                    executed=s <= last_exec))
         for k, v in records.items():
             if k.startswith("ckpt/"):
                 s = int(k.split("/")[1])
@@ -164,7 +180,6 @@ class Checkpoints:
     def _take_checkpoint(self, seq: int, cause: str) -> None:
         mine = Checkpoint(seq, self.head, self.id)
         self.window.take_checkpoint(mine)
-        self._dirty_ckpt.add(seq)
         self._msg(Broadcast(mine, cause))
         self._check_stable(seq, cause)
 
@@ -194,7 +209,6 @@ class Checkpoints:
             if old.state_digest != ck.state_digest:
                 self._evidence(ck.sender, "equivocation", f"checkpoint {ck.seq}", cause)
             return
-        self._dirty_ckpt.add(ck.seq)
         if ck.seq > self.last_exec:
             same = [c.sender for c in w.checkpoints[ck.seq].values()
                     if c.state_digest == ck.state_digest]
@@ -223,8 +237,7 @@ class Checkpoints:
         self._advance_watermarks(seq, digest, cause)
 
     def _advance_watermarks(self, seq: int, digest: str, cause: str) -> None:
-        self._deleted.update(self.window.advance(seq, digest))
-        self._dirty_meta = True
+        self.window.advance(seq, digest)
         # A view change doubled the timers (viewchange.py); they come back down only
         # once the view has proved itself with a stable checkpoint, not at its first
         # execution: under load, executions a little over a timer apart would otherwise

@@ -19,6 +19,7 @@ class ClientTable:
         self.window = window
         self._floor: dict[str, int] = {}
         self._done: dict[str, dict[int, Any]] = {}
+        self._before: dict[str, tuple] = {}  # client -> its record's content before this step
 
     def executed(self, client: str, ts: int) -> bool:
         return ts <= self._floor.get(client, -1) or ts in self._done.get(client, ())
@@ -41,12 +42,25 @@ class ClientTable:
         return self._done.get(client, {}).get(ts)
 
     def record(self, client: str, ts: int, result: Any) -> None:
+        if client not in self._before:
+            self._before[client] = self._state(client)
         done = self._done.setdefault(client, {})
         done[ts] = result
         if len(done) > self.window:
             oldest = min(done)
             del done[oldest]
             self._floor[client] = max(self._floor.get(client, -1), oldest)
+
+    def _state(self, client: str) -> tuple:
+        return self._floor.get(client, -1), dict(self._done.get(client, {}))
+
+    def changes(self) -> dict:
+        """The ``client/`` records whose content changed since the last call (what a
+        step must persist, derived by comparing with the state before it)."""
+        out = {f"client/{c}": self.to_record(c) for c, before in self._before.items()
+               if self._state(c) != before}
+        self._before = {}
+        return out
 
     def to_record(self, client: str) -> dict:
         return {"floor": self._floor.get(client, -1),

@@ -8,7 +8,8 @@ collector forms and sends a CERTIFICATE (``_collect``), the pure check of a rece
 certificate (``check_certificate``) and the replica's handling of one
 (``_on_certificate``).  ``Collector`` is a mixin of ``Replica`` (replica.py); it reads
 the replica's ``view`` and ``cfg``, takes log entries from the ``Window``
-(checkpoints.py), fills in their votes and ``sent_certificates`` (log.py), and tells the
+(checkpoints.py), fills in their votes and ``sent_certificates`` through its ``Log``
+(log.py), and tells the
 catch-up state (catchup.py) what it saw ahead.
 
 Why.  All-to-all PREPARE and COMMIT cost O(n^2) messages a batch; on the 2-core machine
@@ -110,8 +111,7 @@ class Collector:
         if not self._collecting or entry.preprepare is None:
             return
         for cert in self._certificates(entry):
-            if cert.phase not in entry.sent_certificates:
-                entry.sent_certificates.add(cert.phase)
+            if self.window.log.certificate_sent(entry.seq, cert.phase):
                 self._msg(Broadcast(cert, cause))
 
     def _certificates(self, entry: Entry) -> list[Certificate]:
@@ -135,7 +135,7 @@ class Collector:
         if not self._collecting or entry.preprepare is None:
             return
         for cert in self._certificates(entry):
-            entry.sent_certificates.add(cert.phase)
+            self.window.log.certificate_sent(entry.seq, cert.phase)
             self._msg(Broadcast(cert, cause) if to is None else Send(to, cert, cause))
 
     def _on_certificate(self, cert: Certificate, cause: str) -> None:
@@ -153,16 +153,12 @@ class Collector:
                 self.catchup.saw_ahead(v.sender, cert.seq)
         if not self._admit(cert, cause):
             return
-        kind = "prepares" if cert.phase == "prepare" else "commits"
         entry = self.window.entry(cert.seq)
-        votes = getattr(entry, kind)
         for v in cert.votes:
             if v.sender == self.id:
                 continue  # our own vote: we have it (persisted before we sent it)
-            old = votes.get(v.sender)
-            if old is None:
-                votes[v.sender] = v
-            elif old.digest != v.digest:
+            old = self.window.log.add_vote(v)
+            if old is not None and old.digest != v.digest:
                 self._evidence(v.sender, "equivocation",
                                f"{type(v).__name__} seq {v.seq}: digests {old.digest[:12]} and "
                                f"{v.digest[:12]} (one in a certificate from {cert.sender})", cause)

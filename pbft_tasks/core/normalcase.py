@@ -4,12 +4,12 @@ commit and in-order execution (Castro and Liskov 1999, sec. 4.2; batching sec. 5
 Owns: ``Batcher``, the batching state (``pending``, ``pending_bytes``, ``in_flight``,
 ``pending_since`` and the persisted ``next_seq``), changed only by its own methods; and
 ``NormalCase``, a mixin of ``Replica`` (replica.py) with the step functions.  The mixin
-changes the replica's own ``last_exec``, ``head`` and ``awaiting``, fills in log
-entries (log.py), reads the owners and calls their methods: it cuts batches through
-``Batcher``, takes entries from the ``Window`` (checkpoints.py), tells the view-change
-state (viewchange.py) and the catch-up state (catchup.py) that progress was made, and
-reports through ``Replica``'s output helpers (``_msg``, ``_evidence``, the ``_dirty_*``
-sets).
+changes the replica's own ``last_exec``, ``head`` and ``awaiting``, reads the owners
+and calls their methods: it cuts batches through ``Batcher``, fills in log entries
+through the ``Log`` (log.py) the ``Window`` holds (checkpoints.py), tells the
+view-change state (viewchange.py) and the catch-up state (catchup.py) that progress was
+made, and reports through ``Replica``'s output helpers (``_msg``, ``_evidence``).  What
+a step must persist is derived from what it changed (replica.py ``_finish``).
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:
 - A backup accepts a pre-prepare only if it is signed by the primary of its view, the
@@ -206,10 +206,7 @@ class NormalCase:
                 limit -= 1
             batch, seq = b.cut(size)
             pp = PrePrepare(self.view, seq, batch_digest(batch), batch, self.id)
-            entry = w.entry(seq)
-            entry.preprepare = pp
-            self._dirty_pp.add(seq)
-            self._dirty_meta = True
+            entry = w.log.set_preprepare(seq, pp)
             self._msg(Broadcast(pp, cause))
             self._check(entry, cause)
         b.settle(self.now)
@@ -232,14 +229,12 @@ class NormalCase:
             else:
                 self._help_behind(entry, pp.sender, cause)
             return
-        entry.preprepare = pp
-        self._dirty_pp.add(pp.seq)
+        self.window.log.set_preprepare(pp.seq, pp)
         self.catchup.heard(self.now)
         self.batcher.proposed(pp.batch)
         if self.id != pp.sender:
             mine = Prepare(pp.view, pp.seq, pp.digest, self.id)
-            entry.prepares[self.id] = mine
-            self._dirty_votes.add(pp.seq)
+            self.window.log.add_vote(mine)
             self._send_vote(mine, cause)
         self._check(entry, cause)
 
@@ -273,8 +268,7 @@ class NormalCase:
 
     def _vote(self, m: Prepare | Commit, kind: str, cause: str) -> None:
         entry = self.window.entry(m.seq)
-        votes = getattr(entry, kind)
-        old = votes.get(m.sender)
+        old = self.window.log.add_vote(m)
         if old is not None:
             if old.digest != m.digest:
                 self._evidence(m.sender, "equivocation",
@@ -282,11 +276,10 @@ class NormalCase:
             else:
                 self._help_behind(entry, m.sender, cause)
             return
-        votes[m.sender] = m
         if m.seq > self.last_exec:
             self.catchup.heard(self.now)
-        # Not persisted on its own: a vote short of a quorum commits this replica to
-        # nothing, and if a crash loses it, peers send it again (resume / help-behind).
+        # Not durable on its own (log.py): a vote short of a quorum commits this replica
+        # to nothing, and if a crash loses it, peers send it again (resume / help-behind).
         # The votes are written with the step that completes a certificate (our commit
         # after a prepared certificate, sec. 4.2) and in the executed block's 2f+1 commits;
         # that is what view change (sec. 4.4) and restart need.  Half the writes per batch.
@@ -298,8 +291,7 @@ class NormalCase:
         if (pp is not None and self.id not in entry.commits
                 and entry.prepared(primary, self.need_prepares)):
             mine = Commit(pp.view, pp.seq, pp.digest, self.id)
-            entry.commits[self.id] = mine
-            self._dirty_votes.add(pp.seq)
+            self.window.log.add_vote(mine)
             self._send_vote(mine, cause)
             if pp.seq == self.last_exec + 1:
                 # the next seq to execute prepared: a quorum is moving it, the primary's
@@ -336,18 +328,16 @@ class NormalCase:
                 if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
                     result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
-                self._dirty_clients.add(r.client)
             if result is not None:
                 replies[r.client].append({"timestamp": r.timestamp, "result": result})
         block = make_block(pp.seq, pp.view, pp.digest, self.head, pp.batch, skip)
         cert = tuple(sorted(entry.matching_commits(), key=lambda c: c.sender)[: self.quorum])
         self._executes.append(Execute(pp.seq, block, cert, cause))
-        entry.executed = True
+        self.window.log.executed(pp.seq)
         self.vc.progress()  # the request timer restarts if still waiting
         self.head = block["hash"]
         self.last_exec = pp.seq
         self.catchup.progress(self.now)
-        self._dirty_meta = True
         for client, results in replies.items():
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))
         if pp.seq % self.cfg.checkpoint_interval == 0:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import quorum as Q
-from .actions import Evidence, Persist
+from .actions import Cause, Evidence, Persist
 from .catchup import CatchUp, CatchUpState
 from .chain import GENESIS
 from .checkpoints import Checkpoints, Window
@@ -102,7 +102,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     progress.  The rest of its state has owners (below), each mutated only through its
     own methods; the sub-protocol mixins read them and call those methods.  Persistent
     state is what ``meta_record`` and the log, checkpoint and client records hold
-    (written by ``_finish``, read by ``_restore``); the rest is volatile and lost on
+    (derived from what a step changed by ``_finish``, read by ``_restore``); the rest is volatile and lost on
     restart on purpose."""
 
     def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None):
@@ -121,10 +121,11 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.clients = ClientTable(config.client_window)
         # Volatile state: lost on restart on purpose (clients retransmit).
         self.now = 0
+        self.stimuli = 0                # stimuli taken since start (their default ids)
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
         # The owners (etcd's raftLog and tracker).
         self.batcher = Batcher()                 # normalcase.py: pending requests, next_seq
-        self.window = Window(config.log_window)  # checkpoints.py: h, the log, checkpoints
+        self.window = Window(config.log_window, node_id)  # checkpoints.py: h, the log, checkpoints
         self.vc = ViewChangeState()              # viewchange.py: in_view_change, timers
         self.catchup = CatchUpState(node_id, config.n, config.retransmit_ticks)  # catchup.py
         self._reset_output()
@@ -140,14 +141,20 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         return self.primary == self.id
 
     # -- the entry point -----------------------------------------------------------------
-    def handle(self, stimulus: Any) -> list:
+    def handle(self, stimulus: Any, stimulus_id: str | None = None) -> list:
         """Take one stimulus: a protocol message whose signature the driver has checked,
         or a ``Tick``, ``Install``, ``FetchDone`` or ``Resume`` (stimuli.py).  Returns the
-        actions it causes (actions.py), each carrying ``describe(stimulus)``."""
+        actions it causes (actions.py), each carrying its ``Cause``: ``describe(stimulus)``
+        with the stimulus's id, ``stimulus_id`` if the driver names one, else
+        ``"<replica>.<count>"``."""
         kind = type(stimulus)
         if kind is Tick:
             self.now += 1  # a tick is named after the clock it moves to
-        cause = describe(stimulus, self.now)
+        self.stimuli += 1
+        cause = Cause(describe(stimulus, self.now),
+                      stimulus_id if stimulus_id is not None else f"{self.id}.{self.stimuli}",
+                      stimulus)
+        meta = self.meta_record()  # the state before the step, to derive what it changed
         handler = self._handlers.get(kind)
         sender = getattr(stimulus, "sender", 0)
         if not isinstance(stimulus, Request) and not 0 <= sender < self.n:
@@ -158,7 +165,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
                            f"replicas do not accept {kind.__name__}", cause)
         else:
             handler(self, stimulus, cause)
-        return self._finish(cause)
+        return self._finish(cause, meta)
 
     def _on_tick(self, tick: Tick, cause: str) -> None:
         self._view_change_timers(cause, tick.busy)
@@ -178,12 +185,6 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
 
     # -- output -------------------------------------------------------------------
     def _reset_output(self) -> None:
-        self._dirty_meta = False
-        self._dirty_pp: set[int] = set()
-        self._dirty_votes: set[int] = set()
-        self._dirty_ckpt: set[int] = set()
-        self._dirty_clients: set[str] = set()
-        self._deleted: set[str] = set()
         self._executes: list = []
         self._messages: list = []
         self._evidences: list = []
@@ -194,22 +195,16 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     def _evidence(self, sender: Any, reason: str, detail: str, cause: str) -> None:
         self._evidences.append(Evidence(sender, reason, detail, cause))
 
-    def _finish(self, cause: str) -> list:
-        records: dict[str, Any] = {k: None for k in self._deleted}
-        if self._dirty_meta:
-            records["meta"] = self.meta_record()
-        log = self.window.log
-        for s in self._dirty_pp:
-            if s in log:
-                records[f"pp/{s}"] = log[s].preprepare_record()
-        for s in self._dirty_votes:
-            if s in log:
-                records[f"votes/{s}"] = log[s].votes_record()
-        for s in self._dirty_ckpt:
-            if s in self.window.checkpoints:
-                records[f"ckpt/{s}"] = self.window.checkpoint_record(s)
-        for c in self._dirty_clients:
-            records[f"client/{c}"] = self.clients.to_record(c)
+    def _finish(self, cause: str, meta_before: dict) -> list:
+        """The step's actions.  What to persist is derived, not flagged (etcd raft's
+        ``prevHardSt``): the meta record if it differs from ``meta_before``, and the
+        records whose content the owners saw this step change (``Window.changes``,
+        ``ClientTable.changes``)."""
+        records: dict[str, Any] = self.window.changes()
+        records.update(self.clients.changes())
+        meta = self.meta_record()
+        if meta != meta_before:
+            records["meta"] = meta
         out: list = [Persist(records, cause)] if records else []
         out += self._executes + self._messages + self._evidences
         self._reset_output()

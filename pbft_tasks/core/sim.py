@@ -2,7 +2,8 @@
 
 Owns: a network of in-flight messages that the caller delivers, drops, duplicates or
 reorders one by one; per-replica persisted records (so a replica can crash and restart
-from exactly what it persisted); the executed chain of every replica; client replies.
+from exactly what it persisted); the executed chain of every replica; client replies;
+each replica's stimulus log (trace.py).
 
 It plays the driver's part of the contract in actions.py with no signatures (the core
 never checks them) and no I/O.  Byzantine replicas come in two kinds: nodes in
@@ -23,6 +24,7 @@ from .byzantine import Byzantine
 from .messages import Request, to_wire
 from .replica import Replica, ReplicaConfig
 from .stimuli import Install, Resume, Tick
+from .trace import StimulusLog
 
 
 @dataclass
@@ -40,6 +42,7 @@ class SimNode:
     certs: dict = field(default_factory=dict)    # seq -> the certificate's Commits
     evidence: list = field(default_factory=list)
     up: bool = True
+    trace: StimulusLog = field(default_factory=StimulusLog)  # recent stimuli (trace.py)
 
 
 class Cluster:
@@ -75,7 +78,7 @@ class Cluster:
             return
         env = self.network.pop(index)
         if node.replica is not None and env.to not in self.byzantine:
-            self._apply(env.to, node.replica.handle(env.msg))
+            self._apply(env.to, node.trace.step(node.replica, env.msg))
 
     def drop(self, index: int = 0) -> None:
         self.network.pop(index)
@@ -87,7 +90,7 @@ class Cluster:
         for _ in range(times):
             for i, node in enumerate(self.nodes):
                 if node.up and node.replica is not None and i not in self.byzantine:
-                    self._apply(i, node.replica.handle(Tick()))
+                    self._apply(i, node.trace.step(node.replica, Tick()))
 
     def serve_fetches(self) -> int:
         """Answer state-transfer requests from the first asked peer that is up and has
@@ -105,7 +108,7 @@ class Cluster:
                     continue
                 for b in src.blocks[f.from_seq - 1: f.to_seq]:
                     block = dict(b, certificate=[to_wire(c) for c in src.certs[b["seq"]]])
-                    self._apply(i, node.replica.handle(Install(block)))
+                    self._apply(i, node.trace.step(node.replica, Install(block)))
                     served += 1
                 break
         return served
@@ -123,7 +126,7 @@ class Cluster:
         node = self.nodes[i]
         node.replica = Replica(i, self.config, records=dict(node.records))
         node.up = True
-        self._apply(i, node.replica.handle(Resume()))
+        self._apply(i, node.trace.step(node.replica, Resume()))
 
     def stabilize(self, max_steps: int = 100_000, tick_every: int = 0) -> int:
         """Deliver in FIFO order until the network is empty; returns messages delivered."""

@@ -377,7 +377,6 @@ class ViewChanges:
 
     def _start_view_change(self, new_view: int, cause: str) -> None:
         self.view = new_view
-        self._dirty_meta = True
         mine = self._own_view_change(new_view)
         self.vc.start(mine, self.now)
         self._msg(Broadcast(mine, cause))
@@ -465,27 +464,20 @@ class ViewChanges:
         w = self.window
         self.view = view
         self.vc.enter(view)
-        self._dirty_meta = True
         if min_s > self.last_exec:  # the new view starts past us: fetch what we lack
             peers = [s for s in range(self.n) if s != self.id]
             self._need_state(min_s, peers, cause)
         top = max((pp.seq for pp in pps), default=min_s)
-        for seq in w.drop_above(max(top, self.last_exec)):  # never prepared by a quorum:
-            self._deleted.update((f"pp/{seq}", f"votes/{seq}"))  # clients retransmit
+        w.drop_above(max(top, self.last_exec))  # never prepared by a quorum: clients retransmit
         primary = Q.primary(view, self.n)
         for pp in pps:
             if pp.seq <= w.h or pp.seq > w.high:
                 continue
-            entry = Entry(pp.seq)
-            entry.prior = self._certificate(w.log.get(pp.seq))  # sec. 4.4: never lost
-            entry.executed = pp.seq <= self.last_exec
-            entry.preprepare = pp
-            w.put(entry)
-            self._dirty_pp.add(pp.seq)
-            self._dirty_votes.add(pp.seq)
+            w.put(Entry(pp.seq, preprepare=pp, executed=pp.seq <= self.last_exec,
+                        prior=self._certificate(w.log.get(pp.seq))))  # sec. 4.4: never lost
             if self.id != primary:
                 mine = Prepare(view, pp.seq, pp.digest, self.id)
-                entry.prepares[self.id] = mine
+                w.log.add_vote(mine)
                 self._send_vote(mine, cause)
         self.batcher.enter_view()
         if self.id == primary:

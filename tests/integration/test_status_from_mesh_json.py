@@ -66,3 +66,28 @@ def test_status_through_another_broker_address(make_mesh):
     code, out = status("--config", str(broken), "--timeout", "2",
                        env={"HDPBF_BROKER_URL": cfg.broker_url})
     assert code == 0 and "all healthy" in out, out
+
+
+def test_status_trace_follows_a_request_across_the_nodes(make_mesh):
+    """``hdpbf status --trace --follow CLIENT/TS``: every node answers ``pbft.trace``
+    over the broker, and on every node the request's seq was pre-prepared (or, on the
+    primary, the request received), voted on and executed, each step with its own id."""
+    mesh = make_mesh(4)
+    client = mesh.client(timeout=5.0)
+    req = client.put_request("traced", 1)
+    client.wait(client.submit([req]), 20)
+    mesh.wait_converged(timeout=60, at_least=1)
+    key = f"{req.client}/{req.timestamp}"
+    code, out = status("--config", str(mesh.config_path), "--trace", "--follow", key, "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert sorted(report["trace"]) == ["0", "1", "2", "3"]
+    followed = report["followed"]["nodes"]
+    for node, entries in followed.items():
+        stimuli = [e["stimulus"] for e in entries]
+        assert any(x.startswith("execute n") for e in entries for x in e["actions"]), (node, stimuli)
+        assert any(s.startswith("Commit ") for s in stimuli), (node, stimuli)
+        assert all(e["id"].startswith(f"{node}.") for e in entries)
+    assert f"Request {key}" in [e["stimulus"] for e in followed["0"]]
+    code, out = status("--config", str(mesh.config_path), "--trace", "--last", "5")
+    assert code == 0 and "stimuli" in out, out
