@@ -34,8 +34,8 @@ COPIED = ("compose", "dashboards", "mesh", "pbft_tasks", "ledger", "pyproject.to
 PORTS = ("FLOWER_PORT", "API_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT", "RABBITMQ_PORT",
          "REDIS_PORT")
 # compose/.env; the file's default is 10s.  Not shorter: each node's and the follower's
-# check is an `hdpbf status` (about a second of CPU), RabbitMQ's an Erlang VM, and on two
-# cores checks every 3s starved the cluster profile's mesh.
+# check is an `hdpbf status` (about half a second of CPU), RabbitMQ's an Erlang VM, and
+# the cluster profile runs four brokers on two cores.
 HEALTHCHECK_INTERVAL = "5s"
 
 
