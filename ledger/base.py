@@ -16,6 +16,8 @@ Rules of this file:
   so it raises and is never "repaired".
 - Reads count expired and deleted records as missing (``format.is_live``); the clock is
   a parameter (``now``), defaulting to ``time.time()``.
+- ``writers`` (client -> compute hosts, from mesh.json's clients) is the console rule's
+  input (``state.refusal``); every replica and follower of a mesh must use the same.
 - Only JSON values cross this layer (``format.encode``/``decode``); callers get fresh
   objects, never references into the ledger's own state.
 """
@@ -40,6 +42,7 @@ class LedgerBase:
     _height: int = 0
     _head: str = chain.GENESIS
     _closed: bool = False
+    writers = None  # Optional[state.Writers]: set by the owner before the first apply
 
     # -- backend primitives -----------------------------------------------------------
 
@@ -116,7 +119,7 @@ class LedgerBase:
 
         results = []
         for block in blocks:
-            writes, block_results = apply_block(get, block)
+            writes, block_results = apply_block(get, block, self.writers)
             overlay.update(writes)
             puts[fmt.block_key(block["seq"])] = block
             results.append(block_results)

@@ -68,6 +68,8 @@ def decode(raw: Any) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise LedgerFormatError(f"stored value is not JSON: {exc}") from None
+    except RecursionError:   # nesting deeper than the parser's stack: a tampered file
+        raise LedgerFormatError("stored value is nested too deep to decode") from None
 
 
 def identity(key: str) -> str:

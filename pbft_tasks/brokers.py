@@ -142,7 +142,8 @@ def celery_settings(broker_url: str, result_backend: str, queue_type: str = "cla
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "task_default_queue": "hdpbf.default",
-        "worker_send_task_events": True,
+        # task events only while someone watches: Flower turns them on (enable_events)
+        "worker_send_task_events": False,
         "task_send_sent_event": False,
         "result_expires": 600,
         # Not exclusive: a worker whose link was cut reconnects before RabbitMQ has

@@ -23,7 +23,7 @@ equal to ``GUARD_REASONS``):
   header Celery reads of the type Celery expects (``bad_headers``).
 - No delay is honoured: a message with an ``eta`` (or a ``countdown``, which Celery
   sends as an ``eta``) is ``delayed_task``; so is ``expires`` on a protocol task.
-  The monitoring tasks ``pbft.status`` and ``pbft.trace`` may carry ``expires``
+  The monitoring tasks ``pbft.status``, ``pbft.trace`` and ``pbft.hops`` may carry ``expires``
   (``LocalMesh.statuses`` sets it), as an ISO
   date.  A parked message is never held: it is acknowledged and dropped at once.
 - The body decodes to ``[args, kwargs, embed]`` with args a list, kwargs ``{}`` and no
@@ -57,7 +57,7 @@ from .evidence_log import EvidenceLog
 log = logging.getLogger("hdpbf.guard")
 
 # The tasks with a result, for monitoring (pbft_tasks/tasks.py): no arguments, may expire.
-MONITORING_TASKS = ("pbft.status", "pbft.trace")
+MONITORING_TASKS = ("pbft.status", "pbft.trace", "pbft.hops")
 GUARD_REASONS = ("oversize", "bad_content", "bad_headers", "unknown_task", "unknown_message",
                  "delayed_task", "undecodable", "malformed", "poison")
 
@@ -282,10 +282,13 @@ class Gate:
         return on_message
 
 
-def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None = None) -> None:
+def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None = None,
+                  check: Callable[[Any, Any], tuple[str, str] | None] | None = None) -> None:
     """Make ``channel`` check each raw message before kombu wraps it (and would inflate a
     compressed body): a refused one is wrapped with an empty body and no headers, marked
-    ``hdpbf_refused`` for the Gate.  Idempotent."""
+    ``hdpbf_refused`` for the Gate.  ``check(body, headers)``: the raw check (default
+    ``raw_reason``, a node queue's).  Idempotent."""
+    check = check or raw_reason
     m2p = getattr(channel, "message_to_python", None)
     if m2p is None or getattr(m2p, "hdpbf_guarded", False):
         return
@@ -294,7 +297,7 @@ def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None 
         props = getattr(raw, "properties", None)
         if not isinstance(props, dict):
             return m2p(raw)
-        why = raw_reason(getattr(raw, "body", b""), props.get("application_headers") or {})
+        why = check(getattr(raw, "body", b""), props.get("application_headers") or {})
         if why is None:
             return m2p(raw)
         raw.body = b"[]"

@@ -50,6 +50,8 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
+from ledger.state import refused_writes
+
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
                             NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
@@ -185,6 +187,7 @@ class NodeRuntime:
             if len(data) > limit:
                 return self.reject("oversize", f"over {limit} bytes", wire)
             clock.lap("parse")
+            clock.handled(wire)
             self.verifier.check(msg, data)
             clock.lap("verify")
         except MalformedMessage as exc:
@@ -303,9 +306,16 @@ class NodeRuntime:
         results: list = []
         clock = self.stages
         if records or blocks:
+            t0 = time.perf_counter_ns()
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
-            clock.lap("ledger")
+            clock.lap_wait("ledger", time.perf_counter_ns() - t0)
             for block, res in zip(blocks, results):
+                for client, key, reason in refused_writes(block, res):
+                    self.rejected[reason] += 1   # the client's evidence, on every replica
+                    self.evidence_log.warning((repr(client), reason),
+                                              "node %s refused client %r's write of %s "
+                                              "in block %s: %s", self.id, client, key,
+                                              block.get("seq"), reason)
                 for hook in self.on_execute:
                     hook(block, res)
         actions = answer_reads(actions, blocks, results, self.ledger)
@@ -319,17 +329,20 @@ class NodeRuntime:
                 if self._relay is not None and isinstance(a.msg, Request):
                     self._relay.setdefault(a.to, []).append(wire)  # sent by handle_requests
                 else:
+                    clock.sending(wire)
                     self._send(a.to, wire)
                 clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
                 wire = self._wire(a.msg)
                 clock.lap("sign")
+                clock.sending(wire)
                 self.transport.broadcast(self.id, self.peers, wire)
                 clock.lap("publish")
             elif isinstance(a, SendClient):
                 wire = self._wire(a.msg)
                 clock.lap("sign")
+                clock.sending(wire)
                 self.transport.send_client(a.client, wire)
                 clock.lap("publish")
             elif isinstance(a, FetchState):

@@ -23,8 +23,11 @@ Rules:
   message acknowledged, as before.
 - A body that does not decode to (args, kwargs, embed) is counted as ``undecodable``
   and dropped.
-- Monitoring: with ``-E``, one ``task-succeeded`` (or ``task-failed``) event per
-  message, carrying the task name, so Flower still counts every protocol task by name.
+- Monitoring: while the worker's events are on, one ``task-succeeded`` (or
+  ``task-failed``) event per message, carrying the task name, so Flower still counts
+  every protocol task by name.  They are off until someone watches: Flower switches
+  them on in every worker when it starts and every few seconds after (its
+  ``enable_events``), ``-E`` from the start; checked per message.
 - CPU by stage: each run is one ``StageClock`` run of the node (stages.py): decode
   here, the node's stages inside the task, then task, event and ack here.
 """
@@ -51,11 +54,18 @@ class _NoClock:
 _NO_CLOCK = _NoClock()
 
 
+def _task_events_on(eventer: Any) -> bool:
+    """Celery keeps its dispatcher enabled for the worker's heartbeats alone (groups
+    ``["worker"]``) when task events are off; ``enable_events`` adds ``task``."""
+    return eventer.enabled and (not eventer.groups or "task" in eventer.groups)
+
+
 def protocol(task: Any, app: Any, consumer: Any, **_: Any):
     run = task.run
     name = task.name
     eventer = consumer.event_dispatcher
-    send_event = eventer.send if (eventer is not None and eventer.enabled and task.send_events) else None
+    # read per message: Flower switches a running worker's events on (enable_events)
+    wants_events = eventer is not None and task.send_events
 
     from . import celery_app
 
@@ -76,6 +86,7 @@ def protocol(task: Any, app: Any, consumer: Any, **_: Any):
             return
         clock.lap("decode")
         task_id = message.headers.get("id") or str(uuid.uuid4())
+        send_event = eventer.send if wants_events and _task_events_on(eventer) else None
         t0 = time.monotonic()
         try:
             run(*args, **kwargs)

@@ -4,8 +4,8 @@ Each task receives the message's wire object (docs/PROTOCOL.md), hands it to thi
 worker's node runtime, and returns nothing: no protocol decision and no exception for a
 bad message escapes a task (the runtime logs and counts it).  ``pbft.request`` also
 accepts a list of requests, so that a client may pipeline several in one message.
-``pbft.status`` and ``pbft.trace`` are the tasks with a result (through the Redis
-backend), for monitoring.
+``pbft.status``, ``pbft.trace`` and ``pbft.hops`` are the tasks with a result (through
+the Redis backend), for monitoring.
 """
 from __future__ import annotations
 
@@ -108,3 +108,9 @@ def status() -> dict:
 def trace() -> dict:
     """The node's recent stimuli and what each caused (core/trace.py)."""
     return runtime().trace_status()
+
+
+@app.task(name="pbft.hops", ignore_result=False, acks_late=False)
+def hops() -> list:
+    """The timing records of this node's last task runs (stages.py), for the bench."""
+    return list(runtime().stages.hops)

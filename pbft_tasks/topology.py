@@ -39,6 +39,7 @@ Rules of this file:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -95,8 +96,16 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class ClientInfo:
+    """A client: its name, its Ed25519 public key, and the compute hosts it speaks for.
+
+    ``hosts`` None (the entry has no ``hosts``) means the one host named like the
+    client; ``()`` means none (a client that may not write console records)."""
     name: str
     public_key: str
+    hosts: tuple[str, ...] | None = None
+
+    def speaks_for(self) -> tuple[str, ...]:
+        return (self.name,) if self.hosts is None else tuple(self.hosts)
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,14 @@ class MeshConfig:
                 raise ConfigError(f"duplicate client name {c.name!r}")
             seen.add(c.name)
             _check_pubkey(c.public_key, f"client {c.name!r}")
+            if c.hosts is not None:
+                if type(c.hosts) not in (list, tuple):
+                    raise ConfigError(f"client {c.name!r}: hosts must be a list of host "
+                                      f"names, got {c.hosts!r}")
+                for h in c.hosts:
+                    if type(h) is not str or not h or len(h) > 255:
+                        raise ConfigError(f"client {c.name!r}: host {h!r} is not a host name")
+                self.clients[i] = dataclasses.replace(c, hosts=tuple(c.hosts))
 
     def _validate_readers(self) -> None:
         seen: set[str] = set()
@@ -370,7 +387,9 @@ class MeshConfig:
         out: dict[str, Any] = {"version": FORMAT_VERSION}
         out["nodes"] = [{"id": n.id, "queue": n.queue, "public_key": n.public_key}
                         for n in self.nodes]
-        out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
+        out["clients"] = [{"name": c.name, "public_key": c.public_key,
+                           **({} if c.hosts is None else {"hosts": list(c.hosts)})}
+                          for c in self.clients]
         if self.readers:  # absent when empty: the file stays what older versions wrote
             out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
         if self.followers:  # likewise
@@ -404,8 +423,8 @@ class MeshConfig:
         if "nodes" not in obj:
             raise ConfigError(f"{source}: missing 'nodes'")
         nodes = _records(obj["nodes"], "nodes", {"id", "public_key"}, {"queue"}, source)
-        clients = _records(obj.get("clients", []), "clients", {"name", "public_key"}, set(),
-                           source)
+        clients = _records(obj.get("clients", []), "clients", {"name", "public_key"},
+                           {"hosts"}, source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
         followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
@@ -513,6 +532,12 @@ def reader_key_path(config_dir: str | os.PathLike, name: str) -> Path:
 
 def node_keys(config: MeshConfig) -> dict[int, VerifyKey]:
     return {n.id: verify_key_from_hex(n.public_key) for n in config.nodes}
+
+
+def console_writers(config: MeshConfig) -> dict[str, tuple[str, ...]]:
+    """Client name -> the compute hosts whose console records it may write
+    (``ledger.state``'s rule; an entry without ``hosts`` speaks for the host of its name)."""
+    return {c.name: c.speaks_for() for c in config.clients}
 
 
 def client_keys(config: MeshConfig) -> dict[str, VerifyKey]:
@@ -672,10 +697,12 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
               force: bool = False, readers: Iterable[str] = (),
-              queue_type: str = "classic", votes: str | None = None) -> MeshConfig:
+              queue_type: str = "classic", votes: str | None = None,
+              hosts: dict[str, Iterable[str]] | None = None) -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
-    ``votes``: the vote routing; None picks ``default_votes(nodes)``.
+    ``votes``: the vote routing; None picks ``default_votes(nodes)``.  ``hosts``: client
+    name -> the compute hosts it speaks for (a client left out speaks for its own name).
 
     Everything is checked before anything is written.  With ``force`` an existing mesh is
     replaced: every key is new, so running workers of the old mesh will be rejected."""
@@ -696,9 +723,14 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
             raise ConfigError(f"duplicate client name {name!r}")
         client_sks[name] = generate_key()
     reader_sks = _new_readers(readers)
+    strangers = sorted(set(hosts or {}) - set(client_sks))
+    if strangers:
+        raise ConfigError(f"hosts given for {strangers}, which are not clients")
     config = MeshConfig(
         nodes=[NodeInfo(id=i, public_key=public_key_hex(k)) for i, k in node_sks.items()],
-        clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
+        clients=[ClientInfo(name=c, public_key=public_key_hex(k),
+                            hosts=None if c not in (hosts or {}) else tuple(hosts[c]))
+                 for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
         broker_url=broker_url, result_backend=result_backend, queue_type=queue_type,

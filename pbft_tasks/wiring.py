@@ -20,7 +20,8 @@ from ledger.store import LedgerStore
 from .follower_push import attach_pusher
 from .node import NodeRuntime, Transport
 from .signing import Signer, Verifier
-from .topology import LEDGER_FILE, MeshConfig, client_keys, load_node_identity, node_keys
+from .topology import (LEDGER_FILE, MeshConfig, client_keys, console_writers, load_node_identity,
+                       node_keys)
 
 
 def mesh_verifier(cfg: MeshConfig) -> Verifier:
@@ -43,7 +44,8 @@ def build_node(cfg: MeshConfig, node_id: int, transport: Transport, *,
     key = load_node_identity(cfg, node_id, key_file)
     data_dir = data_dir or cfg.node_data_dir(node_id)
     os.makedirs(data_dir, exist_ok=True)
-    ledger = LedgerStore(os.path.join(data_dir, LEDGER_FILE), durability=cfg.durability)
+    ledger = LedgerStore(os.path.join(data_dir, LEDGER_FILE), durability=cfg.durability,
+                         writers=console_writers(cfg))
     rt = NodeRuntime(node_id, cfg.replica_config(), ledger, Signer(node_id, key),
                      verifier or mesh_verifier(cfg), transport, byzantine=byzantine)
     attach_pusher(rt, cfg, transport)  # mesh.json's followers: answer their fetches, push blocks

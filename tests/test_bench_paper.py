@@ -45,6 +45,10 @@ def _check_result(out: dict, png, configs: tuple[str, ...]) -> None:
         assert hd["step2"] >= 6                             # every instance's first call
         assert hd["step2_at_first_calls"] == 6
     assert out["hdpbf_step2_at_first_calls"] == 6
+    for name in TWO_STEP:  # how soon the ledger answered, once per ledger-reading configuration
+        lag = out["configs"][name]["ledger_first_answer_p50_ms"]
+        assert lag == out["ledger_first_answer_p50_ms"][name]
+        assert lag == out["configs"][name]["first_ledger_answer_after_ms"]["p50"]
     assert out["configs"]["hdpbf-ledger"]["own_answers"] == 0    # the switch is off there
     assert out["stale_answers"] == 0 and out["stale_own_answers"] == 0
     assert all(c["stale"] == 0 for c in out["configs"].values())
@@ -107,6 +111,23 @@ def test_an_answer_no_live_token_matches_is_stale():
                             _record(b, 106.0, step="1o"),             # own answer, live: fine
                             _record(a, 112.0, step="1o")], served)    # own answer, dead: stale
     assert checks["hdpbf"] == {"stale": 5, "stale_own": 1, "older_token": 1}
+
+
+def test_ledger_first_answer_p50_is_the_median_wait_for_the_first_ledger_answer():
+    from mesh.bench.paper_report import summarize
+    from mesh.bench.workload import paper_sequence
+
+    def rec(config, call, instance, step, t):
+        return CallRecord(config, 1, call, instance, 1.0, step, f"i-{instance}", t, t)
+    # instance 1: RPC at 10 s, ledger at 10.020 s; instance 2: RPC at 20, ledger at 20.040;
+    # instance 3: RPC at 30, then another RPC, the ledger at 30.100
+    records = [rec("hdpbf", 1, 1, 2, 10.0), rec("hdpbf", 2, 1, 1, 10.020),
+               rec("hdpbf", 3, 2, 2, 20.0), rec("hdpbf", 4, 2, 1, 20.040),
+               rec("hdpbf", 5, 3, 2, 30.0), rec("hdpbf", 6, 3, 2, 30.050),
+               rec("hdpbf", 7, 3, 1, 30.100)]
+    out = summarize(records, [], ["hdpbf"], paper_sequence())
+    assert out["configs"]["hdpbf"]["ledger_first_answer_p50_ms"] == pytest.approx(40.0)
+    assert out["ledger_first_answer_p50_ms"] == {"hdpbf": pytest.approx(40.0)}
 
 
 # -- the real broker ---------------------------------------------------------------------

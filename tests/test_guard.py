@@ -89,6 +89,7 @@ def _cases():
     yield "kwargs", "malformed", msg(body=_body(kwargs={"x": 1}))
     yield "callback", "malformed", msg(body=_body(embed={"callbacks": [{"task": "celery.ping"}]}))
     yield "status_with_args", "malformed", msg(body=_body(args=(1,)), headers=_headers("pbft.status"))
+    yield "hops_with_args", "malformed", msg(body=_body(args=(1,)), headers=_headers("pbft.hops"))
     yield "body_not_triple", "undecodable", msg(body=b'{"a": 1}')
     yield "not_json", "undecodable", msg(body=b"\xff{")
     yield "retries_string", "bad_headers", msg(headers=_headers(retries="many"))

@@ -361,8 +361,10 @@ def _adapter_reason_literals() -> set[str]:
 
 def code_reasons() -> set[str]:
     from pbft_tasks.guard import GUARD_REASONS
+    from ledger.state import REFUSALS
     from pbft_tasks.node import RUNTIME_REASONS
-    return set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+    return (set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+            | set(REFUSALS))
 
 
 def test_every_rejection_reason_is_documented():

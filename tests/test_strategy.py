@@ -14,6 +14,7 @@ from pbft_tasks.node import ALL_TASKS
 
 class FakeEventer:
     enabled = True
+    groups = None  # every group; Celery's {"worker"} when only heartbeats are on
 
     def __init__(self):
         self.sent: list[tuple[str, dict]] = []
@@ -107,3 +108,17 @@ def test_no_events_without_an_enabled_dispatcher():
     task = FakeTask()
     handler_for(task, FakeConsumer(events=False))(msg, None, None, None, [])
     assert task.calls and msg.acked == 1
+
+
+def test_events_follow_the_dispatcher_switched_on_and_off_while_running():
+    consumer = FakeConsumer()
+    consumer.event_dispatcher.enabled = False
+    handler = handler_for(FakeTask(), consumer)
+    handler(FakeMessage(json.dumps([[1], {}, {}])), None, None, None, [])
+    # a worker started without -E: the dispatcher is on for its heartbeats only
+    consumer.event_dispatcher.enabled, consumer.event_dispatcher.groups = True, {"worker"}
+    handler(FakeMessage(json.dumps([[1], {}, {}])), None, None, None, [])
+    assert consumer.event_dispatcher.sent == []
+    consumer.event_dispatcher.groups.add("task")  # Flower's enable_events
+    handler(FakeMessage(json.dumps([[1], {}, {}])), None, None, None, [])
+    assert [kind for kind, _ in consumer.event_dispatcher.sent] == ["task-succeeded"]

@@ -48,7 +48,7 @@ from pbft_tasks.core.chain import GENESIS
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import verify_key_from_hex
-from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig
+from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig, console_writers
 
 from ..clikit import BadInput, console
 
@@ -97,6 +97,7 @@ class LedgerAudit:
 
     def __init__(self, cfg: MeshConfig, verifier: BatchVerifier, window: int = WINDOW) -> None:
         self.n = cfg.n
+        self.writers = console_writers(cfg)
         self.quorum = quorum(cfg.n)
         self.known = {node.id for node in cfg.nodes}
         self.verifier = verifier
@@ -132,7 +133,7 @@ class LedgerAudit:
                     try:
                         check_block(block, height, head)
                         items = self._certificate(block) + self._requests(block)
-                        writes, _ = apply_block(state.get, block)
+                        writes, _ = apply_block(state.get, block, self.writers)
                     except LedgerError as exc:
                         raise BadBlock(expected, _strip(expected, exc)) from None
                     state.update(writes)

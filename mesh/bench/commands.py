@@ -39,8 +39,13 @@ def bench() -> None:
               help="ledger fsync policy (mesh.json 'durability')")
 @click.option("--votes", type=click.Choice(["all", "collector", "both"]), default="all", show_default=True,
               help="vote routing (mesh.json 'votes'): all-to-all, collector, or both interleaved")
-@click.option("--rounds", type=click.IntRange(1, 100), default=1, show_default=True,
-              help="repeat every configuration, interleaved round by round")
+@click.option("--rounds", type=click.IntRange(1, 100), default=None,
+              help="repeat every configuration, interleaved round by round [default: 1; "
+                   "3 with --baseline]")
+@click.option("--baseline", default=None, metavar="REV",
+              help="A/B: run the commit REV (git archive) and this tree alternately, each "
+                   "run on a fresh RabbitMQ vhost, --rounds rounds; medians and ratios "
+                   "(mesh/bench/ab.py)")
 @click.option("--broker", default=None, metavar="URL")
 @click.option("--backend", default=None, metavar="URL")
 @click.option("--broker-nodes", type=click.IntRange(1, 9), default=1, show_default=True,
@@ -56,8 +61,8 @@ def bench() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="one configuration: its figures; several: {\"runs\": [...]} in run order")
 def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, low_load: int,
-                    low_load_gap: float, durability: str, votes: str, rounds: int,
-                    broker: str | None, backend: str | None, broker_nodes: int, followers: int,
+                    low_load_gap: float, durability: str, votes: str, rounds: int | None,
+                    baseline: str | None, broker: str | None, backend: str | None, broker_nodes: int, followers: int,
                     netns: bool, followers_nice: int, json_path: str | None) -> None:
     """Committed tx/s, commit latency and CPU by stage on real RabbitMQ, one worker per node."""
     from . import consensus as bc
@@ -68,6 +73,22 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
     if any(not 4 <= n <= 64 for n in nodes):
         raise BadInput(f"--nodes must each be in 4..64, got {nodes_spec!r}")
     modes = {"all": ["all-to-all"], "collector": ["collector"], "both": ["all-to-all", "collector"]}[votes]
+    if baseline is not None:
+        if len(nodes) > 1 or len(modes) > 1 or broker_nodes > 1 or followers or netns or low_load_gap:
+            raise BadInput("--baseline compares one configuration with the flags every bench "
+                           "since the baseline knows: one --nodes, one --votes, no "
+                           "--broker-nodes, --followers, --netns or --low-load-gap")
+        from .ab import run_ab
+        out = run_ab(baseline, rounds=rounds or 3, nodes=nodes[0], requests=count,
+                     low_load=low_load, window=window, max_batch=max_batch,
+                     durability=durability, broker=broker, backend=backend,
+                     votes=None if votes == "all" else modes[0], say=console().print)
+        console().print(_ab_table(out))
+        if "critical_path_ms" in out:
+            console().print(_critical_path_table([out]))
+        bc.write_json(out, json_path)
+        return
+    rounds = rounds or 1
     kw = dict(requests=count, window=window, low_load=low_load, broker=broker, backend=backend,
               max_batch=max_batch, durability=durability, low_load_gap=low_load_gap,
               followers=followers, netns=netns, followers_nice=followers_nice)
@@ -85,7 +106,25 @@ def bench_consensus(nodes_spec: str, count: int, window: int, max_batch: int, lo
                              **kw)
     console().print(_consensus_table(runs, count, durability))
     console().print(_stages_table(runs))
+    if any(r.get("critical_path_ms") for r in runs):
+        console().print(_critical_path_table(runs))
     bc.write_json(runs[0] if len(runs) == 1 else {"runs": runs}, json_path)
+
+
+def _ab_table(out: dict) -> Table:
+    table = Table(title=f"A/B: {out['baseline']} vs this tree, n={out['nodes']}, "
+                        f"{out['requests']} requests, {out['rounds']} rounds alternating "
+                        f"on fresh vhosts (tree / baseline)")
+    for col in ("figure", "baseline rounds", "tree rounds", "baseline median", "tree median", "ratio"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for label, key, ratio in (("committed tx/s", "tx_per_s", "tx_per_s_ratio"),
+                              ("commit p50 ms (low load)", "commit_p50_ms", "commit_p50_ratio")):
+        table.add_row(label, " / ".join(str(v) for v in out[f"baseline_{key}_rounds"]),
+                      " / ".join(str(v) for v in out[f"{key}_rounds"]),
+                      str(out[f"baseline_{key}"]), str(out[key]), str(out[ratio]))
+    for what, why in out["missing"].items():
+        table.add_row(f"missing: {what}", why, "", "", "", "")
+    return table
 
 
 _CONSENSUS_ROWS = (
@@ -147,6 +186,27 @@ def _stages_table(runs: list[dict]) -> Table:
     stages = list(dict.fromkeys(k for r in runs for k in r.get("low_load_stages_ms_per_request", {})))
     for stage in stages:
         table.add_row(stage, *(str(r.get("low_load_stages_ms_per_request", {}).get(stage, "")) for r in runs))
+    return table
+
+
+def _critical_path_table(runs: list[dict]) -> Table:
+    """Each run's median low-load commit, hop by hop (mesh/bench/critical_path.py)."""
+    from .critical_path import KEYS, totals
+    table = Table(title="the median low-load commit, hop by hop (ms; mesh/bench/critical_path.py)")
+    table.add_column("run")
+    table.add_column("hop")
+    for k in KEYS:
+        table.add_column(k.removesuffix("_ms"), justify="right")
+    for r in runs:
+        path = r.get("critical_path_ms") or []
+        label = _label(r) if "votes" in r else "tree"
+        for h in path:
+            table.add_row(label, h["hop"], *(str(h[k]) for k in KEYS))
+        if path:
+            t = totals(path)
+            table.add_row(label, f"all hops: {t['total_ms']} (the commit took "
+                                 f"{r.get('critical_path_commit_ms', '?')})",
+                          *(str(t[k]) for k in KEYS))
     return table
 
 

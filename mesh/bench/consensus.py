@@ -27,6 +27,9 @@ details; ``followers``,
 ``--followers K`` adds K followers and ``--netns`` puts every validator and follower on
 a namespace host of its own (mesh/bench/followers.py says what the figures mean).
 
+- the critical path of the median low-load commit (``critical_path_ms``: a list of
+  ``{hop, queue_ms, cpu_ms, fsync_ms, broker_ms}`` from the client's publish to the last
+  reply; ``critical_path_total_ms`` sums each kind; mesh/bench/critical_path.py);
 - CPU by stage at low load: the workers' task runs per request and their CPU split by
   stage (decode, parse, verify, step, ledger, sign, publish, observe, task, event, ack;
   pbft_tasks/stages.py), the rest of the workers' CPU as ``rest``.
@@ -48,6 +51,7 @@ from typing import Any, Callable
 import psutil
 
 from ..client import MeshClient, Pending, SubmitTimeout
+from . import critical_path
 from .missing import UNAVAILABLE, Missing
 from .stats import percentile
 
@@ -139,6 +143,13 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
                        if psutil.pid_exists(p))
             cpu["rabbitmq"] = round(used / low_load * 1000, 2)
         low_all, low_quorum = latencies_ms(low), latencies_ms(low, every=False)
+        path, path_commit_ms = [], None
+        with missing.guard("critical_path_ms"):
+            path, path_commit_ms = critical_path.of_median_request(
+                low, client.client_id, node_hops(mesh), time.time() - time.perf_counter())
+            if not path:
+                missing.note("critical_path_ms", "the median request's reply is not in the "
+                                                 "nodes' timing records")
         before = mesh.statuses()
         low_blocks = before[0]["height"] - low_before[0]["height"]
         low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
@@ -173,6 +184,9 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
             "commit_p99_ms": round(percentile(low_all, 99), 3),
             "quorum_reply_p50_ms": round(percentile(low_quorum, 50), 3),
             "low_load_cpu_ms_per_request": cpu,
+            "critical_path_ms": path,
+            "critical_path_total_ms": critical_path.totals(path) if path else None,
+            "critical_path_commit_ms": path_commit_ms,
             "loaded_commit_p50_ms": round(percentile(load_all, 50), 3),
             "loaded_commit_p99_ms": round(percentile(load_all, 99), 3),
             "low_load_messages_per_batch": round(low_msgs / low_blocks, 2) if low_blocks else None,
@@ -204,6 +218,12 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
     result["missing"] = dict(missing)
     missing.say(say)
     return result
+
+
+def node_hops(mesh: Any, timeout: float = 30.0) -> dict[int, list]:
+    """Every node's timing records of its last task runs (``pbft.hops``)."""
+    pending = {n.id: mesh.app.send_task("pbft.hops", queue=n.queue) for n in mesh.cfg.nodes}
+    return {i: r.get(timeout=timeout) for i, r in pending.items()}
 
 
 # what the nodes' own status says of the loaded run, missing if they do not answer it

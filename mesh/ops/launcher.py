@@ -38,7 +38,7 @@ from pbft_tasks.topology import MeshConfig
 
 def worker_command(node_id: int, loglevel: str = "INFO", prefetch: int = PREFETCH) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "pbft_tasks", "worker",
-            "-Q", f"node.{node_id}", "-n", f"node{node_id}@%h", "-E",
+            "-Q", f"node.{node_id}", "-n", f"node{node_id}@%h",
             "-P", "solo", "--prefetch-multiplier", str(prefetch),
             "--without-gossip", "--without-mingle", "-l", loglevel]
 

@@ -26,3 +26,11 @@ def test_bench_consensus_reports_its_own_run(tmp_path, broker_url):
     # n=4: per batch 1 pre-prepare broadcast, 3 prepare and 4 commit broadcasts, counted
     # per receiver (3 each), plus replies: never fewer than the 24 node-to-node messages
     assert r["messages_per_batch"] >= 24
+    # the median low-load commit hop by hop: from the client's request to the last reply,
+    # and the hops add up to that commit's latency (less the client's own processing)
+    path = r["critical_path_ms"]
+    assert path[0]["hop"] == "client -> node 0: Request" and path[-1]["hop"].endswith("-> client: Reply")
+    assert all(set(h) == {"hop", "queue_ms", "cpu_ms", "fsync_ms", "broker_ms"} for h in path)
+    assert all(h[k] >= 0 for h in path for k in ("queue_ms", "cpu_ms", "fsync_ms", "broker_ms"))
+    total = r["critical_path_total_ms"]["total_ms"]
+    assert 0 < total <= r["critical_path_commit_ms"] * 1.05 + 0.1  # rounding, clock slew
