@@ -16,6 +16,13 @@ Rules of this file:
   so it raises and is never "repaired".
 - Reads count expired and deleted records as missing (``format.is_live``); the clock is
   a parameter (``now``), defaulting to ``time.time()``.
+- ``writers`` (client -> compute hosts, from mesh.json's clients) is the console rule's
+  input (``state.refusal``); every replica and follower of a mesh must use the same.
+- Genesis binding: ``bind_genesis(rules)`` writes the genesis configuration under
+  ``m/genesis`` the first time; afterwards the ledger keeps the genesis it was bound to,
+  whatever mesh.json says now (mesh.json is bootstrap only).  A ledger
+  written before genesis binding has no such record and loads as before; it is bound at
+  its next ``bind_genesis``.  Config ops execute only on a bound ledger (state.py).
 - Only JSON values cross this layer (``format.encode``/``decode``); callers get fresh
   objects, never references into the ledger's own state.
 """
@@ -29,7 +36,9 @@ from pbft_tasks.core import chain
 from . import format as fmt
 from .audit import check_block
 from .format import LedgerError, LedgerFormatError
-from .state import apply_block, touched_keys
+from pbft_tasks.core.config import from_dict
+
+from .state import ConfigRules, apply_block, config_history, rules_of, touched_keys
 
 ITER_CHUNK = 256
 
@@ -40,6 +49,8 @@ class LedgerBase:
     _height: int = 0
     _head: str = chain.GENESIS
     _closed: bool = False
+    writers = None  # Optional[state.Writers]: set by the owner before the first apply
+    config_rules: Optional[ConfigRules] = None
 
     # -- backend primitives -----------------------------------------------------------
 
@@ -116,7 +127,7 @@ class LedgerBase:
 
         results = []
         for block in blocks:
-            writes, block_results = apply_block(get, block)
+            writes, block_results = apply_block(get, block, self.writers, self.config_rules)
             overlay.update(writes)
             puts[fmt.block_key(block["seq"])] = block
             results.append(block_results)
@@ -128,6 +139,43 @@ class LedgerBase:
             self._write(puts, deletes, sync)
         self._height, self._head = height, head
         return results
+
+    def bind_genesis(self, rules: ConfigRules) -> Optional[str]:
+        """Bind this ledger to ``rules.genesis`` (see the rules above).  A ledger already
+        bound keeps its own genesis (mesh.json is only bootstrap: it may have been edited
+        since, by ``add-reader`` or ``add-follower``); the hash of the genesis it keeps
+        is returned when it differs from ``rules.genesis``, else None."""
+        self._check_open()
+        have = self._fetch_one(fmt.GENESIS_KEY)
+        if have is None:
+            record = {"hash": rules.genesis.hash, "config": rules.genesis.to_dict(),
+                      "checkpoint_interval": rules.checkpoint_interval,
+                      "log_window": rules.log_window}
+            if rules.validator_changes:  # absent: refused, as ledgers bound before it
+                record["validator_changes"] = True
+            self._write({fmt.GENESIS_KEY: record}, [])
+            self.config_rules = rules
+            return None
+        stored = from_dict(have["config"])
+        if stored.hash != have["hash"]:
+            raise LedgerFormatError(f"the genesis record's hash {have['hash'][:16]} is not "
+                                    f"that of its configuration: a damaged ledger")
+        self.config_rules = rules_of(have, rules.verify)
+        return None if stored.hash == rules.genesis.hash else stored.hash
+
+    def genesis_record(self) -> Optional[dict]:
+        """What ``bind_genesis`` stored (hash, config, interval, window), or None."""
+        self._check_open()
+        return self._fetch_one(fmt.GENESIS_KEY)
+
+    def config_history(self):
+        """The configuration history as of the head (``core.config.ConfigHistory``), or
+        None on a ledger bound to no genesis and holding no change."""
+        self._check_open()
+        record = self._fetch_one(fmt.kv_key(fmt.CONFIG_KEY))
+        if record is None and self.config_rules is None:
+            return None
+        return config_history(record, self.config_rules)
 
     # -- reading ------------------------------------------------------------------------
 

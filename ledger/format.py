@@ -16,6 +16,8 @@ Rules of this file:
   ``p/<name>``            the replica's persisted protocol records (opaque JSON)
   ``m/head``              {"height", "head"}
   ``m/format``            {"codec": "json", "version": 1}: written once, checked on open
+  ``m/genesis``           {"hash", "config", "checkpoint_interval", "log_window"}: the
+                          genesis configuration this ledger is bound to (base.py)
 
 - JSON only, never pickle: a pickled value read from a file (or a broker) is remote code
   execution.  ``decode`` refuses anything that is not JSON *text*: sqlitedict's pickle
@@ -28,6 +30,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pbft_tasks.core.messages import CONFIG_KEY as _CONFIG_KEY
+
 TABLE = "ledger"
 
 BLOCK_PREFIX = "b/"
@@ -35,6 +39,8 @@ KV_PREFIX = "kv/"
 PROTOCOL_PREFIX = "p/"
 HEAD_KEY = "m/head"
 FORMAT_KEY = "m/format"
+GENESIS_KEY = "m/genesis"
+CONFIG_KEY = _CONFIG_KEY  # the kv key of the configuration history
 FORMAT = {"codec": "json", "version": 1}
 
 SEQ_DIGITS = 12
@@ -68,6 +74,8 @@ def decode(raw: Any) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise LedgerFormatError(f"stored value is not JSON: {exc}") from None
+    except RecursionError:   # nesting deeper than the parser's stack: a tampered file
+        raise LedgerFormatError("stored value is nested too deep to decode") from None
 
 
 def identity(key: str) -> str:

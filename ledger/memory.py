@@ -32,7 +32,8 @@ class MemoryLedger(LedgerBase):
     """Same interface as ``LedgerStore`` (apply, protocol_records, height, head, block,
     iter_blocks, get, get_value, get_record, close), kept in a dict."""
 
-    def __init__(self, rows: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, rows: Optional[dict[str, str]] = None, writers=None) -> None:
+        self.writers = writers
         self.rows: dict[str, str] = rows if rows is not None else {}
         self._keys: list[str] = sorted(self.rows)
         self._open_ledger()

@@ -20,6 +20,9 @@ Rules of this file:
   that means "miss, ask over RPC" or "node not started".
 - A ``LedgerReader`` belongs to the thread that opened it (sqlite3's
   ``check_same_thread``); open one per thread.
+- ``timeout``: how long a read waits for a file another process holds locked before it
+  fails with ``sqlite3.OperationalError`` (sqlite3's busy timeout; default 5 s).  A
+  caller on a latency path (the nova driver's step 1) passes milliseconds.
 
 Measured with ``.venv/bin/python -m mesh.bench.read`` (20000 interleaved reads of 1000
 keys, 2-core VM): ``get`` p50 ~16 us (p99 45-75 us) against a local Redis GET p50 ~75 us
@@ -46,14 +49,14 @@ _RANGE = f'SELECT value FROM "{fmt.TABLE}" WHERE key >= ? AND key < ? ORDER BY k
 class LedgerReader:
     """Read-only view of a node's ledger file for other processes on the node."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, timeout: float = 5.0) -> None:
         self.path = os.fspath(path)
         file = Path(self.path)
         if not file.is_file():
             raise LedgerNotFound(f"no ledger at {self.path}: has the node's worker started?")
         uri = file.resolve().as_uri() + "?mode=ro"
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
         except sqlite3.Error as exc:
             raise LedgerNotFound(f"cannot open ledger {self.path} read-only: {exc}") from None
         try:
@@ -102,6 +105,10 @@ class LedgerReader:
         use ``get`` to tell them apart)."""
         record = self.get(key, now)
         return default if record is None else record["value"]
+
+    def genesis_record(self) -> Optional[dict]:
+        """The genesis configuration this ledger is bound to (``m/genesis``), or None."""
+        return self._value(fmt.GENESIS_KEY)
 
     # -- chain ------------------------------------------------------------------------
 

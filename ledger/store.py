@@ -72,7 +72,9 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 class LedgerStore(LedgerBase):
     """A node's ledger file (see ``base.LedgerBase`` for the interface)."""
 
-    def __init__(self, path: str | os.PathLike, durability: str = "full") -> None:
+    def __init__(self, path: str | os.PathLike, durability: str = "full",
+                 writers=None) -> None:
+        self.writers = writers
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
         self.path = os.fspath(path)

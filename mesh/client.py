@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-from pbft_tasks.core.messages import (MalformedMessage, Reply, Request, from_wire, request_digest,
+from pbft_tasks.core.messages import (CONFIG_KEY, MalformedMessage, Reply, Request, from_wire, request_digest,
                                       to_wire)
 from pbft_tasks.core.quorum import primary, weak_quorum
 from pbft_tasks.signing import Rejected, Signer, Verifier
@@ -103,6 +103,10 @@ class MeshClient:
 
     def get_request(self, key: str) -> Request:
         return self._signed({"op": "get", "key": key})
+
+    def config_request(self, change: dict) -> Request:
+        """A request ordering a signed configuration change (pbft_tasks/core/config.py)."""
+        return self._signed({"op": "config", "key": CONFIG_KEY, "change": change})
 
     def _signed(self, op: dict) -> Request:
         """A signed request, checked first by the nodes' own parser: a request every node
@@ -197,6 +201,12 @@ class MeshClient:
 
     def put(self, key: str, value: Any, ttl: float | None = None, timeout: float | None = None) -> dict:
         return self.wait(self.submit([self.put_request(key, value, ttl)]), timeout)[0].result
+
+    def reconfigure(self, change: dict, timeout: float | None = None) -> dict:
+        """Order ``change`` and return its outcome, agreed by f+1 replicas:
+        ``{"config": "accepted", "version", "hash", "executed", "effective"}`` or
+        ``{"config": "refused", "reason", "detail", "version"}`` (plus seq and index)."""
+        return self.wait(self.submit([self.config_request(change)]), timeout)[0].result
 
     def delete(self, key: str, timeout: float | None = None) -> dict:
         return self.wait(self.submit([self.delete_request(key)]), timeout)[0].result

@@ -61,8 +61,9 @@ def config_path(config: str | None) -> str:
     return path
 
 
-def broker_client(path: str, name: str, timeout: float):
-    """A MeshClient for client identity NAME of mesh PATH, over the real broker."""
+def broker_client(path: str, name: str, timeout: float, key_file: str | None = None):
+    """A MeshClient for client identity NAME of mesh PATH, over the real broker
+    (``key_file``: its private key, default keys/client-NAME.key beside mesh.json)."""
     from pbft_tasks.brokers import celery_queue_settings
     from pbft_tasks.celery_app import app
     from pbft_tasks.signing import Verifier
@@ -73,7 +74,7 @@ def broker_client(path: str, name: str, timeout: float):
     app.conf.update(broker_url=cfg.broker_url, result_backend=cfg.result_backend,
                     **celery_queue_settings(cfg.queue_type))
     try:
-        key = load_client_identity(cfg, name)
+        key = load_client_identity(cfg, name, key_file)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     client = MeshClient(name, key, cfg.n, Verifier(node_keys(cfg), client_keys(cfg)), timeout=timeout)

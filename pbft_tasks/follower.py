@@ -23,7 +23,9 @@ Rules of this file:
   raised.  Reasons: ``malformed``, ``bad_block`` (hash or digest), ``too_few_commits``,
   ``commit_mismatch`` (a commit for another view/seq/digest), ``duplicate_signer``,
   ``unknown_signer``, ``bad_signature`` (or ``missing_signature`` /
-  ``malformed_signature``), ``bad_prev``, ``bad_skip``, ``too_far_ahead``.  When a
+  ``malformed_signature``), ``bad_prev``, ``bad_skip``, ``too_far_ahead``,
+  ``conflicting_block`` (a block for an installed seq whose header hash differs from
+  the installed block's; one with the same hash is a ``duplicate``, counted apart).  When a
   certificate fails for several reasons, the first in that order is counted.  Extra
   entries beside 2f+1 good ones are tolerated only if they are good too: an honest
   validator never sends a bad one, so a certificate with any bad entry is refused.
@@ -46,11 +48,13 @@ from typing import Any, Iterable, Optional
 
 from ledger.audit import check_block_contents
 from ledger.format import LedgerError
+from ledger.state import refused_writes
 from pbft_tasks.core.clients import ClientTable
 from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
 from pbft_tasks.core.quorum import quorum
 
 from .batch_verify import BatchVerifier
+from .evidence_log import EvidenceLog
 
 log = logging.getLogger("hdpbf.follower")
 
@@ -85,6 +89,7 @@ class Follower:
                 self.clients.load_record(name[len(CLIENT_PREFIX):], rec)
         self.ahead: dict[int, dict] = {}    # seq -> certified block waiting for its gap
         self.rejected: Counter[str] = Counter()
+        self.evidence_log = EvidenceLog(log)  # every refusal counted, lines rate-limited
         self.installed = 0
         self.duplicates = 0
         self.seen_top = ledger.height       # highest certified seq seen from anyone
@@ -138,7 +143,7 @@ class Follower:
             return "malformed"
         seq = block.get("seq")
         if type(seq) is int and 0 < seq <= self.height:
-            return "duplicate"
+            return self._against_installed(block, seq)
         if type(seq) is int and seq in self.ahead:
             return "duplicate"
         try:
@@ -150,6 +155,18 @@ class Follower:
         if seq > self.height + MAX_AHEAD:
             return "too_far_ahead"
         return None
+
+    def _against_installed(self, block: dict, seq: int) -> str:
+        """A block for a seq already installed: ``duplicate`` if it is the installed one
+        (same header hash, and contents that hash to it), ``conflicting_block`` if not.
+        Two certified blocks for one seq prove that validators signed both (more than f
+        of them), and an uncertified one is a forgery: either is evidence."""
+        installed = self.ledger.block(seq)
+        if installed is not None and block.get("hash") == installed.get("hash"):
+            return "duplicate"
+        if installed is None:   # below the head but not stored: our bug, not the peer's
+            raise LedgerError(f"follower ledger has height {self.height} but no block {seq}")
+        return "conflicting_block"
 
     def _check_certificates(self, blocks: list[dict]) -> list[Optional[str]]:
         """The reason each block's certificate fails, or None; every signature of every
@@ -211,7 +228,14 @@ class Follower:
             if not run:
                 return
             records = {CLIENT_PREFIX + c: staged.table.to_record(c) for c in dirty}
-            self.ledger.apply(records, [_stored(b) for b in run])   # raises only on our bug
+            results = self.ledger.apply(records, [_stored(b) for b in run])  # raises only on our bug
+            for block, res in zip(run, results):
+                for client, key, reason in refused_writes(block, res):
+                    self.rejected[reason] += 1   # the client's evidence, as on the replicas
+                    out.rejected[reason] += 1
+                    self.evidence_log.warning((repr(client), reason),
+                                              "follower refused client %r's write of %s in "
+                                              "block %s: %s", client, key, block["seq"], reason)
             self.clients = staged.table
             self.installed += len(run)
             out.installed += len(run)
@@ -223,7 +247,8 @@ class Follower:
         self.rejected[reason] += 1
         out.rejected[reason] += 1
         seq = block.get("seq") if isinstance(block, dict) else None
-        log.warning("follower refused block %r from %r: %s", seq, source, reason)
+        self.evidence_log.warning((repr(source), reason), "follower refused block %r from %r: %s",
+                                  seq, source, reason)
 
 
 class _Staged:
@@ -256,7 +281,7 @@ class _Staged:
                 continue
             r = from_wire(w)
             result: dict[str, Any] = {"seq": block["seq"], "index": i}
-            if r.op.get("op") == "get":
+            if r.op.get("op") in ("get", "config"):
                 result["read"] = r.op["key"]
             self.table.record(r.client, r.timestamp, result)
             dirty.add(r.client)

@@ -17,6 +17,9 @@ Rules of this file:
   moves on to the next validator, so no single validator can stall it.  A validator
   does not answer a fetch for blocks it does not have (node.py), so an unanswered idle
   probe is normal and not counted.
+- Every message on the queue passes the follower's gate first (follower_gate.py: size,
+  content type and encoding, no compression, shape, poison), before anything decodes
+  or inflates it; a refused one is acked, counted in ``rejected`` and dropped.
 - A message is acked only after what it carried is in the ledger file (or refused):
   a ``kill -9`` redelivers, and redelivered blocks are duplicates.
 - The broker connection has heartbeats: a cut link is noticed within seconds and the
@@ -48,6 +51,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .follower import MAX_AHEAD, Follower
+from .follower_gate import FollowerGate
+from .follower_gate import raw_reason as follower_raw_reason
+from .guard import PoisonJournal, guard_channel
 from .follower_push import sources_for
 from .ratelimit import TokenBuckets
 
@@ -75,18 +81,20 @@ class FollowerNode:
         from celery import Celery
 
         from ledger.store import LedgerStore
-        from .topology import node_keys
+        from .topology import console_writers, node_keys
 
         from .batch_verify import BatchVerifier
         from .celery_app import celery_settings
 
         self.cfg = cfg
-        self.name = cfg.follower(name).name
+        self.name = cfg.follower_info(name).name  # mesh.json's, or one the ledger lists
         self.data_dir = Path(data_dir) if data_dir else cfg.follower_data_dir(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker_url = broker_url or os.environ.get("HDPBF_BROKER_URL") or cfg.broker_url
         # A follower never signs; losing its last commits to a power cut costs a re-fetch.
-        self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal")
+        self.ledger = LedgerStore(self.data_dir / "ledger.sqlite", durability="normal",
+                                  writers=console_writers(cfg))
+        self.ledger.bind_genesis(cfg.config_rules())  # it executes config ops as validators do
         self.verifier = BatchVerifier(node_keys(cfg), {}, ray_address=ray_address,
                                       temp_dir=self.data_dir / "ray")
         self.follower = Follower(cfg.n, self.ledger, self.verifier,
@@ -95,7 +103,7 @@ class FollowerNode:
         self.sources = sources_for(cfg.n, cfg.f, self.name, sources)
         self.app = Celery(f"hdpbf-follower-{self.name}", set_as_current=False)
         self.app.conf.update(celery_settings(self.broker_url, cfg.result_backend))
-        self.queue_name = cfg.follower(name).queue
+        self.queue_name = cfg.follower_info(name).queue
         self.stop = threading.Event()
         # Re-entrant: a publish may read frames and deliver a message to on_message
         # inside it (py-amqp's _basic_publish drains events), i.e. in this same thread.
@@ -120,6 +128,12 @@ class FollowerNode:
         self._status_limit = TokenBuckets(STATUS_ANSWERS_PER_S, STATUS_ANSWERS_PER_S)
         self._producer = None
         self._metrics = None
+        self.gate = FollowerGate(self._count_refused,
+                                 PoisonJournal(str(self.data_dir / "poison.json")))
+
+    def _count_refused(self, reason: str) -> None:
+        with self.lock:
+            self.follower.rejected[reason] += 1
 
     # -- messages ---------------------------------------------------------------------
     def on_message(self, body: Any, message: Any) -> None:
@@ -265,10 +279,11 @@ class FollowerNode:
                                 connect_timeout=5) as conn:
                     conn.ensure_connection(max_retries=1)
                     channel = conn.channel()
+                    guard_channel(channel, check=follower_raw_reason)  # before kombu inflates
                     queue = self.declare(channel)
                     self._producer = Producer(conn.channel(), auto_declare=False)
-                    with Consumer(channel, [queue], callbacks=[self.on_message], accept=["json"],
-                                  prefetch_count=PREFETCH):
+                    with Consumer(channel, [queue], on_message=self.gate.wrap(self.on_message),
+                                  accept=["json"], prefetch_count=PREFETCH):
                         self.connected = True
                         backoff = 0.2
                         log.warning("follower %s consuming %s (pushes from nodes %s), height %s",

@@ -74,13 +74,35 @@ class BlockPusher:
 
 def attach_pusher(runtime: Any, cfg: Any, transport: Any) -> Optional[BlockPusher]:
     """Make ``runtime`` answer the followers of ``cfg`` and push blocks to them (nothing
-    when mesh.json lists none: no cost to a mesh without followers)."""
+    when mesh.json lists none: no cost to a mesh without followers).  A runtime whose
+    membership follows the ledger (membership.py) and has none yet gets ``LatePusher``
+    instead, which starts pushing once a configuration lists a follower."""
     runtime.followers = frozenset(f.name for f in cfg.followers)
     if not cfg.followers:
+        membership = getattr(runtime, "membership", None)
+        if membership is not None:
+            runtime.on_execute.append(LatePusher(runtime, transport, membership))
         return None
     pusher = BlockPusher(runtime, transport)
     runtime.on_execute.append(pusher)
     return pusher
+
+
+class LatePusher:
+    """``on_execute`` hook of a validator with no follower in mesh.json: a set lookup per
+    block until the ledger's configuration lists a follower, then a ``BlockPusher``
+    (the follower fetches what came before)."""
+
+    def __init__(self, runtime: Any, transport: Any, membership: Any) -> None:
+        self.runtime, self.transport, self.membership = runtime, transport, membership
+        self.pusher: Optional[BlockPusher] = None
+
+    def __call__(self, block: dict, results: Any) -> None:
+        if self.pusher is None:
+            if not self.membership.any_follower():
+                return
+            self.pusher = BlockPusher(self.runtime, self.transport)
+        self.pusher(block, results)
 
 
 def sources_for(n: int, f: int, name: str, count: Optional[int] = None) -> list[int]:
@@ -92,4 +114,4 @@ def sources_for(n: int, f: int, name: str, count: Optional[int] = None) -> list[
     return sorted((start + j) % n for j in range(count))
 
 
-__all__ = ["BlockPusher", "attach_pusher", "sources_for", "altered_block"]
+__all__ = ["BlockPusher", "LatePusher", "attach_pusher", "sources_for", "altered_block"]

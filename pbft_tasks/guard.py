@@ -282,10 +282,13 @@ class Gate:
         return on_message
 
 
-def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None = None) -> None:
+def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None = None,
+                  check: Callable[[Any, Any], tuple[str, str] | None] | None = None) -> None:
     """Make ``channel`` check each raw message before kombu wraps it (and would inflate a
     compressed body): a refused one is wrapped with an empty body and no headers, marked
-    ``hdpbf_refused`` for the Gate.  Idempotent."""
+    ``hdpbf_refused`` for the Gate.  ``check(body, headers)``: the raw check (default
+    ``raw_reason``, a node queue's).  Idempotent."""
+    check = check or raw_reason
     m2p = getattr(channel, "message_to_python", None)
     if m2p is None or getattr(m2p, "hdpbf_guarded", False):
         return
@@ -294,7 +297,7 @@ def guard_channel(channel: Any, refused: Callable[[Any, str, str], None] | None 
         props = getattr(raw, "properties", None)
         if not isinstance(props, dict):
             return m2p(raw)
-        why = raw_reason(getattr(raw, "body", b""), props.get("application_headers") or {})
+        why = check(getattr(raw, "body", b""), props.get("application_headers") or {})
         if why is None:
             return m2p(raw)
         raw.body = b"[]"

@@ -29,6 +29,11 @@ Metrics of a node (label ``node``):
   runs), ``hdpbf_view_changes_total`` (increments of the view this worker has seen),
   ``hdpbf_state_transfers_total`` (fetch requests this node sent to a peer because it
   was behind: one per ``FetchState`` action);
+- membership (pbft_tasks/membership.py), read from the ledger's configuration history:
+  ``hdpbf_config_version`` (the configuration in force at the node's next seq) and
+  ``hdpbf_config_changes_total{outcome}`` (``accepted``, or the reason a change was
+  refused, core/config.py ``REFUSALS``): replicated state, so equal on every node that
+  executed the same blocks;
 - ``hdpbf_queue_messages``: messages waiting in the node's queue (ready, not yet
   delivered to the worker), asked of RabbitMQ at scrape time (a passive queue declare on
   the worker's one ``brokers.QueueDepth`` connection, shared with its busy ticks; no
@@ -83,7 +88,7 @@ NODE_METRICS = (
     "hdpbf_stable_checkpoint", "hdpbf_blocks_committed_total",
     "hdpbf_requests_committed_total", "hdpbf_commit_latency_seconds",
     "hdpbf_rejected_messages_total", "hdpbf_view_changes_total",
-    "hdpbf_state_transfers_total",
+    "hdpbf_state_transfers_total", "hdpbf_config_version", "hdpbf_config_changes_total",
 )
 # A worker's only: read from the broker (an in-memory runtime has no queue).
 BROKER_METRICS = ("hdpbf_queue_messages",)
@@ -210,6 +215,25 @@ class _RuntimeCollector(Collector):
         for reason, n in sorted(counts.items()):
             rejected.add_metric([node, reason], n)
         yield rejected
+        yield from _config_metrics(getattr(rt, "membership", None), node)
+
+
+def _config_metrics(membership: Any, node: str) -> Iterable[Any]:
+    history = membership.history if membership is not None else None
+    version = GaugeMetricFamily("hdpbf_config_version", "Version of the configuration in "
+                                "force at this node's next seq", labels=["node"])
+    changes = CounterMetricFamily("hdpbf_config_changes", "Configuration changes this "
+                                  "node's ledger executed, by outcome (accepted or the "
+                                  "refusal reason)", labels=["node", "outcome"])
+    if history is not None:
+        from pbft_tasks.core.config import REFUSALS
+        version.add_metric([node], membership.version)
+        counts = {"accepted": history.latest.version, **{r: 0 for r in REFUSALS}}
+        counts.update(history.refused)
+        for outcome, n in sorted(counts.items()):
+            changes.add_metric([node, outcome], n)
+    yield version
+    yield changes
 
 
 class QueueDepthCollector(Collector):

@@ -50,9 +50,11 @@ import time
 from collections import Counter
 from typing import Any, Callable, Protocol
 
+from ledger.state import refused_writes
+
 from .core.actions import Broadcast, Evidence, Execute, FetchState, Persist, Send, SendClient
 from .core.messages import (MAX_VIEW_CHANGE_BYTES, MAX_WIRE_BYTES, Certificate, MalformedMessage,
-                            NewView, Request, ViewChange, from_wire, signing_bytes, to_wire)
+                            NewView, Request, Status, ViewChange, from_wire, signing_bytes, to_wire)
 from .core.replica import Replica, ReplicaConfig, describe
 from .core.stimuli import FetchDone, Install, Resume, Tick
 from .core.trace import StimulusLog
@@ -74,6 +76,7 @@ TASK_FOR_TYPE = {
     "ViewChange": "pbft.viewchange",
     "NewView": "pbft.newview",
     "Certificate": "pbft.certificate",
+    "Status": "pbft.peer_status",
 }
 # State transfer is adapter business: a block is self-certifying (its 2f+1 signed
 # commits), so neither message is signed; both are bounded and checked field by field.
@@ -111,12 +114,15 @@ class NodeRuntime:
         self.ledger = ledger
         self.signer = signer
         self.verifier = verifier
+        # membership.py, when the verifier follows the ledger's configuration
+        self.membership = getattr(verifier, "membership", None)
         self.transport = transport
         self.byzantine = byzantine  # core.byzantine.Byzantine for fault tests, else None
         self.peers = [i for i in range(config.n) if i != node_id]
         # Followers of mesh.json: members that may fetch blocks, never vote.
         self.followers: frozenset[str] = frozenset()
-        self.replica = Replica(node_id, config, records=ledger.protocol_records())
+        self.replica = Replica(node_id, config, records=ledger.protocol_records(),
+                               admits=self.membership.admits if self.membership is not None else None)
         if self.replica.last_exec != ledger.height:
             raise RuntimeError(f"node {node_id}: protocol state says {self.replica.last_exec} "
                                f"executed but the ledger holds {ledger.height} blocks")
@@ -125,6 +131,7 @@ class NodeRuntime:
         self.evidence_log = EvidenceLog(log)  # every bad message counted, lines rate-limited
         self.handled: Counter[str] = Counter()
         self.sent = 0
+        self.sent_status = 0  # of which STATUS messages (core/status.py): the idle cost
         self.on_execute: list[Callable[[dict, list], None]] = []
         self._fetches = 0
         self.clock: Callable[[], float] = time.monotonic  # the fetch rate limit's (tests fake it)
@@ -219,13 +226,18 @@ class NodeRuntime:
             self.transport.send_requests(to, batch)
 
     # -- state transfer -----------------------------------------------------------------
+    def _is_follower(self, who: str) -> bool:
+        """mesh.json's followers, and those the ledger's configuration lists now."""
+        return who in self.followers or (self.membership is not None
+                                         and self.membership.is_follower(who))
+
     def _on_fetch(self, wire: dict) -> str | None:
         try:
             lo, hi, who = wire["from_seq"], wire["to_seq"], wire["requester"]
             if set(wire) != {"type", "from_seq", "to_seq", "requester"} or not all(
                     type(v) is int for v in (lo, hi)) or not 1 <= lo <= hi or not (
                     (type(who) is int and who in self.peers)
-                    or (type(who) is str and who in self.followers)):
+                    or (type(who) is str and self._is_follower(who))):
                 raise ValueError
         except (KeyError, ValueError):
             return self.reject("malformed", "Fetch needs from_seq <= to_seq and a known requester", wire)
@@ -264,7 +276,7 @@ class NodeRuntime:
                     raise MalformedMessage("a block must be an object with an integer seq and "
                                            "lists certificate and requests")
                 for w in block["certificate"] + block["requests"]:
-                    self.verifier.check(from_wire(w))
+                    self.verifier.check(from_wire(w), seq=block["seq"])
             except MalformedMessage as exc:
                 return self.reject("malformed", f"fetched block: {exc}", wire)
             except Rejected as exc:
@@ -308,6 +320,12 @@ class NodeRuntime:
             results = self.ledger.apply(records, blocks, sync=bool(blocks) or sends)
             clock.lap_wait("ledger", time.perf_counter_ns() - t0)
             for block, res in zip(blocks, results):
+                for client, key, reason in refused_writes(block, res):
+                    self.rejected[reason] += 1   # the client's evidence, on every replica
+                    self.evidence_log.warning((repr(client), reason),
+                                              "node %s refused client %r's write of %s "
+                                              "in block %s: %s", self.id, client, key,
+                                              block.get("seq"), reason)
                 for hook in self.on_execute:
                     hook(block, res)
         actions = answer_reads(actions, blocks, results, self.ledger)
@@ -323,9 +341,12 @@ class NodeRuntime:
                 else:
                     clock.sending(wire)
                     self._send(a.to, wire)
+                    self.sent_status += isinstance(a.msg, Status)
                 clock.lap("publish")
             elif isinstance(a, Broadcast):
                 self.sent += len(self.peers)
+                if isinstance(a.msg, Status):
+                    self.sent_status += len(self.peers)
                 wire = self._wire(a.msg)
                 clock.lap("sign")
                 clock.sending(wire)
@@ -392,7 +413,9 @@ class NodeRuntime:
         r = self.replica
         return {"id": self.id, "view": r.view, "height": self.ledger.height, "head": self.ledger.head,
                 "h": r.window.h, "last_exec": r.last_exec, "rejected": dict(self.rejected),
-                "handled": dict(self.handled), "sent": self.sent, "installed": self.installed,
+                "handled": dict(self.handled), "sent": self.sent, "sent_status": self.sent_status,
+                "installed": self.installed,
+                "config_version": self.membership.version if self.membership is not None else None,
                 "byzantine": sorted(self.byzantine.behaviours) if self.byzantine else [],
                 "byzantine_counts": dict(self.byzantine.counts) if self.byzantine else {},
                 "cpu_stages": self.stages.snapshot(),

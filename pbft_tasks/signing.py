@@ -33,14 +33,14 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.core import messages
 from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, Message, NewView, PrePrepare,
-                                      Prepare, Reply, Request, ViewChange)
+                                      Prepare, Reply, Request, Status, ViewChange)
 
 __all__ = [
     "REASONS", "Rejected", "Signer", "Verifier", "KeyFileError",
@@ -52,7 +52,8 @@ SIG_HEX_LEN = 128
 _SIG_RE = re.compile(r"[0-9a-f]{128}")
 _SEED_RE = re.compile(r"[0-9a-fA-F]{64}")
 
-_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Certificate)
+_NODE_SIGNED = (PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView, Certificate,
+                Status)
 
 # Every reason a message can be rejected for.  batch_* mean a request inside a
 # PrePrepare's batch failed the check of the same name; nested_* a message inside a
@@ -268,18 +269,35 @@ class Verifier:
     """Checks signatures against the mesh's public keys.  Thread-safe."""
 
     def __init__(self, node_keys: dict[int, VerifyKey],
-                 client_keys: dict[str, VerifyKey]) -> None:
+                 client_keys: dict[str, VerifyKey], membership: Any = None) -> None:
         self._nodes = dict(node_keys)
         self._clients = dict(client_keys)
+        # pbft_tasks/membership.py: client keys in force at a seq, from the ledger's
+        # configuration history; None: the fixed ``client_keys``
+        self.membership = membership
         self._pool = SlicePool("hdpbf-verify", _WORKERS)
 
-    def check(self, msg: Message, data: bytes | None = None) -> None:
+    def with_membership(self, membership: Any) -> "Verifier":
+        """A verifier of the same node keys whose client keys follow ``membership``
+        (one per node); it shares this one's thread pool, so a process still runs one."""
+        other = Verifier(self._nodes, self._clients, membership)
+        other._pool = self._pool
+        return other
+
+    def _client_key(self, name: str, seq: int | None) -> VerifyKey | None:
+        if self.membership is None:
+            return self._clients.get(name)
+        return self.membership.client_key(name, seq)
+
+    def check(self, msg: Message, data: bytes | None = None, seq: int | None = None) -> None:
         """Return if ``msg`` (and for a PrePrepare, each request in its batch) is signed
         by who it claims; raise Rejected otherwise.  ``data``, when the caller already
-        has it, is ``signing_bytes(msg)`` (the canonical encoding is not computed twice)."""
+        has it, is ``signing_bytes(msg)`` (the canonical encoding is not computed twice).
+        A request is checked against the client keys in force at ``seq`` (a batch: at its
+        pre-prepare's seq; a bare request: at the node's next seq)."""
         name = type(msg).__name__
         if isinstance(msg, Request):
-            self._check_request(msg, "", f"Request from client {msg.client!r}", data)
+            self._check_request(msg, "", f"Request from client {msg.client!r}", data, seq)
             return
         if not isinstance(msg, _NODE_SIGNED):
             raise TypeError(f"not a protocol message: {name}")
@@ -291,7 +309,7 @@ class Verifier:
             self._check_nested(msg)
         if isinstance(msg, PrePrepare):
             if len(msg.batch) >= THREADED_MIN:  # big batches: verify on the thread pool
-                failures = self.check_many(msg.batch)
+                failures = self.check_many(msg.batch, seq=msg.seq)
                 if failures:
                     i, reason = failures[0]
                     raise Rejected("batch_" + reason,
@@ -302,7 +320,7 @@ class Verifier:
                 self._check_request(
                     req, "batch_",
                     f"PrePrepare v={msg.view} n={msg.seq} from node {msg.sender}, batch[{i}] "
-                    f"(client {req.client!r})")
+                    f"(client {req.client!r})", seq=msg.seq)
 
     def _check_nested(self, msg: ViewChange | NewView) -> None:
         """Every message inside a VIEW-CHANGE, NEW-VIEW or CERTIFICATE is signed by its
@@ -325,29 +343,34 @@ class Verifier:
                 raise Rejected("nested_" + exc.reason.removeprefix("nested_"),
                                f"{type(msg).__name__} from node {msg.sender}: inside it, {exc}") from None
 
-    def _check_request(self, req: Request, prefix: str, label: str, data: bytes | None = None) -> None:
-        key = self._clients.get(req.client.partition("/")[0])
+    def _check_request(self, req: Request, prefix: str, label: str, data: bytes | None = None,
+                       seq: int | None = None) -> None:
+        key = self._client_key(req.client.partition("/")[0], seq)
         if key is None:
             raise Rejected(prefix + "unknown_client", f"{label}: unknown client")
         _verify(key, req, prefix, label, data)
 
-    def _failures(self, msgs: Sequence[Message], start: int, stop: int) -> list[tuple[int, str]]:
+    def _failures(self, msgs: Sequence[Message], start: int, stop: int,
+                  seq: int | None = None) -> list[tuple[int, str]]:
         out = []
         for i in range(start, stop):
             try:
-                self.check(msgs[i])
+                if seq is None:
+                    self.check(msgs[i])
+                else:  # requests of one batch: the client keys in force at its seq
+                    self.check(msgs[i], seq=seq)
             except Rejected as exc:
                 out.append((i, exc.reason))
         return out
 
-    def check_many(self, msgs: Iterable[Message]) -> list[tuple[int, str]]:
+    def check_many(self, msgs: Iterable[Message], seq: int | None = None) -> list[tuple[int, str]]:
         """Check every message; return ``[(index, reason), ...]`` for the ones that fail,
         in index order (empty when all verify).  Large lists use a thread pool."""
         msgs = list(msgs)
         n = len(msgs)
         if n < THREADED_MIN or _WORKERS == 1:
-            return self._failures(msgs, 0, n)
-        return self._pool.map_slices(lambda lo, hi: self._failures(msgs, lo, hi), n)
+            return self._failures(msgs, 0, n, seq)
+        return self._pool.map_slices(lambda lo, hi: self._failures(msgs, lo, hi, seq), n)
 
     def close(self) -> None:
         """Stop the pool threads (if check_many started any)."""
@@ -358,3 +381,19 @@ class Verifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def verify_hex(public_key: str, data: bytes, signature: str) -> bool:
+    """Whether ``signature`` (hex) is ``public_key``'s (hex) Ed25519 signature of
+    ``data``; garbage in either is simply "no".  The admin signature check of
+    configuration changes (pbft_tasks/core/config.py takes it as a parameter)."""
+    try:
+        verify_key_from_hex(public_key).verify(data, bytes.fromhex(signature))
+        return True
+    except Exception:  # BadSignatureError, ValueError of bad hex or length
+        return False
+
+
+def sign_hex(key: SigningKey, data: bytes) -> str:
+    """``key``'s Ed25519 signature of ``data`` as hex (what ``verify_hex`` checks)."""
+    return key.sign(data).signature.hex()

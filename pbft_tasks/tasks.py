@@ -87,6 +87,12 @@ def newview(*args, **kwargs) -> None:
     _handle(args, kwargs, "NewView")
 
 
+@app.task(name="pbft.peer_status", **_PROTOCOL)
+def peer_status(*args, **kwargs) -> None:
+    """A peer's STATUS (core/status.py): how far it is, for catching up without traffic."""
+    _handle(args, kwargs, "Status")
+
+
 @app.task(name="pbft.fetch", **_PROTOCOL)
 def fetch(*args, **kwargs) -> None:
     """State transfer: a peer asks for committed blocks (adapter-level, see node.py)."""

@@ -31,6 +31,12 @@ Rules of this file:
   ``keys/reader-<name>.key`` (64 hex chars, mode 0600).  Reader keys are encryption keys,
   not signing keys: they never vote and never sign.  A mesh.json without ``readers``
   loads as a mesh with none.
+- Admins (optional, top-level ``admins`` and ``admin_threshold``): who may change the
+  membership while the mesh runs, each a name and an Ed25519 public key, and how many of
+  them must sign a change (k of m).  With the members above they make the genesis
+  configuration (``genesis()``, pbft_tasks/core/config.py); the ledger holds every later
+  one (docs/operations/membership.md).  A file without admins has a genesis no change
+  can pass.  Both are written only when there are admins.
 - Followers (optional, top-level ``followers``): non-validating peers that
   keep a verified copy of the ledger (pbft_tasks/follower.py).  Each is only a name: a
   follower never signs or votes, so it has no key.  Its queue is ``follower.<name>``
@@ -39,6 +45,7 @@ Rules of this file:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -51,18 +58,20 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from pbft_tasks.brokers import QUEUE_TYPES
+from ledger.state import ConfigRules
 from pbft_tasks.core.collector import ALL_TO_ALL, COLLECTOR, VOTE_ROUTINGS
+from pbft_tasks.core.config import ConfigRefused, Configuration, genesis
 from pbft_tasks.core.messages import MAX_BATCH, MAX_CLIENT_LEN
 from pbft_tasks.core.quorum import max_faulty
 from pbft_tasks.core.replica import ReplicaConfig
 from pbft_tasks.signing import (KeyFileError, atomic_write, generate_key, public_key_hex, read_key_file,
-                                verify_key_from_hex, write_key_file)
+                                verify_hex, verify_key_from_hex, write_key_file)
 
 __all__ = [
     "ConfigError", "NodeInfo", "ClientInfo", "ReaderInfo", "FollowerInfo", "MeshConfig",
     "init_mesh", "add_followers",
     "load_node_identity", "load_client_identity", "node_keys", "client_keys",
-    "load_reader_identity", "reader_keys", "reader_key_path", "add_readers",
+    "load_reader_identity", "reader_keys", "reader_key_path", "add_readers", "admin_key_path",
     "from_env", "env_key_file", "node_key_path", "client_key_path", "check_name",
     "DEFAULT_BROKER_URL", "DEFAULT_RESULT_BACKEND", "CONFIG_NAME", "LEDGER_FILE", "FORMAT_VERSION",
 ]
@@ -95,8 +104,16 @@ class NodeInfo:
 
 @dataclass(frozen=True)
 class ClientInfo:
+    """A client: its name, its Ed25519 public key, and the compute hosts it speaks for.
+
+    ``hosts`` None (the entry has no ``hosts``) means the one host named like the
+    client; ``()`` means none (a client that may not write console records)."""
     name: str
     public_key: str
+    hosts: tuple[str, ...] | None = None
+
+    def speaks_for(self) -> tuple[str, ...]:
+        return (self.name,) if self.hosts is None else tuple(self.hosts)
 
 
 @dataclass(frozen=True)
@@ -119,12 +136,16 @@ class FollowerInfo:
 _INT_SETTINGS = ("checkpoint_interval", "log_window", "max_batch", "batch_timeout_ticks",
                  "pipeline", "tick_ms")
 _STR_SETTINGS = ("broker_url", "result_backend", "data_dir", "durability")
-_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "metrics_port_base",
+_TOP_KEYS = {"version", "nodes", "clients", "readers", "followers", "admins", "admin_threshold",
+             "metrics_port_base",
              "queue_type", "votes", *_STR_SETTINGS, *_INT_SETTINGS}
 DEFAULT_METRICS_PORT_BASE = 9400
 # The request timer of view change (sec. 4.4) and the retransmission timer, in ms,
 # whatever the tick: 1 s, well above a loaded commit and well below an operator's patience.
 TIMER_MS = 1000
+# Every node sends every peer a STATUS this often (pbft_tasks/core/status.py), so one left
+# behind in an idle mesh learns it and catches up: n-1 messages a node a period.
+STATUS_MS = 1000
 
 
 @dataclass
@@ -133,6 +154,8 @@ class MeshConfig:
     clients: list[ClientInfo] = field(default_factory=list)
     readers: list[ReaderInfo] = field(default_factory=list)
     followers: list[FollowerInfo] = field(default_factory=list)
+    admins: list[ClientInfo] = field(default_factory=list)
+    admin_threshold: int = 0
     broker_url: str = DEFAULT_BROKER_URL
     result_backend: str = DEFAULT_RESULT_BACKEND
     data_dir: str = "data"
@@ -167,6 +190,7 @@ class MeshConfig:
         self.clients = list(self.clients)
         self.readers = list(self.readers)
         self.followers = list(self.followers)
+        self.admins = list(self.admins)
         self.validate()
 
     # -- derived ----------------------------------------------------------------------
@@ -202,7 +226,17 @@ class MeshConfig:
 
     def follower_data_dir(self, name: str) -> Path:
         """Where follower ``name`` keeps its ledger (not created here)."""
-        return self.data_path / f"follower-{self.follower(name).name}"
+        return self.data_path / f"follower-{self.follower_info(name).name}"
+
+    def follower_info(self, name: str) -> FollowerInfo:
+        """Follower ``name`` as listed here, or, for a valid name not listed, as a member
+        the ledger's configuration may list (``hdpbf config propose --add-follower``):
+        the validators answer it only if the configuration in force does."""
+        for info in self.followers:
+            if info.name == name:
+                return info
+        check_name(name, "follower name")
+        return FollowerInfo(name=name)
 
     def follower(self, name: str) -> FollowerInfo:
         for info in self.followers:
@@ -224,6 +258,7 @@ class MeshConfig:
                              pipeline=self.pipeline,
                              retransmit_ticks=self.timer_ticks(TIMER_MS),
                              view_change_ticks=self.timer_ticks(TIMER_MS),
+                             status_ticks=self.timer_ticks(STATUS_MS),
                              votes=self.votes)
 
     def timer_ticks(self, ms: float) -> int:
@@ -293,6 +328,23 @@ class MeshConfig:
         self._validate_clients()
         self._validate_readers()
         self._validate_followers()
+        self.genesis()  # the admins and their threshold keep the configuration's rules
+
+    def genesis(self) -> Configuration:
+        """The genesis configuration (pbft_tasks/core/config.py) of this mesh."""
+        try:
+            return genesis(validators={n.id: n.public_key for n in self.nodes},
+                           clients={c.name: c.public_key for c in self.clients},
+                           readers={r.name: r.public_key for r in self.readers},
+                           followers=[f.name for f in self.followers],
+                           admins={a.name: a.public_key for a in self.admins},
+                           threshold=self.admin_threshold)
+        except ConfigRefused as exc:
+            raise ConfigError(f"the genesis configuration breaks a rule: {exc}") from None
+
+    def config_rules(self) -> ConfigRules:
+        """What config ops execute against in this mesh's ledgers (ledger/state.py)."""
+        return ConfigRules(self.genesis(), self.checkpoint_interval, self.log_window, verify_hex)
 
     def _validate_followers(self) -> None:
         seen: set[str] = set()
@@ -345,6 +397,14 @@ class MeshConfig:
                 raise ConfigError(f"duplicate client name {c.name!r}")
             seen.add(c.name)
             _check_pubkey(c.public_key, f"client {c.name!r}")
+            if c.hosts is not None:
+                if type(c.hosts) not in (list, tuple):
+                    raise ConfigError(f"client {c.name!r}: hosts must be a list of host "
+                                      f"names, got {c.hosts!r}")
+                for h in c.hosts:
+                    if type(h) is not str or not h or len(h) > 255:
+                        raise ConfigError(f"client {c.name!r}: host {h!r} is not a host name")
+                self.clients[i] = dataclasses.replace(c, hosts=tuple(c.hosts))
 
     def _validate_readers(self) -> None:
         seen: set[str] = set()
@@ -370,11 +430,16 @@ class MeshConfig:
         out: dict[str, Any] = {"version": FORMAT_VERSION}
         out["nodes"] = [{"id": n.id, "queue": n.queue, "public_key": n.public_key}
                         for n in self.nodes]
-        out["clients"] = [{"name": c.name, "public_key": c.public_key} for c in self.clients]
+        out["clients"] = [{"name": c.name, "public_key": c.public_key,
+                           **({} if c.hosts is None else {"hosts": list(c.hosts)})}
+                          for c in self.clients]
         if self.readers:  # absent when empty: the file stays what older versions wrote
             out["readers"] = [{"name": r.name, "public_key": r.public_key} for r in self.readers]
         if self.followers:  # likewise
             out["followers"] = [{"name": f.name} for f in self.followers]
+        if self.admins:  # likewise
+            out["admins"] = [{"name": a.name, "public_key": a.public_key} for a in self.admins]
+            out["admin_threshold"] = self.admin_threshold
         for name in (*_STR_SETTINGS, *_INT_SETTINGS):
             out[name] = getattr(self, name)
         if self.metrics_port_base != DEFAULT_METRICS_PORT_BASE:
@@ -404,13 +469,14 @@ class MeshConfig:
         if "nodes" not in obj:
             raise ConfigError(f"{source}: missing 'nodes'")
         nodes = _records(obj["nodes"], "nodes", {"id", "public_key"}, {"queue"}, source)
-        clients = _records(obj.get("clients", []), "clients", {"name", "public_key"}, set(),
-                           source)
+        clients = _records(obj.get("clients", []), "clients", {"name", "public_key"},
+                           {"hosts"}, source)
         readers = _records(obj.get("readers", []), "readers", {"name", "public_key"}, set(),
                            source)
         followers = _records(obj.get("followers", []), "followers", {"name"}, set(), source)
+        admins = _records(obj.get("admins", []), "admins", {"name", "public_key"}, set(), source)
         settings = {k: obj[k] for k in (*_STR_SETTINGS, *_INT_SETTINGS, "metrics_port_base",
-                                        "queue_type", "votes") if k in obj}
+                                        "queue_type", "votes", "admin_threshold") if k in obj}
         urls = settings.get("broker_url")
         if type(urls) is list:
             if not urls or any(type(u) is not str or not u or ";" in u for u in urls):
@@ -421,7 +487,8 @@ class MeshConfig:
             return cls(nodes=[NodeInfo(**r) for r in nodes],
                        clients=[ClientInfo(**r) for r in clients],
                        readers=[ReaderInfo(**r) for r in readers],
-                       followers=[FollowerInfo(**r) for r in followers], **settings)
+                       followers=[FollowerInfo(**r) for r in followers],
+                       admins=[ClientInfo(**r) for r in admins], **settings)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
@@ -507,12 +574,22 @@ def client_key_path(config_dir: str | os.PathLike, name: str) -> Path:
     return Path(config_dir) / KEYS_DIR / f"client-{name}.key"
 
 
+def admin_key_path(config_dir: str | os.PathLike, name: str) -> Path:
+    return Path(config_dir) / KEYS_DIR / f"admin-{name}.key"
+
+
 def reader_key_path(config_dir: str | os.PathLike, name: str) -> Path:
     return Path(config_dir) / KEYS_DIR / f"reader-{name}.key"
 
 
 def node_keys(config: MeshConfig) -> dict[int, VerifyKey]:
     return {n.id: verify_key_from_hex(n.public_key) for n in config.nodes}
+
+
+def console_writers(config: MeshConfig) -> dict[str, tuple[str, ...]]:
+    """Client name -> the compute hosts whose console records it may write
+    (``ledger.state``'s rule; an entry without ``hosts`` speaks for the host of its name)."""
+    return {c.name: c.speaks_for() for c in config.clients}
 
 
 def client_keys(config: MeshConfig) -> dict[str, VerifyKey]:
@@ -567,7 +644,13 @@ def load_node_identity(config: MeshConfig, node_id: int,
 
 def load_client_identity(config: MeshConfig, name: str,
                          key_path: str | os.PathLike | None = None) -> SigningKey:
-    """The private key of client ``name``, checked against its public key in mesh.json."""
+    """The private key of client ``name``, checked against its public key in mesh.json.
+    A client mesh.json does not list (added with ``hdpbf config``) needs ``key_path``;
+    its key is the mesh's business: the validators refuse it unless the configuration in
+    force lists it with that key."""
+    if key_path is not None and name not in {c.name for c in config.clients}:
+        check_name(name, "client name")
+        return _read_key(Path(key_path))
     info = config.client(name)
     path = Path(key_path) if key_path is not None else client_key_path(config.base_dir, name)
     return _checked_signing_key(config, path, info.public_key,
@@ -672,10 +755,15 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
               broker_url: str = DEFAULT_BROKER_URL,
               result_backend: str = DEFAULT_RESULT_BACKEND,
               force: bool = False, readers: Iterable[str] = (),
-              queue_type: str = "classic", votes: str | None = None) -> MeshConfig:
+              queue_type: str = "classic", votes: str | None = None,
+              hosts: dict[str, Iterable[str]] | None = None,
+              admins: Iterable[str] = (), admin_threshold: int | None = None) -> MeshConfig:
     """Create DIR/mesh.json and a fresh key for every node and client, and an X25519
     key for every reader (API node allowed to open sealed values; none by default).
-    ``votes``: the vote routing; None picks ``default_votes(nodes)``.
+    ``admins``: who may sign membership changes (``keys/admin-<name>.key`` each);
+    ``admin_threshold`` how many must sign (default: a majority of them).
+    ``votes``: the vote routing; None picks ``default_votes(nodes)``.  ``hosts``: client
+    name -> the compute hosts it speaks for (a client left out speaks for its own name).
 
     Everything is checked before anything is written.  With ``force`` an existing mesh is
     replaced: every key is new, so running workers of the old mesh will be rejected."""
@@ -696,11 +784,26 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
             raise ConfigError(f"duplicate client name {name!r}")
         client_sks[name] = generate_key()
     reader_sks = _new_readers(readers)
+    strangers = sorted(set(hosts or {}) - set(client_sks))
+    if strangers:
+        raise ConfigError(f"hosts given for {strangers}, which are not clients")
+    admin_sks = {}
+    for name in admins:
+        check_name(name, "admin name")
+        if name in admin_sks:
+            raise ConfigError(f"duplicate admin name {name!r}")
+        admin_sks[name] = generate_key()
+    if admin_threshold is None:
+        admin_threshold = len(admin_sks) // 2 + 1 if admin_sks else 0
     config = MeshConfig(
         nodes=[NodeInfo(id=i, public_key=public_key_hex(k)) for i, k in node_sks.items()],
-        clients=[ClientInfo(name=c, public_key=public_key_hex(k)) for c, k in client_sks.items()],
+        clients=[ClientInfo(name=c, public_key=public_key_hex(k),
+                            hosts=None if c not in (hosts or {}) else tuple(hosts[c]))
+                 for c, k in client_sks.items()],
         readers=[ReaderInfo(name=r, public_key=bytes(k.public_key).hex())
                  for r, k in reader_sks.items()],
+        admins=[ClientInfo(name=a, public_key=public_key_hex(k)) for a, k in admin_sks.items()],
+        admin_threshold=admin_threshold,
         broker_url=broker_url, result_backend=result_backend, queue_type=queue_type,
         votes=default_votes(nodes) if votes is None else votes)
 
@@ -711,9 +814,10 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         keep = {node_key_path(base, i).name for i in node_sks}
         keep |= {client_key_path(base, c).name for c in client_sks}
         keep |= {reader_key_path(base, r).name for r in reader_sks}
+        keep |= {admin_key_path(base, a).name for a in admin_sks}
         for old in keys_dir.iterdir():
             if (old.name not in keep and old.is_file()
-                    and re.fullmatch(r"node\d+\.key|client-.+\.key|reader-.+\.key", old.name)):
+                    and re.fullmatch(r"node\d+\.key|(client|reader|admin)-.+\.key", old.name)):
                 old.unlink()
     for i, key in node_sks.items():
         write_key_file(node_key_path(base, i), key)
@@ -721,6 +825,8 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         write_key_file(client_key_path(base, name), key)
     for name, key in reader_sks.items():
         _write_reader_key(reader_key_path(base, name), key)
+    for name, key in admin_sks.items():
+        write_key_file(admin_key_path(base, name), key)
     # mesh.json last: a crash part way leaves no config that points at missing keys.
     config.save(config_path)
     return config

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from celery.utils.nodenames import anon_nodename
 
-from .brokers import publish_confirmed, queue_arguments
+from .brokers import PUBLISH_RETRY, publish_confirmed, queue_arguments
 from .node import ALL_TASKS, TASK_FOR_TYPE
 
 
@@ -96,6 +96,10 @@ class CeleryTransport:
         producer = getattr(self._local, "producer", None)
         if producer is None:
             conn = self.app.connection_for_write()
+            # A thread's first publish may come while no broker node answers (the tick
+            # thread's periodic STATUS does, core/status.py): connect with the publish's
+            # own patience, to the next URL of the list, instead of raising out of it.
+            conn.ensure_connection(**PUBLISH_RETRY)
             producer = self._local.producer = self.app.amqp.Producer(conn.channel(), auto_declare=False)
             self._local.conn = conn
         return producer

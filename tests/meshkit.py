@@ -64,8 +64,11 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str | Callable[[],
 class Mesh:
     """One test's mesh: its config, its LocalMesh of workers, clients and ledger views."""
 
-    def __init__(self, base: Path, n: int, broker_url: str, **settings: Any):
-        cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url())
+    def __init__(self, base: Path, n: int, broker_url: str, hosts: dict | None = None,
+                 **settings: Any):
+        """``hosts``: client -> the compute hosts it speaks for (init_mesh's)."""
+        cfg = init_mesh(base, nodes=n, broker_url=broker_url, result_backend=backend_url(),
+                        hosts=hosts, admins=settings.pop("admins", ()))
         for name, value in settings.items():
             setattr(cfg, name, value)
         cfg.save(base / "mesh.json")

@@ -102,7 +102,8 @@ def test_a_get_answered_again_only_while_its_key_is_unchanged():
 def test_a_lying_node_cannot_change_what_the_client_reads(mesh):
     byz = make_faulty(mesh, 3, "lie")
     client = mesh.client(timeout=5.0)
-    console = {"host": "10.0.0.5", "port": 5900, "token": "t0k"}
+    # a console record: the client "admin" speaks for the host of its own name
+    console = {"host": "10.0.0.5", "port": 5900, "token": "t0k", "compute_host": "admin"}
     client.put("console/i-1/novnc", console, timeout=10)
     [p] = client.wait(client.submit([client.get_request("console/i-1/novnc")]), timeout=10, every=True)
     assert p.result["value"] == console

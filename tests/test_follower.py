@@ -174,6 +174,24 @@ def test_duplicates_are_not_rejections():
     assert out.duplicates == 3 and not out.rejected and not f.rejected
 
 
+def test_a_pushed_block_for_an_installed_seq_is_compared_with_the_installed_one():
+    """Same block, other certificate: a duplicate.  Another block for the seq (certified
+    by the validators that equivocated, or forged): counted evidence, nothing changes."""
+    f = follower()
+    f.offer(CHAIN[:3])
+    other_cert = dict(CHAIN[1], certificate=[commit(CHAIN[1], s) for s in (1, 2, 3)])
+    out = f.offer([other_cert])
+    assert out.duplicates == 1 and not out.rejected
+    batch = (Request("admin", 99, {"op": "put", "key": "forged", "value": 1,
+                                   "expires_at": None}, sig=""),)
+    forged = chain.make_block(2, 0, batch_digest(batch), CHAIN[0]["hash"], batch, [])
+    forged["certificate"] = [commit(forged, s) for s in (0, 1, 2)]   # 2f+1 signed it
+    out = f.offer([forged, rehash(CHAIN[2], prev="0" * 64)])
+    assert out.rejected == {"conflicting_block": 2} and out.duplicates == 0
+    assert f.rejected["conflicting_block"] == 2
+    assert f.height == 3 and f.ledger.block(2)["hash"] == CHAIN[1]["hash"]
+
+
 def test_too_far_ahead():
     f = follower()
     far = rehash(CHAIN[0], seq=MAX_AHEAD + 1)

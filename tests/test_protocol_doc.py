@@ -43,7 +43,7 @@ from pbft_tasks.signing import REASONS, Signer, Verifier
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "PROTOCOL.md"
 KEY = SigningKey(bytes(range(32)))
-TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate")
+TYPES = ("Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Certificate", "Status")
 N = 4
 
 _BLOCK_RE = re.compile(
@@ -361,8 +361,10 @@ def _adapter_reason_literals() -> set[str]:
 
 def code_reasons() -> set[str]:
     from pbft_tasks.guard import GUARD_REASONS
+    from ledger.state import REFUSALS
     from pbft_tasks.node import RUNTIME_REASONS
-    return set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+    return (set(REASONS) | _evidence_reasons() | set(GUARD_REASONS) | set(RUNTIME_REASONS)
+            | set(REFUSALS))
 
 
 def test_every_rejection_reason_is_documented():

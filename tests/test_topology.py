@@ -372,3 +372,22 @@ def test_init_takes_an_explicit_vote_routing(tmp_path):
     r = run("init", "--dir", str(tmp_path / "c"), "--votes", "gossip")
     assert r.exit_code == 2 and "gossip" in r.output
     assert not (tmp_path / "c" / "mesh.json").exists()
+
+
+def test_clients_speak_for_their_own_host_unless_hosts_says_otherwise(tmp_path):
+    from pbft_tasks.topology import console_writers
+    cfg = init_mesh(tmp_path, clients=("admin", "cmp1", "rack"),
+                    hosts={"admin": (), "rack": ("cmp7", "cmp8")})
+    assert console_writers(cfg) == {"admin": (), "cmp1": ("cmp1",), "rack": ("cmp7", "cmp8")}
+    text = json.loads((tmp_path / "mesh.json").read_text())
+    assert [c.get("hosts") for c in text["clients"]] == [[], None, ["cmp7", "cmp8"]]
+    # a mesh.json written before hosts existed loads, each client for its own name
+    for c in text["clients"]:
+        c.pop("hosts", None)
+    assert console_writers(MeshConfig.from_json(text)) == {
+        "admin": ("admin",), "cmp1": ("cmp1",), "rack": ("rack",)}
+    text["clients"][0]["hosts"] = "cmp1"
+    with pytest.raises(ConfigError, match="hosts must be a list"):
+        MeshConfig.from_json(text)
+    with pytest.raises(ConfigError, match="not clients"):
+        init_mesh(tmp_path / "x", clients=("admin",), hosts={"ghost": ("h",)})

@@ -42,4 +42,6 @@ def test_a_data_dir_other_than_the_meshs(cfg, tmp_path):
 def test_the_embedded_mesh_builds_its_nodes_the_same_way(cfg):
     with EmbeddedMesh(str(cfg.path)) as mesh:
         assert [rt.ledger.path for rt in mesh.nodes] == [str(cfg.ledger_path(i)) for i in range(4)]
-        assert len({id(rt.verifier) for rt in mesh.nodes}) == 1  # one verifier per process
+        # one verifier pool per process; each node's client keys follow its own ledger
+        assert len({id(rt.verifier._pool) for rt in mesh.nodes}) == 1
+        assert [rt.verifier.membership.ledger for rt in mesh.nodes] == [rt.ledger for rt in mesh.nodes]

@@ -4,10 +4,13 @@ Owns: the offline audit of a node's ledger file, which the pure ``ledger.audit``
 alone because it needs keys and PyNaCl: it walks the whole chain with ``LedgerReader`` and
 checks, block by block,
   1. the chain: seq, prev link, header hash, batch digest (``ledger.audit.check_block``);
-  2. the commit certificate: at least 2f+1 Commits from distinct known nodes, each for the
-     block's own view, seq and digest (Castro-Liskov 1999 sec. 4.2, "committed");
+  2. the commit certificate: at least 2f+1 Commits from distinct validators of the
+     configuration in force at the block's seq, each for the block's own view, seq and
+     digest (Castro-Liskov 1999 sec. 4.2, "committed");
   3. every signature: each commit's node signature and each request's client signature,
-     batched through ``pbft_tasks.batch_verify.BatchVerifier`` (threads, or Ray);
+     against the keys in force at the block's seq (a rotated or removed key signs
+     nothing after its boundary), batched through
+     ``pbft_tasks.batch_verify.BatchVerifier`` (threads, or Ray);
   4. the derived rows: the key/value state replayed from the blocks with
      ``ledger.state.apply_block`` must equal the stored ``kv/`` records, ``m/head`` must
      name the last block, and every ``p/`` protocol record must decode.
@@ -21,6 +24,9 @@ Rules of this file:
   verified, so any bad one is a changed byte.
 - A ledger being written while it is audited is fine: the chain is one snapshot
   (one SELECT) and kv/head rows written by later blocks are not held against it.
+- The configuration history is rebuilt from the chain itself: the genesis the ledger is
+  bound to (``m/genesis``; mesh.json's for a ledger written before binding), then every
+  config entry as the replicas executed it (pbft_tasks/core/config.py).
 - Exit codes: 0 every audited ledger is intact; 1 a bad block (or row); 2 bad input.
 """
 from __future__ import annotations
@@ -42,13 +48,15 @@ from ledger import format as fmt
 from ledger.audit import check_block
 from ledger.format import LedgerError
 from ledger.reader import LedgerReader
-from ledger.state import apply_block
-from pbft_tasks.batch_verify import BatchVerifier
+from ledger.state import ConfigRules, apply_block, config_history, rules_of
+from pbft_tasks.batch_verify import BatchVerifier, Signed
 from pbft_tasks.core.chain import GENESIS
-from pbft_tasks.core.messages import Commit, MalformedMessage, Request, from_wire
+from pbft_tasks.core.config import ConfigRefused, Configuration, from_dict
+from pbft_tasks.core.messages import (CONFIG_KEY, Commit, MalformedMessage, Request, from_wire,
+                                      signing_bytes)
 from pbft_tasks.core.quorum import quorum
 from pbft_tasks.signing import verify_key_from_hex
-from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig
+from pbft_tasks.topology import LEDGER_FILE, ConfigError, MeshConfig, console_writers
 
 from ..clikit import BadInput, console
 
@@ -96,9 +104,8 @@ class LedgerAudit:
     """Audits one ledger file against the mesh's keys (see the module docstring)."""
 
     def __init__(self, cfg: MeshConfig, verifier: BatchVerifier, window: int = WINDOW) -> None:
-        self.n = cfg.n
-        self.quorum = quorum(cfg.n)
-        self.known = {node.id for node in cfg.nodes}
+        self.rules = cfg.config_rules()
+        self.writers = console_writers(cfg)
         self.verifier = verifier
         self.window = window
 
@@ -124,6 +131,7 @@ class LedgerAudit:
             height, head = 0, GENESIS
             window = _Window()
             try:
+                rules = self._rules(reader.genesis_record(), result)
                 for block in reader.iter_blocks():
                     expected = height + 1
                     seq = block.get("seq") if isinstance(block, dict) else None
@@ -131,8 +139,10 @@ class LedgerAudit:
                         raise self._misplaced(reader, expected, seq)
                     try:
                         check_block(block, height, head)
-                        items = self._certificate(block) + self._requests(block)
-                        writes, _ = apply_block(state.get, block)
+                        in_force = config_history(state.get(CONFIG_KEY), rules).at(expected)
+                        items = (self._certificate(block, in_force)
+                                 + self._requests(block, in_force))
+                        writes, _ = apply_block(state.get, block, self.writers, rules)
                     except LedgerError as exc:
                         raise BadBlock(expected, _strip(expected, exc)) from None
                     state.update(writes)
@@ -154,7 +164,22 @@ class LedgerAudit:
             return BadBlock(expected, f"missing (the next stored block is {seq})")
         return BadBlock(expected, f"stored at seq {expected} but says seq {seq!r}")
 
-    def _certificate(self, block: dict) -> list[Commit]:
+    def _rules(self, record: Optional[dict], result: NodeAudit) -> ConfigRules:
+        """The genesis the ledger is bound to, else mesh.json's."""
+        if record is None:
+            return self.rules
+        try:
+            stored = from_dict(record["config"])
+        except (ConfigRefused, KeyError, TypeError) as exc:
+            raise BadBlock(None, f"the genesis record does not decode: {exc}") from None
+        if stored.hash != record.get("hash"):
+            raise BadBlock(None, "the genesis record's hash is not that of its configuration")
+        if stored.hash != self.rules.genesis.hash:
+            result.notes.append(f"bound to genesis {stored.hash[:16]}, mesh.json's is "
+                                f"{self.rules.genesis.hash[:16]} (mesh.json edited since)")
+        return rules_of(record, self.rules.verify)
+
+    def _certificate(self, block: dict, cfg: Configuration) -> list[Signed]:
         cert = block.get("certificate")
         if not isinstance(cert, list):
             raise LedgerError("has no commit certificate")
@@ -166,21 +191,24 @@ class LedgerAudit:
                 raise LedgerError(f"certificate[{i}] is malformed: {exc}") from None
             if not isinstance(msg, Commit):
                 raise LedgerError(f"certificate[{i}] is a {type(msg).__name__}, not a Commit")
-            if msg.sender not in self.known:
-                raise LedgerError(f"certificate[{i}] is from unknown node {msg.sender}")
+            if not 0 <= msg.sender < cfg.n:
+                raise LedgerError(f"certificate[{i}] is from unknown node {msg.sender} "
+                                  f"(configuration version {cfg.version} has n={cfg.n})")
             if msg.sender in senders:
                 raise LedgerError(f"certificate has two commits from node {msg.sender}")
             if (msg.view, msg.seq, msg.digest) != (block["view"], block["seq"], block["digest"]):
                 raise LedgerError(f"certificate[{i}] (node {msg.sender}) is for view {msg.view} "
                                   f"seq {msg.seq} digest {msg.digest[:12]}, not this block")
             senders.add(msg.sender)
-            commits.append(msg)
-        if len(commits) < self.quorum:
-            raise LedgerError(f"certificate has {len(commits)} commits, needs {self.quorum} "
-                              f"(2f+1 of n={self.n})")
+            commits.append(_Item(bytes.fromhex(cfg.validator_keys()[msg.sender]),
+                                 signing_bytes(msg), msg.sig, msg))
+        need = quorum(cfg.n)
+        if len(commits) < need:
+            raise LedgerError(f"certificate has {len(commits)} commits, needs {need} "
+                              f"(2f+1 of n={cfg.n})")
         return commits
 
-    def _requests(self, block: dict) -> list[Request]:
+    def _requests(self, block: dict, cfg: Configuration) -> list[Signed]:
         out = []
         for i, wire in enumerate(block["requests"]):
             try:
@@ -189,7 +217,11 @@ class LedgerAudit:
                 raise LedgerError(f"request {i} is malformed: {exc}") from None
             if not isinstance(msg, Request):
                 raise LedgerError(f"request {i} is a {type(msg).__name__}")
-            out.append(msg)
+            key = cfg.client_key(msg.client.partition("/")[0])
+            if key is None:
+                raise LedgerError(f"request {i} (client {msg.client!r}): unknown client "
+                                  f"(not in configuration version {cfg.version})")
+            out.append(_Item(bytes.fromhex(key), signing_bytes(msg), msg.sig, msg))
         return out
 
     def _flush(self, window: "_Window") -> int:
@@ -197,11 +229,12 @@ class LedgerAudit:
         items, count = window.items, len(window.items)
         if not items:
             return 0
-        failures = self.verifier.verify(items)
+        failures = self.verifier.verify([Signed(it.key, it.data, _sig_bytes(it.sig))
+                                         for it in items])
         if failures:
             i, reason = failures[0]
             k = bisect.bisect_right(window.starts, i) - 1
-            msg = items[i]
+            msg = items[i].msg
             who = (f"commit from node {msg.sender}" if isinstance(msg, Commit)
                    else f"request {i - window.starts[k] - window.cert_sizes[k]} "
                         f"(client {msg.client!r})")
@@ -243,7 +276,8 @@ class LedgerAudit:
                     name = key[len(fmt.KV_PREFIX):]
                     seen.add(name)
                     self._check_kv(name, value, state.get(name), height if grew else None)
-                elif key.startswith(fmt.PROTOCOL_PREFIX) or key in (fmt.HEAD_KEY, fmt.FORMAT_KEY):
+                elif key.startswith(fmt.PROTOCOL_PREFIX) or key in (fmt.HEAD_KEY, fmt.FORMAT_KEY,
+                                                                    fmt.GENESIS_KEY):
                     continue
                 else:
                     raise BadBlock(None, f"unexpected row {key!r} in the ledger")
@@ -276,6 +310,24 @@ def _block_of(state: dict[str, dict], key: str) -> Optional[int]:
     return None
 
 
+@dataclass(frozen=True)
+class _Item:
+    """One signature of a block, with the key in force at its seq and its message."""
+    key: bytes
+    data: bytes
+    sig: str
+    msg: Any
+
+
+def _sig_bytes(sig: str) -> bytes:
+    """A signature as bytes; a malformed one as 64 zero bytes, which never verifies."""
+    try:
+        raw = bytes.fromhex(sig)
+    except (ValueError, TypeError):
+        return bytes(64)
+    return raw if len(raw) == 64 else bytes(64)
+
+
 class _Window:
     """Signatures of consecutive blocks waiting to be verified in one batch."""
 
@@ -291,7 +343,7 @@ class _Window:
     def add(self, seq: int, items: list) -> None:
         self.starts.append(len(self.items))
         self.seqs.append(seq)
-        self.cert_sizes.append(sum(isinstance(m, Commit) for m in items))
+        self.cert_sizes.append(sum(isinstance(m.msg, Commit) for m in items))
         self.items.extend(items)
 
 

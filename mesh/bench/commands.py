@@ -256,6 +256,28 @@ def bench_step_cmd(requests: int, clients: int, window: int, rounds: int, baseli
     write_json(result, json_path)
 
 
+@bench.command("reconfig")
+@click.option("--broker", default=None, help="broker URL (default: mesh.json's default)")
+@click.option("--backend", default=None, help="result backend URL")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--checkpoint-interval", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--log-window", type=click.IntRange(2), default=16, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+def bench_reconfig(broker: str | None, backend: str | None, data_dir: str | None,
+                   checkpoint_interval: int, log_window: int, json_path: str | None) -> None:
+    """Membership changes (add client, reader, follower; revoke the client) under a
+    steady stream of updates on real workers, with no restart (mesh/bench/reconfig.py)."""
+    import json as _json
+
+    from . import reconfig as br
+    from .consensus import write_json
+    if log_window % checkpoint_interval or log_window < 2 * checkpoint_interval:
+        raise BadInput("--log-window must be a multiple of --checkpoint-interval and at least twice it")
+    result = br.run(broker, backend, data_dir, checkpoint_interval, log_window, say=console().print)
+    write_json(result, json_path)
+    console().print(_json.dumps(result, indent=2, sort_keys=True), markup=False, highlight=False)
+
+
 bench.add_command(bench_paper)
 bench.add_command(bench_verify)
 bench.add_command(bench_failover)

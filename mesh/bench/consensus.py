@@ -56,6 +56,12 @@ from .missing import UNAVAILABLE, Missing
 from .stats import percentile
 
 
+def protocol_sent(status: dict) -> int:
+    """Messages a node sent for the protocol, its once-a-second statuses apart: they cost
+    time, not batches (docs/PROTOCOL.md sec. 5.11)."""
+    return status["sent"] - status.get("sent_status", 0)
+
+
 def drive(client: MeshClient, count: int, window: int = 1000, chunk: int = 100,
           key_prefix: str = "k", every: bool = True, timeout: float = 120.0,
           progress: Callable[[int], None] | None = None) -> list[Pending]:
@@ -152,7 +158,7 @@ def run(nodes: int = 4, requests: int = 5000, window: int = 2000, low_load: int 
                                                  "nodes' timing records")
         before = mesh.statuses()
         low_blocks = before[0]["height"] - low_before[0]["height"]
-        low_msgs = sum(before[i]["sent"] - low_before[i]["sent"] for i in before)
+        low_msgs = sum(protocol_sent(before[i]) - protocol_sent(low_before[i]) for i in before)
         stages = stage_breakdown(stages0, before, low_load, cpu["workers"])
         stages["ms_per_request"].update(thread_breakdown(
             pids, threads0, threads1, before, low_load, stages["ms_per_request"]))
@@ -233,7 +239,7 @@ NODE_FIGURES = ("blocks", "mean_batch", "messages_per_batch", "identical_heads",
 
 def node_figures(before: dict, after: dict, requests: int) -> dict:
     blocks = after[0]["height"] - before[0]["height"]
-    msgs = sum(after[i]["sent"] - before[i]["sent"] for i in after)
+    msgs = sum(protocol_sent(after[i]) - protocol_sent(before[i]) for i in after)
     heads = {s["head"] for s in after.values()}
     heights = {s["height"] for s in after.values()}
     return {

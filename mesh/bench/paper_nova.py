@@ -100,7 +100,7 @@ class NovaSide:
         from ..openstack import driver as hdpbf_driver
         from ..openstack.driver_read import Step1Reader
         from ..openstack.sealing import Opener
-        from pbft_tasks.topology import load_reader_identity
+        from pbft_tasks.topology import console_writers, load_reader_identity
         objects.register_all()
         conf = nova.conf.CONF
         config.parse_args([], default_config_files=[], configure_db=False, init_rpc=False)
@@ -139,7 +139,8 @@ class NovaSide:
         from .nova_api_objects import api_context
         self.ctxt = api_context(context)
         opener = Opener("api", load_reader_identity(rig.cfg, "api"))
-        self.ledger_only = Step1Reader(ledger, opener, own_answers=False)
+        self.ledger_only = Step1Reader(ledger, opener, own_answers=False,
+                                       writers=console_writers(rig.cfg))
         return True
 
     def _router_on(self, transport: Any) -> Any:

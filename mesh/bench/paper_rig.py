@@ -100,7 +100,10 @@ class Rig:
         from pbft_tasks.topology import init_mesh
         kw = {k: v for k, v in (("broker_url", broker_url), ("result_backend", backend)) if v}
         self.cfg = init_mesh(self.base, nodes=self.nodes, clients=("admin", *HOSTS),
-                             readers=("api",), force=True, **kw)
+                             readers=("api",), force=True,
+                             # the embedded rig records both hosts' answers as compute-1,
+                             # and so does nova's rig (paper_nova.py) for its nova-<host>s
+                             hosts={HOSTS[0]: (*HOSTS, *(f"nova-{h}" for h in HOSTS))}, **kw)
         self.config_path = os.path.join(self.base, "mesh.json")
         self.transport_url = transport_url
 
@@ -109,7 +112,7 @@ class Rig:
 
         from ..openstack import ConsoleReader, Opener
         from ..openstack.rpc import compute_target, get_transport
-        from pbft_tasks.topology import load_reader_identity
+        from pbft_tasks.topology import console_writers, load_reader_identity
         # nova-api's own client for the rpc and redis configurations: nova's target
         # (topic compute, version 6.0), called as nova does, prepare(server=host).call().
         self.transport = get_transport(self.transport_url)
@@ -117,10 +120,13 @@ class Rig:
                                                    timeout=self.rpc_timeout)
         ledger = str(self.cfg.ledger_path(API_NODE))
         opener = Opener("api", load_reader_identity(self.cfg, "api"))
+        writers = console_writers(self.cfg)
         self.reader = ConsoleReader(ledger, self.transport_url, self.hosts, opener=opener,
-                                    rpc_timeout=self.rpc_timeout, own_answers=True)
+                                    rpc_timeout=self.rpc_timeout, own_answers=True,
+                                    writers=writers)
         self.ledger_reader = ConsoleReader(ledger, self.transport_url, self.hosts, opener=opener,
-                                           rpc_timeout=self.rpc_timeout, own_answers=False)
+                                           rpc_timeout=self.rpc_timeout, own_answers=False,
+                                           writers=writers)
         if self.redis_url:
             try:
                 import redis

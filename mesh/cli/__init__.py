@@ -51,13 +51,19 @@ def main() -> None:
 @click.option("--votes", type=click.Choice(["all-to-all", "collector"]), default=None,
               help="Vote routing  [default: collector from "
                    f"{topology.COLLECTOR_FROM_N} nodes, all-to-all below]")
+@click.option("--admin", "admins", multiple=True, metavar="NAME",
+              help="An admin who may sign membership changes (repeatable; default none: "
+                   "membership stays as created).")
+@click.option("--admin-threshold", type=int, default=None, metavar="K",
+              help="Admin signatures a change needs  [default: a majority of the admins]")
 @click.option("--keep-existing", is_flag=True,
               help="If DIR/mesh.json exists: keep it and its keys when it is the mesh these "
                    "options make (nodes, broker, backend, queue type, clients, readers), else "
                    "exit 2 naming what differs.")
 def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_type: str,
          backend: str, force: bool, readers: tuple[str, ...] = (), votes: str | None = None,
-         keep_existing: bool = False) -> None:
+         keep_existing: bool = False, admins: tuple[str, ...] = (),
+         admin_threshold: int | None = None) -> None:
     """Create a mesh: DIR/mesh.json and a fresh Ed25519 key per node and client."""
     if keep_existing and not force and (dir_ / topology.CONFIG_NAME).exists():
         _keep(dir_, nodes=nodes, clients=clients or ("admin",), broker=broker,
@@ -73,7 +79,8 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
     try:
         config = topology.init_mesh(dir_, nodes=nodes, clients=clients or ("admin",),
                                     broker_url=broker, result_backend=backend, force=force,
-                                    queue_type=queue_type, votes=votes)
+                                    queue_type=queue_type, votes=votes, admins=admins,
+                                    admin_threshold=admin_threshold)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
@@ -88,6 +95,8 @@ def init(nodes: int, dir_: Path, clients: tuple[str, ...], broker: str, queue_ty
         table.add_row(str(node.id), node.queue, str(topology.node_key_path(dir_, node.id)))
     for c in config.clients:
         table.add_row("client", c.name, str(topology.client_key_path(dir_, c.name)))
+    for a in config.admins:
+        table.add_row("admin", a.name, str(topology.admin_key_path(dir_, a.name)))
     out.print(table)
     cfg = shlex.quote(str(config.path))
     out.print("Next, start one worker per node (node 0 shown; repeat for 1.."
@@ -134,6 +143,7 @@ from mesh.audit.verify import verify  # noqa: E402
 from mesh.ops.broker_cluster import broker_cluster  # noqa: E402  (hdpbf broker-cluster up/down)
 from mesh.bench.commands import bench  # noqa: E402  (consensus, read, paper, verify)
 from mesh.cli.commands import demo, get, put, worker  # noqa: E402
+from mesh.cli.config import config_group, keygen  # noqa: E402  (membership changes)
 from mesh.cli.follow import add_follower, follow  # noqa: E402
 from mesh.openstack.api import api  # noqa: E402
 from mesh.openstack.commands import add_reader, compute, console_cmd, delete_instance, move_instance  # noqa: E402
@@ -141,5 +151,5 @@ from mesh.ops.stack import down, status, up  # noqa: E402
 
 for _command in (worker, demo, put, get, bench, compute, console_cmd, delete_instance, move_instance,
                  add_reader, api, up, status, down, verify, broker_cluster,
-                 follow, add_follower):
+                 follow, add_follower, keygen, config_group):
     main.add_command(_command)

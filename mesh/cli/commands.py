@@ -54,9 +54,13 @@ def worker(node_id: int, config: str | None, loglevel: str) -> None:
 @click.argument("value")
 @click.option("--ttl", type=float, default=None, help="seconds until the entry expires")
 @click.option("--client", "name", default="admin", show_default=True)
+@click.option("--key-file", default=None, type=click.Path(dir_okay=False),
+              help="the client's private key (default: keys/client-NAME.key beside mesh.json); "
+                   "a client added with hdpbf config needs it")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @config_option
-def put(key: str, value: str, ttl: float | None, name: str, timeout: float, config: str | None) -> None:
+def put(key: str, value: str, ttl: float | None, name: str, timeout: float, config: str | None,
+        key_file: str | None = None) -> None:
     """Submit KEY=VALUE to consensus; waits for f+1 matching replies."""
     from pbft_tasks.core.messages import MAX_KEY_LEN, MalformedMessage, from_wire, to_wire
     from ..client import SubmitTimeout
@@ -64,7 +68,7 @@ def put(key: str, value: str, ttl: float | None, name: str, timeout: float, conf
         raise BadInput("--ttl must be a positive number of seconds")
     if not key or len(key) > MAX_KEY_LEN:
         raise BadInput(f"KEY must be 1..{MAX_KEY_LEN} characters")
-    client = broker_client(config_path(config), name, timeout=min(2.0, timeout))
+    client = broker_client(config_path(config), name, timeout=min(2.0, timeout), key_file=key_file)
     req = client.put_request(key, _parse_value(value), ttl)
     try:
         from_wire(to_wire(req))

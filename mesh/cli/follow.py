@@ -25,7 +25,9 @@ class _BadInput(click.ClickException):
 @click.command("follow")
 @click.option("--config", "config", metavar="PATH", default=None,
               help="mesh.json (default: $HDPBF_CONFIG, then ./mesh.json)")
-@click.option("--name", required=True, help="this follower's name in mesh.json's followers")
+@click.option("--name", required=True,
+              help="this follower's name: in mesh.json's followers, or added with "
+                   "hdpbf config propose --add-follower")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="where its ledger lives  [default: the mesh's data_dir/follower-NAME]")
 @click.option("--add", is_flag=True,
@@ -50,7 +52,7 @@ def follow(config: Optional[str], name: str, data_dir: Optional[str], add: bool,
         if add:
             add_followers(path, [name])
         cfg = MeshConfig.load(path)
-        cfg.follower(name)
+        cfg.follower_info(name)  # listed in mesh.json, or added through hdpbf config
     except ConfigError as exc:
         raise _BadInput(str(exc)) from None
     from pbft_tasks.follower_node import FollowerNode

@@ -43,7 +43,7 @@ def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from pbft_tasks import metrics
-    from pbft_tasks.topology import load_reader_identity
+    from pbft_tasks.topology import console_writers, load_reader_identity
 
     from ..ops.stack import redact
     from .reader import ConsoleReader, ConsoleUnavailable
@@ -58,7 +58,7 @@ def api(node_id: int, reader: str | None, bind: str, port: int, timeout: float,
         raise BadInput(str(exc)) from None
     # One HTTP thread, one ConsoleReader: its sqlite connection belongs to that thread.
     console_reader = ConsoleReader(ledger, url, {}, opener, rpc_timeout=timeout,
-                                   own_answers=own_answers)
+                                   own_answers=own_answers, writers=console_writers(cfg))
     try:  # hdpbf_step1_answers_total etc. on $HDPBF_METRICS_PORT (pbft_tasks/metrics.py)
         metrics.export_reader(console_reader, node_id, metrics.reader_metrics_port())
     except ValueError as exc:

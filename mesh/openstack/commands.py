@@ -49,8 +49,9 @@ def _load(config: str | None) -> tuple[str, MeshConfig]:
 @click.option("--token-ttl", type=click.FloatRange(0.001, None), default=600.0, show_default=True,
               help="console token lifetime in seconds (nova's [consoleauth] token_ttl)")
 @transport_option
-@click.option("--client", "name", default="admin", show_default=True,
-              help="mesh client identity that signs the records")
+@click.option("--client", "name", default=None,
+              help="mesh client identity that signs the records (default: the one named "
+                   "like --host; it must speak for --host in mesh.json)")
 @click.option("--no-seal", is_flag=True,
               help="store tokens in clear in the ledger (experiments only)")
 def compute(host: str, config: str | None, service_ms: float, token_ttl: float,
@@ -69,6 +70,11 @@ def compute(host: str, config: str | None, service_ms: float, token_ttl: float,
                            f"(or pass --no-seal to store tokens in clear)")
         sealer = Sealer(topology.reader_keys(cfg))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    name = name or host
+    if host not in topology.console_writers(cfg).get(name, ()):
+        raise BadInput(f"client {name!r} does not speak for host {host!r} in {path}: the "
+                       f"mesh would refuse its console records (give the client "
+                       f'"hosts": ["{host}"] in mesh.json, or run with --client {host})')
     client = broker_client(path, name, timeout=2.0)
     recorder = ConsoleRecorder(client, sealer)
     service = ComputeService(host, url, recorder=recorder, service_ms=service_ms,
@@ -124,7 +130,8 @@ def console_cmd(instance: str, host: str, node_id: int, reader: str | None, cons
         raise BadInput(str(exc)) from None
     url = _transport_url(cfg, transport_url)
     with ConsoleReader(os.path.join(data_dir, topology.LEDGER_FILE), url, {instance: host},
-                       opener, rpc_timeout=timeout, own_answers=own_answers) as api:
+                       opener, rpc_timeout=timeout, own_answers=own_answers,
+                       writers=topology.console_writers(cfg)) as api:
         t0 = time.perf_counter()
         try:
             info, step = api.get_vnc_console(instance, console_type)

@@ -16,7 +16,8 @@ Rules of this file:
   NovaObject primitive and the console type; step 1 (driver_read.py) or step 2 through
   the inner driver.  Whatever goes wrong with step 1 (missing or corrupt ledger, a value
   sealed for other readers, a primitive without a uuid) is a step-2 call counted in
-  ``stats`` under ``miss.<reason>``; nova's call never fails because of us.
+  ``stats`` under ``miss.<reason>``; nova's call never fails because of us: even an
+  exception step 1 did not foresee is logged and counted as ``miss.ledger_error``.
 - Server side (nova-compute): after nova's method returned, the reply goes back first
   (5b), then the recorder queues it (5a: driver_record.py; never waits).  A failure is
   never recorded.  Expiry: the time the request arrived + nova's ``[consoleauth]
@@ -157,7 +158,7 @@ class HdpbfDriver(base.BaseDriver):
             driver_metrics.export(self, opts.metrics_port, opts.metrics_host)
 
     def _configure(self, opts) -> None:
-        from pbft_tasks.topology import MeshConfig, load_reader_identity
+        from pbft_tasks.topology import MeshConfig, console_writers, load_reader_identity
         from . import driver_record
         from .sealing import Opener
         mesh_cfg = MeshConfig.load(opts.mesh_config)  # ConfigError names the problem
@@ -166,7 +167,8 @@ class HdpbfDriver(base.BaseDriver):
             if opts.reader:
                 opener = Opener(opts.reader,
                                 load_reader_identity(mesh_cfg, opts.reader, opts.reader_key))
-            self.reader = Step1Reader(opts.ledger, opener, own_answers=opts.own_answers)
+            self.reader = Step1Reader(opts.ledger, opener, own_answers=opts.own_answers,
+                                      writers=console_writers(mesh_cfg))
         if opts.client:
             self.recorder = driver_record.shared_recorder(
                 opts.mesh_config, opts.client, opts.client_key, opts.seal, opts.embedded)
@@ -231,7 +233,11 @@ class HdpbfDriver(base.BaseDriver):
             self.count("step2")
             return self._inner.send(target, ctxt, message, **kw)
         key = nova_wire.reply_key(target.topic, method, uuid, console_type)
-        reply, how, base_version = self.reader.lookup(key, target.server)
+        try:
+            reply, how, base_version = self.reader.lookup(key, target.server)
+        except Exception:  # whatever the local copy holds, nova's call goes on (step 2)
+            log.exception("hdpbf: step 1 for %s failed; asking compute", key)
+            reply, how, base_version = None, "ledger_error", 0
         if reply is not None:
             self.count(how)
             return reply

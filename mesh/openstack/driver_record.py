@@ -29,6 +29,7 @@ from pbft_tasks.core.messages import Request
 from ..client import MeshClient
 from pbft_tasks.topology import ConfigError, MeshConfig, client_keys, load_client_identity, node_keys, reader_keys
 from .recorder import ConsoleRecorder, _Op
+from .reader_keys import ReaderKeys, follow_readers
 from .sealing import Sealer
 
 log = logging.getLogger("hdpbf.driver")
@@ -114,6 +115,9 @@ def shared_recorder(mesh_config: str, client: str, client_key: str | None, seal:
         rec = _recorders.get(ident)
         if rec is None:
             rec = _recorders[ident] = ReplyRecorder(mc, sealer)
+            if sealer is not None and not embedded:
+                # whom to seal for follows the ledger (its own client, so its own queue)
+                follow_readers(ReaderKeys(sealer, _broker_client(cfg, client, client_key)))
             log.info("hdpbf: recording console replies through %s as client %r",
                      "an in-process mesh" if embedded else f"the mesh of {mesh_config}", client)
             return rec

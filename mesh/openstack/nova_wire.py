@@ -116,8 +116,8 @@ def open_reply(value: Any, opener: Opener | None) -> dict:
         token = opener.open(value.get("sealed"), value.get("token_sha256"))
     try:
         reply = json.loads(token.join(pieces))
-    except ValueError as exc:
-        raise SealError(f"the recorded reply is not JSON once opened: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SealError(f"the recorded reply is not JSON once opened: {exc!r}"[:300]) from None
     if type(reply) is not dict:
         raise SealError("the recorded reply is not a JSON object")
     return reply

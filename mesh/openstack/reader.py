@@ -10,7 +10,10 @@ Rules of this file:
 - A step-1 hit is a live record (expired and deleted entries read as missing, like
   ``LedgerReader.get``) that this reader can open (``sealing.open_console``) and that was
   served by the instance's current compute host (``hosts``): an entry from a host the
-  instance has left is a miss, whether or not its delete has committed yet.
+  instance has left is a miss, whether or not its delete has committed yet.  And it was
+  committed by a client that speaks for that host (``writers``, mesh.json's clients;
+  ``ledger.state.may_serve``): a record another host's client managed to write, or one
+  with no writer, is a miss too.
 - A ledger that does not exist yet (node not started) is a miss, not an error.
 - Step 2 fails fast: ``rpc_timeout`` bounds the call and sending is not retried
   (``retry=0``), so with the broker down the caller gets ``ConsoleUnavailable`` after
@@ -64,6 +67,7 @@ from typing import Any, Callable, Union
 from ledger import LedgerReader
 from ledger import format as fmt
 from ledger.format import LedgerNotFound
+from ledger.state import Writers, may_serve
 
 from . import nova_wire, rpc
 from .sealing import Opener, SealError, instance_key, open_console
@@ -106,7 +110,7 @@ class ConsoleReader:
                  hosts: dict[str, str], opener: Opener | None = None,
                  rpc_timeout: float = 5.0, own_answers: bool = True,
                  own_answers_max: int = OWN_ANSWERS_MAX,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, writers: Writers | None = None):
         if rpc_timeout <= 0:
             raise ValueError("rpc_timeout must be positive")
         if own_answers_max < 1:
@@ -114,6 +118,7 @@ class ConsoleReader:
         self.ledger_path = os.fspath(ledger_path)
         self.transport_url = transport_url or rpc.DEFAULT_TRANSPORT_URL
         self.hosts = hosts
+        self.writers = writers  # client -> hosts it speaks for (None: its own name)
         self.opener = opener
         self.rpc_timeout = rpc_timeout
         self.own_answers = own_answers
@@ -125,6 +130,7 @@ class ConsoleReader:
         self.step2_calls = 0
         self.step2_failures = 0  # step-2 calls that raised ConsoleUnavailable
         self.unreadable = 0  # live entries this reader could not open (not sealed for it)
+        self.other_writer = 0  # live entries not written by the host's own client
         self._own: collections.OrderedDict[str, _Own] = collections.OrderedDict()
         self._ledger: LedgerReader | None = None
         self._transport = None
@@ -151,6 +157,11 @@ class ConsoleReader:
         value = record["value"]
         host = self.hosts.get(instance)
         if host is not None and type(value) is dict and value.get("compute_host") != host:
+            return None
+        served_by = host if host is not None else (
+            value.get("compute_host") if type(value) is dict else None)
+        if type(served_by) is not str or not may_serve(record, served_by, self.writers):
+            self.other_writer += 1
             return None
         try:
             return open_console(value, self.opener)

@@ -61,10 +61,18 @@ class Sealer:
                              "'hdpbf add-reader api' (or init_mesh(..., readers=('api',)))")
         self.recipients = {name: SealedBox(pub) for name, pub in recipients.items()}
 
+    def set_recipients(self, recipients: Mapping[str, PublicKey]) -> None:
+        """Seal for these readers from now on (reader_keys.py: the ledger's
+        configuration); one swap, so a seal in progress uses the old set or the new.
+        None at all is allowed here: a revoked last reader is not sealed for, and every
+        reader falls back to step 2."""
+        self.recipients = {name: SealedBox(pub) for name, pub in recipients.items()}
+
     def seal(self, token: str) -> dict[str, str]:
         data = token.encode("utf-8")
+        recipients = self.recipients
         return {name: base64.b64encode(box.encrypt(data)).decode("ascii")
-                for name, box in self.recipients.items()}
+                for name, box in recipients.items()}
 
 
 class Opener:

@@ -65,6 +65,8 @@ NODE_COLUMNS: tuple[Column, ...] = (
     Column("view", _answered("view")),
     Column("head", lambda r: (r["head"] or "")[:12] or "-", justify="left"),
     Column("lag", _answered("lag")),
+    Column("config", lambda r: "-" if r.get("config_version") is None else
+           str(r["config_version"]) + (" (differs)" if r.get("config_differs") else "")),
     Column("head age", lambda r: "-" if r.get("head_age_s") is None else f"{r['head_age_s']:g}s",
            launcher_only=True),
     Column("health", _health, justify="left"),
@@ -87,9 +89,17 @@ def node_row(node_id: int, answer: Optional[dict], top: Optional[int]) -> dict[s
                            "view": None, "head": None, "lag": None}
     if answer is not None:
         row.update(height=answer["height"], view=answer["view"], head=answer["head"],
-                   lag=top - answer["height"],
+                   lag=top - answer["height"], config_version=answer.get("config_version"),
                    rejected=sum(answer.get("rejected", {}).values()))
     return row
+
+
+def flag_config_versions(rows: list[dict]) -> None:
+    """Mark the rows whose membership configuration version is not the newest any node
+    reported (docs/operations/membership.md): a node behind, or one that missed a change."""
+    versions = [r["config_version"] for r in rows if r.get("config_version") is not None]
+    for r in rows:
+        r["config_differs"] = bool(versions) and r.get("config_version") not in (None, max(versions))
 
 
 def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG,
@@ -126,6 +136,7 @@ def report(cfg: MeshConfig, timeout: float = 3.0, max_lag: int = DEFAULT_MAX_LAG
         else:
             reason = ""
         rows.append(dict(row, healthy=not reason, reason=reason))
+    flag_config_versions(rows)
     follower_answers: dict = {}
     if cfg.followers and broker_error is None:
         try:
@@ -193,4 +204,4 @@ def print_report(rep: dict, out: Any) -> None:
 
 
 __all__ = ["Column", "NODE_COLUMNS", "node_table", "node_row", "report", "print_report",
-           "print_trace", "followed", "ask_traces", "DEFAULT_MAX_LAG"]
+           "flag_config_versions", "print_trace", "followed", "ask_traces", "DEFAULT_MAX_LAG"]

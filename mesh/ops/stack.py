@@ -56,7 +56,7 @@ from rich.table import Table
 
 from pbft_tasks import metrics
 from pbft_tasks.topology import (CONFIG_NAME, ENV_CONFIG, DEFAULT_BROKER_URL, DEFAULT_RESULT_BACKEND, ConfigError,
-                                 MeshConfig, add_readers, init_mesh)
+                                 MeshConfig, add_readers, console_writers, init_mesh)
 
 from ..clikit import BadInput, console, redact
 from . import follower_status as follower_ops
@@ -203,17 +203,25 @@ def flower_credentials(data_dir: str) -> tuple[str, str, str]:
 # -- up ------------------------------------------------------------------------------------
 
 def _open_mesh(data_dir: str, nodes: int | None, broker: str | None,
-               backend: str | None) -> tuple[MeshConfig, bool]:
-    """The mesh in ``data_dir`` (created if there is none) and whether it is new."""
+               backend: str | None, hosts: list[str] = ()) -> tuple[MeshConfig, bool]:
+    """The mesh in ``data_dir`` (created if there is none, with a client per compute
+    host, named like it) and whether it is new."""
     path = os.path.join(data_dir, CONFIG_NAME)
     try:
         if not os.path.exists(path):
             init_mesh(data_dir, nodes=nodes or 4, broker_url=broker or DEFAULT_BROKER_URL,
-                      result_backend=backend or DEFAULT_RESULT_BACKEND, readers=(READER,))
+                      result_backend=backend or DEFAULT_RESULT_BACKEND, readers=(READER,),
+                      clients=("admin", *[h for h in hosts if h != "admin"]))
             return MeshConfig.load(path), True
         cfg = MeshConfig.load(path)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+    writers = console_writers(cfg)
+    mute = [h for h in hosts if not any(h in speaks for speaks in writers.values())]
+    if mute:
+        raise BadInput(f"{path} has no client that speaks for compute host(s) {mute}: the mesh "
+                       f"would refuse their console records (use another --data-dir, or "
+                       f"give a client \"hosts\" in mesh.json)")
     for what, asked, have in (("--nodes", nodes, cfg.n), ("--broker", broker, cfg.broker_url),
                               ("--backend", backend, cfg.result_backend)):
         if asked is not None and asked != have:
@@ -345,7 +353,7 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
         raise BadInput("--flower-port and --api-port must differ")
 
     os.makedirs(data_dir, exist_ok=True)
-    cfg, new = _open_mesh(data_dir, nodes, broker, backend)
+    cfg, new = _open_mesh(data_dir, nodes, broker, backend, hosts)
     if api_node not in [n.id for n in cfg.nodes]:
         raise BadInput(f"--api-node {api_node} is not a node of this mesh (0..{cfg.n - 1})")
     reader = READER if READER in [r.name for r in cfg.readers] else cfg.readers[0].name
@@ -413,7 +421,11 @@ def up(nodes: int | None, data_dir: str, broker: str | None, backend: str | None
                   follower_ops.start_env(base_env, i), status=follower_ops.status_path(cfg, name),
                   metrics=metrics_url(follower_ops.METRICS_BASE + i))
         for host in hosts:
-            start(host, "compute", hdpbf + ["compute", "--host", host, "--config", config_path],
+            client = next(c for c, speaks in sorted(console_writers(cfg).items(),
+                                                    key=lambda kv: kv[0] != host)
+                          if host in speaks)
+            start(host, "compute", hdpbf + ["compute", "--host", host, "--client", client,
+                                            "--config", config_path],
                   base_env, host=host)
         env = dict(base_env, **metrics_env(metrics_port_base and metrics_port_base + cfg.n))
         start("api", "api", hdpbf + ["api", "--node", str(api_node), "--reader", reader,
@@ -501,6 +513,7 @@ def status_report(data_dir: str, timeout: float = 3.0, max_lag: int = DEFAULT_MA
         row["healthy"] = not reasons
         row["reason"] = "; ".join(reasons)
         nodes.append(row)
+    mesh_status.flag_config_versions(nodes)
     others = []
     for p in procs:
         if p.kind == "worker":

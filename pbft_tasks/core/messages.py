@@ -2,7 +2,8 @@
 
 Owns: the message types of the normal case and of checkpoints (Castro and Liskov,
 "Practical Byzantine Fault Tolerance", OSDI 1999, sec. 4.2-4.3), of the view change
-(sec. 4.4), and the collector's Certificate (collector.py), their JSON wire form,
+(sec. 4.4), the collector's Certificate (collector.py) and the Status of the status
+exchange (status.py), their JSON wire form,
 strict parsing of untrusted input, and the canonical bytes that are hashed and signed.
 
 Rules of this file:
@@ -42,6 +43,11 @@ MAX_BATCH_BYTES = 1024 * 1024
 # level: a value nested ~950 deep was accepted, committed, and then broke every
 # VIEW-CHANGE carrying it (RecursionError), so the view change never completed.
 MAX_VALUE_DEPTH = 32
+# Keys under SYSTEM_PREFIX belong to the mesh, not to clients: a put or delete there is
+# malformed.  CONFIG_KEY holds the configuration history (core/config.py); the only op
+# that writes it is {"op": "config", "key": CONFIG_KEY, "change": <signed change>}.
+SYSTEM_PREFIX = "_hdpbf/"
+CONFIG_KEY = SYSTEM_PREFIX + "config"
 
 
 class MalformedMessage(ValueError):
@@ -181,13 +187,28 @@ class Certificate:
     sig: str = _sig_field()
 
 
+@dataclass(frozen=True, slots=True)
+class Status:
+    """<STATUS, v, n, d, h, i>_i (core/status.py): replica i is in view ``view``, has
+    executed up to ``seq`` with chain head ``head`` there, and its stable checkpoint is
+    ``stable_seq``.  Sent every status period to every peer, and to a peer that is
+    behind; a claim, never a proof: f+1 of them only set a state-transfer target, and
+    the blocks fetched carry their own 2f+1 commits."""
+    view: int
+    seq: int
+    head: str
+    stable_seq: int
+    sender: int
+    sig: str = _sig_field()
+
+
 CERTIFICATE_PHASES = {"prepare": Prepare, "commit": Commit}
 
 Message = Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, ViewChange, NewView,
-                Certificate]
+                Certificate, Status]
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls for cls in (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint,
-                                  ViewChange, NewView, Certificate)
+                                  ViewChange, NewView, Certificate, Status)
 }
 # A view change carries whole pre-prepares (batches included), so it may be larger than
 # a normal-case message.
@@ -300,9 +321,24 @@ def _op(v: Any) -> dict:
     elif kind in ("delete", "get"):
         if set(v) != {"op", "key"}:
             raise MalformedMessage(f"{kind} op needs exactly op, key")
+    elif kind == "config":
+        if set(v) != {"op", "key", "change"} or v["key"] != CONFIG_KEY:
+            raise MalformedMessage(f"config op needs exactly op, key ({CONFIG_KEY!r}), change")
+        # what the change says is checked when it executes (core/config.py: a bad one is
+        # a counted no-op, the same on every replica); here only its size and shape
+        if type(v["change"]) is not dict or json_depth(v["change"]) > MAX_VALUE_DEPTH:
+            raise MalformedMessage("config change must be an object")
+        try:
+            size = len(canonical(v["change"]))
+        except (ValueError, TypeError, RecursionError):
+            raise MalformedMessage("config change is not canonical JSON") from None
+        if size > MAX_VALUE_BYTES:
+            raise MalformedMessage(f"config change larger than {MAX_VALUE_BYTES} bytes")
     else:
         raise MalformedMessage(f"unknown op {kind!r}")
     _str(v, "key", MAX_KEY_LEN)
+    if kind in ("put", "delete") and v["key"].startswith(SYSTEM_PREFIX):
+        raise MalformedMessage(f"keys under {SYSTEM_PREFIX!r} belong to the mesh")
     return v
 
 
@@ -408,6 +444,9 @@ def from_wire(d: Any) -> Message:
                        view_changes=tuple(_nested(w, ViewChange) for w in _list(d, "view_changes")),
                        preprepares=tuple(_nested(w, PrePrepare) for w in _list(d, "preprepares")),
                        sender=_int(d, "sender"), sig=_sig(d))
+    if kind == "Status":
+        return Status(view=_int(d, "view"), seq=_int(d, "seq"), head=_hex(d, "head", 64),
+                      stable_seq=_int(d, "stable_seq"), sender=_int(d, "sender"), sig=_sig(d))
     return Checkpoint(seq=_int(d, "seq", 1), state_digest=_hex(d, "state_digest", 64),
                       sender=_int(d, "sender"), sig=_sig(d))
 

@@ -58,7 +58,7 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 from . import quorum as Q
 from .actions import Broadcast, Execute, Send, SendClient
@@ -98,6 +98,18 @@ class Batcher:
 
     def executed(self, key: tuple[str, int]) -> None:
         self.in_flight.discard(key)
+
+    def refuse(self, admitted: Callable[[Request], bool]) -> list[Request]:
+        """Drop the pending requests ``admitted`` says no to (a client not in the
+        membership configuration in force at the next seq); return them."""
+        dropped = [r for r in self.pending if not admitted(r)]
+        if dropped:
+            self.pending = [r for r in self.pending if admitted(r)]
+            for r in dropped:
+                key = (r.client, r.timestamp)
+                self.pending_bytes.pop(key, None)
+                self.in_flight.discard(key)
+        return dropped
 
     def batch_size(self, max_batch: int, max_batch_bytes: int) -> int:
         """How many pending requests the next batch takes: at most ``max_batch``, and
@@ -154,6 +166,8 @@ class NormalCase:
                 self._msg(SendClient(req.client, Reply(self.view, result["seq"], req.client, self.id,
                           ({"timestamp": req.timestamp, "result": result},)), cause))
             return
+        if self.admits is not None and not self.admits(req.client, self.last_exec + 1):
+            return  # not a member here (the adapter counts it when it checks the key)
         fresh = key not in self.awaiting
         if fresh and len(self.awaiting) < 4 * MAX_BATCH:
             self.awaiting[key] = req  # the request timer of sec. 4.4
@@ -194,9 +208,25 @@ class NormalCase:
         if room is None or room > 0:
             self._propose(cause, force=True, limit=None if room is None else 1)
 
+    def _refuse_not_admitted(self, seq: int) -> None:
+        """Membership (core/config.py): forget requests of clients the configuration in
+        force at ``seq`` does not admit, so a primary never proposes one there (backups
+        would refuse the whole pre-prepare) and no replica's request timer waits for one."""
+        if self.admits is None:
+            return
+        for r in self.batcher.refuse(lambda r: self.admits(r.client, seq)):
+            self.awaiting.pop((r.client, r.timestamp), None)
+        for key in [k for k, r in self.awaiting.items() if not self.admits(r.client, seq)]:
+            del self.awaiting[key]
+
     def _propose(self, cause: str, force: bool, limit: int | None = None) -> None:
         b, w = self.batcher, self.window
         while b.pending and b.next_seq <= w.high:
+            if self.admits is not None:  # each batch against the membership at its seq
+                for r in b.refuse(lambda r: self.admits(r.client, b.next_seq)):
+                    self.awaiting.pop((r.client, r.timestamp), None)
+                if not b.pending:
+                    break
             size = b.batch_size(self.cfg.max_batch, self.cfg.max_batch_bytes)
             if size == len(b.pending) < self.cfg.max_batch and not force:
                 break  # neither full by count nor by bytes
@@ -325,7 +355,9 @@ class NormalCase:
                 # the result names its request: a request reusing a timestamp with
                 # another operation must not be answered with this one's result
                 result = {"seq": pp.seq, "index": i, "request": request_digest(r)}
-                if r.op["op"] == "get":  # the adapter answers with the value (pbft_tasks/reads.py)
+                if r.op["op"] in ("get", "config"):
+                    # the adapter answers with what the ledger's execution returned
+                    # (pbft_tasks/reads.py): a get's value, a config change's outcome
                     result["read"] = r.op["key"]
                 self.clients.record(r.client, r.timestamp, result)
             if result is not None:
@@ -342,4 +374,5 @@ class NormalCase:
             self._msg(SendClient(client, Reply(self.view, pp.seq, client, self.id, tuple(results)), cause))
         if pp.seq % self.cfg.checkpoint_interval == 0:
             self._take_checkpoint(pp.seq, cause)
+            self._refuse_not_admitted(pp.seq + 1)  # a membership boundary may start here
         self._cut_partial(cause)  # a slot of the window just freed up

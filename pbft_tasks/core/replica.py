@@ -34,6 +34,8 @@ functions, each in its own module with its owner and its rules:
   VIEW-CHANGE / NEW-VIEW rules (sec. 4.4, 4.5.2);
 - collector.py   ``Collector``: vote routing, all-to-all or through the primary as
   collector with CERTIFICATE messages (SBFT-style);
+- status.py      ``StatusState`` (``replica.statuses``) and ``StatusExchange``: the
+  periodic STATUS, and catching up from f+1 of them without traffic (sec. 4.3);
 - quorum.py: the quorum math.
 
 Rules, each tested in tests/core/test_paper.py under the rule's name:
@@ -49,7 +51,7 @@ Rules, each tested in tests/core/test_paper.py under the rule's name:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import quorum as Q
 from .actions import Cause, Evidence, Persist
@@ -59,8 +61,9 @@ from .checkpoints import Checkpoints, Window
 from .clients import ClientTable
 from .collector import ALL_TO_ALL, VOTE_ROUTINGS, Collector
 from .messages import (MAX_BATCH, MAX_BATCH_BYTES, MAX_WIRE_BYTES, Certificate, Checkpoint, Commit,
-                       NewView, PrePrepare, Prepare, Request, ViewChange)
+                       NewView, PrePrepare, Prepare, Request, Status, ViewChange)
 from .normalcase import Batcher, NormalCase
+from .status import StatusExchange, StatusState
 from .stimuli import FetchDone, Install, Resume, Tick
 from .viewchange import ViewChanges, ViewChangeState
 
@@ -78,6 +81,7 @@ class ReplicaConfig:
     client_window: int = 1024
     view_change_ticks: int = 500
     votes: str = ALL_TO_ALL  # vote routing (collector.py): "all-to-all" or "collector"
+    status_ticks: int = 0    # the status exchange's period (status.py); 0: no STATUS
 
     def __post_init__(self) -> None:
         Q.max_faulty(self.n)  # raises for n < 4
@@ -90,13 +94,14 @@ class ReplicaConfig:
         if not 1024 <= self.max_batch_bytes <= MAX_WIRE_BYTES // 2:
             raise ValueError(f"max_batch_bytes must be in 1024..{MAX_WIRE_BYTES // 2}")
         if (self.batch_timeout_ticks < 0 or self.retransmit_ticks < 1 or self.pipeline < 0
-                or self.view_change_ticks < 1):
-            raise ValueError("batch_timeout_ticks and pipeline must be >= 0, retransmit_ticks and view_change_ticks >= 1")
+                or self.view_change_ticks < 1 or self.status_ticks < 0):
+            raise ValueError("batch_timeout_ticks, pipeline and status_ticks must be >= 0, "
+                             "retransmit_ticks and view_change_ticks >= 1")
         if self.votes not in VOTE_ROUTINGS:
             raise ValueError(f"votes must be one of {', '.join(VOTE_ROUTINGS)}, got {self.votes!r}")
 
 
-class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
+class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector, StatusExchange):
     """One PBFT replica.  Its own fields are created here, in ``__init__``: who it is,
     its view, what it executed, its clients and clock, and the output of the call in
     progress.  The rest of its state has owners (below), each mutated only through its
@@ -105,7 +110,8 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
     (derived from what a step changed by ``_finish``, read by ``_restore``); the rest is volatile and lost on
     restart on purpose."""
 
-    def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None):
+    def __init__(self, node_id: int, config: ReplicaConfig, records: dict | None = None,
+                 admits: Callable[[str, int], bool] | None = None):
         if not 0 <= node_id < config.n:
             raise ValueError(f"node id {node_id} not in 0..{config.n - 1}")
         self.id = node_id
@@ -123,11 +129,16 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self.now = 0
         self.stimuli = 0                # stimuli taken since start (their default ids)
         self.awaiting: dict[tuple[str, int], Request] = {}  # known requests not executed
+        # Membership (core/config.py): admits(client, seq) says whether the configuration
+        # in force at seq admits that client; a pure function of the executed history
+        # the adapter passes in (pbft_tasks/membership.py).  None: every client.
+        self.admits = admits
         # The owners (etcd's raftLog and tracker).
         self.batcher = Batcher()                 # normalcase.py: pending requests, next_seq
         self.window = Window(config.log_window, node_id)  # checkpoints.py: h, the log, checkpoints
         self.vc = ViewChangeState()              # viewchange.py: in_view_change, timers
         self.catchup = CatchUpState(node_id, config.n, config.retransmit_ticks)  # catchup.py
+        self.statuses = StatusState()            # status.py: peers' statuses
         self._reset_output()
         if records:
             self._restore(records)
@@ -175,6 +186,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         if self._has_work() and self.now - self.catchup.last_progress >= self.cfg.retransmit_ticks:
             self.catchup.stuck_checked(self.now)  # the stuck check's period
         self._retransmit_if_silent(cause)
+        self._status_tick(cause)
 
     def _on_resume(self, resume: Resume, cause: str) -> None:
         """After a restart: re-send own votes for everything not yet executed, since the
@@ -182,6 +194,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         self._retransmit(cause)
         if self.vc.in_view_change:
             self._start_view_change(self.view, cause)
+        self._announce_status(cause)  # peers ahead answer: behind is known in a round trip
 
     # -- output -------------------------------------------------------------------
     def _reset_output(self) -> None:
@@ -244,6 +257,7 @@ class Replica(NormalCase, Checkpoints, CatchUp, ViewChanges, Collector):
         ViewChange: ViewChanges._on_view_change,
         NewView: ViewChanges._on_new_view,
         Certificate: Collector._on_certificate,
+        Status: StatusExchange._on_status,
         Tick: _on_tick,
         Install: CatchUp._on_install,
         FetchDone: CatchUp._on_fetch_done,
@@ -265,6 +279,8 @@ def describe(msg: Any, now: int = 0) -> str:
         return f"NewView v{msg.view} from {msg.sender}"
     if isinstance(msg, (PrePrepare, Prepare, Commit)):
         return f"{kind} v{msg.view} n{msg.seq} from {msg.sender}"
+    if isinstance(msg, Status):
+        return f"Status n{msg.seq} v{msg.view} from {msg.sender}"
     if isinstance(msg, Certificate):
         return f"Certificate {msg.phase} v{msg.view} n{msg.seq} from {msg.sender}"
     if isinstance(msg, Tick):

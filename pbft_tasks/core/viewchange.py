@@ -32,7 +32,8 @@ tests/core/test_view_change.py:
 - A replica waiting for a request it knows of (a request it received or a pre-prepare
   it accepted, not yet executed; the primary: a batch it proposed, not yet executed)
   for ``view_change_ticks`` ticks (restarted by an execution, and once per seq when
-  the next seq to execute prepares here, normalcase.py) moves to view v+1: it
+  the next seq to execute prepares here, normalcase.py) moves to view v+1 (unless
+  f+1 peers' statuses say it is merely behind: then it fetches, status.py): it
   stops accepting normal-case messages, multicasts a VIEW-CHANGE with its
   stable-checkpoint proof and prepared certificates, and holds messages of v+1 until
   the NEW-VIEW.  The primary of v+1 multicasts NEW-VIEW once it has 2f+1 VIEW-CHANGEs;
@@ -254,6 +255,12 @@ class ViewChangeState:
             return True
         return False
 
+    def defer(self) -> None:
+        """The request timer fired in a replica that f+1 statuses show behind
+        (status.py): no view change, no attempt counted; the timer starts again."""
+        self.attempts -= 1
+        self.waiting_since = None
+
     # -- VIEW-CHANGE and NEW-VIEW -------------------------------------------------------
     def start(self, mine: ViewChange, now: int) -> None:
         """Our VIEW-CHANGE ``mine`` for its view goes out now."""
@@ -354,6 +361,9 @@ class ViewChanges:
                 self._start_view_change(self.view + 1, f"{cause}: no NEW-VIEW for view {self.view}")
             return
         if vc.request_timer(self._waiting(), self.now, timeout, busy):
+            if self._behind_peers(cause):  # status.py: behind, not a faulty primary
+                vc.defer()
+                return
             self._start_view_change(self.view + 1, f"{cause}: request timer expired in view {self.view}")
 
     def _own_view_change(self, new_view: int) -> ViewChange:

@@ -39,16 +39,8 @@ def check_ledgers(mesh: Mesh, done: list) -> None:
     """Identical, audited ledgers holding every acknowledged update.
 
     A node whose broker connection died with messages in flight may be a few blocks
-    behind when the load ends; in an idle mesh nothing tells it so before the next
-    checkpoint (PBFT's catch-up rides on traffic), so after 30 s without convergence one
-    more update is committed, as the fault runner's nudge does (tests/faults/mesh_backend.py)."""
-    deadline = time.monotonic() + 30
-    while len(set(mesh.tips().values())) != 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if len(set(mesh.tips().values())) != 1:
-        print(f"\nnot converged after 30 s idle: {mesh.describe_tips()}; one more update")
-        nudge = mesh.client(timeout=2.0)
-        nudge.wait(nudge.submit([nudge.put_request("nudge", 1)]), timeout=60)
+    behind when the load ends; in the idle mesh that follows, its peers' statuses tell
+    it so and it fetches the rest (pbft_tasks/core/status.py), with no request to help."""
     height, _ = mesh.wait_converged(timeout=60)
     readers = [mesh.reader(i) for i in range(mesh.n)]
     try:

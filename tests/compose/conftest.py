@@ -3,7 +3,9 @@ compose file names (tests/compose/private_docker.py), and the compose project co
 tests drive (tests/compose/compose_stack.py).
 
 Everything is built once per run and reused by every test here; the daemon, its images,
-containers, volumes, networks and files are removed at the end, pass or fail.  Nothing
+containers, volumes, networks and files are removed at the end, pass or fail.  The base
+image's root file system stays in the user's cache for the next run
+(private_docker.cache_dir(), ~/.cache/hdpbf).  Nothing
 skips: without root, dockerd or debootstrap the fixture fails saying what to install
 (tests/bootstrap.sh installs docker.io and debootstrap).  Times of each step go to the
 terminal summary (``-rA`` not needed: printed at the end of the session).
@@ -35,6 +37,7 @@ class Timer:
 
     def __enter__(self):
         self.t0 = time.monotonic()
+        return self
 
     def __exit__(self, *exc):
         TIMES[self.name] = time.monotonic() - self.t0
@@ -54,10 +57,10 @@ def docker_env(tmp_path_factory):
         with Timer("dockerd start"):
             dk.start()
         wheels = tmp_path_factory.mktemp("wheels")
-        with Timer("base image (debootstrap), wheels downloaded meanwhile"):
+        with Timer("base image, wheels downloaded meanwhile") as t:
             with ThreadPoolExecutor(1) as pool:
                 download = pool.submit(download_wheels, wheels)
-                build_base(dk, DEB_CACHE)
+                t.name += f" ({build_base(dk, DEB_CACHE)})"
                 download.result()
         with Timer("stand-ins"):
             build_standins(dk, ROOT / "compose" / "docker-compose.yml")

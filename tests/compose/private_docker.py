@@ -12,7 +12,10 @@ every command it runs gets ``DOCKER_HOST`` of its own socket.
 The images, none of them from a registry:
 - a Debian bookworm base, ``debootstrap --variant=minbase`` from the mirror apt is
   configured with (``apt-get indextargets``), with the packages the stand-ins need, then
-  ``docker import``;
+  ``docker import``; the root file system's tar is kept in the user's cache
+  (``$XDG_CACHE_HOME/hdpbf``, else ``~/.cache/hdpbf``), named by a digest of what went
+  into it (suite, mirror, packages, dpkg settings), so a later run imports it instead of
+  running debootstrap again (delete the file to rebuild it; other bases are removed);
 - stand-ins for the third-party images the compose file names (tests/compose/standins/:
   RabbitMQ with the management plugin, Redis, Prometheus, and python:3.11-slim, the base
   of compose/Dockerfile), tagged with the compose file's names;
@@ -23,6 +26,7 @@ The images, none of them from a registry:
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import ipaddress
 import json
@@ -36,6 +40,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -180,35 +185,63 @@ class PrivateDockerd:
 
 # -- images ---------------------------------------------------------------------------------
 
-def build_base(dk: PrivateDockerd, cache: Path) -> None:
-    """debootstrap minbase bookworm with BASE_PACKAGES, imported as BASE_TAG.  ``cache``:
-    debootstrap's .deb cache (apt's own archive by default, so a second run downloads
-    nothing)."""
-    require("debootstrap")
-    target = dk.root / "rootfs"
-    cache.mkdir(parents=True, exist_ok=True)
-    # a throwaway image: dpkg need not fsync every file, nor install docs and man pages
-    cfg = target / "etc" / "dpkg" / "dpkg.cfg.d"
-    cfg.mkdir(parents=True)
-    (cfg / "01-test-image").write_text("force-unsafe-io\n" + "".join(
-        f"path-exclude=/usr/share/{d}/*\n" for d in ("doc", "man", "info", "locale")))
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-         f"--cache-dir={cache}", "bookworm", str(target), apt_mirror()], timeout=1200)
-    leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-                and _root_of(p).startswith(str(target))]
-    for p in leftover:  # a package's postinst may start a daemon in the chroot
-        try:
-            os.kill(int(p.name), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    with subprocess.Popen(["docker", "import", "-", BASE_TAG], env=dk.env,
-                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as imp:
-        with tarfile.open(fileobj=imp.stdin, mode="w|") as tar:
+# A throwaway image: dpkg need not fsync every file, nor install docs, man pages and
+# translations.  prometheus depends on the JavaScript of its classic web UI
+# (libjs-moment-timezone alone is 210 MB of small files); the tests use its HTTP API only.
+DPKG_CFG = "force-unsafe-io\n" + "".join(
+    f"path-exclude=/usr/share/{d}/*\n" for d in ("doc", "man", "info", "locale", "javascript"))
+SUITE = "bookworm"
+
+
+def cache_dir() -> Path:
+    """Where the tests keep what is slow to make and safe to reuse (the base image's tar)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hdpbf"
+
+
+def base_key(mirror: str) -> str:
+    """A digest of every input of the base image: another suite, mirror, package list or
+    dpkg setting is another file."""
+    inputs = json.dumps([SUITE, mirror, sorted(BASE_PACKAGES), DPKG_CFG, "minbase"])
+    return hashlib.sha256(inputs.encode()).hexdigest()[:16]
+
+
+def build_base(dk: PrivateDockerd, debs: Path, cache: Path | None = None) -> str:
+    """debootstrap minbase bookworm with BASE_PACKAGES, imported as BASE_TAG; the root
+    file system's tar from ``cache`` when a run with the same inputs made it, else made
+    and left there.  ``debs``: debootstrap's .deb cache (apt's own archive by default, so a
+    second run downloads nothing).  Returns "cached" or "debootstrap"."""
+    cache = cache_dir() if cache is None else cache
+    mirror = apt_mirror(SUITE)
+    tar_path = cache / f"compose-base-{SUITE}-{base_key(mirror)}.tar"
+    how = "cached"
+    if not tar_path.is_file():
+        how = "debootstrap"
+        require("debootstrap")
+        target = dk.root / "rootfs"
+        debs.mkdir(parents=True, exist_ok=True)
+        cfg = target / "etc" / "dpkg" / "dpkg.cfg.d"
+        cfg.mkdir(parents=True)
+        (cfg / "01-test-image").write_text(DPKG_CFG)
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+             f"--cache-dir={debs}", SUITE, str(target), mirror], timeout=1200)
+        leftover = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                    and _root_of(p).startswith(str(target))]
+        for p in leftover:  # a package's postinst may start a daemon in the chroot
+            try:
+                os.kill(int(p.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cache.mkdir(parents=True, exist_ok=True)
+        for old in cache.glob(f"compose-base-{SUITE}-*.tar"):
+            old.unlink()  # a base of other inputs: never used again
+        partial = tar_path.with_suffix(".partial")
+        with tarfile.open(partial, mode="w") as tar:
             tar.add(str(target), arcname=".", filter=_skip_cache)
-        imp.stdin.close()
-    if imp.returncode != 0:
-        raise RuntimeError(f"docker import exited {imp.returncode}")
-    shutil.rmtree(target, ignore_errors=True)
+        partial.rename(tar_path)  # whole or absent: an interrupted run leaves no base
+        shutil.rmtree(target, ignore_errors=True)
+    dk.docker("import", str(tar_path), BASE_TAG, timeout=600)
+    return how
 
 
 def _root_of(proc: Path) -> str:
@@ -230,25 +263,30 @@ def compose_images(compose_file: Path) -> set[str]:
 
 
 def build_standins(dk: PrivateDockerd, compose_file: Path) -> None:
-    """A stand-in under every name the compose file and compose/Dockerfile use."""
+    """A stand-in under every name the compose file and compose/Dockerfile use; the
+    stand-ins are built side by side (each is one short step on the base)."""
     wanted = compose_images(compose_file)
     (python_base,) = re.findall(r"^FROM\s+(\S+)", (ROOT / "compose" / "Dockerfile").read_text(), re.M)
     wanted.add(python_base)
-    built: dict[str, str] = {}
+    names: dict[str, str] = {}
     for image in sorted(wanted):
         name = image.rsplit(":", 1)[0]
         if name in NOT_RUN:
-            dk.docker("tag", BASE_TAG, image)
+            names[image] = ""
             continue
-        standin = STANDIN_FOR.get(name)
-        if standin is None:
+        if STANDIN_FOR.get(name) is None:
             raise RuntimeError(f"no stand-in for {image}: add one under {STANDINS}")
-        if standin not in built:
-            tag = f"hdpbf-test/standin-{standin}:latest"
-            dk.docker("build", "-q", "--build-arg", f"BASE={BASE_TAG}", "-t", tag,
-                      str(STANDINS / standin), env_extra={"DOCKER_BUILDKIT": "0"})
-            built[standin] = tag
-        dk.docker("tag", built[standin], image)
+        names[image] = STANDIN_FOR[name]
+
+    def build(standin: str) -> None:
+        dk.docker("build", "-q", "--build-arg", f"BASE={BASE_TAG}", "-t",
+                  f"hdpbf-test/standin-{standin}:latest", str(STANDINS / standin),
+                  env_extra={"DOCKER_BUILDKIT": "0"})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(build, sorted({s for s in names.values() if s})))
+    for image, standin in names.items():
+        dk.docker("tag", f"hdpbf-test/standin-{standin}:latest" if standin else BASE_TAG, image)
 
 
 # -- wheels for the project's image --------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from pbft_tasks.core.actions import FetchState
 from pbft_tasks.core.messages import (Certificate, Checkpoint, Commit, NewView, PrePrepare, Prepare,
-                                      Request, ViewChange)
+                                      Request, Status, ViewChange)
 from pbft_tasks.core.replica import Replica, describe
 from pbft_tasks.core.stimuli import FetchDone, Install, Resume, Tick
 
@@ -32,7 +32,7 @@ def test_handle_is_the_only_entry_point():
 
 def test_one_dispatch_table_takes_every_message_and_stimulus():
     assert set(Replica._handlers) == {Request, PrePrepare, Prepare, Commit, Checkpoint, ViewChange,
-                                      NewView, Certificate, *STIMULI}
+                                      NewView, Certificate, Status, *STIMULI}
 
 
 @pytest.mark.parametrize("kind", STIMULI, ids=lambda k: k.__name__)

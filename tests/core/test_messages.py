@@ -10,7 +10,7 @@ import pytest
 
 from pbft_tasks.core.messages import (Certificate, NewView, ViewChange, MAX_BATCH, MAX_WIRE_BYTES, Checkpoint, Commit,
                                       MalformedMessage, MESSAGE_TYPES, PrePrepare, Prepare,
-                                      Reply, Request, batch_digest, canonical, from_wire,
+                                      Reply, Request, Status, batch_digest, canonical, from_wire,
                                       parse, signing_bytes, to_wire)
 
 from .helpers import fake_digest
@@ -39,6 +39,8 @@ SAMPLES = {
     "Certificate": Certificate(0, 5, D, "prepare", (Prepare(0, 5, D, 1, sig="aa"), Prepare(0, 5, D, 2)), 0,
                                sig="22"),
     "Certificate-commit": Certificate(0, 5, D, "commit", tuple(Commit(0, 5, D, i) for i in range(3)), 0),
+    "Status": Status(2, 70, D, 64, 1, sig="33"),
+    "Status-genesis": Status(0, 0, "0" * 64, 0, 3),
 }
 
 
@@ -151,6 +153,9 @@ BAD = {
     "nan value": mutated("Request", op=dict(PUT, value=[float("nan")])),
     "unhashable op kind": mutated("Request", op={"op": ["put"], "key": "k"}),
     # certificates
+    "status head not hex": mutated("Status", head="xyz"),
+    "status seq negative": mutated("Status", seq=-1),
+    "status stable_seq a bool": mutated("Status", stable_seq=True),
     "unknown phase": mutated("Certificate", phase="pre-prepare"),
     "phase not str": mutated("Certificate", phase=["prepare"]),
     "commit in a prepare certificate": mutated("Certificate", votes=[to_wire(Commit(0, 5, D, 1))]),

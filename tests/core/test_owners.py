@@ -2,7 +2,7 @@
 
 - The batcher (normalcase.py ``Batcher``), the window (checkpoints.py ``Window``), the
   view-change state (viewchange.py ``ViewChangeState``) and the catch-up state
-  (catchup.py ``CatchUpState``) each create their fields in their own ``__init__``, and
+  (catchup.py ``CatchUpState``) and the status exchange's (status.py ``StatusState``) each create their fields in their own ``__init__``, and
   only their own class changes them: no core module assigns, deletes or mutates
   (``append``, ``add``, ``pop``, ``setdefault``, ...) ``<x>.<owner>.<field>`` outside
   that owner's class, directly or through a local name bound to the owner or one of its
@@ -31,6 +31,7 @@ from pbft_tasks.core.checkpoints import Window
 from pbft_tasks.core.log import Entry, Log
 from pbft_tasks.core.normalcase import Batcher
 from pbft_tasks.core.replica import Replica, ReplicaConfig
+from pbft_tasks.core.status import StatusState
 from pbft_tasks.core.viewchange import ViewChangeState
 
 CORE = Path(pbft_tasks.core.__file__).parent
@@ -38,7 +39,7 @@ FILES = sorted(CORE.glob("*.py"))
 
 # the replica's attribute -> its owner class
 OWNERS = {"batcher": "Batcher", "window": "Window", "vc": "ViewChangeState",
-          "catchup": "CatchUpState"}
+          "catchup": "CatchUpState", "statuses": "StatusState"}
 # owners held by an owner: the window's log -> its class
 NESTED_OWNERS = {"log": "Log"}
 # the fields of a log entry, written only by the log and the entry itself
@@ -47,9 +48,10 @@ ENTRY_WRITERS = {"Log", "Entry"}
 # what Replica.__init__ may create: who it is, its view, what it executed, its clients
 # and clock, the owners, and the output of the call in progress (_reset_output)
 OWN_FIELDS = {"id", "cfg", "n", "f", "quorum", "need_prepares", "view", "last_exec", "head",
-              "clients", "now", "stimuli", "awaiting", *OWNERS,
+              "clients", "now", "stimuli", "awaiting", "admits", *OWNERS,
               "_executes", "_messages", "_evidences"}
-REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector"}
+REPLICA_CLASSES = {"Replica", "NormalCase", "Checkpoints", "CatchUp", "ViewChanges", "Collector",
+                   "StatusExchange"}
 MUTATORS = {"append", "extend", "insert", "add", "update", "discard", "remove", "pop",
             "popitem", "setdefault", "clear", "sort", "reverse"}
 
@@ -174,7 +176,7 @@ def test_replica_init_creates_only_its_own_fields():
     assert {name: type(getattr(r, name)).__name__ for name in OWNERS} == OWNERS
 
 
-@pytest.mark.parametrize("owner", [Batcher, Window, ViewChangeState, CatchUpState, Log],
+@pytest.mark.parametrize("owner", [Batcher, Window, ViewChangeState, CatchUpState, Log, StatusState],
                          ids=lambda c: c.__name__)
 def test_owners_have_slots(owner):
     """No field can be added to an owner by assigning it from outside."""

@@ -389,3 +389,20 @@ TestCollectorLiveness = CollectorLivenessMachine.TestCase
 TestCollectorLiveness.settings = settings(SETTINGS, max_examples=150)
 TestCollectorViewChangeSafety = CollectorViewChangeSafetyMachine.TestCase
 TestCollectorViewChangeSafety.settings = SETTINGS
+
+
+# And with the status exchange (core/status.py): statuses every 3 ticks set fetch targets
+# and hold back a request timer; drops, crashes, an equivocating replica and view changes
+# must still leave one history, and a lagging replica must still converge.
+class StatusViewChangeSafetyMachine(ViewChangeSafetyMachine):
+    CONFIG = dict(ViewChangeSafetyMachine.CONFIG, status_ticks=3)
+
+
+class StatusLivenessMachine(LivenessMachine):
+    CONFIG = dict(LivenessMachine.CONFIG, status_ticks=3)
+
+
+TestStatusViewChangeSafety = StatusViewChangeSafetyMachine.TestCase
+TestStatusViewChangeSafety.settings = SETTINGS
+TestStatusLiveness = StatusLivenessMachine.TestCase
+TestStatusLiveness.settings = settings(SETTINGS, max_examples=150)

@@ -47,7 +47,6 @@ class MeshBackend:
     name = "mesh"
     unit = "s"
     time_limit = 60.0      # seconds without an acknowledgement, or to settle, before failing
-    quiet_rounds = 10      # rounds (~POLL_S each) without convergence before a nudge
 
     def __init__(self, scenario, make_mesh, cluster=None, votes: str = "all-to-all"):
         self.sc = scenario

@@ -210,19 +210,15 @@ class Runner:
                                         f"of {self.sc.requests})")
 
     def _settle(self) -> None:
-        """Probe updates while a recovery is pending; then wait for one head."""
+        """Probe updates while a recovery measured by a commit is pending; then wait for
+        one head with no traffic at all: a node that is behind catches up from its
+        peers' statuses (pbft_tasks/core/status.py), not from fresh requests."""
         start = self.b.now()
-        quiet_rounds = 0
         while True:
             pending = [r for r in self.out.recoveries if not r.done]
-            if not pending and not self.inflight:
-                if self._converged():
-                    return
-                quiet_rounds += 1
-                if quiet_rounds % self.b.quiet_rounds == 0:  # a nudge: fresh checkpoints
-                    self._submit(self.probe_chunk, "probe")
-                    self.out.probes += self.probe_chunk
-            elif not self.inflight:
+            if not pending and not self.inflight and self._converged():
+                return
+            if not self.inflight and any(r.kind in ("new_view", "first_commit") for r in pending):
                 self._submit(self.probe_chunk, "probe")
                 self.out.probes += self.probe_chunk
             self._advance()

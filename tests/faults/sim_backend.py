@@ -37,7 +37,7 @@ from pbft_tasks.core.sim import Cluster, Envelope
 # Timers of the simulated replicas, in ticks: a request waits CLIENT_TIMEOUT before the
 # client sends it to everyone, as the real client (1 s) does against the replicas'
 # request timer (500 ticks of 2 ms = 1 s).
-SIM_TIMERS = dict(retransmit_ticks=10, view_change_ticks=20)
+SIM_TIMERS = dict(retransmit_ticks=10, view_change_ticks=20, status_ticks=20)
 CLIENT_TIMEOUT = 20
 REDELIVER = 4          # messages a worker took but had not acknowledged when cut off
 # Messages a node handles per tick.  A worker handles ~2.5k messages/s; a sim tick
@@ -109,7 +109,6 @@ class SimBackend:
     name = "sim"
     unit = "ticks"
     time_limit = 2000      # ticks without an acknowledgement, or to settle, before failing
-    quiet_rounds = 40      # rounds without convergence before a nudge of probe updates
 
     def __init__(self, scenario, votes: str = "all-to-all"):
         self.sc = scenario

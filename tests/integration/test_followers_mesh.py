@@ -110,10 +110,11 @@ def test_followers_refuse_a_byzantine_validators_altered_pushes(make_mesh):
         _wait_followers_at(mesh, fol, names, tip)
         st = fol.status("fx")
         assert st["sources"] == [bad] and st["pushes"] > 0
-        # every push is altered: refused, or a duplicate of a block already fetched
+        # every push is altered: refused, a conflict with the block already fetched for
+        # its seq, or (a cut certificate: same header) a duplicate of it
         assert 0 < sum(st["rejected"].values()) <= st["pushes"], st
         assert set(st["rejected"]) <= {"commit_mismatch", "too_few_commits", "bad_prev",
-                                       "bad_block"}, st["rejected"]
+                                       "bad_block", "conflicting_block"}, st["rejected"]
         assert st["fetches"] > 0
         assert not fol.status("fy")["rejected"] or bad in sources_for(4, 1, "fy")
     for name in names:

@@ -27,12 +27,14 @@ def test_versions_tombstones_and_results(ledger):
     assert append(ledger, [put("k", "b")]) == [{"key": "k", "version": 2}]
     assert append(ledger, [delete("k")]) == [{"key": "k", "version": 3, "deleted": True}]
     assert ledger.get("k") is None
-    assert ledger.get_record("k") == {"deleted": True, "version": 3, "block": 3, "expires_at": None}
+    assert ledger.get_record("k") == {"deleted": True, "version": 3, "block": 3, "expires_at": None,
+                                     "writer": "client"}
     assert append(ledger, [delete("k"), delete("never")]) == [
         {"key": "k", "version": 3, "deleted": True}, {"key": "never", "version": 0, "deleted": True}]
     assert ledger.get_record("never") is None
     assert append(ledger, [put("k", "c")]) == [{"key": "k", "version": 4}]
-    assert ledger.get("k") == {"value": "c", "version": 4, "block": 5, "expires_at": None}
+    assert ledger.get("k") == {"value": "c", "version": 4, "block": 5, "expires_at": None,
+                              "writer": "client"}
 
 
 def test_expiry_is_inclusive_and_uses_now(ledger):
@@ -57,7 +59,8 @@ def test_ops_on_one_key_across_blocks_of_one_apply(ledger):
     b1 = build_block(1, GENESIS, [put("k", 1)])
     b2 = build_block(2, b1["hash"], [put("k", 2)])
     assert ledger.apply({}, [b1, b2]) == [[{"key": "k", "version": 1}], [{"key": "k", "version": 2}]]
-    assert ledger.get("k") == {"value": 2, "version": 2, "block": 2, "expires_at": None}
+    assert ledger.get("k") == {"value": 2, "version": 2, "block": 2, "expires_at": None,
+                              "writer": "client"}
 
 
 def test_protocol_records_put_replace_delete(ledger):

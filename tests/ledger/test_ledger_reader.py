@@ -24,7 +24,7 @@ def test_sees_committed_data_and_later_commits(store, reader):
     assert (reader.height(), reader.head()) == (0, store.head)
     append(store, [put("vm/1", {"host": "c1"}), put("tmp", 1, 50.0), put("gone", 1)])
     assert reader.get("vm/1") == {"value": {"host": "c1"}, "version": 1, "block": 1,
-                                  "expires_at": None}
+                                  "expires_at": None, "writer": "client"}
     assert reader.get_value("vm/1") == {"host": "c1"}
     append(store, [put("vm/1", {"host": "c2"}), delete("gone")])
     assert reader.get_value("vm/1") == {"host": "c2"}

@@ -42,7 +42,8 @@ def test_values_are_json_text_under_namespaced_keys(store, db_path):
         assert sqltype == "text", key
         json.loads(value)
     assert json.loads(rows["kv/vm/1"][1]) == {"value": {"host": "c1"}, "version": 1,
-                                              "block": 1, "expires_at": 99.0}
+                                              "block": 1, "expires_at": 99.0,
+                                              "writer": "client"}
     block = json.loads(rows["b/000000000001"][1])
     assert block["certificate"] == CERT and block["requests"][0]["type"] == "Request"
 
@@ -177,7 +178,7 @@ def test_failure_inside_the_transaction_rolls_back(store, db_path, monkeypatch):
     store.close()
     with LedgerStore(db_path) as again:
         assert again.height == 2 and again.get("a") == {"value": 5, "version": 2, "block": 2,
-                                                        "expires_at": None}
+                                                        "expires_at": None, "writer": "client"}
         assert again.protocol_records() == {"gone": 1}
 
 

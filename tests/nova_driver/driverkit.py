@@ -62,6 +62,9 @@ class Compute:
     def terminate_instance(self, context, instance, bdms):
         self.calls.append(("terminate_instance", {"instance": instance, "bdms": bdms}))
 
+    def post_live_migration_at_destination(self, context, instance, block_migration=False):
+        self.calls.append(("post_live_migration_at_destination", {"instance": instance}))
+
     def get_instance_diagnostics(self, context, instance):
         self.calls.append(("get_instance_diagnostics", {"instance": instance}))
         return {"state": "running", "uuid": instance["nova_object.data"]["uuid"],
@@ -71,10 +74,15 @@ class Compute:
 class DriverKit:
     def __init__(self, tmp_path):
         self.dir = tmp_path / "mesh"
-        self.cfg = init_mesh(self.dir, clients=("admin", "cmp"), readers=("api0", "api1"))
+        self.tag = uuid.uuid4().hex[:6]
+        # "cmp" records for the hosts most tests run on one transport; "cmpA" and "cmpB"
+        # speak for one host each ("hostA", "hostB"), as real compute hosts do.
+        self.cfg = init_mesh(self.dir, clients=("admin", "cmp", "cmpA", "cmpB"),
+                             readers=("api0", "api1"),
+                             hosts={"cmp": tuple(self.host(f"cmp{i}") for i in range(1, 5)),
+                                    "cmpA": (self.host("hostA"),), "cmpB": (self.host("hostB"),)})
         self.mesh_config = str(self.dir / "mesh.json")
         self.exchange = f"nova-{uuid.uuid4().hex[:8]}"
-        self.tag = uuid.uuid4().hex[:6]
         self._close: list = []
 
     def host(self, name: str) -> str:
@@ -114,10 +122,12 @@ class DriverKit:
         settings.update(kw)
         return self.transport(self.conf(**settings))
 
-    def compute(self, name: str = "cmp1", transport=None, token_ttl: int = 600):
-        """A compute host recording through the embedded mesh; returns (endpoint, transport)."""
+    def compute(self, name: str = "cmp1", transport=None, token_ttl: int = 600,
+                client: str = "cmp"):
+        """A compute host recording through the embedded mesh as ``client``; returns
+        (endpoint, transport)."""
         t = transport or self.transport(self.conf(
-            token_ttl=token_ttl, mesh_config=self.mesh_config, client="cmp", embedded=True))
+            token_ttl=token_ttl, mesh_config=self.mesh_config, client=client, embedded=True))
         host = self.host(name)
         ep = Compute(host)
         target = oslo_messaging.Target(topic="compute", server=host, exchange=self.exchange)

@@ -7,7 +7,7 @@ import uuid
 
 from mesh.embedded import EmbeddedMesh
 from mesh.openstack import ComputeService, ConsoleReader, ConsoleRecorder, Opener, Sealer
-from pbft_tasks.topology import init_mesh, load_reader_identity, reader_keys
+from pbft_tasks.topology import console_writers, init_mesh, load_reader_identity, reader_keys
 
 
 class Kit:
@@ -15,7 +15,8 @@ class Kit:
 
     def __init__(self, tmp_path, readers=("api0", "api1")):
         self.dir = tmp_path / "mesh"
-        self.cfg = init_mesh(self.dir, readers=readers)
+        # the stand-in compute services all record as "admin" here
+        self.cfg = init_mesh(self.dir, readers=readers, hosts={"admin": ("cmp1", "cmp2", "cmp3")})
         self.mesh = EmbeddedMesh(str(self.dir / "mesh.json"))
         self.url = f"fake:/{uuid.uuid4().hex}"  # a bus of this test's own
         self.hosts: dict[str, str] = {}
@@ -41,7 +42,8 @@ class Kit:
     def reader(self, node: int, reader: str | None = "api0", timeout: float = 2.0,
                **kw) -> ConsoleReader:
         r = ConsoleReader(self.ledger_path(node), self.url, self.hosts,
-                          self.opener(reader) if reader else None, rpc_timeout=timeout, **kw)
+                          self.opener(reader) if reader else None, rpc_timeout=timeout,
+                          writers=console_writers(self.cfg), **kw)
         self._close.append(r.close)
         return r
 

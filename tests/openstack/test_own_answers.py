@@ -36,7 +36,7 @@ class FakeLedger:
         key = instance_key(instance)
         self.records[key] = {"value": seal_console(instance, "novnc", host, info, None),
                              "version": self._version(key) + 1, "block": 1,
-                             "expires_at": expires_at}
+                             "expires_at": expires_at, "writer": host}
 
     def delete(self, instance):
         key = instance_key(instance)

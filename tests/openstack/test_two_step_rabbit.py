@@ -20,7 +20,8 @@ from ledger import LedgerReader
 from mesh.openstack import (STEP_OWN, ComputeService, ConsoleReader, ConsoleRecorder,
                             ConsoleUnavailable, Opener, Sealer, instance_key)
 from mesh.openstack.rpc import transport_url_from_broker
-from pbft_tasks.topology import MeshConfig, add_readers, load_reader_identity, reader_keys
+from pbft_tasks.topology import (MeshConfig, add_readers, console_writers, load_reader_identity,
+                                 reader_keys)
 from tests.meshkit import Mesh, wait_until
 from tests.services import rabbit_app_stopped, wait_not_quiet
 
@@ -35,7 +36,9 @@ RPC_TIMEOUT = 1.5
 class Rig:
     def __init__(self, base, broker: str):
         wait_not_quiet()
-        self.mesh = Mesh(base, 4, broker)
+        # the one recorder of this rig records for every compute host of the tests
+        self.mesh = Mesh(base, 4, broker,
+                         hosts={"admin": ("cmp1", "cmp2", "cmp-gate", "cmp-gate2")})
         add_readers(self.mesh.config_path, ["api0", "api1"])
         self.cfg = MeshConfig.load(self.mesh.config_path)
         self.url = transport_url_from_broker(broker)
@@ -52,7 +55,8 @@ class Rig:
         if (node, reader) not in self.readers:
             opener = Opener(reader, load_reader_identity(self.cfg, reader)) if reader else None
             self.readers[node, reader] = ConsoleReader(
-                self.mesh.ledger_path(node), self.url, self.hosts, opener, rpc_timeout=RPC_TIMEOUT)
+                self.mesh.ledger_path(node), self.url, self.hosts, opener, rpc_timeout=RPC_TIMEOUT,
+                writers=console_writers(self.cfg))
         return self.readers[node, reader]
 
     def step1_everywhere(self, instance: str) -> list:
@@ -111,7 +115,8 @@ def test_expiry_makes_step_1_miss(rig):
     clock = FakeClock()
     opener = Opener("api0", load_reader_identity(rig.cfg, "api0"))
     apis = [ConsoleReader(rig.mesh.ledger_path(i), rig.url, rig.hosts, opener,
-                          rpc_timeout=RPC_TIMEOUT, clock=clock) for i in range(rig.mesh.n)]
+                          rpc_timeout=RPC_TIMEOUT, clock=clock, writers=console_writers(rig.cfg))
+            for i in range(rig.mesh.n)]
     try:
         rig.hosts["vm-exp"] = "cmp1"
         first, step = apis[1].get_vnc_console("vm-exp")
@@ -231,7 +236,8 @@ def test_broker_outage_step_1_answers_step_2_fails_fast_and_the_mesh_catches_up(
     height = rig.mesh.wait_converged(timeout=30)[0]
     warm = rig.api(2)
     warm.get_vnc_console("vm-out")
-    cold = ConsoleReader(rig.mesh.ledger_path(2), rig.url, rig.hosts, None, rpc_timeout=RPC_TIMEOUT)
+    cold = ConsoleReader(rig.mesh.ledger_path(2), rig.url, rig.hosts, None, rpc_timeout=RPC_TIMEOUT,
+                         writers=console_writers(rig.cfg))
     try:
         with rabbit_app_stopped():
             pending = _during_the_outage(rig, before, warm, cold)

@@ -54,7 +54,8 @@ class Stack:
         self.started_wall, self.started_mono = time.time(), time.monotonic()
         self.base = base
         self.metrics_base = free_port_block(4)
-        self.mesh = Mesh(base / "mesh", 4, broker, metrics_port_base=self.metrics_base)
+        self.mesh = Mesh(base / "mesh", 4, broker, hosts={"admin": ("cmp1",)},
+                         metrics_port_base=self.metrics_base)
         self.procs: list[Process] = []
         self.flower_port = self.api_port = self.prom_port = self.driver_port = 0
         self.reader = None
@@ -92,9 +93,11 @@ class Stack:
         """An API reader's counters, exported from this process as `hdpbf api` does."""
         from pbft_tasks.metrics import export_reader
         from mesh.openstack.reader import ConsoleReader
+        from pbft_tasks.topology import console_writers
         self.api_port = free_port()
         self.reader = ConsoleReader(self.mesh.ledger_path(0), "fake:/ops-test", {}, None,
-                                    rpc_timeout=1.0)
+                                    rpc_timeout=1.0,
+                                    writers=console_writers(self.mesh.cfg))
         assert export_reader(self.reader, 0, port=self.api_port)
 
     def start_driver(self) -> None:

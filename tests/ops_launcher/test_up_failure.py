@@ -19,7 +19,7 @@ def test_up_stops_what_it_started_when_a_worker_refuses_to_start(tmp_path, broke
     wait_not_quiet("starting worker processes")
     launch = Launch(tmp_path / "hdpbf-data", broker_url)
     init_mesh(launch.data_dir, broker_url=broker_url, result_backend=launch.backend,
-              readers=("api",))
+              readers=("api",), clients=("admin", "cmp1", "cmp2"))  # one per compute host
     os.chmod(node_key_path(launch.data_dir, 2), 0o644)  # node 2's worker exits with 78
     try:
         res = launch.up()

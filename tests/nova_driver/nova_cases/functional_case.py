@@ -34,8 +34,10 @@ CONF = nova_conf.CONF
 hdpbf_driver.register_opts(CONF)
 MESH_DIR = tempfile.mkdtemp(prefix="hdpbf-nova-functional-")
 atexit.register(shutil.rmtree, MESH_DIR, True)
+# nova's fixtures run every compute service in this process, on one transport: the one
+# client "cmp" records for the default host "compute" and the migration target "host2".
 MESH = init_mesh(os.path.join(MESH_DIR, "mesh"), clients=("admin", "cmp"),
-                 readers=("api0", "api1"))
+                 readers=("api0", "api1"), hosts={"cmp": ("compute", "host2")})
 MESH_JSON = os.path.join(MESH_DIR, "mesh", "mesh.json")
 
 
@@ -152,3 +154,12 @@ class RemoteConsolesThroughHdpbf(integrated_helpers._IntegratedTestBase):
         new = self._console(server["id"])       # step 2 to the new host, a new token
         self.assertNotEqual(token, new)
         self.assertEqual(2, self.driver.stats["step2"])
+        # The destination's record replaces the source's: written by the client that
+        # speaks for the destination, served by step 1 for calls addressed there.
+        self.driver.flush(30)
+        for rec in self._records(server["id"]):
+            self.assertEqual(dest, rec["value"]["compute_host"])
+            self.assertEqual("cmp", rec["writer"])
+        self.assertEqual(new, self._console(server["id"]))
+        self.assertEqual(2, self.driver.stats["step1"])
+        self.assertEqual(0, self.driver.stats["miss.other_writer"])

@@ -63,7 +63,8 @@ class ComputeManagerStandIn:
 class Nova:
     def __init__(self, tmp):
         from pbft_tasks.topology import init_mesh
-        self.cfg = init_mesh(tmp / "mesh", clients=("admin", "cmp"), readers=("api0", "api1"))
+        self.cfg = init_mesh(tmp / "mesh", clients=("admin", "cmp"), readers=("api0", "api1"),
+                             hosts={"cmp": (HOST,)})
         self.mesh_config = str(tmp / "mesh" / "mesh.json")
 
         import nova.conf

@@ -21,4 +21,13 @@ if [ -n "${RABBITMQ_ERLANG_COOKIE:-}" ]; then
   chown rabbitmq:rabbitmq "$cookie"; chmod 600 "$cookie"
   unset RABBITMQ_ERLANG_COOKIE
 fi
+# Debian's /usr/sbin/rabbitmq-server runs the server under `su` and waits: as PID 1 that
+# shell ignores SIGTERM, and `docker stop` would wait 10 s for SIGKILL.  The official image
+# execs the server, whose script stops RabbitMQ on SIGTERM; so does this.
+if [ "$1" = rabbitmq-server ]; then
+  shift
+  cd /var/lib/rabbitmq
+  exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+    env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server "$@"
+fi
 exec "$@"
