@@ -35,7 +35,7 @@ import logging
 from typing import Any, Callable
 
 from .evidence_log import EvidenceLog
-from .guard import MAX_BODY_BYTES, PoisonJournal, Refused
+from .guard import MAX_BODY_BYTES, PoisonJournal, Refused, ack_refused
 from .node import FETCH_MAX, FETCH_MAX_BYTES
 
 log = logging.getLogger("hdpbf.follower")
@@ -100,12 +100,8 @@ class FollowerGate:
     def refuse(self, message: Any, reason: str, detail: str) -> None:
         self.refused += 1
         self.count(reason)
-        self.evidence_log.warning((reason,), "follower refused a message off its queue: %s: %s",
-                                  reason, detail)
-        try:
-            message.ack()
-        except Exception:  # already acknowledged, or the channel went away
-            log.warning("could not acknowledge a refused message", exc_info=True)
+        ack_refused(message, self.evidence_log, "follower refused a message off its queue",
+                    reason, detail)
 
     def check(self, message: Any) -> dict:
         early = getattr(message, "hdpbf_refused", None)

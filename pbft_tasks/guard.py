@@ -172,6 +172,17 @@ def check_body(decoded: Any, task: str) -> None:
         raise Refused("malformed", f"{task} takes no arguments")
 
 
+def ack_refused(message: Any, evidence_log: EvidenceLog, what: str, reason: str,
+                detail: str) -> None:
+    """Log a refusal (rate-limited per reason) and acknowledge the message, so it is
+    dropped, never redelivered."""
+    evidence_log.warning((reason,), what + ": %s: %s", reason, detail)
+    try:
+        message.ack()
+    except Exception:  # already acknowledged, or the channel went away
+        log.warning("could not acknowledge a refused message", exc_info=True)
+
+
 class PoisonJournal:
     """How often each *redelivered* message was started, on disk (``path``), so that a
     message that kills the worker is not redelivered forever.  Thread-safe."""
@@ -239,12 +250,8 @@ class Gate:
 
     def refuse(self, message: Any, reason: str, detail: str) -> None:
         self.count(reason)
-        self.evidence_log.warning((reason,), "refused a message off the node queue: %s: %s",
-                                  reason, detail)
-        try:
-            message.ack()
-        except Exception:  # already acknowledged, or the channel went away
-            log.warning("could not acknowledge a refused message", exc_info=True)
+        ack_refused(message, self.evidence_log, "refused a message off the node queue", reason,
+                    detail)
 
     def check(self, message: Any) -> str:
         early = getattr(message, "hdpbf_refused", None)

@@ -679,6 +679,17 @@ def _write_reader_key(path: Path, key: PrivateKey) -> None:
     atomic_write(path, (bytes(key).hex() + "\n").encode("ascii"), 0o600)
 
 
+def _new_signing_keys(names: Iterable[str], role: str) -> dict[str, Any]:
+    """A fresh Ed25519 key for each name; a bad or repeated name is refused."""
+    keys: dict[str, Any] = {}
+    for name in names:
+        check_name(name, f"{role} name")
+        if name in keys:
+            raise ConfigError(f"duplicate {role} name {name!r}")
+        keys[name] = generate_key()
+    return keys
+
+
 def _new_readers(names: Iterable[str]) -> dict[str, PrivateKey]:
     out: dict[str, PrivateKey] = {}
     for name in names:
@@ -777,22 +788,12 @@ def init_mesh(dir: str | os.PathLike, nodes: int = 4, clients: Iterable[str] = (
         raise ConfigError(f"{config_path} already exists; to replace that mesh and all its keys "
                           f"run again with --force (force=True from Python)")
     node_sks = {i: generate_key() for i in range(nodes)}
-    client_sks = {}
-    for name in clients:
-        check_name(name, "client name")
-        if name in client_sks:
-            raise ConfigError(f"duplicate client name {name!r}")
-        client_sks[name] = generate_key()
+    client_sks = _new_signing_keys(clients, "client")
     reader_sks = _new_readers(readers)
     strangers = sorted(set(hosts or {}) - set(client_sks))
     if strangers:
         raise ConfigError(f"hosts given for {strangers}, which are not clients")
-    admin_sks = {}
-    for name in admins:
-        check_name(name, "admin name")
-        if name in admin_sks:
-            raise ConfigError(f"duplicate admin name {name!r}")
-        admin_sks[name] = generate_key()
+    admin_sks = _new_signing_keys(admins, "admin")
     if admin_threshold is None:
         admin_threshold = len(admin_sks) // 2 + 1 if admin_sks else 0
     config = MeshConfig(
