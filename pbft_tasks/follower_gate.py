@@ -87,6 +87,13 @@ def check_shape(body: Any) -> dict:
     return body
 
 
+def _body_hash(body: Any) -> str:
+    """The poison journal's key: a hash of the raw body, which kombu hands over as bytes
+    or, for a text content type it accepted, already as str."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else (body or b"")
+    return hashlib.sha256(raw).hexdigest()
+
+
 class FollowerGate:
     """``wrap(handler)`` returns kombu's ``on_message`` for the follower's queue: checks
     each raw message, refuses (ack, count, log) or calls ``handler(body, message)``."""
@@ -130,7 +137,7 @@ class FollowerGate:
             info = message.delivery_info or {}
             redelivered = bool(info.get("redelivered"))
             headers = message.headers or {}
-            key = hashlib.sha256(message.body or b"").hexdigest() if redelivered else ""
+            key = _body_hash(message.body) if redelivered else ""
             if not self.journal.starting(key, redelivered, headers.get("x-delivery-count")):
                 return self.refuse(message, "poison", f"{body['type']} started "
                                    f"{self.journal.limit + 1} times without finishing")

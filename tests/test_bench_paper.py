@@ -193,8 +193,11 @@ def test_nova_configurations_through_novas_own_client(tmp_path):
     assert out["stale_answers"] == 0
     assert out["driver_step1_p50_us"] > 0                 # a step-1 call inside the driver
     # RabbitMQ's own counters: a plain call is two RPC messages; hdpbf sends only the six
-    # first calls over RPC, and at steady state nothing.
-    assert rpc["broker_messages"]["rpc"] == 200 and rpc["broker_messages"]["consensus"] == 0
+    # first calls over RPC, and at steady state nothing.  The mesh runs beside both
+    # configurations, so both count its idle statuses (n - 1 per node a second) as
+    # consensus; only hdpbf's adds the commits of its six records.
+    assert rpc["broker_messages"]["rpc"] == 200
+    assert rpc["broker_messages"]["consensus"] < hd["broker_messages"]["consensus"]
     assert hd["broker_messages"]["rpc"] == 12 and hd["broker_messages"]["consensus"] > 0
     assert rpc["broker_messages_per_1000_steady"]["rpc"] == 2000
     assert hd["broker_messages_per_1000_steady"]["rpc"] == 0

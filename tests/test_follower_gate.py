@@ -162,6 +162,16 @@ def test_a_poison_message_is_dropped_after_bounded_deliveries(tmp_path):
     assert counts == Counter(["poison"]) and q.acked == 1
 
 
+def test_a_redelivered_body_kombu_handed_over_as_text_passes(tmp_path):
+    """A follower killed mid-load gets its unacknowledged pushes again, redelivered; kombu
+    may hand the body over as str.  It is hashed for the poison journal, not a crash."""
+    rig = Rig(PoisonJournal(str(tmp_path / "poison.json")))
+    for redelivered in (False, True):
+        m = msg(json.dumps(push()), redelivered=redelivered)
+        rig.on_message(m)
+    assert rig.passed == [push(), push()] and not rig.counts
+
+
 def test_the_bounds_are_the_documented_ones():
     from pathlib import Path
     doc = " ".join((Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text().split())
