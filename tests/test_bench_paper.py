@@ -201,8 +201,10 @@ def test_nova_configurations_through_novas_own_client(tmp_path):
     assert hd["broker_messages"]["rpc"] == 12 and hd["broker_messages"]["consensus"] > 0
     assert rpc["broker_messages_per_1000_steady"]["rpc"] == 2000
     assert hd["broker_messages_per_1000_steady"]["rpc"] == 0
-    assert hd["broker_messages_per_1000_steady"]["total"] * 5 <= \
-        rpc["broker_messages_per_1000_steady"]["total"]
+    # at steady state hdpbf routes nothing but the mesh's own idle statuses (consensus,
+    # n - 1 per node a second, which the plain RPC configuration's mesh sends too)
+    hd_steady, rpc_steady = hd["broker_messages_per_1000_steady"], rpc["broker_messages_per_1000_steady"]
+    assert hd_steady["total"] == hd_steady["consensus"] < rpc_steady["total"]
     # nova's client-side floor and its serializer part are figures: present, positive,
     # and the percentages derived from them as printed (which is smaller than which is
     # the benchmark's to show, not a test's to assert: two timings taken on a loaded
