@@ -360,6 +360,11 @@ class ConfigHistory:
         """The newest accepted configuration (perhaps not yet in force)."""
         return self._cfgs[-1]
 
+    @property
+    def single(self) -> bool:
+        """Whether the history holds one configuration only (the genesis)."""
+        return len(self._cfgs) == 1
+
     def at(self, seq: int) -> Configuration:
         """The configuration in force at ``seq`` (>= 1)."""
         i = bisect.bisect_right(self._from, seq) - 1

@@ -250,3 +250,28 @@ def test_random_reconfiguration_schedules(schedule):
     restored = C.ConfigHistory.from_record(h.to_record())
     assert [c.hash for _, _, c in restored.entries()] == [c.hash for _, _, c in entries]
     assert restored.to_record() == h.to_record()
+
+
+def test_a_history_of_the_genesis_alone_is_single_and_a_change_ends_that():
+    """``single`` is what lets a node skip the per-request membership lookups while no
+    change was ever accepted (pbft_tasks/membership.py ``admits``)."""
+    from pbft_tasks.membership import Membership
+
+    class Ledger:
+        height = 0
+
+        def __init__(self, history):
+            self.history = history
+
+        def config_history(self):
+            return self.history
+
+    history = C.ConfigHistory(make_genesis(), K, L)
+    assert history.single
+    assert Membership(Ledger(history), {}).admits("anyone/1", 10**9)
+    change = signed(C.proposal(history.latest, [{"op": "add_client", "name": "compute1",
+                                                 "key": pub("client-compute1")}]), "a", "b")
+    assert history.execute(5, change, verify)["config"] == "accepted"
+    assert not history.single
+    # now the lookup runs: a client no configuration lists is not admitted
+    assert not Membership(Ledger(history), {}).admits("anyone/1", 10**9)
